@@ -1,0 +1,150 @@
+"""Sampling families for inter-arrival gaps and compact discrete tables for lengths.
+
+Gaps. Every family is parameterised by a shape `k` and sampled with unit mean, then scaled
+to the window's mean gap `m = 1/rate`, so a client's burstiness (shape) and its rate stay
+separate knobs, as in ServeGen's per-window fits:
+
+    exponential   X ~ Exp(1)                          CV = 1                (k unused)
+    gamma         X ~ Gamma(k, 1/k)                   CV = 1/sqrt(k)
+    weibull       X ~ Weibull(k) / Gamma(1 + 1/k)     CV = sqrt(G(1+2/k)/G(1+1/k)^2 - 1)
+    lognormal     X ~ exp(N(-k^2/2, k))               CV = sqrt(exp(k^2) - 1)
+
+Lengths. A `LengthTable` is a discrete distribution (sorted support, cumulative probability)
+sampled by inverse CDF. `compress` merges neighbouring atoms into bins of small mass, each
+represented by the atom at the bin's probability midpoint, which bounds the Kolmogorov-Smirnov
+distance to the original by half the largest merged bin mass; it halves the bin width until
+the bound `ks_max` holds exactly (checked, not assumed).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+
+import numpy as np
+from scipy.special import gammaln
+
+
+class Family(IntEnum):
+    """Gap family codes stored in pools (0 = no traffic in the window)."""
+
+    NONE = 0
+    GAMMA = 1
+    WEIBULL = 2
+    EXPONENTIAL = 3
+    LOGNORMAL = 4
+
+    @classmethod
+    def parse(cls, name: str) -> Family:
+        key = name.strip().upper()
+        if not key:
+            return cls.NONE
+        try:
+            return cls[key]
+        except KeyError:
+            raise ValueError(f"unknown gap family {name!r}; expected one of gamma, weibull, exponential, lognormal") from None
+
+
+def unit_mean_gaps(family: int, shape: float, n: int, rng: np.random.Generator) -> np.ndarray:
+    """`n` gaps of the family with mean 1 (see the module docstring for the equations)."""
+    if family == Family.GAMMA:
+        return rng.gamma(shape, 1.0 / shape, n)
+    if family == Family.WEIBULL:
+        return rng.weibull(shape, n) / np.exp(gammaln(1.0 + 1.0 / shape))
+    if family == Family.LOGNORMAL:
+        return np.exp(rng.normal(-0.5 * shape * shape, shape, n))
+    if family == Family.EXPONENTIAL:
+        return rng.exponential(1.0, n)
+    raise ValueError(f"cannot sample gaps for family code {family}")
+
+
+def family_cv(family: int, shape: float) -> float:
+    """Coefficient of variation of a unit-mean gap of the family (the burstiness it encodes)."""
+    if family == Family.GAMMA:
+        return float(1.0 / np.sqrt(shape))
+    if family == Family.WEIBULL:
+        g1, g2 = gammaln(1.0 + 1.0 / shape), gammaln(1.0 + 2.0 / shape)
+        return float(np.sqrt(np.expm1(g2 - 2.0 * g1)))
+    if family == Family.LOGNORMAL:
+        return float(np.sqrt(np.expm1(shape * shape)))
+    if family == Family.EXPONENTIAL:
+        return 1.0
+    return 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class LengthTable:
+    """A discrete distribution: `values` sorted ascending, `cdf` non-decreasing ending at 1."""
+
+    values: np.ndarray
+    cdf: np.ndarray
+
+    def sample(self, u: np.ndarray) -> np.ndarray:
+        """Inverse-CDF draw for uniforms `u` in [0, 1)."""
+        idx = np.searchsorted(self.cdf, u, side="right")
+        return self.values[np.minimum(idx, len(self.values) - 1)]
+
+    def quantile(self, q: np.ndarray | float) -> np.ndarray:
+        idx = np.searchsorted(self.cdf, np.asarray(q, dtype=np.float64), side="left")
+        return self.values[np.minimum(idx, len(self.values) - 1)]
+
+    def mean(self) -> float:
+        pmf = np.diff(self.cdf, prepend=0.0)
+        return float(np.dot(pmf, self.values))
+
+    @classmethod
+    def from_pmf(cls, values: np.ndarray, probs: np.ndarray) -> LengthTable:
+        """Normalised, sorted table from atoms; zero-probability atoms are dropped."""
+        v = np.asarray(values, dtype=np.float64)
+        p = np.asarray(probs, dtype=np.float64)
+        keep = p > 0
+        v, p = v[keep], p[keep]
+        if v.size == 0:
+            raise ValueError("a length distribution needs at least one atom with positive probability")
+        order = np.argsort(v, kind="stable")
+        v, p = v[order], p[order]
+        cdf = np.cumsum(p)
+        cdf /= cdf[-1]
+        return cls(v, cdf)
+
+    @classmethod
+    def from_samples(cls, samples: np.ndarray) -> LengthTable:
+        v, counts = np.unique(np.asarray(samples, dtype=np.float64), return_counts=True)
+        return cls.from_pmf(v, counts.astype(np.float64))
+
+
+def ks_distance(a: LengthTable, b: LengthTable) -> float:
+    """sup_x |F_a(x) - F_b(x)| over the union of both supports (exact for discrete tables)."""
+    xs = np.union1d(a.values, b.values)
+    fa = _cdf_at(a, xs)
+    fb = _cdf_at(b, xs)
+    return float(np.max(np.abs(fa - fb)))
+
+
+def _cdf_at(t: LengthTable, xs: np.ndarray) -> np.ndarray:
+    idx = np.searchsorted(t.values, xs, side="right") - 1
+    return np.where(idx >= 0, t.cdf[np.maximum(idx, 0)], 0.0)
+
+
+def compress(table: LengthTable, ks_max: float = 0.004) -> LengthTable:
+    """Fewest-ish atoms with KS distance to `table` at most `ks_max` (see module docstring)."""
+    if table.values.size <= 1:
+        return table
+    pmf = np.diff(table.cdf, prepend=0.0)
+    width = 2.0 * ks_max
+    while True:
+        mid = table.cdf - 0.5 * pmf
+        bins = np.floor(mid / width).astype(np.int64)
+        starts = np.flatnonzero(np.diff(bins, prepend=bins[0] - 1))
+        mass = np.add.reduceat(pmf, starts)
+        # representative: first atom whose within-bin cumulative mass reaches half the bin mass
+        before = np.repeat(table.cdf[starts] - pmf[starts], np.diff(np.append(starts, pmf.size)))
+        half = np.repeat(mass / 2.0, np.diff(np.append(starts, pmf.size)))
+        reached = (table.cdf - before) >= half - 1e-15
+        bin_of = np.repeat(np.arange(starts.size), np.diff(np.append(starts, pmf.size)))
+        first_reach = np.full(starts.size, pmf.size, dtype=np.int64)
+        np.minimum.at(first_reach, bin_of[reached], np.flatnonzero(reached))
+        out = LengthTable(table.values[first_reach], np.cumsum(mass) / np.sum(mass))
+        if ks_distance(out, table) <= ks_max or width < 1e-9:
+            return out
+        width /= 2.0
