@@ -15,12 +15,21 @@ length tables flattened into `values`/`cdf` with `offsets` and a `table_index` o
 
 Clients without length data (ServeGen's missing dataset files) point at the pool's
 rate-weighted mixture tables for the same data window and are listed in `meta.fallback`.
+
+Optional arrays (`ClientPool.extra`; a pool without them loads fine, readers must check): pools
+made by `fit` add `rank_corr` float32 (clients,), the Spearman correlation of input (text) and
+output tokens per client (NaN: undefined); and with session ids `session_index` int32
+(clients, 3) pointing into the same flat tables for the fields `meta.session_fields` =
+turns per session, think time between turns (s), new input tokens per turn (-1: no sessions),
+plus `session_share` float32 (clients,), the share of the client's requests that carry a session.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -61,6 +70,7 @@ class ClientPool:
     offsets: np.ndarray
     fallback: list[str] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def n_clients(self) -> int:
@@ -129,6 +139,7 @@ class ClientPool:
             data_start=self.data_start.astype(np.float64), table_index=self.table_index.astype(np.int32),
             values=self.values.astype(np.float32), cdf=self.cdf.astype(np.float32),
             offsets=self.offsets.astype(np.int64),
+            **{k: v for k, v in self.extra.items() if k not in _ARRAYS and k != "meta_json"},
         )
         with atomic_write(path, "wb") as fh:
             fh.write(buf.getvalue())
@@ -138,15 +149,19 @@ def load_pool(name_or_path: str | Path) -> ClientPool:
     """A shipped pool by name (`m-large`) or a pool file by path; errors name the file and field."""
     p = _resolve(name_or_path)
     try:
-        with np.load(p, allow_pickle=False) as z:
+        z = np.load(p, allow_pickle=False)
+        if not isinstance(z, np.lib.npyio.NpzFile):  # a bare .npy array under another name
+            raise InputError("not a pool file: a single array, expected a .npz archive", path=str(p))
+        with z:
             missing = [k for k in ("meta_json", *_ARRAYS) if k not in z.files]
             if missing:
                 raise InputError(f"not a pool file: missing arrays {missing}", path=str(p))
             arrays = {k: z[k] for k in _ARRAYS}
+            extra = {k: z[k] for k in z.files if k not in _ARRAYS and k != "meta_json"}
             meta = json.loads(z["meta_json"].tobytes().decode())
     except InputError:
         raise
-    except (OSError, ValueError, EOFError, json.JSONDecodeError) as e:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, json.JSONDecodeError) as e:
         raise InputError(f"not a readable pool file ({type(e).__name__}: {e})", path=str(p)) from None
     if not isinstance(meta, dict) or meta.get("format") != POOL_FORMAT:
         raise InputError(f"expected format {POOL_FORMAT!r} in the pool metadata", path=str(p), field="format")
@@ -155,7 +170,7 @@ def load_pool(name_or_path: str | Path) -> ClientPool:
             name=str(meta["name"]), category=str(meta["category"]), clients=[str(c) for c in meta["clients"]],
             window=float(meta["window"]), data_window=float(meta["data_window"]),
             fields=[str(f) for f in meta["fields"]], fallback=[str(c) for c in meta.get("fallback", [])],
-            meta=meta, **arrays,
+            meta=meta, extra=extra, **arrays,
         )
     except (KeyError, TypeError, ValueError) as e:
         raise InputError(f"pool metadata is incomplete ({e})", path=str(p), field="meta_json") from None
