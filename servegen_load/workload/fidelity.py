@@ -1,0 +1,541 @@
+"""Statistics measured on a requests file, and its fidelity to the scenario it came from.
+
+`request_stats(cols)` gives the same statistics `inspect` shows for a pool, measured on requests:
+clients, rate curve, per-client gap CV quantiles, top-1/5/10 shares, length quantiles per
+category. Definitions:
+
+- client-window: a client's requests in one window of `window` seconds of run time (the pool's
+  600 s rate window divided by the scenario's time_scale when a scenario is given, else 600 s);
+- gap CV of a client-window: std/mean of the gaps between its consecutive requests, for windows
+  with at least 10 requests (ServeGen's own activity threshold); quantiles are weighted by the
+  window's request count ("rate-weighted", as for pools);
+- top-k share: share of all requests sent by the k busiest clients;
+- lengths: p50/p90/p99/mean per category of input_tokens, output_tokens, reason_tokens and
+  reason share (reason/output), items per request and tokens per item of images/audio/video.
+
+`fidelity(cols, plan)` compares realised with target, where the target is what generation aimed
+at (`plan.resolve` of the scenario, with the file's header seed/duration/shard):
+
+- counts, per client x segment (segments: the pool's rate windows cut to the scenario window):
+  expected e = rate x length, observed o. For `servegen` arrivals counts are fixed (|o - e| < 1).
+  For `renewal` arrivals the count of a window has variance ~ c^2 e (c: the window's gap CV), so
+  the table reports the dispersion D = sum((o - e)^2 / (c^2 e)) / dof over client-windows with
+  e >= 100 (near 1 when counts have renewal-scale noise; the Poisson version with c = 1 is shown
+  too), and the total count's z-score;
+- gap CV per client-window with at least 200 requests: realised vs the CV of the family and shape
+  used, and vs the pool's measured CV (median ratio, share within 15%);
+- lengths: Kolmogorov-Smirnov distance of each field's realised distribution to the target
+  mixture (each client's table of each data window weighted by its expected requests), per pool.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from ..errors import InputError
+from ..requests import read_header
+from .distributions import LengthTable, ks_distance
+
+MODS = (("image", "images"), ("audio", "audio"), ("video", "video"))
+MIN_CV_REQUESTS = 10
+CV_CHECK_REQUESTS = 200
+COUNT_CHECK_EXPECTED = 100.0
+
+
+@dataclass
+class Columns:
+    """A requests file as numpy columns (reason -1 where absent; lists as counts + flat items)."""
+
+    header: dict[str, Any]
+    t: np.ndarray
+    client: np.ndarray
+    k: np.ndarray
+    category: np.ndarray
+    inp: np.ndarray
+    out: np.ndarray
+    reason: np.ndarray
+    clients: list[str]
+    categories: list[str]
+    mm: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.t.size)
+
+
+def read_columns(path: str | Path) -> Columns:
+    """Read a requests file into columns, streaming (one parsed line at a time, arrays per 256k lines)."""
+    p = Path(path)
+    head = read_header(p)
+    codes: dict[str, int] = {}
+    cats: dict[str, int] = {}
+    chunks: list[tuple[np.ndarray, ...]] = []
+    mm_cnt: dict[str, list[int]] = {m: [] for m, _ in MODS}
+    mm_items: dict[str, list[int]] = {m: [] for m, _ in MODS}
+    has_mm = False
+    cols: list[list[Any]] = [[] for _ in range(7)]
+
+    def flush() -> None:
+        if cols[0]:
+            chunks.append((np.array(cols[0], dtype=np.float64), np.array(cols[1], dtype=np.int32),
+                           np.array(cols[2], dtype=np.int64), np.array(cols[3], dtype=np.int8),
+                           np.array(cols[4], dtype=np.int64), np.array(cols[5], dtype=np.int64),
+                           np.array(cols[6], dtype=np.int64)))
+            for c in cols:
+                c.clear()
+
+    loads = orjson.loads
+    with p.open("rb") as fh:
+        fh.readline()
+        for n, raw in enumerate(fh, start=2):
+            if not raw.strip():
+                continue
+            try:
+                d = loads(raw)
+                cl = d["client"]
+                code = codes.get(cl)
+                if code is None:
+                    code = codes[cl] = len(codes)
+                cat = d["category"]
+                cc = cats.get(cat)
+                if cc is None:
+                    cc = cats[cat] = len(cats)
+                rid = d["id"]
+                _, sep, kk = rid.rpartition("#")
+                cols[0].append(d["t"])
+                cols[1].append(code)
+                cols[2].append(int(kk) if sep and kk.isdigit() else -1)
+                cols[3].append(cc)
+                cols[4].append(d["input_tokens"])
+                cols[5].append(d["output_tokens"])
+                r = d.get("reason_tokens")
+                cols[6].append(-1 if r is None else r)
+                for m, key in MODS:
+                    v = d.get(key)
+                    if v:
+                        has_mm = True
+                        mm_items[m].extend(v)
+                    mm_cnt[m].append(len(v) if v else 0)
+            except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+                raise InputError(f"not a request line ({type(e).__name__}: {e})", path=str(p), line=n) from None
+            if len(cols[0]) >= 262144:
+                flush()
+    flush()
+    if chunks:
+        arrs = [np.concatenate([c[i] for c in chunks]) for i in range(7)]
+    else:
+        arrs = [np.zeros(0, dtype=dt) for dt in (np.float64, np.int32, np.int64, np.int8, np.int64, np.int64, np.int64)]
+    mm = {m: (np.array(mm_cnt[m], dtype=np.int64), np.array(mm_items[m], dtype=np.int64))
+          for m, _ in MODS if has_mm and any(mm_cnt[m])}
+    return Columns(head, arrs[0], arrs[1], arrs[2], arrs[3], arrs[4], arrs[5], arrs[6],
+                   list(codes), list(cats), mm)
+
+
+# --- statistics ---
+
+def _wq(x: np.ndarray, w: np.ndarray, qs: tuple[float, ...]) -> list[float | None]:
+    if x.size == 0 or w.sum() <= 0:
+        return [None] * len(qs)
+    o = np.argsort(x, kind="stable")
+    c = np.cumsum(w[o])
+    c /= c[-1]
+    return [round(float(x[o][min(int(np.searchsorted(c, q)), x.size - 1)]), 4) for q in qs]
+
+
+def _q(x: np.ndarray) -> dict[str, float | None]:
+    if x.size == 0:
+        return {"p50": None, "p90": None, "p99": None, "mean": None}
+    p = np.quantile(x, (0.5, 0.9, 0.99), method="inverted_cdf")
+    return {"p50": float(p[0]), "p90": float(p[1]), "p99": float(p[2]), "mean": round(float(x.mean()), 4)}
+
+
+def window_cvs(t: np.ndarray, client: np.ndarray, edges: np.ndarray, min_n: int = MIN_CV_REQUESTS
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Gap CV of every (client, window) with at least `min_n` requests.
+
+    Returns (client, window, count, cv) arrays. Gaps are between consecutive requests of the
+    client inside the window (a window's first request starts no gap)."""
+    if t.size == 0:
+        z = np.zeros(0, dtype=np.int64)
+        return z, z, z, np.zeros(0)
+    win = np.clip(np.searchsorted(edges, t, side="right") - 1, 0, edges.size - 2)
+    order = np.lexsort((t, win, client))
+    c, w, tt = client[order].astype(np.int64), win[order], t[order]
+    key = c * (edges.size + 1) + w
+    new = np.concatenate([[True], key[1:] != key[:-1]])
+    gid = np.cumsum(new) - 1
+    gaps = np.diff(tt)
+    same = ~new[1:]
+    g_id = gid[1:][same]
+    g = gaps[same]
+    ng = np.bincount(g_id, minlength=gid[-1] + 1).astype(np.float64)
+    s1 = np.bincount(g_id, weights=g, minlength=gid[-1] + 1)
+    s2 = np.bincount(g_id, weights=g * g, minlength=gid[-1] + 1)
+    cnt = np.bincount(gid).astype(np.int64)
+    ok = (cnt >= min_n) & (ng >= 2)
+    mean = np.where(ng > 0, s1 / np.maximum(ng, 1), 0.0)
+    var = np.where(ng > 1, (s2 - ng * mean * mean) / np.maximum(ng - 1, 1), 0.0)
+    cv = np.where(mean > 0, np.sqrt(np.maximum(var, 0.0)) / np.where(mean > 0, mean, 1.0), 0.0)
+    firsts = np.flatnonzero(new)
+    return c[firsts][ok], w[firsts][ok], cnt[ok], cv[ok]
+
+
+def request_stats(cols: Columns, window: float = 600.0, buckets: int = 48) -> dict[str, Any]:
+    """Inspection statistics of a requests file (see the module docstring)."""
+    n = len(cols)
+    dur = float(cols.header.get("duration") or (cols.t[-1] if n else 0.0)) or (float(cols.t[-1]) if n else 0.0)
+    per_client = np.bincount(cols.client, minlength=len(cols.clients)) if n else np.zeros(0, np.int64)
+    ranked = np.sort(per_client)[::-1]
+    top = {f"top{k}": round(float(ranked[:k].sum() / n), 4) if n else None for k in (1, 5, 10)}
+    nb = max(1, min(buckets, int(np.ceil(dur)) or 1))
+    width = dur / nb if dur > 0 else 1.0
+    hist = np.bincount(np.minimum((cols.t / width).astype(np.int64), nb - 1), minlength=nb) if n else np.zeros(nb)
+    edges = np.arange(0.0, max(dur, window) + window, window)
+    _, _, cnt, cv = window_cvs(cols.t, cols.client, edges)
+    cvq = _wq(cv, cnt.astype(np.float64), (0.1, 0.5, 0.9))
+    lengths: dict[str, dict[str, Any]] = {}
+    for ci, cat in enumerate(cols.categories):
+        sel = cols.category == ci
+        e: dict[str, Any] = {"requests": int(sel.sum()), "input_tokens": _q(cols.inp[sel]),
+                             "output_tokens": _q(cols.out[sel])}
+        r = cols.reason[sel]
+        if np.any(r >= 0):
+            rs = r >= 0
+            e["reason_tokens"] = _q(r[rs])
+            e["reason_share"] = _q(r[rs] / np.maximum(cols.out[sel][rs], 1))
+            e["reason_share"]["modes"] = _modes(r[rs] / np.maximum(cols.out[sel][rs], 1))
+        for m, (counts, items) in cols.mm.items():
+            csel = counts[sel]
+            off = np.concatenate([[0], np.cumsum(counts)])
+            rows = np.flatnonzero(sel)
+            it = items[_ragged(off[:-1][rows], counts[rows])] if rows.size else items[:0]
+            e[f"{m}_count"] = _q(csel)
+            e[f"{m}_tokens"] = _q(it)
+        lengths[cat] = e
+    return {
+        "requests": n,
+        "clients": int((per_client > 0).sum()),
+        "duration_s": round(dur, 3),
+        "mean_rate": round(n / dur, 4) if dur > 0 else None,
+        "rate_curve": {"bucket_s": round(width, 3), "rates": [round(float(h) / width, 4) for h in hist]},
+        "cv": {"window_s": window, "client_windows": int(cv.size), "p10": cvq[0], "p50": cvq[1], "p90": cvq[2]},
+        "top_share": top,
+        "lengths": lengths,
+        "header": {k: cols.header.get(k) for k in ("seed", "scenario_digest", "source", "shard", "kind", "arrival")
+                   if k in cols.header},
+    }
+
+
+def _ragged(starts: np.ndarray, lens: np.ndarray) -> np.ndarray:
+    total = int(lens.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.int64)
+    return np.repeat(starts - (np.cumsum(lens) - lens), lens) + np.arange(total)
+
+
+def _modes(x: np.ndarray, bins: int = 50) -> list[float]:
+    """Centres of the local maxima of a 50-bin histogram on [0, 1] holding >= 2% of the mass."""
+    if x.size == 0:
+        return []
+    h, e = np.histogram(np.clip(x, 0, 1), bins=bins, range=(0.0, 1.0))
+    hs = np.convolve(h, np.ones(3) / 3, mode="same")
+    out = []
+    for i in range(bins):
+        left = hs[i - 1] if i > 0 else -1
+        right = hs[i + 1] if i < bins - 1 else -1
+        if hs[i] > left and hs[i] >= right and h[max(0, i - 1):i + 2].sum() >= 0.02 * x.size:
+            out.append(round(float(0.5 * (e[i] + e[i + 1])), 3))
+    return out
+
+
+# --- fidelity against a scenario ---
+
+def _ks_samples(x: np.ndarray, table: LengthTable) -> float:
+    """KS distance between the empirical distribution of integer samples and a discrete table."""
+    if x.size == 0:
+        return float("nan")
+    return ks_distance(LengthTable.from_samples(x), table)
+
+
+def _clip_table(t: LengthTable, lo: float) -> LengthTable:
+    """The table as generation realises it: values rounded to integers, then clipped at `lo`."""
+    pmf = np.diff(t.cdf, prepend=0.0)
+    return LengthTable.from_pmf(np.maximum(np.rint(t.values), lo), pmf)
+
+
+def fidelity(cols: Columns, scenario: Any) -> dict[str, Any]:
+    """Realised vs target for a requests file made from `scenario` (see the module docstring)."""
+    from ..scenario import Scenario, load_scenario, scenario_digest
+    from .compose import prepare
+
+    s = scenario if isinstance(scenario, Scenario) else load_scenario(scenario)
+    h = cols.header
+    over: dict[str, Any] = {}
+    if h.get("seed") is not None and h["seed"] != s.seed:
+        over["seed"] = int(h["seed"])
+    if h.get("scenario_duration") is not None:
+        over["duration"] = float(h["scenario_duration"])
+    if over:
+        s = s.with_overrides(**over)
+    gen = prepare(s, shard=h.get("shard"))
+    plan = gen.plan
+    digest = scenario_digest(s)
+    out: dict[str, Any] = {"scenario": s.path, "kind": s.kind, "digest_match": h.get("scenario_digest") == digest}
+    name_code = {n: i for i, n in enumerate(cols.clients)}
+    members = {gen.names[g] for g in gen.members}
+    extra = sorted(set(cols.clients) - set(gen.names))
+    out["unknown_clients"] = extra[:10]
+    n_exp_total = sum(e for n, e, _ in plan.client_table() if n in members)
+    out["total"] = {"expected": round(n_exp_total, 1), "observed": len(cols)}
+
+    if s.kind == "realistic":
+        rows_counts, rows_cv, rows_len = [], [], []
+        d_num = d_pois = 0.0
+        dof = 0
+        max_dev = 0.0
+        var_total = 0.0
+        for src in plan.sources:
+            ids = np.array([name_code.get(nm, -1) for nm in src.names])
+            inside = np.array([nm in members for nm in src.names])
+            exp = src.expected
+            local = np.full(len(cols.clients), -1, dtype=np.int64)
+            for i, c in enumerate(ids):
+                if c >= 0:
+                    local[c] = i
+            lc = local[cols.client]
+            m = lc >= 0
+            t, lcl = cols.t[m], lc[m]
+            seg = np.clip(np.searchsorted(src.edges, t, side="right") - 1, 0, exp.shape[1] - 1)
+            obs = np.zeros_like(exp)
+            np.add.at(obs, (lcl, seg), 1.0)
+            e, o = exp[inside], obs[inside]
+            c2 = np.maximum(src.target_cv[inside], 1e-6) ** 2
+            if s.arrival == "servegen":
+                c2 = np.zeros_like(c2)
+            big = e >= COUNT_CHECK_EXPECTED
+            if s.arrival == "renewal":
+                d_num += float(((o - e) ** 2 / np.where(big, c2 * e, 1.0))[big].sum())
+            d_pois += float(((o - e) ** 2 / np.where(big, e, 1.0))[big].sum())
+            dof += int(big.sum())
+            var_total += float((np.where(c2 > 0, c2, 0.0) * e).sum())
+            if e.size:
+                max_dev = max(max_dev, float(np.abs(o - e).max()))
+            rows_counts.append({"pool": src.label, "client_windows": int((e > 0).sum()),
+                                "checked": int(big.sum()), "expected": round(float(e.sum()), 1),
+                                "observed": int(o.sum())})
+            # gap CV per client-window
+            cl, w, _cnt, cv = window_cvs(t, lcl, src.edges, CV_CHECK_REQUESTS)
+            if cv.size:
+                tgt = src.target_cv[cl, w]
+                pcv = src.pool_cv[cl, w]
+                r1, r2 = cv / np.maximum(tgt, 1e-9), cv / np.maximum(pcv, 1e-9)
+                rows_cv.append({"pool": src.label, "client_windows": int(cv.size),
+                                "median_ratio_target": round(float(np.median(r1)), 4),
+                                "within15_target": round(float(np.mean(np.abs(r1 - 1) <= 0.15)), 4),
+                                "median_ratio_pool_cv": round(float(np.median(r2)), 4),
+                                "within15_pool_cv": round(float(np.mean(np.abs(r2 - 1) <= 0.15)), 4),
+                                "realised_cv_p50": round(float(np.median(cv)), 4),
+                                "target_cv_p50": round(float(np.median(tgt)), 4)})
+            # lengths
+            agg = src.aggregate()
+            cm = m.copy()
+            rows_len += _length_rows(cols, cm, agg, src.label)
+        out["counts"] = {
+            "arrival": s.arrival,
+            "dispersion": round(d_num / dof, 4) if dof and s.arrival == "renewal" else None,
+            "dispersion_poisson": round(d_pois / dof, 4) if dof else None,
+            "dof": dof,
+            "max_abs_deviation": round(max_dev, 3),
+            "total_z": round((len(cols) - n_exp_total) / np.sqrt(var_total), 3) if var_total > 0 else None,
+            "pools": rows_counts,
+        }
+        out["gap_cv"] = rows_cv
+        out["lengths"] = rows_len
+    elif plan.baseline is not None:
+        bp = plan.baseline
+        e = bp.rate * plan.duration if bp.client in members else 0.0
+        out["counts"] = {"expected": round(e, 1), "observed": len(cols),
+                         "z": round((len(cols) - e) / np.sqrt(e), 3) if bp.kind == "naive" and e > 0 else None}
+        if len(bp.options) == 1:
+            out["lengths"] = _length_rows(cols, np.ones(len(cols), dtype=bool), bp.options[0][2].tables, bp.client)
+        else:
+            out["lengths"] = []
+        _, _, _cnt, cv = window_cvs(cols.t, cols.client, np.array([0.0, max(plan.duration, 1e-9)]), 2)
+        out["gap_cv"] = [{"realised": round(float(cv[0]), 4) if cv.size else None,
+                          "target": 1.0 if bp.kind == "naive" else 0.0}]
+    else:
+        out["counts"] = {"expected": round(n_exp_total, 1), "observed": len(cols)}
+        out["lengths"] = []
+        out["gap_cv"] = []
+    return out
+
+
+def _length_rows(cols: Columns, mask: np.ndarray, tables: dict[str, LengthTable], label: str) -> list[dict[str, Any]]:
+    rows = []
+    f_in = "input_tokens" if "input_tokens" in tables else "text_tokens"
+    pairs = [("input_tokens", cols.inp[mask], tables.get(f_in), 1.0),
+             ("output_tokens", cols.out[mask], tables.get("output_tokens"), 1.0)]
+    if "reason_ratio" in tables:
+        r = cols.reason[mask]
+        o = cols.out[mask]
+        ok = r >= 0
+        share = r[ok] / np.maximum(o[ok], 1)
+        t = tables["reason_ratio"]
+        rows.append({"pool": label, "field": "reason_share", "ks": round(_ks_cont(share, t), 4),
+                     "n": int(ok.sum()), "note": "after rounding to whole tokens"})
+    for m, (counts, items) in cols.mm.items():
+        if f"{m}_count" in tables:
+            pairs.append((f"{m}_count", counts[mask], tables[f"{m}_count"], 0.0))
+        if f"{m}_tokens" in tables and items.size:
+            off = np.concatenate([[0], np.cumsum(counts)])
+            rws = np.flatnonzero(mask)
+            pairs.append((f"{m}_tokens", items[_ragged(off[:-1][rws], counts[rws])], tables[f"{m}_tokens"], 1.0))
+    for name, x, tab, lo in pairs:
+        if tab is None:
+            continue
+        rows.append({"pool": label, "field": name, "ks": round(_ks_samples(x, _clip_table(tab, lo)), 4),
+                     "n": int(x.size)})
+    return rows
+
+
+def _ks_cont(x: np.ndarray, t: LengthTable) -> float:
+    if x.size == 0:
+        return float("nan")
+    xs = np.sort(x)
+    emp = LengthTable.from_samples(xs)
+    return ks_distance(emp, t)
+
+
+# --- entry point and rendering ---
+
+def inspect_requests(path: str | Path, scenario: Any = None, as_json: bool = False,
+                     file: Any = None) -> dict[str, Any]:
+    """Statistics of a requests file, plus fidelity when `scenario` (path or Scenario) is given.
+
+    Prints rich tables on a terminal, plain text otherwise, JSON with `as_json`; returns the dict.
+    """
+    cols = read_columns(path)
+    window = 600.0
+    fid = None
+    if scenario is not None:
+        from ..scenario import Scenario, load_scenario
+
+        sc = scenario if isinstance(scenario, Scenario) else load_scenario(scenario)
+        if sc.kind == "realistic":
+            window = 600.0 / sc.time_scale
+        fid = fidelity(cols, sc)
+    stats = request_stats(cols, window=window)
+    stats["path"] = str(path)
+    if fid is not None:
+        stats["fidelity"] = fid
+    out = file or sys.stdout
+    if as_json:
+        print(json.dumps(stats, indent=2, default=_json_default), file=out)
+    else:
+        render(stats, file=out)
+    return stats
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    raise TypeError(type(o).__name__)
+
+
+_SPARK = "▁▂▃▄▅▆▇█"
+
+
+def _spark(v: list[float]) -> str:
+    if not v:
+        return ""
+    top = max(v) or 1.0
+    return "".join(_SPARK[min(7, int(x / top * 7.999))] for x in v)
+
+
+def _f(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4g}" if abs(v) < 1e5 else f"{v:,.0f}"
+    return str(v)
+
+
+def _tables(st: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
+    """(title, header, rows) of every table to print."""
+    cv, top = st["cv"], st["top_share"]
+    summary = [["requests", _f(st["requests"])], ["clients", _f(st["clients"])],
+               ["duration (s)", _f(st["duration_s"])], ["mean rate (req/s)", _f(st["mean_rate"])],
+               ["rate curve", f"{_spark(st['rate_curve']['rates'])} ({_f(st['rate_curve']['bucket_s'])} s buckets)"],
+               [f"gap CV p10/p50/p90 ({cv['client_windows']} client-windows of {_f(cv['window_s'])} s)",
+                f"{_f(cv['p10'])} / {_f(cv['p50'])} / {_f(cv['p90'])}"],
+               ["top-1/5/10 share", f"{_f(top['top1'])} / {_f(top['top5'])} / {_f(top['top10'])}"]]
+    out = [(f"requests: {st['path']}", ["statistic", "value"], summary)]
+    rows = []
+    for cat, e in st["lengths"].items():
+        for fname, q in e.items():
+            if fname == "requests":
+                continue
+            rows.append([cat, fname, _f(q["p50"]), _f(q["p90"]), _f(q["p99"]), _f(q["mean"])
+                         + (f"  modes {q['modes']}" if q.get("modes") else "")])
+    out.append(("lengths", ["category", "field", "p50", "p90", "p99", "mean"], rows))
+    fid = st.get("fidelity")
+    if fid:
+        c = fid["counts"]
+        frows = [["total requests", _f(fid["total"]["expected"]), _f(fid["total"]["observed"]), ""]]
+        if "dof" in c:
+            frows.append(["count dispersion (renewal var c^2 e)", "~1", _f(c["dispersion"]),
+                          f"{c['dof']} client-windows with e >= {COUNT_CHECK_EXPECTED:g}"])
+            frows.append(["count dispersion (Poisson var e)", "~1 if CV=1" if c["arrival"] == "renewal" else "0",
+                          _f(c["dispersion_poisson"]), ""])
+            frows.append(["max |observed - expected| per client-window", "<1" if c["arrival"] == "servegen" else "",
+                          _f(c["max_abs_deviation"]), ""])
+            frows.append(["total count z-score", "|z| < 3", _f(c["total_z"]), ""])
+        elif c.get("z") is not None:
+            frows.append(["total count z-score (Poisson)", "|z| < 3", _f(c["z"]), ""])
+        for r in fid.get("gap_cv", []):
+            if "pool" in r:
+                frows.append([f"gap CV {r['pool']} realised/target (median)", "1",
+                              _f(r["median_ratio_target"]),
+                              f"{r['client_windows']} client-windows >= {CV_CHECK_REQUESTS} req; "
+                              f"{r['within15_target']:.0%} within 15%; vs pool cv {_f(r['median_ratio_pool_cv'])}"])
+            else:
+                frows.append(["gap CV", _f(r["target"]), _f(r["realised"]), ""])
+        for r in fid.get("lengths", []):
+            frows.append([f"KS {r['pool']} {r['field']}", "small", _f(r["ks"]), f"n={r['n']}"
+                          + (f" ({r['note']})" if r.get("note") else "")])
+        if not fid.get("digest_match", True):
+            frows.append(["scenario digest", "match", "DIFFERENT", "the file was made from another scenario"])
+        out.append((f"fidelity vs {fid['scenario']}", ["check", "target", "realised", "note"], frows))
+    return out
+
+
+def render(st: dict[str, Any], file: Any = None, rich: bool | None = None) -> None:
+    out = file or sys.stdout
+    use_rich = rich if rich is not None else (hasattr(out, "isatty") and out.isatty())
+    tables = _tables(st)
+    if use_rich:
+        from rich.console import Console
+        from rich.table import Table
+
+        con = Console(file=out)
+        for title, head, rows in tables:
+            tb = Table(title=title, title_justify="left")
+            for h in head:
+                tb.add_column(h)
+            for r in rows:
+                tb.add_row(*r)
+            con.print(tb)
+        return
+    for title, head, rows in tables:
+        print(title, file=out)
+        widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(head)]
+        print("  " + "  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)).rstrip(), file=out)
+        for r in rows:
+            print("  " + "  ".join(x.ljust(w) for x, w in zip(r, widths, strict=True)).rstrip(), file=out)
+        print(file=out)

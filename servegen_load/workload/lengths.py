@@ -1,0 +1,162 @@
+"""Per-request token counts drawn from a client's length tables, and pools' aggregate tables.
+
+Fields by pool category (`ClientPool.fields`): language `input_tokens`, `output_tokens`;
+reasoning adds `reason_ratio`; multimodal has `text_tokens` (the request's `input_tokens`),
+`output_tokens` and per modality m in image/audio/video `m_count` (items per request) and
+`m_tokens` (tokens of one item).
+
+Each field is drawn by inverse CDF from its own uniform, independently of the others (ServeGen's
+release draws every field of a request from one shared uniform, which makes input and output
+perfectly rank-correlated; we do not copy that). `length_correlation` = rho couples input and
+output through a Gaussian copula: (z1, z2) standard normals with Pearson r = 2 sin(pi rho / 6),
+u = Phi(z); r is chosen so the rank (Spearman) correlation of continuous margins is rho; ties of
+discrete tables pull the realised value slightly towards 0.
+
+Clipping, because a server needs it: input (text) tokens >= 1 (a prompt has at least one token),
+output tokens >= 1 (max_tokens must be positive), each multimodal item >= 1 token, item counts
+>= 0; `reason_tokens = round(reason_ratio * output_tokens)` within [0, output_tokens].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.special import ndtr
+
+from .distributions import LengthTable
+from .pool import ClientPool
+
+MODALITIES = ("image", "audio", "video")
+
+
+@dataclass
+class Lengths:
+    """Token columns of n requests; `reason` is -1 where the request has none; multimodal items
+    are `mm[m] = (counts (n,), items (counts.sum(),))` in request order."""
+
+    inp: np.ndarray
+    out: np.ndarray
+    reason: np.ndarray | None = None
+    mm: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+
+
+def input_field(fields: list[str]) -> str:
+    return "text_tokens" if "text_tokens" in fields and "input_tokens" not in fields else "input_tokens"
+
+
+def copula_uniforms(n: int, rho: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Two uniform columns with Spearman correlation ~rho (independent when rho == 0)."""
+    if rho == 0.0:
+        u = rng.random((n, 2))
+        return u[:, 0], u[:, 1]
+    r = 2.0 * np.sin(np.pi * rho / 6.0)
+    z = rng.standard_normal((n, 2))
+    z2 = r * z[:, 0] + np.sqrt(max(0.0, 1.0 - r * r)) * z[:, 1]
+    return ndtr(z[:, 0]), ndtr(z2)
+
+
+class TableSet:
+    """The tables one request draws from: field -> (values float64, cdf float64)."""
+
+    __slots__ = ("tables",)
+
+    def __init__(self, tables: dict[str, LengthTable]) -> None:
+        self.tables = tables
+
+    def draw(self, n: int, rng: np.random.Generator, rho: float) -> Lengths:
+        t = self.tables
+        f_in = "text_tokens" if "text_tokens" in t and "input_tokens" not in t else "input_tokens"
+        u_in, u_out = copula_uniforms(n, rho, rng)
+        inp = np.maximum(np.rint(t[f_in].sample(u_in)), 1).astype(np.int64)
+        out = np.maximum(np.rint(t["output_tokens"].sample(u_out)), 1).astype(np.int64)
+        res = Lengths(inp, out)
+        if "reason_ratio" in t:
+            ratio = t["reason_ratio"].sample(rng.random(n))
+            res.reason = np.clip(np.rint(ratio * out), 0, out).astype(np.int64)
+        for m in MODALITIES:
+            if f"{m}_count" not in t:
+                continue
+            cnt = np.maximum(np.rint(t[f"{m}_count"].sample(rng.random(n))), 0).astype(np.int64)
+            total = int(cnt.sum())
+            if total and f"{m}_tokens" in t:
+                items = np.maximum(np.rint(t[f"{m}_tokens"].sample(rng.random(total))), 1).astype(np.int64)
+            else:
+                cnt = np.zeros(n, dtype=np.int64) if f"{m}_tokens" not in t else cnt
+                items = np.zeros(int(cnt.sum()), dtype=np.int64)
+            res.mm[m] = (cnt, items)
+        return res
+
+
+def fixed_table(v: float) -> LengthTable:
+    return LengthTable(np.array([float(v)]), np.array([1.0]))
+
+
+def mixture(pool: ClientPool, field_name: str, weights: np.ndarray) -> LengthTable | None:
+    """Mixture of the pool's tables of one field with weights [client, data window] (e.g. expected
+    request counts); tables that are missing (-1) are skipped and the rest renormalised."""
+    fi = pool.fields.index(field_name)
+    idx = pool.table_index[:, :, fi]
+    sel = (weights > 0) & (idx >= 0)
+    if not sel.any():
+        return None
+    tids = idx[sel].astype(np.int64)
+    w = weights[sel].astype(np.float64)
+    # several (client, window) pairs may share a table (fallback mixtures): sum their weights
+    tids, inv = np.unique(tids, return_inverse=True)
+    w = np.bincount(inv, weights=w)
+    starts, ends = pool.offsets[tids], pool.offsets[tids + 1]
+    sizes = (ends - starts).astype(np.int64)
+    flat = np.repeat(starts - np.concatenate([[0], np.cumsum(sizes)[:-1]]), sizes) + np.arange(sizes.sum())
+    vals = pool.values[flat].astype(np.float64)
+    cdf = pool.cdf[flat].astype(np.float64)
+    # pmf of each table from its cdf, weighted by that table's share
+    first = np.zeros(flat.size, dtype=bool)
+    first[np.concatenate([[0], np.cumsum(sizes)[:-1]])] = True
+    pmf = np.diff(cdf, prepend=0.0)
+    pmf[first] = cdf[first]
+    pmf *= np.repeat(w / w.sum(), sizes)
+    u, inv2 = np.unique(vals, return_inverse=True)
+    return LengthTable.from_pmf(u, np.bincount(inv2, weights=pmf))
+
+
+class ClientTables:
+    """A client's tables per data window, with the documented fallback for missing ones.
+
+    A data window where the client has no table (it had no traffic there in the data, yet the
+    scenario asks for requests, e.g. through a gap in the length data) uses the client's nearest
+    data window that has one, else the pool's aggregate over all windows.
+    """
+
+    def __init__(self, pool: ClientPool, client: int, pool_mix: dict[str, LengthTable] | None = None) -> None:
+        self.pool, self.client = pool, client
+        self._cache: dict[int, TableSet] = {}
+        self._pool_mix = pool_mix
+
+    def at(self, dw: int) -> TableSet:
+        ts = self._cache.get(dw)
+        if ts is None:
+            if len(self._cache) > 4:
+                self._cache.clear()
+            ts = self._cache[dw] = TableSet({f: self._table(dw, f) for f in self.pool.fields})
+        return ts
+
+    def _table(self, dw: int, f: str) -> LengthTable:
+        fi = self.pool.fields.index(f)
+        have = np.flatnonzero(self.pool.table_index[self.client, :, fi] >= 0)
+        if have.size:
+            near = int(have[np.argmin(np.abs(have - dw))])
+            t = self.pool.table(self.client, near, f)
+            if t is not None:
+                return t
+        if self._pool_mix is None:
+            self._pool_mix = {}
+        if f not in self._pool_mix:
+            w = self.pool.rate.astype(np.float64)
+            dwin = self.pool.data_window_of(self.pool.window_start)
+            wd = np.zeros(self.pool.table_index.shape[:2])
+            for d in range(wd.shape[1]):
+                wd[:, d] = w[:, dwin == d].sum(axis=1)
+            m = mixture(self.pool, f, wd + 1e-300)
+            self._pool_mix[f] = m if m is not None else fixed_table(1.0)
+        return self._pool_mix[f]
