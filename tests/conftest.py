@@ -10,6 +10,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 DATA = SHARED / "data"
 
+pytest_plugins = ["real_servers"]  # llamacpp_server, vllm_server, prometheus_server, pushgateway_server
+
 
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
