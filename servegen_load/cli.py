@@ -25,39 +25,386 @@ app.add_typer(pool_app, name="pool")
 # --- workload commands (pool import, generate, inspect) ---
 
 
+@pool_app.command("import")
+def pool_import(
+    folder: str = typer.Argument(..., help="A ServeGen pool folder, e.g. data/language/m-large."),
+    output: str = typer.Option(..., "-o", "--output", help="Pool file to write (.npz)."),
+    name: str | None = typer.Option(None, help="Pool name (default: the folder's name)."),
+    category: str | None = typer.Option(None, help="language, multimodal or reason (default: inferred)."),
+    ks_max: float = typer.Option(0.004, "--ks-max", help="Max KS distance of each stored length table."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Import one ServeGen pool folder (trace CSVs + dataset JSONs) into a compact pool file."""
+    import shlex
+
+    from .workload.servegen_import import import_servegen
+
+    cmd = shlex.join(["servegen-load", "pool", "import", folder, "-o", output]
+                     + (["--name", name] if name else []) + (["--category", category] if category else [])
+                     + ["--ks-max", f"{ks_max:g}"])
+    pool = import_servegen(folder, name=name, category=category, ks_max=ks_max, command=cmd, progress=not quiet)
+    pool.save(output)
+    print(f"wrote {output}: {pool.name} ({pool.category}), {pool.n_clients} clients, "
+          f"{pool.span / 86400:g} days, {pool.offsets.size - 1} length tables, "
+          f"{len(pool.fallback)} with fallback lengths", file=sys.stderr)
+
+
+@app.command("generate")
+def generate_cmd(
+    scenario: str = typer.Argument(..., help="Scenario YAML (see scenarios/)."),
+    output: str = typer.Option(..., "-o", "--output", help="Requests file to write (JSONL)."),
+    seed: int | None = typer.Option(None, "--seed", help="Replace the scenario's seed."),
+    shard: str | None = typer.Option(None, "--shard", help="i/N: only shard i (0-based) of N, split by client."),
+    duration: float | None = typer.Option(None, "--duration", help="Replace the scenario's `duration` (seconds)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress line."),
+) -> None:
+    """Generate a scenario's requests as time-ordered JSONL (deterministic by seed, streaming)."""
+    from .workload.compose import generate_to_file
+
+    r = generate_to_file(scenario, output, shard=shard, seed=seed, duration=duration,
+                         progress=not quiet and sys.stderr.isatty())
+    print(f"wrote {r['output']}: {r['requests']} requests from {r['active_clients']} of {r['clients']} clients "
+          f"over {r['duration']:g} s (expected {r['expected_requests']:g}) in {r['seconds']:.2f} s", file=sys.stderr)
+
+
+@pool_app.command("list")
+def pool_list() -> None:
+    """List the shipped pools: clients, span, category."""
+    from .inspect import render_shipped, shipped_pools
+
+    render_shipped(shipped_pools())
+
+
+@app.command("inspect")
+def inspect_cmd(
+    target: str = typer.Argument(..., help="A pool (.npz or shipped name), requests JSONL or scenario YAML."),
+    as_json: bool = typer.Option(False, "--json", help="Print the statistics as JSON."),
+    scenario: str | None = typer.Option(None, "--scenario", help="Requests only: the scenario they came from."),
+) -> None:
+    """Statistics of a pool, a requests file or a scenario."""
+    from .inspect import detect_kind, inspect_pool, inspect_requests_file, print_scenario
+
+    kind = detect_kind(target)
+    if kind == "pool":
+        inspect_pool(target, as_json=as_json)
+    elif kind == "requests":  # servegen_load.workload.fidelity.inspect_requests, imported lazily
+        inspect_requests_file(target, scenario=scenario, as_json=as_json)
+    else:  # servegen_load.scenario.load_scenario, imported lazily
+        print_scenario(target, as_json=as_json)
+
+
 # --- fit / compare commands ---
+
+
+def _column_map(time_column: str | None, time_unit: str, client_column: str | None, session_column: str | None,
+                input_column: str | None, output_column: str | None, reason_column: str | None,
+                column: list[str]) -> object:
+    """ColumnMap from the options; `--column ROLE=NAME` covers every role (media columns too)."""
+    from .workload.logs import ROLES, ColumnMap
+
+    named: dict[str, str | None] = {"time": time_column, "client": client_column, "session": session_column,
+                                    "input": input_column, "output": output_column, "reason": reason_column}
+    for item in column:
+        role, sep, name = item.partition("=")
+        role = role.strip().replace("-", "_")
+        if not sep or role not in ROLES:
+            raise InputError(f"--column expects ROLE=NAME with ROLE one of {', '.join(ROLES)}, got {item!r}")
+        named[role] = name.strip()
+    return ColumnMap(time_unit=time_unit, **{k: v for k, v in named.items() if v is not None})
+
+
+def _time_range(text: str | None, option: str) -> tuple[float, float | None] | None:
+    """`START:END` (seconds after the first request; END may be empty) -> (start, end)."""
+    if text is None:
+        return None
+    a, sep, b = text.partition(":")
+    try:
+        start = float(a) if a.strip() else 0.0
+        end = float(b) if b.strip() else None
+    except ValueError:
+        start, end, sep = 0.0, None, ""
+    if not sep or start < 0 or (end is not None and end <= start):
+        raise InputError(f"{option} expects START:END in seconds after the first request (END optional), "
+                         f"got {text!r}")
+    return start, end
+
+
+@app.command("fit")
+def fit_cmd(
+    logs: list[str] = typer.Argument(..., help="Request logs: Azure/Mooncake traces, CSV, JSONL, requests or results files."),  # noqa: B008
+    output: str = typer.Option(..., "-o", "--output", help="Pool file to write (.npz)."),
+    fmt: str = typer.Option("auto", "--format", help="auto, azure, mooncake, csv, jsonl, requests, results."),
+    time_column: str | None = typer.Option(None, "--time-column", help="Time column (default: guessed)."),
+    time_unit: str = typer.Option("auto", "--time-unit", help="auto, s, ms, us, ns or iso."),
+    client_column: str | None = typer.Option(None, "--client-column", help="Client/tenant column ('' for none)."),
+    session_column: str | None = typer.Option(None, "--session-column", help="Session/conversation id column."),
+    input_column: str | None = typer.Option(None, "--input-column", help="Input (prompt) token column."),
+    output_column: str | None = typer.Option(None, "--output-column", help="Output (completion) token column."),
+    reason_column: str | None = typer.Option(None, "--reason-column", help="Reasoning token column."),
+    column: list[str] = typer.Option([], "--column", help="ROLE=NAME for any role, e.g. image_count=n_images."),  # noqa: B008
+    window: float = typer.Option(600.0, "--window", help="Rate window (s): rate and gap family per window."),
+    data_window: float = typer.Option(21600.0, "--data-window", help="Length-table window (s)."),
+    name: str | None = typer.Option(None, "--name", help="Pool name (default: the first log's file name)."),
+    category: str | None = typer.Option(None, "--category", help="language, multimodal or reason (default: from the columns)."),
+    min_requests: int = typer.Option(50, "--min-requests", help="Clients with fewer requests are merged into 'other'."),
+    start_of_day: bool = typer.Option(False, "--start-of-day", help="Pool time 0 = the midnight (UTC) before the first request."),
+    ks_max: float = typer.Option(0.004, "--ks-max", help="Max KS distance of each stored length table."),
+    time_range: str | None = typer.Option(None, "--range", help="Fit only START:END seconds after the first request."),
+) -> None:
+    """Fit a pool (per-client rate windows, gap families, length tables) to request logs."""
+    from .workload.fit import FitOptions, fit_logs
+
+    cols = _column_map(time_column, time_unit, client_column, session_column, input_column, output_column,
+                       reason_column, column)
+    opts = FitOptions(window=window, data_window=data_window, name=name, category=category,
+                      min_requests=min_requests, start_of_day=start_of_day, ks_max=ks_max,
+                      time_range=_time_range(time_range, "--range"))
+    pool, report = fit_logs(logs, fmt, cols, opts)
+    pool.save(output)
+    print(report.summary(pool), file=sys.stderr)
+    print(f"wrote {output}", file=sys.stderr)
+
+
+@app.command("compare")
+def compare_cmd(
+    a: str = typer.Argument(..., help="Stream A: a log, requests file or results file."),
+    b: str = typer.Argument(..., help="Stream B, the reference: a log, requests file or results file."),
+    format_a: str = typer.Option("auto", "--format-a", help="Format of A (auto, azure, mooncake, csv, jsonl, requests, results)."),
+    format_b: str = typer.Option("auto", "--format-b", help="Format of B."),
+    results_time: str = typer.Option("scheduled", "--results-time", help="Time of results files: scheduled or sent."),
+    html_out: str | None = typer.Option(None, "--html", help="Also write the table as a self-contained HTML file."),
+    as_json: bool = typer.Option(False, "--json", help="Print the comparison as JSON."),
+    max_distance: float | None = typer.Option(None, "--max-distance", help="Exit 1 when the distance exceeds this."),
+    ignore: list[str] = typer.Option([], "--ignore", help="Row keys (globs) left out of the distance, e.g. 'rate.*'."),  # noqa: B008
+    range_a: str | None = typer.Option(None, "--range-a", help="Use only START:END seconds after A's first request."),
+    range_b: str | None = typer.Option(None, "--range-b", help="Use only START:END seconds after B's first request."),
+) -> None:
+    """Realism statistics of two request streams side by side, one distance at the bottom."""
+    import json
+
+    from .atomic import atomic_write
+    from .metrics.realism import compare_streams, render_html, render_rich, render_text, stream_stats
+    from .workload.logs import ColumnMap, detect_format, load_log
+
+    if results_time not in ("scheduled", "sent"):
+        raise InputError(f"--results-time expects scheduled or sent, got {results_time!r}")
+
+    def load(path: str, fmt: str, rng: str | None, option: str) -> object:
+        window = _time_range(rng, option)
+        f = detect_format(path) if fmt == "auto" else fmt
+        cols = ColumnMap(time=results_time) if f == "results" else None
+        log = load_log(path, f, cols)
+        if window is not None:
+            log = log.time_range(*window)
+            if len(log) == 0:
+                raise InputError(f"no requests in {option} {rng}", path=path)
+        return stream_stats(log, path if window is None else f"{path} [{rng}]")
+
+    cmp = compare_streams(load(a, format_a, range_a, "--range-a"), load(b, format_b, range_b, "--range-b"),
+                          ignore=ignore)
+    if html_out:
+        with atomic_write(html_out, "w") as fh:
+            fh.write(render_html(cmp, max_distance))
+    if as_json:
+        print(json.dumps(cmp.to_dict(max_distance), indent=2))
+    elif sys.stdout.isatty():
+        from rich.console import Console
+
+        Console().print(render_rich(cmp, max_distance))
+    else:
+        print(render_text(cmp, max_distance))
+    if max_distance is not None and cmp.distance > max_distance:
+        sys.exit(1)  # SystemExit passes through `main` (typer.Exit would be swallowed in non-standalone mode)
 
 
 # --- run / sim commands ---
 
 
+@app.command("run")
+def run_cmd(
+    source: str = typer.Argument(..., help="A requests file (JSONL) or a scenario (.yaml, generated on the fly)."),
+    output: str = typer.Option(..., "-o", "--output", help="Results file to write (JSONL, streamed)."),
+    endpoint: str | None = typer.Option(None, "--endpoint", help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000 (default: start the embedded simulator)."),
+    model: str | None = typer.Option(None, "--model", help="Model name (default: the first id of the endpoint's /v1/models)."),
+    api: str = typer.Option("chat", "--api", help="chat (/v1/chat/completions) or completions (/v1/completions)."),
+    server_family: str | None = typer.Option(None, "--server-family", help="How output length is forced: vllm, sglang, llamacpp, openai, sim (default: vllm; sim without --endpoint)."),
+    api_key_file: str | None = typer.Option(None, "--api-key-file", help="File holding the API key (default: $OPENAI_API_KEY). Never written anywhere."),
+    max_concurrency: int | None = typer.Option(None, "--max-concurrency", help="Cap on requests in flight; waiting time is recorded as queue_time."),
+    duration: float | None = typer.Option(None, "--duration", help="Only requests scheduled before this many seconds."),
+    timeout_connect: float = typer.Option(10.0, "--timeout-connect", help="Seconds to open a connection."),
+    timeout_first_token: float = typer.Option(300.0, "--timeout-first-token", help="Seconds from send to the first token."),
+    timeout_total: float = typer.Option(1800.0, "--timeout-total", help="Seconds from send to the end of the response."),
+    metrics_port: int | None = typer.Option(None, "--metrics-port", help="Serve Prometheus /metrics on this port (0: any free port)."),
+    metrics_host: str = typer.Option("127.0.0.1", "--metrics-host", help="Address the /metrics server binds."),
+    metrics_linger: float = typer.Option(0.0, "--metrics-linger", help="Keep /metrics up this many seconds after the run (final values)."),
+    pushgateway: str | None = typer.Option(None, "--pushgateway", help="Push the final metrics to this Pushgateway (host:port or URL)."),
+    transport: str = typer.Option("raw", "--transport", help="raw (lean asyncio HTTP/1.1, default) or aiohttp (proxies from the environment)."),
+    lag_threshold_ms: float = typer.Option(10.0, "--lag-threshold-ms", help="Warn when the send lag p99 exceeds this."),
+    progress: str = typer.Option("auto", "--progress", help="auto, live, plain or off (progress goes to stderr)."),
+    summary_json: str | None = typer.Option(None, "--summary-json", help="Also write the summary as JSON here."),
+    sim_preset: str | None = typer.Option(None, "--sim-preset", help="Engine preset of the embedded simulator (no --endpoint)."),
+) -> None:
+    """Send every request at its scheduled time (open loop) and record one result line per request."""
+    from .dispatch.command import run_command
+    from .dispatch.limits import Timeouts
+
+    code = run_command(
+        source, output, endpoint=endpoint, model=model, api=api, server_family=server_family,
+        api_key_file=api_key_file, max_concurrency=max_concurrency, duration=duration,
+        timeouts=Timeouts(timeout_connect, timeout_first_token, timeout_total), metrics_port=metrics_port,
+        metrics_host=metrics_host, metrics_linger=metrics_linger, pushgateway=pushgateway, transport=transport,
+        lag_threshold=lag_threshold_ms / 1e3, progress=progress, summary_json=summary_json, sim_preset=sim_preset)
+    if code:
+        sys.exit(code)
+
+
+@app.command("report")
+def report_cmd(
+    results: list[str] = typer.Argument(..., help="One or more results files (merged)."),  # noqa: B008
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    output: str | None = typer.Option(None, "-o", "--output", help="Also write the JSON summary to this file."),
+    lag_threshold_ms: float = typer.Option(10.0, "--lag-threshold-ms", help="Send lag p99 above this means the client fell behind."),
+    html: str | None = typer.Option(None, "--html", help="Also write a self-contained HTML report with plots (needs the `report` extra)."),
+) -> None:
+    """Summarize results: TTFT, TPOT, ITL, E2E, send lag, throughput, errors, fidelity (or a plan's capacity file)."""
+    from .report.command import report_command  # the summary JSON carries gate's bootstrap samples
+
+    report_command(results, as_json=as_json, output=output, lag_threshold=lag_threshold_ms / 1e3, html=html)
+
+
+@app.command()
+def sim(
+    port: int = typer.Option(8000, help="Port to listen on; 0 picks a free one (printed on the ready line)."),
+    host: str = typer.Option("127.0.0.1", help="Address to bind."),
+    preset: str = typer.Option("llama3-8b-h100", help="Engine preset name, or a YAML file (base: + overrides)."),
+    param: list[str] = typer.Option([], "--param", help="Engine parameter override NAME=VALUE (repeatable)."),  # noqa: B008
+    fault: list[str] = typer.Option([], "--fault", help="Fault injection NAME=RATE (repeatable)."),  # noqa: B008
+    seed: int = typer.Option(0, help="Seed of the fault draws and of natural output lengths."),
+    time_scale: float = typer.Option(1.0, "--time-scale", help="Slow the engine down (2.0 = twice as slow)."),
+    stall_seconds: float = typer.Option(5.0, "--stall-seconds", help="Pause of the stall_resume fault."),
+    slow_accept_seconds: float = typer.Option(2.0, "--slow-accept-seconds", help="Delay of slow_accept."),
+    hang_seconds: float = typer.Option(600.0, "--hang-seconds", help="How long stall_hang holds a connection."),
+    list_presets: bool = typer.Option(False, "--list-presets", help="List the engine presets and exit."),
+) -> None:
+    """Serve the embedded OpenAI-compatible LLM simulator (engine model, no GPU) until Ctrl-C."""
+    from .sim.config import build_config
+    from .sim.presets import format_presets
+
+    if list_presets:
+        typer.echo(format_presets())
+        return
+    cfg = build_config(preset, param, fault, seed=seed, time_scale=time_scale, host=host, port=port,
+                       stall_seconds=stall_seconds, slow_accept_seconds=slow_accept_seconds,
+                       hang_seconds=hang_seconds)
+    from .sim.server import run as run_sim
+
+    run_sim(cfg)
+
+
 # --- verdict commands (report, gate, plan) ---
 
 
+@app.command("gate")
+def gate_cmd(
+    results: list[str] = typer.Argument(..., help="One or more results files (merged)."),  # noqa: B008
+    slo: list[str] = typer.Option([], "--slo", help="SLO, e.g. 'ttft_p99<=2s', 'error_rate<=0.5%', 'ttft_p99[category=multimodal]<=4s' (repeatable)."),  # noqa: B008
+    slo_file: str | None = typer.Option(None, "--slo-file", help="YAML file with `slo:` (list of specs) and optional `request_slo:`."),
+    request_slo: str | None = typer.Option(None, "--request-slo", help="Per-request SLO for goodput, e.g. 'ttft<=2s,tpot<=100ms'."),
+    baseline: str | None = typer.Option(None, "--baseline", help="Baseline: `report RESULTS --json -o baseline.json` output, or a results file."),
+    max_regression: str = typer.Option("10%", "--max-regression", help="Allowed slowdown of each percentile vs the baseline."),
+    metric: list[str] = typer.Option([], "--metric", help="Percentile compared with the baseline (repeatable; default ttft/tpot/e2e p50/p90/p99)."),  # noqa: B008
+    confidence: str = typer.Option("95%", "--confidence", help="Bootstrap confidence level of the regression CIs."),
+    warmup: float = typer.Option(0.0, "--warmup", help="Exclude requests scheduled in the first S seconds (both sides)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the checks as JSON."),
+    lag_threshold_ms: float = typer.Option(10.0, "--lag-threshold-ms", help="Send lag p99 above this means the client fell behind."),
+) -> None:
+    """Check SLOs and regressions: exit 0 when all hold, 1 when one fails, 2 on bad input."""
+    from .gate import DEFAULT_METRICS, print_gate, run_gate
+    from .slo import build_slos, parse_fraction
+
+    slos = build_slos(slo, slo_file, request_slo)
+    g = run_gate(results, slos, baseline=baseline, max_regression=parse_fraction(max_regression, "--max-regression"),
+                 warmup=warmup, metrics=tuple(metric) or DEFAULT_METRICS,
+                 confidence=parse_fraction(confidence, "--confidence"), lag_threshold=lag_threshold_ms / 1e3)
+    print_gate(g, as_json=as_json)
+    if g.exit_code:
+        sys.exit(g.exit_code)
+
+
+@app.command("plan")
+def plan_cmd(
+    scenario: str = typer.Argument(..., help="Scenario YAML whose load is scaled."),
+    slo: list[str] = typer.Option([], "--slo", help="SLO every step must meet, e.g. 'ttft_p99<=2s' (repeatable)."),  # noqa: B008
+    slo_file: str | None = typer.Option(None, "--slo-file", help="YAML file with `slo:` and optional `request_slo:`."),
+    request_slo: str | None = typer.Option(None, "--request-slo", help="Per-request SLO for goodput, e.g. 'ttft<=2s,tpot<=100ms'."),
+    endpoint: str | None = typer.Option(None, "--endpoint", help="OpenAI-compatible base URL (default: the embedded simulator)."),
+    model: str | None = typer.Option(None, "--model", help="Model name (default: the endpoint's first model)."),
+    api: str = typer.Option("chat", "--api", help="chat or completions."),
+    server_family: str | None = typer.Option(None, "--server-family", help="vllm, sglang, llamacpp, openai, sim (default: vllm; sim without --endpoint)."),
+    api_key_file: str | None = typer.Option(None, "--api-key-file", help="File holding the API key (default: $OPENAI_API_KEY)."),
+    preset: str | None = typer.Option(None, "--preset", help="Simulator engine preset (no --endpoint; default llama3-8b-h100)."),
+    sim_param: list[str] = typer.Option([], "--sim-param", help="Simulator engine parameter NAME=VALUE (repeatable)."),  # noqa: B008
+    sim_time_scale: float = typer.Option(1.0, "--sim-time-scale", help="Slow the simulated engine down (2.0 = twice as slow)."),
+    replicas_for: float | None = typer.Option(None, "--replicas-for", help="Peak rate (req/s) to size replicas for."),
+    headroom: str = typer.Option("20%", "--headroom", help="Headroom above the peak when sizing replicas."),
+    step_duration: float = typer.Option(30.0, "--step-duration", help="Measured seconds of each step (after the warm-up)."),
+    warmup: float = typer.Option(5.0, "--warmup", help="Seconds at the start of each step excluded from the verdict."),
+    tolerance: str = typer.Option("5%", "--tolerance", help="Stop bisecting when the bracket is this narrow."),
+    start_scale: float = typer.Option(1.0, "--start-scale", help="First scale tried (1 = the scenario's own rate)."),
+    max_steps: int = typer.Option(14, "--max-steps", help="At most this many steps per plan."),
+    compare: str | None = typer.Option(None, "--compare", help="`naive`: also plan the scenario's naive baseline and compare."),
+    html: str | None = typer.Option(None, "--html", help="Also write the capacity curve as a self-contained HTML page."),
+    output: str | None = typer.Option(None, "-o", "--output", help="Write the capacity JSON here (capacity.json)."),
+    results_dir: str | None = typer.Option(None, "--results-dir", help="Keep every step's results file in this folder."),
+) -> None:
+    """Search the largest load scale meeting every SLO; the capacity curve, knee and replicas."""
+    import json
+    from pathlib import Path
+
+    from .atomic import atomic_write
+    from .dispatch.endpoint import load_api_key
+    from .plan import PlanOptions, plan_capacity
+    from .report.text import print_capacity
+    from .sim.presets import parse_params
+    from .slo import build_slos, parse_fraction
+
+    if compare not in (None, "naive"):
+        raise InputError(f"expected naive, got {compare!r}", field="--compare")
+    slos = build_slos(slo, slo_file, request_slo)
+    opts = PlanOptions(step_duration=step_duration, warmup=warmup, tolerance=parse_fraction(tolerance, "--tolerance"),
+                       start_scale=start_scale, max_steps=max_steps, endpoint=endpoint, model=model, api=api,
+                       server_family=server_family, api_key=load_api_key(Path(api_key_file) if api_key_file else None),
+                       preset=preset, sim_params=parse_params(sim_param), sim_time_scale=sim_time_scale,
+                       results_dir=results_dir)
+    if endpoint is not None and (preset or sim_param or sim_time_scale != 1.0):
+        raise InputError("--preset/--sim-param/--sim-time-scale apply to the embedded simulator only (no --endpoint)")
+    doc = plan_capacity(scenario, slos, opts, compare_naive=compare == "naive", replicas_for=replicas_for,
+                        headroom=parse_fraction(headroom, "--headroom"))
+    if output:
+        with atomic_write(output) as fh:
+            fh.write(json.dumps(doc, indent=2) + "\n")
+    if html:
+        from .report.html import capacity_html
+
+        with atomic_write(html) as fh:
+            fh.write(capacity_html(doc))
+    print_capacity(doc)
+
+
 def main() -> None:
-    """Entry point: map expected errors to one-line messages and exit code 2, never a traceback."""
+    """Entry point: map expected errors to one-line messages and exit code 2, never a traceback.
+
+    Typer runs in standalone mode, so usage errors exit 2 and `typer.Exit(code)` keeps its code;
+    our own `InputError`s and unreadable files escape it and are turned into one line here.
+    """
     try:
-        app(standalone_mode=False)
+        app()
     except InputError as e:
         print(f"servegen-load: error: {e}", file=sys.stderr)
         sys.exit(2)
-    except (FileNotFoundError, IsADirectoryError, PermissionError) as e:
+    except (FileNotFoundError, IsADirectoryError, PermissionError, NotADirectoryError) as e:
         print(f"servegen-load: error: {e.filename}: {e.strerror}", file=sys.stderr)
         sys.exit(2)
-    except typer.Abort:
-        print("servegen-load: aborted", file=sys.stderr)
-        sys.exit(130)
-    except typer.Exit as e:
-        sys.exit(e.exit_code)
-    except SystemExit:
-        raise
-    except Exception as e:  # click usage errors and friends
-        import click
-
-        if isinstance(e, click.ClickException):
-            e.show()
-            sys.exit(2)
-        raise
 
 
 if __name__ == "__main__":

@@ -1,0 +1,681 @@
+"""Logs -> pool: characterise request logs as ServeGen-style per-client windows and tables.
+
+What a fit measures, per client (after merging sparse clients, see below):
+
+- Rate windows of `window` seconds (default 600, ServeGen's): rate = requests in the window /
+  window. The last window is counted over a whole window, so generating the pool's full span
+  reproduces the log's request count.
+- Gap family per rate window, among exponential, Gamma, Weibull and lognormal, by maximum
+  likelihood with AIC's penalty (log-likelihood minus the number of parameters: 1 for the
+  exponential, 2 for the others), so the exponential is kept unless a shape earns its keep.
+  Gaps are those between consecutive requests of the client inside the window, normalised by
+  their mean y = gap / mean; with s = mean(log y) the fits are vectorised over all windows:
+
+      gamma      log k - digamma(k) = -s       Minka's closed-form start, 4 Newton steps
+      lognormal  sigma^2 = var(log y)          closed form
+      weibull    sum y^k log y / sum y^k - 1/k = s   bracketed Newton, 6 steps, log-sum-exp scaled
+      exponential                              nothing to fit
+
+  CV guard: the count variance a window produces (its Fano factor, ~CV^2 for a renewal process)
+  is set by the gaps' CV, which likelihood barely looks at (it weighs the many short gaps), so
+  a family whose implied CV is off the measured one by more than a factor `CV_TOLERANCE` (1.5)
+  is not eligible; when none is (e.g. a lognormal with sigma 4 fitted to timestamps truncated to
+  the microsecond: CV 10^4 where the data says 7), the window gets the Gamma with k = 1/CV^2.
+  A pool stores per window the family code, its shape (Gamma/Weibull k, lognormal sigma, 1 for
+  the exponential), the scale in seconds (scipy's: Gamma mean/k, Weibull lambda, lognormal
+  exp(mu), exponential mean) and `cv`, the measured coefficient of variation of the window's
+  gaps (what ServeGen's `iat_cv` is for its Weibull rows). Gaps of 0 (equal timestamps) are
+  floored at half the log's smallest positive gap, clipped to [1 us, 1 ms].
+- A window with 1..`MIN_WINDOW_REQUESTS - 1` requests (too few gaps to fit) gets the
+  exponential at the window's rate (shape 1, cv 1); an empty window has rate 0, family NONE.
+- Length tables per data window of `data_window` seconds (default 21600, ServeGen's): the
+  exact empirical distribution of each field, `compress`ed to KS distance <= `ks_max`.
+  Fields follow the columns present: language `input_tokens`, `output_tokens`; with a reasoning
+  column `reason_ratio` = reasoning / output tokens in 1/500 steps (category reason); with image,
+  audio or video columns (category multimodal) `text_tokens` (the input column), `output_tokens`,
+  `m_count` (items per request) and `m_tokens` (tokens of one item = the request's m tokens /
+  m_count, over requests with items). A client active in a data window whose rows carry no value
+  for a field (e.g. no reasoning count) gets the table {0: 1}.
+- `rank_corr` (optional pool array): Spearman correlation of input and output tokens over the
+  client's requests (average ranks for ties; a random sample when the logs have more than
+  `SPEARMAN_SAMPLE` rows, at least 5000 rows a client).
+- Sessions (with a session column): per client, turns per session, think time between turns
+  (arrival to arrival, seconds, 1 ms steps) and new input tokens per turn after the first. When
+  >= 80% of consecutive turns satisfy input_k >= input_{k-1} + output_{k-1}, the log's inputs
+  include the history and new tokens = input_k - input_{k-1} - output_{k-1} (meta
+  `session_history: included`), else new tokens = input_k (`excluded`).
+
+Clients with fewer than `min_requests` requests (default `MIN_REQUESTS` = 50, about what is
+needed for a stable length table and a handful of fitted windows) are merged into one client
+`other`, fitted like any client; a log without client ids is one client `all`. Clients are
+ordered by request count, largest first, `other` last.
+
+Time origin: the earliest request of all logs is pool time 0 (`start_of_day`: the midnight UTC
+before it, for wall-clock logs, so windows line up with ServeGen's clock-aligned pools). Several
+logs are merged on their absolute times (wall clock when they have one).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+from scipy.special import digamma, gammaln, polygamma
+
+from ..errors import InputError
+from .distributions import Family, LengthTable, compress
+from .logs import MEDIA, BadRows, ColumnMap, LogChunk, read_log
+from .pool import CATEGORIES, ClientPool, build_tables
+
+MIN_REQUESTS = 50
+MIN_WINDOW_REQUESTS = 10
+OTHER = "other"
+REASON_BINS = 500
+SESSION_FIELDS = ("turns", "think_time", "new_tokens")
+CV_TOLERANCE = 1.5  # a family's implied gap CV must be within this factor of the measured CV
+SPEARMAN_SAMPLE = 1_000_000  # rows for the rank correlation (>= 5000 a client: standard error < 0.015)
+_LOG2PI = float(np.log(2.0 * np.pi))
+
+
+@dataclass
+class FitOptions:
+    """Knobs of `fit_chunks` (the CLI's options, same names)."""
+
+    window: float = 600.0
+    data_window: float = 21600.0
+    name: str | None = None
+    category: str | None = None
+    min_requests: int = MIN_REQUESTS
+    min_window_requests: int = MIN_WINDOW_REQUESTS
+    start_of_day: bool = False
+    ks_max: float = 0.004
+    time_range: tuple[float, float | None] | None = None  # seconds after the first request: [start, end)
+
+
+@dataclass
+class FitReport:
+    """What was read and fitted, for the command's summary and the pool's provenance."""
+
+    files: list[str] = field(default_factory=list)
+    rows: int = 0
+    requests: int = 0
+    bad: BadRows = field(default_factory=BadRows)
+    bad_by_file: dict[str, BadRows] = field(default_factory=dict)
+    clients_seen: int = 0
+    merged_clients: int = 0
+    merged_requests: int = 0
+    windows_fitted: int = 0
+    windows_fallback: int = 0
+    cv_guarded: int = 0
+    families: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self, pool: ClientPool) -> str:
+        fams = ", ".join(f"{k} {v}" for k, v in self.families.items() if v)
+        merged = (f" ({self.merged_clients} sparse client(s), {self.merged_requests} requests, merged into "
+                  f"'{pool.clients[-1]}')") if self.merged_clients else ""
+        guard = f", {self.cv_guarded} by the CV guard" if self.cv_guarded else ""
+        return (f"fitted {self.requests} requests from {len(self.files)} log(s) ({self.bad.count} bad rows skipped): "
+                f"{pool.n_clients} client(s){merged}; {pool.window_start.size} windows of {pool.window:g} s, "
+                f"{self.windows_fitted} fitted ({fams or 'none'}{guard}), {self.windows_fallback} with fewer than "
+                f"{MIN_WINDOW_REQUESTS} requests use the exponential; {pool.data_start.size} data window(s) of "
+                f"{pool.data_window:g} s; category {pool.category}, fields {', '.join(pool.fields)}")
+
+
+@dataclass
+class GapFit:
+    """Per-group fit results (arrays over groups; see `fit_gaps`)."""
+
+    family: np.ndarray
+    shape: np.ndarray
+    scale: np.ndarray
+    cv: np.ndarray
+    n: np.ndarray
+    loglik: np.ndarray  # (groups, 4): exponential, gamma, weibull, lognormal (per gap, y units)
+    guarded: np.ndarray  # no family was CV-consistent: Gamma with k = 1/cv^2
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def fit_logs(paths: Sequence[str | Path], fmt: str = "auto", columns: ColumnMap | None = None,
+             options: FitOptions | None = None, chunk_rows: int = 1_000_000,
+             stream: IO[str] | None = None) -> tuple[ClientPool, FitReport]:
+    """Read the logs (streaming) and fit a pool; warnings and notes go to `stream` (stderr)."""
+    opts = options or FitOptions()
+    if opts.name is None:
+        opts = FitOptions(**{**opts.__dict__, "name": Path(str(paths[0])).stem if paths else "fitted"})
+
+    def chunks() -> Iterable[LogChunk]:
+        for p in paths:
+            yield from read_log(p, fmt, columns, chunk_rows)
+
+    pool, report = fit_chunks(chunks(), opts)
+    out = stream or sys.stderr
+    for path, bad in report.bad_by_file.items():
+        print(f"servegen-load: warning: {path}: skipped {bad.count} bad row(s) ({bad.describe()})", file=out)
+    for note in report.notes:
+        print(f"servegen-load: note: {note}", file=out)
+    return pool, report
+
+
+def fit_chunks(chunks: Iterable[LogChunk], options: FitOptions | None = None) -> tuple[ClientPool, FitReport]:
+    """Fit a pool from log chunks (one or several logs; see the module docstring)."""
+    opts = options or FitOptions()
+    if not opts.window > 0 or not opts.data_window > 0:
+        raise InputError("--window and --data-window must be positive")
+    if opts.data_window < opts.window:
+        raise InputError("--data-window must be at least --window")
+    if opts.category is not None and opts.category not in CATEGORIES:
+        raise InputError(f"expected a category among {', '.join(CATEGORIES)}, got {opts.category!r}")
+    report = FitReport()
+    cols = _collect(chunks, report)
+    return _fit(cols, opts, report), report
+
+
+# --------------------------------------------------------------------------- reading
+
+
+@dataclass
+class _Columns:
+    t: np.ndarray
+    client: np.ndarray
+    names: list[str]
+    has_client: bool
+    input: np.ndarray
+    output: np.ndarray
+    reason: np.ndarray | None
+    session: np.ndarray | None
+    media: dict[str, np.ndarray]
+    origin: float
+    wall_clock: bool
+
+
+def _collect(chunks: Iterable[LogChunk], report: FitReport) -> _Columns:
+    """Concatenate chunks of one or more logs on absolute time, with one client-name table."""
+    names: dict[str, int] = {}
+    parts: dict[str, list[Any]] = {k: [] for k in ("t", "client", "input", "output", "reason", "session",
+                                                           *MEDIA)}
+    seen = {"reason": False, "session": False, **dict.fromkeys(MEDIA, False)}
+    has_client = False
+    wall: set[bool] = set()
+    files: dict[str, bool] = {}
+    for c in chunks:
+        if c.path not in files:
+            files[c.path] = c.has_client
+            report.files.append(c.path)
+        report.rows += c.rows
+        report.bad.merge(c.bad)
+        if c.bad.count:
+            report.bad_by_file.setdefault(c.path, BadRows()).merge(c.bad)
+        n = len(c)
+        if n == 0:
+            continue
+        wall.add(c.wall_clock)
+        has_client = has_client or c.has_client
+        lut = np.array([names.setdefault(nm, len(names)) for nm in c.clients], dtype=np.int32)
+        parts["t"].append(c.origin + c.t)
+        parts["client"].append(lut[c.client] if lut.size else np.zeros(n, dtype=np.int32))
+        parts["input"].append(c.input)
+        parts["output"].append(c.output)
+        for k in ("reason", "session", *MEDIA):
+            col = c.media.get(k) if k in MEDIA else getattr(c, k)
+            if col is not None and np.any(col >= 0):
+                seen[k] = True
+                parts[k].append(col)
+            else:  # absent here: a length placeholder, filled only if another chunk has the column
+                parts[k].append(n)
+    if not parts["t"]:
+        raise InputError("no usable rows in the logs" + (f" ({report.bad.describe()})" if report.bad.count else ""))
+    for p, hc in files.items():
+        if not hc:
+            report.notes.append(f"{p} has no client column: its requests are one client 'all'")
+    if len(wall) > 1:
+        report.notes.append("some logs have wall-clock times and others relative times: merged as given")
+
+    def cat(k: str) -> np.ndarray | None:
+        if not seen[k]:
+            return None
+        dtype = np.int64 if k == "session" else np.int32
+        return np.concatenate([np.full(p, -1, dtype=dtype) if isinstance(p, int) else p for p in parts[k]])
+
+    def take(k: str) -> np.ndarray:  # concatenate and drop the parts at once (peak memory)
+        out = np.concatenate(parts[k])
+        parts[k] = []
+        return out
+
+    t = take("t")
+    origin = float(t.min())
+    report.requests = int(t.size)
+    return _Columns(t=t, client=take("client"), names=list(names), has_client=has_client,
+                    input=take("input"), output=take("output"), reason=cat("reason"), session=cat("session"),
+                    media={k: v for k in MEDIA if (v := cat(k)) is not None}, origin=origin,
+                    wall_clock=wall == {True})
+
+
+# --------------------------------------------------------------------------- fitting
+
+
+def _fit(cols: _Columns, opts: FitOptions, report: FitReport) -> ClientPool:
+    if not np.any(cols.input >= 0) or not np.any(cols.output >= 0):
+        raise InputError("fit needs input and output token counts: name the columns with --input-column and "
+                         "--output-column")
+    t0 = cols.origin
+    span = 0.0
+    if opts.time_range is not None:
+        a, b = opts.time_range
+        cols = _select(cols, a, b)
+        report.requests = int(cols.t.size)
+        t0 += a
+        span = (b - a) if b is not None else 0.0
+    if opts.start_of_day:
+        span += t0 - float(np.floor(t0 / 86400.0) * 86400.0)
+        t0 = float(np.floor(t0 / 86400.0) * 86400.0)
+    t = cols.t
+    t -= t0  # in place: the columns are ours
+    client, names = _merge_sparse(cols, opts, report)
+    n_clients = len(names)
+    category, fields, values = _fields(cols, opts)
+
+    W, D = float(opts.window), float(opts.data_window)
+    n_w = max(int(t.max() // W) + 1, int(np.ceil(span / W - 1e-9)))
+    n_d = max(int(t.max() // D) + 1, int(np.ceil(span / D - 1e-9)))
+    rate, cv, family, shape, scale = _rate_windows(t, client, n_clients, n_w, W, opts, report)
+
+    tables: list[LengthTable] = []
+    gtype = np.int32 if n_clients * n_d < 2**31 else np.int64
+    grp = client.astype(gtype) * gtype(n_d) + (t // D).astype(gtype)
+    active = np.bincount(grp, minlength=n_clients * n_d).reshape(n_clients, n_d) > 0
+    table_index = np.full((n_clients, n_d, len(fields)), -1, dtype=np.int32)
+    zero: int | None = None
+    for fi, f in enumerate(fields):
+        v, scale_v = values[f]
+        idx = _grouped_tables(v, grp, n_clients * n_d, tables, opts.ks_max, scale_v).reshape(n_clients, n_d)
+        missing = active & (idx < 0)
+        if missing.any():
+            if zero is None:
+                zero = len(tables)
+                tables.append(LengthTable(np.array([0.0]), np.array([1.0])))
+            idx[missing] = zero
+        table_index[:, :, fi] = idx
+
+    x = values[fields[0]][0]
+    sub = _per_group_sample(client, n_clients, SPEARMAN_SAMPLE)
+    extra: dict[str, np.ndarray] = {
+        "rank_corr": spearman_by_group(x[sub], cols.output[sub], client[sub], n_clients)}
+    meta: dict[str, Any] = {}
+    if cols.session is not None:
+        sidx, share, history = _sessions(t, client, n_clients, cols, tables, opts.ks_max)
+        extra.update(session_index=sidx, session_share=share)
+        meta.update(session_fields=list(SESSION_FIELDS), session_history=history)
+    flat_values, cdf, offsets = build_tables(tables)
+
+    meta["fit"] = {
+        "logs": report.files, "rows": report.rows, "requests": report.requests, "bad_rows": report.bad.count,
+        "window": W, "data_window": D, "min_requests": opts.min_requests,
+        "min_window_requests": opts.min_window_requests, "merged_clients": report.merged_clients,
+        "merged_requests": report.merged_requests, "origin": t0, "wall_clock": cols.wall_clock,
+        "start_of_day": opts.start_of_day, "families": report.families, "ks_max": opts.ks_max,
+        "time_range": list(opts.time_range) if opts.time_range else None, "cv_guarded": report.cv_guarded,
+    }
+    if cols.wall_clock:
+        meta["fit"]["origin_utc"] = str(np.datetime64(round(t0 * 1e6), "us")) + "Z"
+    meta["source"] = "fit"
+    meta["arrays"] = {"rank_corr": "per client: Spearman correlation of input and output tokens"}
+    if "session_index" in extra:
+        meta["arrays"].update(session_index="per client: table ids of session_fields (-1: no sessions)",
+                              session_share="per client: share of requests with a session id")
+    pool = ClientPool(
+        name=str(opts.name or "fitted"), category=category, clients=names, window=W,
+        window_start=np.arange(n_w, dtype=np.float64) * W, rate=rate, cv=cv, family=family, shape=shape,
+        scale=scale, data_window=D, data_start=np.arange(n_d, dtype=np.float64) * D, fields=fields,
+        table_index=table_index, values=flat_values, cdf=cdf, offsets=offsets, fallback=[], meta=meta,
+        extra=extra,
+    )
+    pool.validate("<fit>")
+    return pool
+
+
+def _select(cols: _Columns, start: float, end: float | None) -> _Columns:
+    """Rows with start <= t - origin < end; the origin (first request of the logs) is kept."""
+    rel = cols.t - cols.origin
+    keep = rel >= start
+    if end is not None:
+        keep &= rel < end
+    if not keep.any():
+        raise InputError(f"no requests in the range {start:g}..{'' if end is None else f'{end:g}'} s after the "
+                         "first request")
+
+    def k(a: np.ndarray | None) -> np.ndarray | None:
+        return None if a is None else a[keep]
+
+    return _Columns(t=cols.t[keep], client=cols.client[keep], names=cols.names, has_client=cols.has_client,
+                    input=cols.input[keep], output=cols.output[keep], reason=k(cols.reason),
+                    session=k(cols.session), media={m: v[keep] for m, v in cols.media.items()},
+                    origin=cols.origin, wall_clock=cols.wall_clock)
+
+
+def _merge_sparse(cols: _Columns, opts: FitOptions, report: FitReport) -> tuple[np.ndarray, list[str]]:
+    """Client codes ordered by request count (largest first) with sparse clients merged into `other`."""
+    counts = np.bincount(cols.client, minlength=len(cols.names))
+    report.clients_seen = int(np.count_nonzero(counts))
+    if not cols.has_client:
+        return np.zeros(cols.t.size, dtype=np.int32), ["all"]
+    big = counts >= max(1, opts.min_requests)
+    sparse = (counts > 0) & ~big
+    order = np.flatnonzero(big)[np.argsort(-counts[big], kind="stable")]
+    lut = np.full(counts.size, -1, dtype=np.int32)
+    lut[order] = np.arange(order.size, dtype=np.int32)
+    names = [cols.names[i] for i in order]
+    if sparse.any():
+        other = OTHER if OTHER not in names else "__other__"
+        lut[sparse] = len(names)
+        names.append(other)
+        report.merged_clients = int(sparse.sum())
+        report.merged_requests = int(counts[sparse].sum())
+        report.notes.append(f"{report.merged_clients} client(s) with fewer than {opts.min_requests} requests "
+                            f"({report.merged_requests} requests in all) are merged into client '{other}'")
+    return lut[cols.client], names
+
+
+def _fields(cols: _Columns, opts: FitOptions) -> tuple[str, list[str], dict[str, tuple[np.ndarray, float]]]:
+    """Category, field names and per-row integer values (-1 missing) with their value scale."""
+    media = [m for m in ("image", "audio", "video") if f"{m}_count" in cols.media or f"{m}_tokens" in cols.media]
+    category = opts.category or ("multimodal" if media else "reason" if cols.reason is not None else "language")
+    vals: dict[str, tuple[np.ndarray, float]] = {}
+    if category == "multimodal":
+        vals["text_tokens"] = (cols.input, 1.0)
+        for m in media:
+            cnt = cols.media.get(f"{m}_count")
+            tok = cols.media.get(f"{m}_tokens")
+            if cnt is None and tok is not None:
+                cnt = (tok > 0).astype(np.int32)
+            assert cnt is not None
+            cnt = np.maximum(cnt, 0)
+            vals[f"{m}_count"] = (cnt, 1.0)
+            if tok is not None:
+                per = np.where((cnt > 0) & (tok >= 0), np.rint(tok / np.maximum(cnt, 1)), -1).astype(np.int64)
+                vals[f"{m}_tokens"] = (per, 1.0)
+        vals["output_tokens"] = (cols.output, 1.0)
+        return category, list(vals), vals
+    vals["input_tokens"] = (cols.input, 1.0)
+    vals["output_tokens"] = (cols.output, 1.0)
+    if category == "reason":
+        if cols.reason is None:
+            raise InputError("category reason needs a reasoning-token column (--reason-column)")
+        r, o = cols.reason.astype(np.float64), cols.output.astype(np.float64)
+        ratio = np.where(o > 0, np.clip(r / np.maximum(o, 1.0), 0.0, 1.0), 0.0)
+        q = np.where((r >= 0) & (o >= 0), np.rint(ratio * REASON_BINS), -1).astype(np.int64)
+        vals["reason_ratio"] = (q, 1.0 / REASON_BINS)
+    return category, list(vals), vals
+
+
+def _rate_windows(t: np.ndarray, client: np.ndarray, n_clients: int, n_w: int, W: float, opts: FitOptions,
+                  report: FitReport) -> tuple[np.ndarray, ...]:
+    """rate, cv, family, shape, scale arrays (clients x windows); see the module docstring."""
+    order = group_time_order(client, t)
+    ts = t[order]
+    key = client[order].astype(np.int64)
+    del order
+    key *= n_w
+    key += (ts // W).astype(np.int64)
+    counts = np.bincount(key, minlength=n_clients * n_w)
+    rate = counts / W
+    family = np.where(counts > 0, int(Family.EXPONENTIAL), int(Family.NONE)).astype(np.int8)
+    shape = np.where(counts > 0, 1.0, 0.0)
+    scale = np.where(counts > 0, W / np.maximum(counts, 1), 0.0)
+    cv = np.where(counts > 0, 1.0, 0.0)
+
+    # gaps between consecutive requests of a client inside one window with enough requests to fit
+    # (arrays are dropped as soon as they are used: this is the peak of the fit's memory)
+    diff = np.diff(ts)
+    del ts
+    k1 = key[1:]
+    sel = k1 == key[:-1]
+    sel &= counts[k1] >= max(2, opts.min_window_requests)
+    del key
+    gaps = diff[sel]
+    del diff
+    gkey = k1[sel]
+    del k1, sel
+    report.windows_fallback = int(np.count_nonzero((counts > 0) & (counts < max(2, opts.min_window_requests))))
+    report.families = {f.name.lower(): 0 for f in (Family.GAMMA, Family.WEIBULL, Family.LOGNORMAL,
+                                                   Family.EXPONENTIAL)}
+    if gaps.size:
+        pos = gaps[gaps > 0]
+        floor = float(np.clip(0.5 * pos.min(), 1e-6, 1e-3)) if pos.size else 1e-3
+        np.maximum(gaps, floor, out=gaps)
+        change = np.concatenate([[True], gkey[1:] != gkey[:-1]])
+        starts = np.flatnonzero(change)
+        where = gkey[starts]
+        del gkey
+        change[0] = False
+        group = np.cumsum(change, dtype=np.int64)
+        del change
+        gf = fit_gaps(gaps, group, starts.size)
+        family[where], shape[where], scale[where], cv[where] = gf.family, gf.shape, gf.scale, gf.cv
+        report.windows_fitted = int(starts.size)
+        report.cv_guarded = int(gf.guarded.sum())
+        for f in (Family.GAMMA, Family.WEIBULL, Family.LOGNORMAL, Family.EXPONENTIAL):
+            report.families[f.name.lower()] = int(np.count_nonzero(gf.family == f))
+    shp = (n_clients, n_w)
+    return (rate.reshape(shp).astype(np.float32), cv.reshape(shp).astype(np.float32), family.reshape(shp),
+            shape.reshape(shp).astype(np.float32), scale.reshape(shp).astype(np.float32))
+
+
+def fit_gaps(gaps: np.ndarray, group: np.ndarray, n_groups: int, weibull_steps: int = 6,
+             cv_tolerance: float = CV_TOLERANCE) -> GapFit:
+    """Maximum-likelihood gap family per group (AIC-penalised), vectorised over groups.
+
+    `gaps` > 0 and `group` (0..n_groups-1) sorted ascending, every group with at least 2 gaps.
+    Returns per group the chosen family code, its shape, its scale in the gaps' units, the
+    measured CV and the number of gaps (equations in the module docstring).
+    """
+    g = np.asarray(group, dtype=np.int64)
+    x = np.asarray(gaps, dtype=np.float64)
+    G = int(n_groups)
+    n = np.bincount(g, minlength=G).astype(np.float64)
+    mean = np.bincount(g, x, G) / n
+    y = x / mean[g]
+    m2 = np.bincount(g, np.square(y), G) / n
+    cv = np.sqrt(np.maximum(m2 - 1.0, 0.0) * n / np.maximum(n - 1.0, 1.0))
+    ly = np.log(y, out=y)  # y is not needed any more
+    s = np.bincount(g, ly, G) / n
+    s2 = np.bincount(g, np.square(ly), G) / n
+
+    # gamma: log k - digamma(k) = d, d = log(mean y) - mean(log y) = -s >= 0
+    d = np.maximum(-s, 1e-9)
+    k = (3.0 - d + np.sqrt((d - 3.0) ** 2 + 24.0 * d)) / (12.0 * d)
+    for _ in range(4):
+        f = np.log(k) - digamma(k) - d
+        fp = 1.0 / k - polygamma(1, k)
+        k = np.clip(k - f / fp, 1e-4, 1e4)
+    kg = k
+    ll_gamma = (kg - 1.0) * s - kg + kg * np.log(kg) - gammaln(kg)
+
+    # lognormal
+    sig = np.sqrt(np.maximum(s2 - s * s, 1e-12))
+    ll_logn = -s - np.log(sig) - 0.5 * _LOG2PI - 0.5
+
+    # weibull: bracketed Newton on h(k) = A/B - 1/k - s (increasing in k), sums scaled by max(log y)
+    starts = np.flatnonzero(np.concatenate([[True], g[1:] != g[:-1]]))
+    mx = np.maximum.reduceat(ly, starts) if ly.size else np.zeros(G)
+    ly_c = ly
+    ly_c -= mx[g]  # <= 0, so y^k / max(y)^k = exp(k ly_c) never overflows
+    del ly
+    kw = np.clip(np.where(cv > 0, cv, 1.0) ** -1.086, 0.05, 20.0)
+    lo, hi = np.full(G, 0.02), np.full(G, 50.0)
+    for _ in range(weibull_steps):
+        e = kw[g]
+        e *= ly_c
+        np.exp(e, out=e)
+        B = np.bincount(g, e, G)
+        e *= ly_c
+        A = np.bincount(g, e, G) / B  # weighted mean of log y - mx
+        e *= ly_c
+        C = np.bincount(g, e, G) / B
+        h = A + mx - 1.0 / kw - s
+        dh = np.maximum(C - A * A, 0.0) + 1.0 / (kw * kw)
+        lo = np.where(h < 0, kw, lo)
+        hi = np.where(h > 0, kw, hi)
+        kn = kw - h / dh
+        kw = np.where((kn >= lo) & (kn <= hi), kn, np.sqrt(lo * hi))
+    e = kw[g]
+    e *= ly_c
+    np.exp(e, out=e)
+    log_mean_yk = np.log(np.bincount(g, e, G) / n) + kw * mx
+    ll_weib = np.log(kw) - log_mean_yk + (kw - 1.0) * s - 1.0
+
+    ll = np.stack([np.full(G, -1.0), ll_gamma, ll_weib, ll_logn], axis=1)
+    aic = ll * n[:, None] - np.array([1.0, 2.0, 2.0, 2.0])
+    aic[~np.isfinite(aic)] = -np.inf
+    # CV guard: a family whose implied CV is off the measured one by more than `cv_tolerance`
+    # would change the window's burstiness (counts' variance), whatever its likelihood
+    with np.errstate(over="ignore", invalid="ignore"):
+        implied = np.stack([np.ones(G), 1.0 / np.sqrt(kg),
+                            np.sqrt(np.expm1(gammaln(1.0 + 2.0 / kw) - 2.0 * gammaln(1.0 + 1.0 / kw))),
+                            np.sqrt(np.expm1(sig * sig))], axis=1)
+        ratio = implied / np.maximum(cv, 1e-9)[:, None]
+    consistent = (ratio <= cv_tolerance) & (ratio >= 1.0 / cv_tolerance)
+    aic[~consistent] = -np.inf
+    guard = ~consistent.any(axis=1)
+    best = np.argmax(aic, axis=1)
+    best[guard] = 1
+    k_guard = 1.0 / np.maximum(cv, 1e-2) ** 2
+    kg = np.where(guard, k_guard, kg)
+    codes = np.array([Family.EXPONENTIAL, Family.GAMMA, Family.WEIBULL, Family.LOGNORMAL], dtype=np.int8)
+    fam = codes[best]
+    shape = np.choose(best, [np.ones(G), kg, kw, sig])
+    scale_y = np.choose(best, [np.ones(G), 1.0 / kg, np.exp(log_mean_yk / kw), np.exp(s)])
+    return GapFit(family=fam, shape=shape, scale=scale_y * mean, cv=cv, n=n, loglik=ll, guarded=guard)
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def _grouped_tables(v: np.ndarray, grp: np.ndarray, n_groups: int, tables: list[LengthTable], ks_max: float,
+                    value_scale: float = 1.0) -> np.ndarray:
+    """One compressed table per group from integer values (-1 = missing); appends to `tables` and
+    returns each group's table id (-1: no values)."""
+    valid = v >= 0
+    key = (grp[valid].astype(np.int64) << 32) | v[valid].astype(np.int64)
+    out = np.full(n_groups, -1, dtype=np.int32)
+    if key.size == 0:
+        return out
+    uk, cnt = np.unique(key, return_counts=True)
+    g = uk >> 32
+    val = (uk & 0xFFFFFFFF).astype(np.float64) * value_scale
+    bounds = np.flatnonzero(np.concatenate([[True], g[1:] != g[:-1], [True]]))
+    for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
+        out[int(g[a])] = len(tables)
+        tables.append(compress(LengthTable.from_pmf(val[a:b], cnt[a:b].astype(np.float64)), ks_max))
+    return out
+
+
+def group_time_order(group: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Indices sorting rows by (group, t). Logs are nearly time-sorted, so: a (cheap) stable sort by
+    time unless already sorted, then a stable sort by group (radix sort for 16-bit codes)."""
+    if t.size > 1 and not bool(np.all(t[1:] >= t[:-1])):
+        by_t = np.argsort(t, kind="stable")
+        return by_t[_stable_group_sort(group[by_t])]
+    return _stable_group_sort(group)
+
+
+def _stable_group_sort(group: np.ndarray) -> np.ndarray:
+    g = group.astype(np.uint16) if group.size and int(group.max()) < 65536 else group
+    return np.argsort(g, kind="stable")
+
+
+def _per_group_sample(group: np.ndarray, n_groups: int, budget: int) -> np.ndarray | slice:
+    """Rows for the rank correlation: all of them when there are at most `budget`, else each group
+    keeps a row with probability cap / rows (cap = max(5000, budget / groups); a fixed seed, so
+    a fit is deterministic). No sort, 4 bytes a row."""
+    if group.size <= budget:
+        return slice(None)
+    counts = np.bincount(group, minlength=n_groups)
+    cap = max(5000, budget // max(1, n_groups))
+    p = np.minimum(1.0, cap / np.maximum(counts, 1)).astype(np.float32)
+    u = np.random.default_rng(0).random(group.size, dtype=np.float32)
+    return np.flatnonzero(u < p[group])
+
+
+def spearman_by_group(x: np.ndarray, y: np.ndarray, group: np.ndarray, n_groups: int) -> np.ndarray:
+    """Spearman rank correlation of x and y per group (average ranks for ties); NaN when a group has
+    fewer than 3 pairs or a constant column. Rows where x or y is negative are ignored."""
+    ok = (x >= 0) & (y >= 0)
+    g = group[ok].astype(np.int64)
+    rx, ry = _group_ranks(x[ok], g), _group_ranks(y[ok], g)
+    n = np.bincount(g, minlength=n_groups).astype(np.float64)
+    sx, sy = np.bincount(g, rx, n_groups), np.bincount(g, ry, n_groups)
+    sxx, syy, sxy = (np.bincount(g, rx * rx, n_groups), np.bincount(g, ry * ry, n_groups),
+                     np.bincount(g, rx * ry, n_groups))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        nn = np.maximum(n, 1.0)
+        cov = sxy - sx * sy / nn
+        vx, vy = sxx - sx * sx / nn, syy - sy * sy / nn
+        r = cov / np.sqrt(vx * vy)
+    r[(n < 3) | ~(vx > 1e-9 * nn) | ~(vy > 1e-9 * nn)] = np.nan
+    return np.clip(r, -1.0, 1.0).astype(np.float32)
+
+
+def _group_ranks(v: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """Average (tie-corrected) ranks of v within each group, 1-based."""
+    n = v.size
+    if n == 0:
+        return np.zeros(0)
+    vmax = int(v.max()) + 1
+    n_groups = int(g.max()) + 1
+    if n_groups * vmax <= max(4 * n, 1 << 20):
+        # small integer values: a dense per-group histogram gives the ranks without sorting
+        cell = g * vmax + v.astype(np.int64)
+        cnt = np.bincount(cell, minlength=n_groups * vmax).reshape(n_groups, vmax)
+        below = np.cumsum(cnt, axis=1) - cnt
+        avg = below + (cnt + 1) / 2.0
+        return avg.ravel()[cell]
+    key = (g << 32) | v.astype(np.int64)
+    order = np.argsort(key)
+    ks = key[order]
+    new = np.concatenate([[True], ks[1:] != ks[:-1]])
+    run_start = np.flatnonzero(new)
+    run_len = np.diff(np.append(run_start, n))
+    run_id = np.cumsum(new) - 1
+    gs = ks >> 32
+    gnew = np.concatenate([[True], gs[1:] != gs[:-1]])
+    gstart = np.flatnonzero(gnew)[np.cumsum(gnew) - 1]
+    avg = (run_start[run_id] - gstart) + (run_len[run_id] + 1) / 2.0
+    out = np.empty(n)
+    out[order] = avg
+    return out
+
+
+def _sessions(t: np.ndarray, client: np.ndarray, n_clients: int, cols: _Columns, tables: list[LengthTable],
+              ks_max: float) -> tuple[np.ndarray, np.ndarray, str]:
+    """Session tables per client (turns, think time, new tokens); see the module docstring."""
+    assert cols.session is not None
+    idx = np.flatnonzero(cols.session >= 0)
+    sidx = np.full((n_clients, len(SESSION_FIELDS)), -1, dtype=np.int32)
+    share = (np.bincount(client[idx], minlength=n_clients)
+             / np.maximum(np.bincount(client, minlength=n_clients), 1)).astype(np.float32)
+    o = idx[np.lexsort((t[idx], cols.session[idx]))]
+    ss = cols.session[o]
+    new = np.concatenate([[True], ss[1:] != ss[:-1]])
+    starts = np.flatnonzero(new)
+    turns = np.diff(np.append(starts, o.size))
+    same = ~new[1:]
+    to, co = t[o], client[o]
+    think_ms = np.rint(np.diff(to)[same] * 1000.0).astype(np.int64)
+    inp, out = cols.input[o].astype(np.int64), cols.output[o].astype(np.int64)
+    prev_in, prev_out, cur_in = inp[:-1][same], out[:-1][same], inp[1:][same]
+    valid = (prev_in >= 0) & (prev_out >= 0) & (cur_in >= 0)
+    grows = cur_in[valid] >= prev_in[valid] + prev_out[valid]
+    included = bool(grows.size) and float(grows.mean()) >= 0.8
+    new_tok = np.where(valid, np.maximum(cur_in - prev_in - prev_out, 0) if included else cur_in, -1)
+    pair_client = co[1:][same]
+    sidx[:, 0] = _grouped_tables(turns, co[starts], n_clients, tables, ks_max)
+    sidx[:, 1] = _grouped_tables(np.minimum(think_ms, 2**31 - 1), pair_client, n_clients, tables, ks_max, 1e-3)
+    sidx[:, 2] = _grouped_tables(np.minimum(new_tok, 2**31 - 1), pair_client, n_clients, tables, ks_max)
+    return sidx, share, "included" if included else "excluded"
