@@ -1,0 +1,448 @@
+"""Capacity planning: the largest load scale of a scenario that meets every SLO, and the knee.
+
+A step runs the scenario with its rate multiplied by a factor `scale` (the scenario's own scaling
+field: `scale`, `rate` or `peak_rate` for a realistic scenario, so every client keeps its share
+and shape; `naive.rate`/`constant.rate` for a baseline; `replay.time_scale` for a replay), for
+`warmup + step_duration` seconds of run time (the first part of the scenario's window, the same
+window at every scale). Requests scheduled during the warm-up are excluded from the verdict.
+Request ids carry the step number, so no prompt of an earlier step can hit a prefix cache.
+
+Search (few runs): start at `start_scale`; while the step passes double the scale, while it
+fails halve it, until one passing and one failing scale bracket the capacity; then bisect in log
+space (geometric midpoint) until hi/lo <= 1 + tolerance. This assumes the verdict is monotone in
+the load, which holds for latency SLOs up to noise; a non-monotone step is reported as it came.
+
+Reported:
+- the capacity curve: per step, scale, planned and offered rates, and each SLO metric's value;
+- the maximum sustainable rate: the offered rate (requests scheduled in the measured window per
+  second: what the server actually faced) of the largest passing scale. Bursty per-client
+  arrivals make a window's count differ from the scenario's planned mean (reported too, as
+  `planned_rate`), and a capacity read off the plan would credit or blame the server for that
+  randomness. A step passes when every SLO holds and it did not saturate (below): a short
+  step can meet a latency SLO while its queue grows, which no longer step would;
+- the knee: the server's saturation throughput, measured. The served rate of a step is the
+  number of first tokens in the measured window per second: a server queues requests in front
+  of admission (waiting for a batch slot, KV space or prefill budget), so in steady state first
+  tokens arrive at the arrival rate, and while a backlog lasts at the rate the server can take
+  requests in. A step whose served rate falls clearly short of its offered rate (the requests
+  scheduled in the window per second; served < 92% of offered) saturated; the knee is the
+  median served rate of the saturated steps, None when no step saturated (the SLOs failed
+  first). A burst can saturate a step whose served rate stays below the knee, and the first
+  seconds of a heavy overload admit requests faster than the engine can finish them (their
+  decoding is deferred), so single steps err both ways; the median is robust to both.
+  Completions lag a backlog by whole decode times, so they are reported (`completion_rate`)
+  but not used;
+- with `replicas_for`: replicas = ceil(peak_rate x (1 + headroom) / maximum sustainable rate).
+
+With no endpoint, one embedded simulator (`SimProcess`, the same preset) serves every step of a
+plan; `compare_naive` plans the scenario's naive baseline (`naive_of`: Poisson arrivals, the
+aggregate lengths of the same clients and window, the same mean rate) with its own simulator, and
+reports the ratio of the two capacities: how much a naive benchmark over-states capacity.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import InputError
+from .requests import Request
+from .scenario import Scenario, load_scenario
+from .slo import Check, SLOSet, after_warmup, evaluate, format_threshold, format_value
+
+CAPACITY_FORMAT = "servegen-load/capacity/v1"
+SATURATION_RATIO = 0.92
+MIN_SCALE_FACTOR = 1 / 256
+
+
+# --- scaling a scenario ---
+
+def scaled(s: Scenario, factor: float, run_seconds: float) -> Scenario:
+    """`s` with its rate multiplied by `factor` and `run_seconds` of run time (see the module doc)."""
+    from .workload.plan import resolve
+
+    upd: dict[str, Any] = {}
+    kind = s.kind
+    if kind == "realistic":
+        upd["duration"] = run_seconds * s.time_scale
+        if s.rate is not None:
+            upd["rate"] = s.rate * factor
+            if s.pools is not None:
+                upd["pools"] = [p.model_copy(update={"rate": p.rate * factor}) if p.rate is not None else p
+                                for p in s.pools]
+        elif s.peak_rate is not None:
+            upd["peak_rate"] = s.peak_rate * factor
+        else:
+            upd["scale"] = (s.scale or 1.0) * factor
+    elif kind in ("naive", "constant"):
+        spec = s.naive if kind == "naive" else s.constant
+        assert spec is not None
+        base = spec.rate
+        if base is None:
+            bp = resolve(s).baseline
+            assert bp is not None
+            base = bp.rate
+        upd[kind] = spec.model_copy(update={"rate": base * factor})
+        upd["duration"] = run_seconds
+    else:
+        r = s.replay
+        assert r is not None
+        ts = r.time_scale * factor
+        upd["replay"] = r.model_copy(update={"time_scale": ts, "duration": run_seconds * ts})
+    out = s.model_copy(update=upd)
+    out._base_dir, out._path = s.base_dir, s.path
+    return out
+
+
+def mean_rate(s: Scenario, t0: float = 0.0, t1: float | None = None) -> float:
+    """The planned mean rate (req/s of run time) of a scenario over [t0, t1) (default: its whole run)."""
+    from .workload.plan import resolve
+
+    p = resolve(s)
+    if t1 is None:
+        return p.mean_rate()
+    if not t1 > t0:
+        return 0.0
+    expected = 0.0
+    for src in p.sources:
+        overlap = np.clip(np.minimum(src.edges[1:], t1) - np.maximum(src.edges[:-1], t0), 0.0, None)
+        expected += float((src.rate * overlap[None, :]).sum())
+    if p.baseline is not None:
+        expected += p.baseline.rate * (min(t1, p.duration) - t0)
+    if p.replay is not None:
+        expected += float(((p.replay.t >= t0) & (p.replay.t < t1)).sum())
+    return expected / (t1 - t0)
+
+
+# --- one step ---
+
+@dataclass
+class Step:
+    """One run at one scale and its verdict."""
+
+    index: int
+    scale: float
+    rate: float                  # planned mean rate, req/s
+    offered_rate: float | None   # scheduled in the measured window / its length
+    served_rate: float | None    # first tokens in the measured window / its length
+    completion_rate: float | None  # ok completions in the measured window / its length
+    requests: int                # requests in the measured window
+    checks: list[Check]
+    seconds: float
+    results: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        """Every SLO held and the server kept up with the offered load (see `saturated`)."""
+        return all(c.passed for c in self.checks) and not self.saturated
+
+    @property
+    def saturated(self) -> bool:
+        return (self.offered_rate is not None and self.served_rate is not None
+                and self.served_rate < SATURATION_RATIO * self.offered_rate)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"step": self.index, "scale": self.scale, "rate": self.rate, "offered_rate": self.offered_rate,
+                "served_rate": self.served_rate, "completion_rate": self.completion_rate, "requests": self.requests, "passed": self.passed,
+                "saturated": self.saturated, "seconds": round(self.seconds, 2),
+                "metrics": {c.slo.label: c.value for c in self.checks},
+                "checks": [c.to_dict() for c in self.checks], "results": self.results}
+
+
+def window_rates(res: Any, t0: float, t1: float) -> tuple[float | None, float | None, float | None, int]:
+    """(offered, served, completion) rates over [t0, t1) of run time, and the requests scheduled in it."""
+    span = t1 - t0
+    if span <= 0:
+        return None, None, None, 0
+    c = res.cols
+
+    def count(x: np.ndarray) -> int:
+        with np.errstate(invalid="ignore"):
+            return int(((x >= t0) & (x < t1)).sum())
+
+    offered = count(c["scheduled"])
+    served = count(c["first_token"])
+    done = count(np.where(c["status"] == "ok", c["last_token"], np.nan))
+    return offered / span, served / span, done / span, offered
+
+
+@dataclass
+class PlanOptions:
+    """Everything a plan needs besides the scenario and its SLOs."""
+
+    step_duration: float = 30.0
+    warmup: float = 5.0
+    tolerance: float = 0.05
+    start_scale: float = 1.0
+    max_steps: int = 14
+    endpoint: str | None = None
+    model: str | None = None
+    api: str = "chat"
+    server_family: str | None = None
+    api_key: str | None = None
+    preset: str | None = None
+    sim_params: dict[str, Any] = field(default_factory=dict)
+    sim_time_scale: float = 1.0
+    results_dir: str | None = None
+    lag_threshold: float = 0.010
+    log: Callable[[str], None] = field(default=lambda m: print(m, file=sys.stderr, flush=True))
+
+    def validate(self) -> None:
+        if not self.step_duration > 0:
+            raise InputError("expected seconds > 0", field="--step-duration")
+        if self.warmup < 0:
+            raise InputError("expected seconds >= 0", field="--warmup")
+        if not 0 < self.tolerance < 1:
+            raise InputError("expected a tolerance in (0%, 100%)", field="--tolerance")
+        if not self.start_scale > 0:
+            raise InputError("expected a scale > 0", field="--start-scale")
+        if self.max_steps < 2:
+            raise InputError("expected at least 2", field="--max-steps")
+        if self.api not in ("chat", "completions"):
+            raise InputError(f"expected chat or completions, got {self.api!r}", field="--api")
+
+
+def _tagged(requests: Iterator[Request], tag: str) -> Iterator[Request]:
+    for r in requests:
+        r.id = f"{tag}/{r.id}"  # a unique first prompt word per step: no cross-step prefix-cache hits
+        yield r
+
+
+class Stepper:
+    """Runs steps of one scenario against one endpoint (the embedded simulator by default)."""
+
+    def __init__(self, scenario: Scenario, slos: SLOSet, opts: PlanOptions, name: str, workdir: Path) -> None:
+        self.scenario, self.slos, self.opts, self.name, self.workdir = scenario, slos, opts, name, workdir
+        self.run_seconds = opts.warmup + opts.step_duration
+        self.base_rate = mean_rate(scaled(scenario, 1.0, self.run_seconds), opts.warmup, self.run_seconds)
+        if not self.base_rate > 0:
+            raise InputError("the scenario has no traffic in its first "
+                             f"{self.run_seconds:g} s; nothing to plan", path=scenario.path)
+        self.steps: list[Step] = []
+        self.sim: Any = None
+        self.endpoint = opts.endpoint
+        self.model = opts.model
+        self.family = opts.server_family or ("vllm" if opts.endpoint else "sim")
+
+    def __enter__(self) -> Stepper:
+        if self.endpoint is None:
+            from .sim.process import SimProcess
+
+            self.sim = SimProcess(self.opts.preset or "llama3-8b-h100", params=self.opts.sim_params,
+                                  time_scale=self.opts.sim_time_scale).start()
+            self.endpoint = self.sim.url
+        if self.model is None:
+            import asyncio
+
+            from .dispatch.endpoint import Endpoint, discover_model
+
+            self.model = asyncio.run(discover_model(Endpoint.parse(self.endpoint), self.opts.api_key))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.sim is not None:
+            self.sim.stop()
+
+    def sim_stats(self) -> dict[str, Any] | None:
+        if self.sim is None:
+            return None
+        try:
+            return self.sim.stats()
+        except OSError:
+            return None
+
+    def step(self, scale: float) -> Step:
+        from .dispatch.limits import Timeouts
+        from .dispatch.runner import RunConfig, run
+        from .payload import PayloadOptions
+        from .results import read_results
+        from .workload.compose import iter_scenario_requests
+
+        o = self.opts
+        idx = len(self.steps) + 1
+        s = scaled(self.scenario, scale, self.run_seconds)
+        rate = mean_rate(s, o.warmup, self.run_seconds)
+        out = self.workdir / f"{self.name}-step{idx:02d}-scale{scale:.4g}.jsonl"
+        cfg = RunConfig(endpoint=self.endpoint, model=self.model, output=out, api=o.api,  # type: ignore[arg-type]
+                        api_key=o.api_key, payload=PayloadOptions(server_family=self.family),
+                        duration=self.run_seconds, progress="off", total_hint=self.run_seconds,
+                        timeouts=Timeouts(10.0, max(60.0, 5 * self.run_seconds), max(600.0, 20 * self.run_seconds)),
+                        header={"source": str(self.scenario.path), "source_kind": "plan-step",
+                                "plan": self.name, "step": idx, "scale": scale})
+        t = time.perf_counter()
+        outcome = run(_tagged(iter_scenario_requests(s), f"p{self.name[0]}{idx}"), cfg)
+        if outcome.interrupted:
+            raise KeyboardInterrupt
+        res = read_results(out)
+        measured = after_warmup(res, o.warmup)
+        checks = evaluate(measured, self.slos, lag_threshold=o.lag_threshold)
+        offered, served, done, n = window_rates(res, o.warmup, self.run_seconds)
+        st = Step(idx, scale, rate, offered, served, done, n, checks, time.perf_counter() - t,
+                  str(out) if o.results_dir else None)
+        self.steps.append(st)
+        o.log(self._line(st))
+        return st
+
+    def _line(self, st: Step) -> str:
+        vals = "; ".join(f"{c.slo.label} {format_value(c.value, c.slo.kind)} ({format_threshold(c.slo)})"
+                         f"{'' if c.passed else ' FAIL'}" for c in st.checks)
+        sat = " SATURATED (not sustainable)" if st.saturated else ""
+        rates = (f"served {st.served_rate:.3g} of {st.offered_rate:.3g} req/s offered{sat}"
+                 if st.offered_rate is not None and st.served_rate is not None else "")
+        return (f"plan {self.name} step {st.index}: scale {st.scale:.4g} (planned {st.rate:.3g} req/s) "
+                f"{'PASS' if st.passed else 'FAIL'}: {vals} | {rates} [{st.seconds:.0f} s]")
+
+
+def search(step: Callable[[float], Step], start: float, tolerance: float, max_steps: int,
+           log: Callable[[str], None] | None = None) -> tuple[float | None, float | None, bool]:
+    """Bracket by doubling/halving, then bisect geometrically: (largest pass, smallest fail, converged)."""
+    lo: float | None = None
+    hi: float | None = None
+    n = 0
+    s = start
+    while n < max_steps:
+        st = step(s)
+        n += 1
+        if st.passed:
+            lo = s if lo is None else max(lo, s)
+        else:
+            hi = s if hi is None else min(hi, s)
+        if lo is not None and hi is not None:
+            if lo >= hi:  # non-monotone: a pass above a fail; keep the failing bound, look below it
+                lo = None
+                s = hi / 2
+                continue
+            if hi / lo <= 1 + tolerance:
+                return lo, hi, True
+            s = math.sqrt(lo * hi)
+        elif lo is not None:
+            s = lo * 2
+        else:
+            assert hi is not None
+            s = hi / 2
+            if s < start * MIN_SCALE_FACTOR:
+                return None, hi, True
+    if log:
+        log(f"plan: stopped after {max_steps} steps (--max-steps) before the bracket reached the tolerance")
+    return lo, hi, False
+
+
+def plan_one(scenario: Scenario, slos: SLOSet, opts: PlanOptions, name: str, workdir: Path,
+             start: float | None = None) -> dict[str, Any]:
+    """Search one scenario's capacity; the plan's JSON-ready record."""
+    with Stepper(scenario, slos, opts, name, workdir) as st:
+        opts.log(f"plan {name}: {scenario.kind} scenario, {st.base_rate:.3g} req/s mean at scale 1; "
+                 f"steps of {opts.warmup:g} s warm-up + {opts.step_duration:g} s against "
+                 f"{'the embedded simulator (' + (opts.preset or 'llama3-8b-h100') + ')' if st.sim else st.endpoint}")
+        lo, hi, converged = search(st.step, start or opts.start_scale, opts.tolerance, opts.max_steps, opts.log)
+        sim_stats = st.sim_stats()
+        steps = sorted(st.steps, key=lambda x: x.scale)
+        sat = [x.served_rate for x in steps if x.saturated and x.served_rate]
+        knee_rate = statistics.median(sat) if sat else None
+        by_scale = {x.scale: x for x in steps}
+        ratios = [x.offered_rate / x.scale for x in steps if x.offered_rate]
+        per_scale = statistics.median(ratios) if ratios else st.base_rate
+
+        def offered_at(scale: float) -> float:
+            x = by_scale.get(scale)
+            return x.offered_rate if x is not None and x.offered_rate else scale * per_scale
+        out: dict[str, Any] = {
+            "scenario": str(scenario.path) if scenario.path else None,
+            "kind": scenario.kind,
+            "endpoint": None if st.sim else st.endpoint,
+            "model": st.model,
+            "base_rate": st.base_rate,
+            "capacity": {
+                "scale": lo, "rate": offered_at(lo) if lo is not None else 0.0,
+                "planned_rate": lo * st.base_rate if lo is not None else 0.0,
+                "failing_scale": hi, "failing_rate": offered_at(hi) if hi is not None else None,
+                "converged": converged,
+            },
+            "knee": {
+                "rate": knee_rate, "scale": knee_rate / per_scale if knee_rate and per_scale else None,
+                "reached": bool(sat),
+                "max_served_rate": max((x.served_rate or 0.0 for x in steps), default=None),
+                "method": f"median served (first-token) rate of the steps serving < {SATURATION_RATIO:.0%} "
+                          "of their offered rate",
+            },
+            "steps": [x.to_dict() for x in steps],
+            "order": [x.scale for x in st.steps],
+        }
+        if sim_stats is not None:
+            out["simulator"] = {"preset": sim_stats.get("preset"), "time_scale": sim_stats.get("time_scale"),
+                                "saturation_rate": sim_stats.get("saturation_rate")}
+        return out
+
+
+def plan_capacity(scenario_path: str, slos: SLOSet, opts: PlanOptions, *, compare_naive: bool = False,
+                  replicas_for: float | None = None, headroom: float = 0.2) -> dict[str, Any]:
+    """Plan a scenario (and its naive baseline); the capacity document written as capacity.json."""
+    opts.validate()
+    if not slos:
+        raise InputError("plan needs at least one --slo (or --slo-file) to search against")
+    if replicas_for is not None and not replicas_for > 0:
+        raise InputError("expected a peak rate > 0 req/s", field="--replicas-for")
+    scenario = load_scenario(scenario_path)
+    if compare_naive and scenario.kind != "realistic":
+        raise InputError("--compare naive needs a realistic scenario (pool/pools)", path=scenario.path)
+    tmp = None
+    if opts.results_dir:
+        workdir = Path(opts.results_dir)
+        workdir.mkdir(parents=True, exist_ok=True)
+    else:
+        tmp = tempfile.TemporaryDirectory(prefix="servegen-plan-")
+        workdir = Path(tmp.name)
+    t0 = time.perf_counter()
+    try:
+        main = plan_one(scenario, slos, opts, "scenario", workdir)
+        doc: dict[str, Any] = {
+            "format": CAPACITY_FORMAT,
+            "scenario": scenario_path,
+            "slo": slos.to_dict(),
+            "options": {"step_duration": opts.step_duration, "warmup": opts.warmup, "tolerance": opts.tolerance,
+                        "start_scale": opts.start_scale, "endpoint": opts.endpoint,
+                        "preset": None if opts.endpoint else (opts.preset or "llama3-8b-h100"),
+                        "sim_time_scale": None if opts.endpoint else opts.sim_time_scale,
+                        "sim_params": opts.sim_params or None},
+            "plan": main,
+        }
+        cap = main["capacity"]["rate"]
+        if replicas_for is not None:
+            doc["replicas"] = replicas(replicas_for, headroom, cap)
+        if compare_naive:
+            from .workload.compose import naive_of
+
+            trimmed = scaled(scenario, 1.0, opts.warmup + opts.step_duration)
+            naive = naive_of(trimmed)
+            start = main["capacity"]["scale"] or opts.start_scale
+            doc["naive"] = plan_one(naive, slos, opts, "naive", workdir, start=start)
+            ncap = doc["naive"]["capacity"]["rate"]
+            doc["comparison"] = {
+                "realistic_rate": cap, "naive_rate": ncap,
+                "ratio": ncap / cap if cap else None,
+                "under_provisioning": 1 - cap / ncap if ncap else None,
+            }
+            if replicas_for is not None:
+                doc["comparison"]["naive_replicas"] = replicas(replicas_for, headroom, ncap)["replicas"]
+        doc["seconds"] = round(time.perf_counter() - t0, 1)
+        return doc
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+
+
+def replicas(peak_rate: float, headroom: float, capacity_rate: float) -> dict[str, Any]:
+    """Replicas for a peak rate: ceil(peak x (1 + headroom) / per-replica capacity)."""
+    need = peak_rate * (1 + headroom)
+    n = math.ceil(need / capacity_rate - 1e-9) if capacity_rate > 0 else None
+    return {"peak_rate": peak_rate, "headroom": headroom, "per_replica_rate": capacity_rate, "replicas": n,
+            "rule": "ceil(peak_rate x (1 + headroom) / max sustainable rate per replica)"}

@@ -1,0 +1,150 @@
+"""`servegen-load plan`: scaling a scenario, the search, and a real plan against the simulator.
+
+The end-to-end plan uses ServeGen's m-large pool (clients with moderate burstiness and output
+lengths, so short steps drain quickly) against the llama3-8b-h100 preset at time scale 0.5:
+saturation near 44 req/s, which this machine's client sends comfortably. The knee the plan
+measures must be within 10% of `analytic_saturation_rate` for the scenario's mean lengths.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from servegen_load.plan import Step, mean_rate, replicas, scaled, search
+from servegen_load.scenario import load_scenario
+from servegen_load.sim.engine import analytic_saturation_rate
+from servegen_load.sim.presets import get_preset
+from servegen_load.slo import Check, parse_slo
+from servegen_load.workload.compose import iter_scenario_requests, naive_of
+from servegen_load.workload.plan import resolve
+
+CLI = [sys.executable, "-c", "from servegen_load.cli import main; main()"]
+SCENARIO = """\
+pool: m-large
+start: "20:00"
+duration: 60
+rate: 20
+clients: {cv: [0, 1.5], output_mean: [1, 150]}
+seed: 1
+"""
+SIM_TIME_SCALE = 0.5
+STEP, WARMUP = 4.0, 1.5
+
+
+def write(tmp: Path, name: str, text: str) -> Path:
+    p = tmp / name
+    p.write_text(text)
+    return p
+
+
+def test_scaling_keeps_the_mix_and_multiplies_the_rate(tmp_path: Path) -> None:
+    s = load_scenario(write(tmp_path, "s.yaml", SCENARIO))
+    one, two = scaled(s, 1.0, 10.0), scaled(s, 2.0, 10.0)
+    assert one.duration == 10.0 and two.rate == 40.0
+    assert mean_rate(two) == pytest.approx(2 * mean_rate(one))
+    names = {r.client for r in iter_scenario_requests(two)}
+    assert names <= {n for n, _, _ in resolve(one).client_table()}
+    p = load_scenario(write(tmp_path, "p.yaml", "pools:\n  - {pool: m-large, weight: 1}\n  - {pool: mm-image, rate: 2}\n"
+                                               "start: '20:00'\nduration: 30\nrate: 10\nseed: 1\n"))
+    p3 = scaled(p, 3.0, 30.0)
+    assert p3.rate == 30.0 and p3.pools[1].rate == 6.0
+    assert mean_rate(p3) == pytest.approx(3 * mean_rate(scaled(p, 1.0, 30.0)), rel=1e-6)
+    sc = load_scenario(write(tmp_path, "sc.yaml", "pool: m-large\nstart: '20:00'\nduration: 120\nscale: 0.1\n"
+                                                  "time_scale: 4\n"))
+    s2 = scaled(sc, 2.0, 15.0)
+    assert s2.scale == pytest.approx(0.2) and s2.duration == 60.0  # 15 s of run time = 60 s of pool time
+    n = naive_of(scaled(s, 1.0, 10.0))
+    assert mean_rate(scaled(n, 2.0, 10.0)) == pytest.approx(2 * mean_rate(n))
+
+
+def _fake_step(capacity: float, calls: list[float]) -> Callable[[float], Step]:
+    slo = parse_slo("ttft_p99<=1s")
+
+    def step(scale: float) -> Step:
+        calls.append(scale)
+        v = 0.5 if scale <= capacity else 2.0
+        return Step(len(calls), scale, scale * 10, scale * 10, scale * 10, scale * 10, 100,
+                    [Check(slo, v, v <= 1.0)], 1.0)
+    return step
+
+
+@pytest.mark.parametrize("capacity", [0.3, 1.0, 3.3, 20.0])
+def test_search_brackets_then_bisects_in_few_steps(capacity: float) -> None:
+    calls: list[float] = []
+    lo, hi, ok = search(_fake_step(capacity, calls), 1.0, 0.05, 20)
+    assert ok and lo is not None and hi is not None
+    assert lo <= capacity < hi and hi / lo <= 1.05
+    assert len(calls) <= 2 + math.ceil(abs(math.log2(capacity))) + 6
+
+
+def test_replicas_rule() -> None:
+    r = replicas(100.0, 0.2, 25.0)
+    assert r["replicas"] == 5  # 100 * 1.2 / 25 = 4.8
+    assert replicas(100.0, 0.0, 25.0)["replicas"] == 4
+
+
+def test_plan_finds_the_knee_of_the_simulator(tmp_path: Path) -> None:
+    scen = write(tmp_path, "lang.yaml", SCENARIO)
+    cap, page = tmp_path / "capacity.json", tmp_path / "capacity.html"
+    p = subprocess.run([*CLI, "plan", str(scen), "--slo", "ttft_p99<=1s", "--sim-time-scale", str(SIM_TIME_SCALE),
+                        "--step-duration", str(STEP), "--warmup", str(WARMUP), "--tolerance", "10%",
+                        "--start-scale", "1.5", "--compare", "naive", "--replicas-for", "100",
+                        "-o", str(cap), "--html", str(page)], capture_output=True, text=True, timeout=400)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "plan scenario step 1: scale 1.5" in p.stderr and "plan naive step 1:" in p.stderr
+    doc = json.loads(cap.read_text())
+    assert doc["format"] == "servegen-load/capacity/v1"
+
+    # the analytic saturation point of the preset for the scenario's mean lengths
+    s = load_scenario(scen)
+    reqs = list(iter_scenario_requests(scaled(s, 1.0, WARMUP + STEP)))
+    lp = float(np.mean([r.input_tokens for r in reqs]))
+    lo = float(np.mean([r.output_tokens for r in reqs]))
+    sat = analytic_saturation_rate(lp, lo, get_preset("llama3-8b-h100").scaled(SIM_TIME_SCALE))
+    assert 25 < sat < 80  # tens of req/s: the client keeps up comfortably
+
+    knee = doc["plan"]["knee"]
+    assert knee["reached"], p.stdout
+    assert abs(knee["rate"] / sat - 1) < 0.10, (knee, sat, p.stdout)
+    capacity = doc["plan"]["capacity"]
+    assert capacity["scale"] is not None and capacity["converged"]
+    assert 0 < capacity["rate"] <= 1.1 * sat
+    assert capacity["failing_scale"] / capacity["scale"] <= 1.1
+    # every step measured the SLO metric; the curve rises with load
+    steps = doc["plan"]["steps"]
+    assert len(steps) >= 3 and all(st["metrics"]["ttft_p99"] is not None for st in steps)
+    assert steps[-1]["metrics"]["ttft_p99"] > steps[0]["metrics"]["ttft_p99"]
+    # the naive comparison: both capacities and their ratio, printed
+    comp = doc["comparison"]
+    assert comp["realistic_rate"] == capacity["rate"] and comp["naive_rate"] > 0
+    assert comp["ratio"] == pytest.approx(comp["naive_rate"] / comp["realistic_rate"])
+    assert f"naive vs realistic: {comp['naive_rate']:.3g} vs {comp['realistic_rate']:.3g} req/s" in p.stdout
+    assert doc["replicas"]["replicas"] == math.ceil(100 * 1.2 / capacity["rate"])
+    assert "replicas for a peak of 100 req/s with 20% headroom" in p.stdout
+    # the HTML page and `report` on the capacity file
+    html = page.read_text()
+    assert html.count("<svg") >= 1 and "ttft_p99" in html and "served vs offered" in html
+    r = subprocess.run([*CLI, "report", str(cap)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "max sustainable rate" in r.stdout and "naive vs realistic" in r.stdout
+
+
+def test_plan_input_errors_exit_2(tmp_path: Path) -> None:
+    scen = write(tmp_path, "lang.yaml", SCENARIO)
+    for args, needle in ((["--slo", "ttft_p99<=1 s s"], "ttft_p99<=1 s s"),
+                         ([], "at least one --slo"),
+                         (["--slo", "ttft_p99<=1s", "--compare", "fancy"], "--compare"),
+                         (["--slo", "ttft_p99<=1s", "--step-duration", "0"], "--step-duration")):
+        p = subprocess.run([*CLI, "plan", str(scen), *args], capture_output=True, text=True, timeout=60)
+        assert p.returncode == 2 and needle in p.stderr, (args, p.stderr)
+    naive = write(tmp_path, "naive.yaml", "naive: {rate: 5, input_tokens: 10, output_tokens: 5}\nduration: 5\n")
+    p = subprocess.run([*CLI, "plan", str(naive), "--slo", "ttft_p99<=1s", "--compare", "naive"],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "realistic scenario" in p.stderr
