@@ -439,7 +439,8 @@ def pushgateway_server() -> Iterator[PushgatewayServer]:
     tmp = Path(tempfile.mkdtemp(prefix="servegen-pgw-"))
     binary = shutil.which("prometheus-pushgateway") or "/usr/bin/prometheus-pushgateway"
     sp, port = start_ready(
-        "pushgateway", lambda port: [binary, f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
+        "pushgateway", lambda port: [binary, f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn",
+                         "--persistence.file="],
         "/-/ready", tmp / "pushgateway.log", 30.0,
     )
     try:

@@ -286,7 +286,8 @@ def test_flags_passed_to_run_exist() -> None:
     used["k8s"] = {a.split("=")[0] for a in job["spec"]["template"]["spec"]["containers"][0]["args"]
                    if a.startswith("-")}
     gpu = (ROOT / "benchmarks" / "gpu_vllm.sh").read_text()
-    run_line = gpu[gpu.index("servegen-load run"):].split("\n\n")[0]
+    code = "\n".join(line for line in gpu.splitlines() if not line.lstrip().startswith("#"))
+    run_line = code[code.index("servegen-load run"):].split("\n\n")[0]
     used["gpu_vllm.sh"] = set(re.findall(r"(?<=\s)(--?[a-z][\w-]*)", run_line))
     help_text = run_help()
     for where, flags in used.items():

@@ -1,0 +1,424 @@
+"""`run --ray [ADDRESS]`: one Ray actor per client shard, across a cluster, one results file.
+
+Flow: the driver (where `servegen-load run` was typed) connects to the cluster, creates one actor
+per shard with the SPREAD strategy (so shards land on different machines when there are several),
+and waits until every actor is *ready* (it has opened its shard and generated its first requests:
+the barrier). Only then does it pick the common start instant, `RAY_LEAD_S` in the future (or the
+`--start-at` given), and start them all. Each actor runs the ordinary dispatcher
+(`dispatch.runner.Runner`) on its node, writing its shard's results to a local temporary file; the
+driver polls the actors every `POLL_S` and receives the new complete lines in batches, appends them
+to a per-shard file on the driver's disk, and when all are done merges them into `--output`,
+sorted by scheduled time, and prints one summary. Shards are client shards (`run --shard i/N`),
+so the union is the single-process workload; all actors share t = 0 through their nodes' wall
+clocks (keep the nodes NTP-synchronised; skew adds to send lag).
+
+How many shards: `--workers N` (N actors); `--workers auto` (the schedule's busiest second over
+`workers.PROCESS_RATE`, capped by the cluster's CPUs); neither: one actor per alive node. Each
+actor reserves one CPU.
+
+Requirements on the nodes: servegen-load (same version, with this extra) importable by the Ray
+workers, and SOURCE readable at the same path on every node (a shared filesystem, the container
+image, or a Ray `runtime_env`); the driver checks it on each actor before starting and names the
+node that cannot read it. Without `--endpoint` the embedded simulator runs beside the driver,
+which only a single-node cluster can reach, so a multi-node cluster needs `--endpoint`. The API key
+(from `--api-key-file` or `OPENAI_API_KEY` on the driver) travels to the actors in the `run` call's
+arguments, in memory; it is never written to results or logs.
+
+Metrics: with `--metrics-port P` actor i serves its own `/metrics` on its node at
+`--metrics-host`:P+i (P = 0: a free port each). The driver prints every `host:port` and writes them
+to `OUTPUT.prom-targets.json` in Prometheus `file_sd_configs` format, label `shard="i/N"`: point a
+cluster Prometheus at that file (or, on Kubernetes with KubeRay, a PodMonitor on the Ray worker
+pods' port range) and `sum` across shards. With `--pushgateway URL` every actor pushes its final
+values under the grouping key `job="servegen-load", shard="i-of-N"`, so shards never overwrite each
+other; `sum without (shard, instance)` gives the run.
+
+Stopping: SIGINT/SIGTERM to the driver stop every actor (each cancels in-flight requests and writes
+a `cancelled` line for everything unsent, as a single run does); a second signal abandons the
+drain. An actor that dies (its node lost) has its shard's missing lines written by the driver
+(regenerated from SOURCE) as `cancelled`, so the results file still has one line per scheduled
+request.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError
+from .workers import merged_header, missing_lines, summarize_run, validate
+
+RAY_LEAD_S = 2.0       # from the ready barrier to t = 0: the run() calls reach the actors well within it
+POLL_S = 0.5           # how often the driver collects result lines
+BATCH_BYTES = 4 << 20  # at most this much of results per poll and actor
+READY_TIMEOUT_S = 300.0
+
+
+class ShardActor:
+    """One shard on one node (made a Ray actor by `_actor_class`; plain class for readability)."""
+
+    def __init__(self, source: str, index: int, n: int, duration: float | None) -> None:
+        self.source = source
+        self.index, self.n = index, n
+        self.duration = duration
+        self.dir = Path(tempfile.mkdtemp(prefix=f"servegen-shard-{index}-"))
+        self.part = self.dir / "part.jsonl"
+        self.offset = 0
+        self.finished = False
+        self.runner: Any = None
+        self.task: Any = None
+        self.stop_requested = 0
+        self.requests: Any = None
+        self.info: dict[str, Any] = {}
+
+    def prepare(self, metrics_port: int | None, metrics_host: str) -> dict[str, Any]:
+        """Open the shard and make its first requests (the barrier); where this actor runs."""
+        import itertools
+        import os
+        import socket
+
+        from ..dispatch.command import open_source
+
+        host = socket.gethostname()
+        try:
+            ip = socket.gethostbyname(host)
+        except OSError:
+            ip = "127.0.0.1"
+        if not Path(self.source).exists():
+            raise InputError(f"not readable on node {host} ({ip}): SOURCE must be at the same path on every node",
+                             path=self.source)
+        reqs, self.info = open_source(self.source, f"{self.index}/{self.n}")
+        first = next(reqs, None)  # generation of the first block happens now, not after t = 0
+        self.requests = iter(()) if first is None else itertools.chain([first], reqs)
+        port = None
+        if metrics_port is not None:
+            port = metrics_port + self.index if metrics_port else _free_port(metrics_host)
+        self.metrics_port = port
+        return {"host": host, "ip": ip, "pid": os.getpid(), "metrics_port": port,
+                "metrics_host": ip if metrics_host in ("0.0.0.0", "::") else metrics_host}
+
+    def run(self, start_at: float, cfg: dict[str, Any]) -> dict[str, Any]:
+        """Run the shard with t = 0 at `start_at` (unix); returns the outcome's counts."""
+        import asyncio
+
+        from ..dispatch.limits import Timeouts
+        from ..dispatch.runner import RunConfig, Runner
+        from ..payload import PayloadOptions
+
+        push = cfg.pop("pushgateway", None)
+        rc = RunConfig(endpoint=cfg["endpoint"], model=cfg["model"], output=self.part, api=cfg["api"],
+                       api_key=cfg.get("api_key"), payload=PayloadOptions(server_family=cfg["family"]),
+                       max_concurrency=cfg.get("max_concurrency"), timeouts=Timeouts(**cfg["timeouts"]),
+                       duration=self.duration, transport=cfg["transport"],
+                       metrics_port=self.metrics_port if (self.metrics_port is not None or not push) else 0,
+                       metrics_host=cfg["metrics_host"] if self.metrics_port is not None else "127.0.0.1",
+                       metrics_linger=cfg.get("metrics_linger", 0.0), pushgateway=None, progress="off",
+                       total_hint=self.duration or self.info.get("duration_hint"), handle_signals=False,
+                       start_at=start_at,
+                       header={"source": self.info.get("source"), "source_kind": self.info.get("source_kind"),
+                               "argv": cfg.get("argv", []), "shard": f"{self.index}/{self.n}",
+                               "start_at": start_at, "started_unix": start_at,
+                               **({"seed": self.info["seed"]} if "seed" in self.info else {})})
+        self.runner = Runner(self.requests, rc)
+
+        async def main() -> Any:
+            self.task = asyncio.current_task()
+            self.loop = asyncio.get_running_loop()
+            if self.stop_requested:
+                raise asyncio.CancelledError
+            return await self.runner.run()
+
+        try:
+            try:
+                import uvloop
+
+                outcome = uvloop.run(main())
+            except ImportError:
+                outcome = asyncio.run(main())
+        except asyncio.CancelledError:  # stopped before the clock started: nothing sent, no file
+            self.finished = True
+            return {"started": False, "interrupted": True}
+        finally:
+            self.finished = True
+        if push and self.runner.metrics is not None:
+            from prometheus_client import push_to_gateway
+
+            with contextlib.suppress(OSError):
+                push_to_gateway(push, job="servegen-load", registry=self.runner.metrics.registry,
+                                grouping_key={"shard": f"{self.index}-of-{self.n}"})
+        return {"started": True, "interrupted": outcome.interrupted, "incomplete": outcome.incomplete,
+                "scheduled": outcome.scheduled, "by_status": outcome.by_status,
+                "input_error": None if outcome.input_error is None else str(outcome.input_error)}
+
+    def stop(self) -> None:
+        """Like SIGINT to a single run (a second call abandons the drain)."""
+        self.stop_requested += 1
+        r = self.runner
+        loop = getattr(self, "loop", None)
+        if r is None or loop is None:
+            return
+        if getattr(r, "_finished", None) is not None:  # the run is set up: the runner's own stop
+            loop.call_soon_threadsafe(r.stop, "interrupted (driver)")
+        elif self.task is not None:  # still waiting for the start or setting up: nothing to cancel
+            loop.call_soon_threadsafe(self.task.cancel)
+
+    def poll(self) -> tuple[bytes, bool]:
+        """New complete lines since the last poll (header included in the first), and whether the
+        shard is finished and fully read (the actor's file is removed then)."""
+        done = self.finished
+        try:
+            with self.part.open("rb") as fh:
+                fh.seek(self.offset)
+                data = fh.read(BATCH_BYTES)
+        except FileNotFoundError:
+            data = b""
+        cut = data.rfind(b"\n") + 1
+        data = data[:cut]
+        self.offset += cut
+        if done and len(data) < BATCH_BYTES // 2:
+            with contextlib.suppress(OSError):
+                rest = self.part.stat().st_size - self.offset
+                if rest > 0:
+                    return data, False
+            shutil.rmtree(self.dir, ignore_errors=True)
+            return data, True
+        return data, False
+
+
+def _free_port(host: str) -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind((host if host not in ("0.0.0.0", "") else "0.0.0.0", 0))
+        return int(s.getsockname()[1])
+
+
+def _actor_class(ray: Any) -> Any:
+    # max_concurrency: poll() and stop() must run while run() is busy (threaded actor)
+    return ray.remote(num_cpus=1, max_concurrency=4)(ShardActor)
+
+
+def connect(ray: Any, address: str) -> bool:
+    """Connect to ADDRESS (`local`: start a small local cluster on 127.0.0.1). True if we started it."""
+    from .workers import cores
+
+    if ray.is_initialized():
+        return False
+    if address == "local":
+        ray.init(num_cpus=cores(), object_store_memory=200_000_000, include_dashboard=False, log_to_driver=False,
+                 _node_ip_address="127.0.0.1")
+        return True
+    try:
+        ray.init(address=address, log_to_driver=False)
+    except ConnectionError as e:
+        raise InputError(f"cannot connect to the Ray cluster at {address}: {e}", field="--ray") from None
+    return False
+
+
+def shard_count(ray: Any, kw: dict[str, Any], source: str) -> int:
+    """--workers N, auto (capped by the cluster's CPUs), or one per alive node."""
+    from . import workers as w
+
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    spec = kw.get("workers")
+    if spec is None:
+        return max(1, sum(1 for n in ray.nodes() if n.get("Alive")))
+    if str(spec).strip().lower() == "auto":
+        peak, _ = w.peak_rate_1s(source, kw.get("duration"))
+        want = max(1, -(-int(peak) // int(w.PROCESS_RATE)))
+        n = min(want, cpus)
+        print(f"servegen-load: --ray --workers auto: busiest second {peak:.0f} req/s -> {want} actor(s); "
+              f"cluster CPUs {cpus} -> {n}", file=sys.stderr)
+        if want > cpus:
+            print(f"servegen-load: WARNING: the cluster cannot hold the schedule's peak ({want} actors, {cpus} CPUs); "
+                  "expect send lag", file=sys.stderr)
+        return n
+    n = w.resolve_workers(str(spec), source, kw.get("duration"), local_sim=False)
+    if n > cpus:
+        raise InputError(f"{n} actors need {n} CPUs; the cluster has {cpus}", field="--workers")
+    return n
+
+
+def ray_run_command(source: str, output: str, **kw: Any) -> int:
+    """`run --ray`: see the module docstring."""
+    try:
+        import ray
+    except ImportError:
+        raise InputError("--ray needs Ray: pip install 'servegen-load[ray]'", field="--ray") from None
+    from ..dispatch.command import open_source
+    from .workers import resolve_target
+
+    validate(kw)
+    open_source(source)
+    out = Path(output)
+    started = connect(ray, kw["ray"])
+    try:
+        with contextlib.ExitStack() as stack:
+            if kw.get("endpoint") is None and (kw["ray"].startswith("ray://") or
+                                               sum(1 for n in ray.nodes() if n.get("Alive")) > 1):
+                raise InputError("a Ray cluster's actors cannot reach the embedded simulator: give --endpoint",
+                                 field="--ray")
+            n = shard_count(ray, kw, source)
+            endpoint, model, family, api_key = resolve_target(kw, stack)
+            return _drive(ray, source, out, n, endpoint, model, family, api_key, kw)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _drive(ray: Any, source: str, out: Path, n: int, endpoint: str, model: str, family: str,
+           api_key: str | None, kw: dict[str, Any]) -> int:
+    from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+
+    from ..dispatch.endpoint import scrub
+
+    Actor = _actor_class(ray)
+    actors = [Actor.options(scheduling_strategy="SPREAD").remote(source, i, n, kw.get("duration"))
+              for i in range(n)]
+    parts_dir = Path(tempfile.mkdtemp(prefix=f".{out.name}.parts-", dir=out.parent if out.parent.exists() else None))
+    parts = [parts_dir / f"part-{i}.jsonl" for i in range(n)]
+    sinks = [p.open("wb") for p in parts]
+    failed: dict[int, str] = {}
+    try:
+        try:
+            where = ray.get([a.prepare.remote(kw.get("metrics_port"), kw.get("metrics_host") or "127.0.0.1")
+                             for a in actors], timeout=READY_TIMEOUT_S)
+        except GetTimeoutError:
+            raise InputError(f"the {n} shard actors were not all ready after {READY_TIMEOUT_S:.0f} s "
+                             "(not enough free CPUs in the cluster?)", field="--ray") from None
+        except RayTaskError as e:
+            cause = e.as_instanceof_cause()
+            if isinstance(cause, InputError):
+                raise InputError(str(cause)) from None
+            raise
+        nodes = {x["ip"] for x in where}
+        print(f"servegen-load: {n} shard actors ready on {len(nodes)} node(s)", file=sys.stderr)
+        if kw.get("metrics_port") is not None:
+            _write_targets(out, where, n)
+        start = kw["start_at"] if kw.get("start_at") is not None else time.time() + RAY_LEAD_S
+        cfg = {"endpoint": endpoint, "model": model, "api": kw["api"], "api_key": api_key, "family": family,
+               "max_concurrency": None if kw.get("max_concurrency") is None else -(-kw["max_concurrency"] // n),
+               "timeouts": dataclasses.asdict(kw["timeouts"]), "transport": kw["transport"],
+               "metrics_host": kw.get("metrics_host") or "127.0.0.1", "metrics_linger": kw.get("metrics_linger", 0.0),
+               "pushgateway": kw.get("pushgateway"),
+               "argv": [scrub(a, api_key) for a in (kw.get("argv") or sys.argv)]}
+        runs = {a.run.remote(start, dict(cfg)): i for i, a in enumerate(actors)}
+        print(f"servegen-load: t = 0 at {start:.3f} (in {start - time.time():.1f} s)", file=sys.stderr)
+        outcomes: dict[int, dict[str, Any]] = {}
+        received: list[int] = []
+        forwarded = 0
+        drained: set[int] = set()
+        old = {s: signal.signal(s, lambda sig, _f: received.append(sig)) for s in (signal.SIGINT, signal.SIGTERM)}
+        last_note = time.monotonic()
+        lines = 0
+        try:
+            while len(drained) < n:
+                pending = [r for r in runs if runs[r] not in outcomes]
+                if pending:
+                    ready, _ = ray.wait(pending, num_returns=len(pending), timeout=POLL_S)
+                    for r in ready:
+                        i = runs[r]
+                        try:
+                            outcomes[i] = ray.get(r)
+                        except (RayActorError, RayTaskError) as e:
+                            outcomes[i] = {"started": False, "failed": True}
+                            failed[i] = str(e).strip().splitlines()[-1][:300] if str(e).strip() else type(e).__name__
+                            drained.add(i)
+                else:
+                    time.sleep(POLL_S / 5)
+                while forwarded < len(received):
+                    forwarded += 1
+                    for i, a in enumerate(actors):
+                        if i not in outcomes:
+                            a.stop.remote()
+                todo = [i for i in range(n) if i not in drained]
+                polls = {i: actors[i].poll.remote() for i in todo}
+                for i, ref in polls.items():
+                    try:
+                        data, done = ray.get(ref)
+                    except (RayActorError, RayTaskError) as e:
+                        failed.setdefault(i, str(e).strip().splitlines()[-1][:300] if str(e).strip() else "actor died")
+                        outcomes.setdefault(i, {"started": False, "failed": True})
+                        drained.add(i)
+                        continue
+                    if data:
+                        sinks[i].write(data)
+                        lines += data.count(b"\n")
+                    if done and i in outcomes:
+                        drained.add(i)
+                if kw.get("progress", "auto") != "off" and time.monotonic() - last_note > 10:
+                    last_note = time.monotonic()
+                    print(f"servegen-load: t = {time.time() - start:.0f} s, {lines} result lines from {n} shards",
+                          file=sys.stderr)
+        finally:
+            for s_, h in old.items():
+                signal.signal(s_, h)
+            for f in sinks:
+                f.close()
+            for a in actors:
+                with contextlib.suppress(Exception):
+                    ray.kill(a)
+        interrupted = bool(received) or any(o.get("interrupted") for o in outcomes.values())
+        return _finish(source, out, parts, parts_dir, n, start, outcomes, failed, endpoint, model, api_key, kw,
+                       interrupted)
+    finally:
+        for f in sinks:
+            f.close()
+
+
+def _finish(source: str, out: Path, parts: list[Path], parts_dir: Path, n: int, start: float,
+            outcomes: dict[int, dict[str, Any]], failed: dict[int, str], endpoint: str, model: str,
+            api_key: str | None, kw: dict[str, Any], interrupted: bool) -> int:
+    from .merge import merge_results
+
+    present = [p for p in parts if p.exists() and p.stat().st_size > 0]
+    lost = [i for i in range(n) if not outcomes.get(i, {}).get("started") or i in failed]
+    extra: list[bytes] = []
+    if lost:
+        from .workers import result_ids
+
+        have: set[str] = set()
+        for p in present:
+            have |= result_ids(p)
+        for i in lost:
+            extra.extend(missing_lines(source, f"{i}/{n}", kw.get("duration"), have,
+                                       f"shard actor {i}/{n} stopped before this request was due"))
+    header = merged_header(present, {"ray": kw["ray"], "workers": n, "start_at": start, "started_unix": start,
+                                     "source": source, "endpoint": endpoint, "model": model},
+                           kw.get("argv"), api_key)
+    merge_results(present, out, header, extra)
+    for i, why in sorted(failed.items()):
+        print(f"servegen-load: shard actor {i}/{n} failed: {why}", file=sys.stderr)
+    errors = [o["input_error"] for o in outcomes.values() if o.get("input_error")]
+    code = summarize_run(out, kw["lag_threshold"], kw.get("summary_json"), interrupted)
+    if errors:
+        print(f"servegen-load: error: {errors[0]}", file=sys.stderr)
+        return 2
+    if failed:
+        print(f"servegen-load: shard results kept in {parts_dir}", file=sys.stderr)
+        return 1
+    shutil.rmtree(parts_dir, ignore_errors=True)
+    return code
+
+
+def _write_targets(out: Path, where: list[dict[str, Any]], n: int) -> None:
+    """`OUTPUT.prom-targets.json`: the actors' /metrics as a Prometheus file_sd target list."""
+    from ..atomic import atomic_write
+
+    targets = [{"targets": [f"{x['metrics_host']}:{x['metrics_port']}"],
+                "labels": {"job": "servegen-load", "shard": f"{i}/{n}", "node": x["host"]}}
+               for i, x in enumerate(where)]
+    path = out.with_name(out.name + ".prom-targets.json")
+    with atomic_write(path) as fh:
+        json.dump(targets, fh, indent=2)
+    for t in targets:
+        print(f"servegen-load: shard {t['labels']['shard']} /metrics at http://{t['targets'][0]}/metrics",
+              file=sys.stderr)
+    print(f"servegen-load: Prometheus file_sd targets written to {path}", file=sys.stderr)
