@@ -123,7 +123,9 @@ def _time_range(text: str | None, option: str) -> tuple[float, float | None] | N
         end = float(b) if b.strip() else None
     except ValueError:
         start, end, sep = 0.0, None, ""
-    if not sep or start < 0 or (end is not None and end <= start):
+    if end == float("inf"):
+        end = None  # to the end
+    if not sep or not 0 <= start < float("inf") or (end is not None and not end > start):
         raise InputError(f"{option} expects START:END in seconds after the first request (END optional), "
                          f"got {text!r}")
     return start, end
@@ -184,24 +186,30 @@ def compare_cmd(
 
     from .atomic import atomic_write
     from .metrics.realism import compare_streams, render_html, render_rich, render_text, stream_stats
-    from .workload.logs import ColumnMap, detect_format, load_log
+    from .workload.logs import ColumnMap, detect_format, load_log, warn_bad_rows
 
     if results_time not in ("scheduled", "sent"):
         raise InputError(f"--results-time expects scheduled or sent, got {results_time!r}")
+    if max_distance is not None and not max_distance >= 0:
+        raise InputError(f"expected a distance >= 0, got {max_distance}", field="--max-distance")
+    logs = []
 
     def load(path: str, fmt: str, rng: str | None, option: str) -> object:
         window = _time_range(rng, option)
         f = detect_format(path) if fmt == "auto" else fmt
         cols = ColumnMap(time=results_time) if f == "results" else None
-        log = load_log(path, f, cols)
+        log = load_log(path, f, cols, warn=False)  # bad-row warnings once both streams are usable
+        logs.append(log)
         if window is not None:
             log = log.time_range(*window)
             if len(log) == 0:
                 raise InputError(f"no requests in {option} {rng}", path=path)
         return stream_stats(log, path if window is None else f"{path} [{rng}]")
 
-    cmp = compare_streams(load(a, format_a, range_a, "--range-a"), load(b, format_b, range_b, "--range-b"),
-                          ignore=ignore)
+    sa, sb = load(a, format_a, range_a, "--range-a"), load(b, format_b, range_b, "--range-b")
+    for log in logs:
+        warn_bad_rows(log)
+    cmp = compare_streams(sa, sb, ignore=ignore)
     if html_out:
         with atomic_write(html_out, "w") as fh:
             fh.write(render_html(cmp, max_distance))
@@ -220,7 +228,18 @@ def compare_cmd(
 # --- run / sim commands ---
 
 
-@app.command("run")
+# --- reliability (docs/reliability.md): run's exit codes and failure statuses ---
+RUN_EPILOG = (
+    "Exit codes: 0 the schedule ran to its end (failed requests are results: judge them with "
+    "`gate`; an endpoint that goes away mid-run keeps the run going, its requests end as connect_error); "
+    "2 bad input; 3 not one request succeeded; 130 stopped by SIGINT or SIGTERM (the results file still "
+    "holds one line per scheduled request). Failure statuses: http_error (with http_status), timeout, "
+    "disconnect, connect_error, protocol_error (incl. a stream without [DONE]), cancelled; "
+    "see docs/reliability.md."
+)
+
+
+@app.command("run", epilog=RUN_EPILOG)
 def run_cmd(
     source: str = typer.Argument(..., help="A requests file (JSONL) or a scenario (.yaml, generated on the fly)."),
     output: str = typer.Option(..., "-o", "--output", help="Results file to write (JSONL, streamed)."),
@@ -234,6 +253,10 @@ def run_cmd(
     timeout_connect: float = typer.Option(10.0, "--timeout-connect", help="Seconds to open a connection."),
     timeout_first_token: float = typer.Option(300.0, "--timeout-first-token", help="Seconds from send to the first token."),
     timeout_total: float = typer.Option(1800.0, "--timeout-total", help="Seconds from send to the end of the response."),
+    timeout_idle: float = typer.Option(120.0, "--timeout-idle", help="Seconds without a token after the first one (a stalled stream ends as timeout)."),
+    retries: int = typer.Option(0, "--retries", help="Re-send a request that failed with HTTP 429/503 or could not connect, before any token, up to N times (default 0: never). Counted in `retries`."),
+    retry_max_wait: float = typer.Option(10.0, "--retry-max-wait", help="Cap in seconds on a retry's wait (Retry-After, else back-off 0.5 s, 1 s, 2 s...)."),
+    insecure: bool = typer.Option(False, "--insecure", help="Do not verify the endpoint's TLS certificate (self-signed test servers)."),
     metrics_port: int | None = typer.Option(None, "--metrics-port", help="Serve Prometheus /metrics on this port (0: any free port)."),
     metrics_host: str = typer.Option("127.0.0.1", "--metrics-host", help="Address the /metrics server binds."),
     metrics_linger: float = typer.Option(0.0, "--metrics-linger", help="Keep /metrics up this many seconds after the run (final values)."),
@@ -243,6 +266,17 @@ def run_cmd(
     progress: str = typer.Option("auto", "--progress", help="auto, live, plain or off (progress goes to stderr)."),
     summary_json: str | None = typer.Option(None, "--summary-json", help="Also write the summary as JSON here."),
     sim_preset: str | None = typer.Option(None, "--sim-preset", help="Engine preset of the embedded simulator (no --endpoint)."),
+    # --- scale-out (servegen_load/scale) ---
+    shard: str | None = typer.Option(None, "--shard", help="i/N: send only shard i (0-based) of N, split by client (merge the N results files with `report`)."),
+    start_at: float | None = typer.Option(None, "--start-at", help="Unix time (s) of t = 0, shared by all shards; already past: start at once, lateness shows as send lag."),
+    workers: str | None = typer.Option(None, "--workers", help="N or auto: run N processes (one shard each, common start), merge into one results file and summary."),
+    ray: str | None = typer.Option(None, "--ray", help="[ADDRESS] One Ray actor per shard (needs the `ray` extra). ADDRESS: auto (RAY_ADDRESS / running cluster), ray://host:port, host:port; bare --ray: a local cluster. Shards: --workers N, else the cluster's CPUs."),
+    # --- request content (servegen_load/content, payload) ---
+    prompt_format: str = typer.Option("auto", "--prompt-format", help="ids, text or auto: token-id prompts on /v1/completions (auto: on llama.cpp, vLLM, SGLang and the simulator) for exact prompt lengths."),
+    tokenizer: str | None = typer.Option(None, "--tokenizer", help="How text tokens are counted: DIR (a local HF tokenizer directory; `tokenizers` extra), server (the server's /tokenize, default for real servers) or words (one token per word, default for the simulator)."),
+    image_patch: int = typer.Option(28, "--image-patch", help="Pixels per image token side (Qwen2-VL: 28): images are sized so that (w/patch)*(h/patch) = their tokens."),
+    prefix_block: int = typer.Option(512, "--prefix-block", help="Tokens per shared-prefix block id (a request's `prefix`, e.g. Mooncake hash_ids)."),
+    content_salt: str | None = typer.Option(None, "--content-salt", help="Hex salt of nonces and prefix blocks (default: random per run, so an earlier run's cache never helps)."),
 ) -> None:
     """Send every request at its scheduled time (open loop) and record one result line per request."""
     from .dispatch.command import run_command
@@ -251,9 +285,13 @@ def run_cmd(
     code = run_command(
         source, output, endpoint=endpoint, model=model, api=api, server_family=server_family,
         api_key_file=api_key_file, max_concurrency=max_concurrency, duration=duration,
-        timeouts=Timeouts(timeout_connect, timeout_first_token, timeout_total), metrics_port=metrics_port,
+        timeouts=Timeouts(timeout_connect, timeout_first_token, timeout_total, timeout_idle), metrics_port=metrics_port,
         metrics_host=metrics_host, metrics_linger=metrics_linger, pushgateway=pushgateway, transport=transport,
-        lag_threshold=lag_threshold_ms / 1e3, progress=progress, summary_json=summary_json, sim_preset=sim_preset)
+        lag_threshold=lag_threshold_ms / 1e3, progress=progress, summary_json=summary_json, sim_preset=sim_preset,
+        shard=shard, start_at=start_at, workers=workers, ray=ray,
+        retries=retries, retry_max_wait=retry_max_wait, insecure=insecure,
+        content={"prompt_format": prompt_format, "tokenizer": tokenizer, "image_patch": image_patch,
+                 "prefix_block": prefix_block, "content_salt": content_salt})
     if code:
         sys.exit(code)
 
@@ -397,14 +435,25 @@ def main() -> None:
     Typer runs in standalone mode, so usage errors exit 2 and `typer.Exit(code)` keeps its code;
     our own `InputError`s and unreadable files escape it and are turned into one line here.
     """
+    from .scale.cli_args import optional_ray_address  # scale hook: `run --ray` without an address
+
+    sys.argv[1:] = optional_ray_address(sys.argv[1:])
     try:
         app()
     except InputError as e:
-        print(f"servegen-load: error: {e}", file=sys.stderr)
+        print(f"servegen-load: error: {_one_line(str(e))}", file=sys.stderr)
         sys.exit(2)
-    except (FileNotFoundError, IsADirectoryError, PermissionError, NotADirectoryError) as e:
-        print(f"servegen-load: error: {e.filename}: {e.strerror}", file=sys.stderr)
+    except OSError as e:
+        if e.filename is None:  # not about a file the user named (e.g. a socket): a real failure
+            raise
+        print(f"servegen-load: error: {_one_line(f'{e.filename}: {e.strerror or e}')}", file=sys.stderr)
         sys.exit(2)
+
+
+def _one_line(text: str) -> str:
+    """Control characters escaped: a message quoting a hostile file stays one line and cannot send
+    terminal escape codes."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,8 @@ deviations divide by B's value. Rows, their statistic and the deviation that ent
 | session.turns          | mean turns per session                                     | abs(a - b) / b          |
 | session.think_p50      | median think time between turns (s)                        | abs(a - b) / b          |
 
-A window scale enters only when both streams have at least `MIN_BINS` whole windows of it.
+A window scale enters only when both streams have at least `MIN_BINS` and at most `MAX_BINS`
+whole windows of it.
 The summary `distance` is the largest deviation over the rows (minus the ones the caller
 ignores, by glob on the key); it is what `compare --max-distance` gates.
 """
@@ -53,6 +54,7 @@ CURVE_BIN = 60.0
 GAP_WINDOW = 60.0
 GAP_WINDOW_MIN = 10
 RANK_SAMPLE = 1_000_000
+MAX_BINS = 10_000_000  # windows of one count series; a stream longer than that at a scale skips it
 
 
 @dataclass
@@ -176,7 +178,10 @@ def stream_stats(log: LogChunk, name: str | None = None) -> StreamStats:
 
 
 def _counts(t: np.ndarray, scale: float, dur: float) -> np.ndarray:
-    """Counts per whole window of `scale` seconds from 0 (a last partial window is left out)."""
+    """Counts per whole window of `scale` seconds from 0 (a last partial window is left out); none
+    when the stream spans more than `MAX_BINS` windows (the row is left out, memory stays bounded)."""
+    if not dur / scale <= MAX_BINS:
+        return np.zeros(0)
     n = int(dur // scale)
     if n <= 0:
         return np.zeros(0)

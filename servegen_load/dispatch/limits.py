@@ -1,0 +1,74 @@
+"""Resource limits of one run: timeouts and the open-file limit thousands of streams need."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import InputError
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Seconds. `connect`: TCP (+TLS) set-up; `first_token`: from send to the first token chunk;
+    `total`: from send to the end of the response; `idle`: from one token chunk to the next (a
+    stream that stalls after its first token, fault `stall_hang`, ends long before `total`).
+    A request over any of them ends as `timeout`, with the timings it had."""
+
+    connect: float = 10.0
+    first_token: float = 300.0
+    total: float = 1800.0
+    idle: float = 120.0
+
+    def __post_init__(self) -> None:
+        for name in ("connect", "first_token", "total", "idle"):
+            v = getattr(self, name)
+            if not v > 0:
+                raise InputError(f"expected a timeout > 0 seconds, got {v}", field=f"--timeout-{name.replace('_', '-')}")
+
+    def late(self, flights: Iterable[Any], now: float) -> list[tuple[Any, str]]:
+        """The flights (sent, not finished) over a timeout at `now`, each with its error text.
+
+        Both transports call this from `sweep`, a few times a second: a scan costs less than a
+        timer per request, and timeouts are seconds long.
+        """
+        ft, total, idle = self.first_token, self.total, self.idle
+        late = []
+        for f in flights:
+            s = f.sent
+            if s is None:
+                continue
+            if f.first_token is None and now - s > ft:
+                late.append((f, f"no first token within {ft:g}s"))
+            elif now - s > total:
+                late.append((f, f"response not complete within {total:g}s"))
+            elif f.last_token is not None and now - f.last_token > idle:
+                late.append((f, f"no token for {idle:g}s after the last one (stalled stream)"))
+        return late
+
+
+def raise_nofile_limit(needed: int) -> int:
+    """Raise the soft open-file limit to the hard limit; fail in one line if `needed` won't fit.
+
+    Every concurrent stream holds a socket, and the usual soft limit (1024) would make an open
+    loop at a few thousand in-flight requests fail with EMFILE half-way through a run.
+    """
+    try:
+        import resource
+    except ImportError:  # not POSIX: nothing to raise, nothing to check
+        return needed
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft == resource.RLIM_INFINITY or soft >= target:
+        target = soft
+    else:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            target = soft
+    if target != resource.RLIM_INFINITY and target < needed:
+        raise InputError(
+            f"the open-file limit is {target}, below the {needed} this run needs (one socket per "
+            f"in-flight request); raise it, e.g. `ulimit -n {needed}`, or lower --max-concurrency")
+    return int(target)

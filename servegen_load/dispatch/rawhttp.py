@@ -1,0 +1,584 @@
+"""A lean HTTP/1.1 streaming transport on raw asyncio protocols: the default for `run`.
+
+Why not aiohttp on the hot path: every token chunk through aiohttp costs a parser callback, a
+StreamReader buffer, a future wake-up and a coroutine resume before we can timestamp it. Here a
+chunk costs one `data_received` call. Measured against the C fake server (benchmarks/dispatch.py,
+same runs, 128-token streams): aiohttp used 2.3x (100 req/s) to 1.6x (1000 req/s) the CPU of
+this transport, and its send lag and TTFT error p99 were 10-40x larger from 300 req/s up; at
+1000 req/s it could not keep the rate.
+
+The per-chunk path, cheapest first:
+1. `data_received`: the read is one chunk holding one plain token event of this stream that
+   matches the stream's template (`stream.learn_template`: same bytes around the token text as
+   an earlier chunk): append the timestamp, nothing else. About 0.8 µs of Python per chunk.
+2. `_chunked` fast loop: whole chunks with one `data:` event each; template match per chunk, or
+   one orjson parse (`stream.take_data`, about 2 µs in all). Reads carrying several chunks (the
+   loop ran late) stay on this path, so falling behind never makes a chunk dearer.
+3. The general path: split chunks, several events per chunk, CRLF events, comments.
+
+Connections: a keep-alive pool (LIFO, unbounded: one socket per in-flight request). Before the
+clock starts the runner has about the first second's worth opened (`prewarm`), and a few spares
+are kept open in the background (`_top_up`), so connection set-up stays off the send path.
+Chunked / Content-Length / read-until-close bodies, TLS through the loop, one retry on a fresh
+connection when a reused keep-alive connection turns out closed before any response byte (the
+server closed it while idle; `retries` = 1). No pipelining, no proxies, no compression (we send
+no Accept-Encoding): use `--transport aiohttp` for proxies.
+
+Timestamps: `sent` is taken just before the request bytes are written (like the C reference
+client), chunk times at `data_received` entry. Each `data_received` also asks the scheduler to
+send whatever is already due, so a busy loop never delays a send behind a long run of reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import socket
+import ssl
+from time import perf_counter
+
+from .endpoint import Endpoint, scrub
+from .limits import Timeouts
+from .stream import Flight, feed_sse, take_data
+from .transport import Hooks
+
+_IDLE, _HEAD, _CHUNKED, _LENGTH, _UNTIL_CLOSE = range(5)
+_MAX_HEAD = 64 * 1024
+_MAX_ERR_BODY = 2048
+SPARE_CONNECTIONS = 16
+
+
+class _Conn(asyncio.Protocol):
+    """One keep-alive connection; carries at most one flight at a time."""
+
+    __slots__ = (
+        "alive",
+        "errbody",
+        "flight",
+        "got",
+        "hooks",
+        "keep",
+        "ok",
+        "owner",
+        "rbuf",
+        "rem",
+        "reused",
+        "state",
+        "tr",
+    )
+
+    def __init__(self, owner: RawTransport) -> None:
+        self.owner = owner
+        self.hooks = owner.hooks
+        self.tr: asyncio.Transport | None = None
+        self.flight: Flight | None = None
+        self.state = _IDLE
+        self.rbuf = b""
+        self.rem = 0
+        self.keep = True
+        self.ok = False
+        self.got = False
+        self.reused = False
+        self.alive = False
+        self.errbody = b""
+
+    # --- asyncio callbacks ---
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.tr = transport  # type: ignore[assignment]
+        self.alive = True
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def data_received(self, data: bytes) -> None:
+        t = perf_counter()
+        hooks = self.hooks
+        if t >= hooks.next_due:
+            hooks.tick(t)
+        st = self.state
+        if st == _CHUNKED:
+            # Hottest path: one read = one chunk = one plain token event matching the stream's
+            # template (stream.learn_template): record the time, no parse. Anything else falls
+            # through to the general reader.
+            f = self.flight
+            if f is not None and f.tpl_pre is not None and not self.rbuf and not self.rem:
+                i = data.find(b"\r\n")
+                pre = f.tpl_pre
+                suf = f.tpl_suf  # ends with the event's blank line and the chunk's CRLF
+                if 0 < i < 9 and data.endswith(suf) and data.startswith(pre, i + 2):
+                    mid = data[i + 2 + len(pre):len(data) - len(suf)]
+                    # No size check needed: a read holding a partial chunk cannot end in `suf`
+                    # (JSON strings hold no raw newline), one holding two has a quote in `mid`.
+                    if mid and b'"' not in mid:
+                        f.chunks.append(t)
+                        f.last_token = t
+                        return
+            self._chunked(data, t)
+        elif st == _HEAD:
+            self._head(data, t)
+        elif st == _LENGTH:
+            self._length(data, t)
+        elif st == _UNTIL_CLOSE:
+            self._payload(data, t)
+        else:  # bytes nobody asked for on an idle connection: drop the connection
+            self.alive = False
+            if self.tr is not None:
+                self.tr.abort()
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.alive = False
+        f = self.flight
+        if f is None:
+            return
+        self.flight = None
+        if self.state == _UNTIL_CLOSE:
+            self._end(f)
+            return
+        if not self.got and self.reused and exc is None and f.retries == 0 and not f.finished:
+            # The server closed this idle keep-alive connection under us (a clean EOF, no byte of
+            # answer): re-send once on a fresh one. A reset (exc set) is a failure of this
+            # request (fault reset_before_first_byte): `disconnect`, never re-sent here.
+            f.retries = 1
+            self.owner.submit_fresh(f)
+            return
+        if f.done and self.ok:  # saw [DONE]; only the chunked terminator was missing
+            self._end(f)
+            return
+        reason = f"connection closed by server ({exc})" if exc else "connection closed by server"
+        f.fail("disconnect", reason)
+        self.owner.finish(f)
+
+    # --- request/response ---
+    def start(self, f: Flight, reused: bool) -> None:
+        self.flight = f
+        f.conn = self
+        self.state = _HEAD
+        self.rbuf = b""
+        self.rem = 0
+        self.got = False
+        self.reused = reused
+        self.errbody = b""
+        f.sent = perf_counter()
+        self.tr.write(f.wire)  # type: ignore[union-attr]
+
+    def _head(self, data: bytes, t: float) -> None:
+        f = self.flight
+        if f is None:
+            return
+        self.got = True
+        buf = self.rbuf + data if self.rbuf else data
+        i = buf.find(b"\r\n\r\n")
+        if i < 0:
+            if len(buf) > _MAX_HEAD:
+                self._protocol_error("response head over 64 KiB")
+            else:
+                self.rbuf = buf
+            return
+        self.rbuf = b""
+        lines = buf[:i].split(b"\r\n")
+        try:
+            ver, code_s = lines[0].split(b" ", 2)[:2]
+            code = int(code_s)
+        except ValueError:
+            self._protocol_error("bad status line: " + lines[0][:60].decode("latin-1"))
+            return
+        rest = buf[i + 4:]
+        if 100 <= code < 200:  # interim response: the real head follows
+            if rest:
+                self._head(rest, t)
+            return
+        f.http_status = code
+        chunked = False
+        length = -1
+        keep = ver == b"HTTP/1.1"
+        for line in lines[1:]:
+            k, _, v = line.partition(b":")
+            k = k.strip().lower()
+            if k == b"transfer-encoding":
+                chunked = b"chunked" in v.lower()
+            elif k == b"content-length":
+                try:
+                    length = int(v.strip())
+                except ValueError:
+                    self._protocol_error("bad Content-Length")
+                    return
+            elif k == b"connection":
+                lv = v.strip().lower()
+                keep = lv == b"keep-alive" if ver != b"HTTP/1.1" else lv != b"close"
+            elif k == b"retry-after":  # read by dispatch.retry (429/503)
+                f.retry_after = v.strip().decode("latin-1")
+        self.keep = keep
+        self.ok = code == 200
+        if chunked:
+            self.state = _CHUNKED
+            self.rem = 0
+            if rest:
+                self._chunked(rest, t)
+        elif length >= 0:
+            self.state = _LENGTH
+            self.rem = length
+            if length == 0:
+                self._complete()
+            elif rest:
+                self._length(rest, t)
+        else:
+            self.state = _UNTIL_CLOSE
+            self.keep = False
+            if rest:
+                self._payload(rest, t)
+
+    def _chunked(self, data: bytes, t: float) -> None:
+        """Strip chunked framing; `rem` = bytes left of the current chunk plus its CRLF.
+
+        Fast path (nearly every read of a token stream): the read holds whole chunks, each one
+        whole `data: ...` event ending in a blank line. A chunk matching the stream's template
+        (see `data_received`) is recorded without a parse, any other is handed to `take_data`.
+        This matters most when the loop runs late and reads carry several chunks each: the work
+        per chunk must not grow then. Anything else (split chunks, several events per chunk,
+        CRLF events) takes the general path. (Scanning each chunk for a second blank line would
+        cost more than the JSON parse itself: two events in one chunk fail the parse instead.)
+        """
+        f = self.flight
+        if self.ok and not self.rbuf and not self.rem and f is not None and not f.sse_buf:
+            pos = 0
+            n = len(data)
+            find = data.find
+            while pos < n:
+                i = find(b"\r\n", pos)
+                if i < 0 or i - pos > 8:
+                    break
+                try:
+                    size = int(data[pos:i], 16)
+                except ValueError:
+                    break
+                s = i + 2
+                e = s + size
+                if size == 0 or e + 2 > n:
+                    break
+                pre = f.tpl_pre
+                if pre is not None:
+                    suf = f.tpl_suf
+                    j = e + 2 - len(suf)
+                    if data.startswith(pre, s) and data.startswith(suf, j):
+                        mid = data[s + len(pre):j]
+                        if mid and b'"' not in mid:
+                            f.chunks.append(t)
+                            f.last_token = t
+                            pos = e + 2
+                            continue
+                if data[e - 2:e] != b"\n\n" or data[s:s + 6] != b"data: ":
+                    break
+                if not take_data(f, data[s + 6:e - 2], t):
+                    break
+                pos = e + 2
+            if pos:
+                if pos >= n:
+                    return
+                data = data[pos:]
+        buf = self.rbuf + data if self.rbuf else data
+        self.rbuf = b""
+        n = len(buf)
+        pos = 0
+        rem = self.rem
+        parts = []
+        while pos < n:
+            if rem > 2:
+                take = rem - 2
+                if take > n - pos:
+                    take = n - pos
+                parts.append(buf[pos:pos + take])
+                pos += take
+                rem -= take
+                continue
+            if rem > 0:
+                take = rem if rem <= n - pos else n - pos
+                pos += take
+                rem -= take
+                continue
+            i = buf.find(b"\r\n", pos)
+            if i < 0:
+                self.rbuf = buf[pos:]
+                break
+            try:
+                size = int(buf[pos:i].split(b";", 1)[0], 16)
+            except ValueError:
+                self._protocol_error("bad chunk size line")
+                return
+            if size == 0:  # last chunk; then optional trailers and an empty line
+                if buf[i + 2:i + 4] != b"\r\n" and buf.find(b"\r\n\r\n", i) < 0:
+                    self.rbuf = buf[pos:]
+                    break
+                self.rem = 0
+                if parts:
+                    self._payload(parts[0] if len(parts) == 1 else b"".join(parts), t)
+                self._complete()
+                return
+            pos = i + 2
+            rem = size + 2
+        self.rem = rem
+        if parts:
+            self._payload(parts[0] if len(parts) == 1 else b"".join(parts), t)
+
+    def _length(self, data: bytes, t: float) -> None:
+        self.got = True
+        n = len(data)
+        if n >= self.rem:
+            if self.rem:
+                self._payload(data[:self.rem] if n > self.rem else data, t)
+            self.rem = 0
+            self._complete()
+        else:
+            self.rem -= n
+            self._payload(data, t)
+
+    def _payload(self, data: bytes, t: float) -> None:
+        f = self.flight
+        if f is None:
+            return
+        if self.ok:
+            feed_sse(f, data, t)
+        elif len(self.errbody) < _MAX_ERR_BODY:
+            self.errbody += data[:_MAX_ERR_BODY]
+
+    def _complete(self) -> None:
+        f = self.flight
+        self.flight = None
+        self.state = _IDLE
+        if self.keep and self.alive:
+            self.owner.idle.append(self)
+        elif self.tr is not None:
+            self.alive = False
+            self.tr.close()
+        if f is not None:
+            self._end(f)
+
+    def _end(self, f: Flight) -> None:
+        if not self.ok:
+            body = self.errbody[:300].decode("utf-8", "replace").strip()
+            f.fail("http_error", scrub(f"HTTP {f.http_status}: {body}", self.owner.api_key))
+        elif f.status is None:
+            if f.done:
+                f.status = "ok"
+            else:  # a clean end without `data: [DONE]`: the answer may be cut short (fault no_done)
+                f.fail("protocol_error", "stream ended without data: [DONE]")
+        self.owner.finish(f)
+
+    def _protocol_error(self, msg: str) -> None:
+        f = self.flight
+        self.flight = None
+        self.alive = False
+        if self.tr is not None:
+            self.tr.abort()
+        if f is not None:
+            f.fail("protocol_error", msg)
+            self.owner.finish(f)
+
+
+class RawTransport:
+    """Connection pool + flights on `_Conn` protocols; see the module docstring."""
+
+    name = "raw"
+
+    def __init__(self, endpoint: Endpoint, api: str, hooks: Hooks, timeouts: Timeouts,
+                 api_key: str | None = None) -> None:
+        self.endpoint = endpoint
+        self.hooks = hooks
+        self.timeouts = timeouts
+        self.api_key = api_key
+        self.idle: list[_Conn] = []
+        self.active: set[Flight] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        head = (f"POST {endpoint.path(api)} HTTP/1.1\r\nHost: {endpoint.host_header}\r\n"
+                "User-Agent: servegen-load\r\nContent-Type: application/json\r\n"
+                "Accept: text/event-stream\r\n")
+        if api_key:
+            head += f"Authorization: Bearer {api_key}\r\n"
+        self._prefix = (head + "Content-Length: ").encode("latin-1")
+        self._ssl: ssl.SSLContext | None = endpoint.ssl_context()
+        self._addr: tuple[int, str] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._factory = functools.partial(_Conn, self)
+        self.spare = SPARE_CONNECTIONS
+        self._spare_pending = 0
+        self._spare_tasks: set[asyncio.Task[None]] = set()
+        self._spare_backoff_until = 0.0
+        self._closing = False
+
+    def wire(self, body: bytes) -> bytes:
+        return b"%b%d\r\n\r\n%b" % (self._prefix, len(body), body)
+
+    async def open(self) -> None:
+        """Resolve the host once and open the first spare connections before the clock starts."""
+        self._loop = asyncio.get_running_loop()
+        self._addr = self.endpoint.resolve()
+        self._top_up()
+        if self._spare_tasks:
+            await asyncio.gather(*list(self._spare_tasks), return_exceptions=True)
+
+    async def prewarm(self, n: int) -> int:
+        """Open up to `n` idle connections now (before the clock starts); returns how many opened.
+
+        Every request in flight holds a connection, so the first second of an open-loop run at
+        rate R opens about R x (response time) of them; doing that while the clock runs puts
+        connection set-up on the send path of most early requests. The runner asks for about the
+        first second's worth of requests.
+        """
+        opened = 0
+        while opened < n:
+            batch = min(64, n - opened)
+            got = await asyncio.gather(*(self._connect() for _ in range(batch)), return_exceptions=True)
+            conns = [c for c in got if isinstance(c, _Conn)]
+            self.idle.extend(conns)
+            opened += len(conns)
+            if len(conns) < batch:  # the server refuses or stalls: stop trying
+                break
+        return opened
+
+    def _top_up(self) -> None:
+        """Keep `spare` idle connections open ahead of need, opened in the background.
+
+        Why: a request that finds no idle connection waits for TCP (+TLS) set-up, several loop
+        turns, and that wait is send lag; while load ramps up (every new in-flight request needs
+        a new connection) it was most of the send-lag tail. Spares cost the server a few idle
+        sockets. A failing server (refused, timeout) pauses the top-up for a second.
+        """
+        if self._closing or self._loop is None or perf_counter() < self._spare_backoff_until:
+            return
+        need = self.spare - len(self.idle) - self._spare_pending
+        for _ in range(min(need, 8)):
+            self._spare_pending += 1
+            task = self._loop.create_task(self._connect_spare())
+            self._spare_tasks.add(task)
+            task.add_done_callback(self._spare_tasks.discard)
+
+    async def _connect_spare(self) -> None:
+        try:
+            conn = await self._connect()
+        except (OSError, TimeoutError):
+            self._spare_backoff_until = perf_counter() + 1.0
+            return
+        except asyncio.CancelledError:
+            return
+        finally:
+            self._spare_pending -= 1
+        if self._closing:
+            conn.tr.close()  # type: ignore[union-attr]
+        else:
+            self.idle.append(conn)
+
+    async def _connect(self) -> _Conn:
+        fam, host = self._addr  # type: ignore[misc]
+        ep = self.endpoint
+        async with asyncio.timeout(self.timeouts.connect):
+            _, conn = await self._loop.create_connection(  # type: ignore[union-attr]
+                self._factory, host, ep.port, family=fam, ssl=self._ssl,
+                server_hostname=ep.host if self._ssl else None)
+        return conn
+
+    def submit(self, f: Flight) -> None:
+        self.active.add(f)
+        idle = self.idle
+        if len(idle) <= self.spare >> 1:
+            self._top_up()
+        while idle:
+            c = idle.pop()
+            if c.alive and c.flight is None:
+                c.start(f, True)
+                return
+        self.submit_fresh(f)
+
+    def submit_fresh(self, f: Flight) -> None:
+        task = self._loop.create_task(self._connect_and_send(f))  # type: ignore[union-attr]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        f.handle = task
+
+    async def _connect_and_send(self, f: Flight) -> None:
+        ep = self.endpoint
+        try:
+            conn = await self._connect()
+        except TimeoutError:
+            f.fail("timeout", f"connect timeout after {self.timeouts.connect:g}s")
+            self.finish(f)
+            return
+        except OSError as e:
+            f.fail("connect_error", scrub(_os_error_text(e, ep), self.api_key))
+            self.finish(f)
+            return
+        except asyncio.CancelledError:
+            f.fail("cancelled", "cancelled while connecting")
+            self.finish(f)
+            return
+        f.handle = None
+        if f.finished:  # cancelled or timed out while we were connecting
+            self.idle.append(conn)
+            return
+        conn.start(f, False)
+
+    def finish(self, f: Flight) -> None:
+        if f.finished:
+            return
+        f.finished = True
+        f.conn = None
+        self.active.discard(f)
+        self.hooks.on_done(f)
+
+    def _end_flight(self, f: Flight, status: str, error: str) -> None:
+        c = f.conn
+        if c is not None:
+            c.flight = None
+            c.alive = False
+            if c.tr is not None:
+                c.tr.abort()
+        task = f.handle
+        f.fail(status, error)
+        self.finish(f)
+        if isinstance(task, asyncio.Task):
+            task.cancel()
+
+    def sweep(self, now: float) -> None:
+        late = self.timeouts.late(self.active, now)
+        for f, msg in late:
+            self._end_flight(f, "timeout", msg)
+        if len(self.idle) > 64:
+            self.idle = [c for c in self.idle if c.alive]
+        self._top_up()
+
+    def cancel_all(self, reason: str) -> None:
+        for f in list(self.active):
+            self._end_flight(f, "cancelled", reason)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self.active)
+
+    async def close(self) -> None:
+        self._closing = True
+        for task in list(self._spare_tasks):
+            task.cancel()
+        self.cancel_all("transport closed")
+        for c in self.idle:
+            if c.tr is not None:
+                c.tr.close()
+        self.idle.clear()
+        pending = list(self._tasks) + list(self._spare_tasks)
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+
+
+def _os_error_text(e: OSError, ep: Endpoint) -> str:
+    import errno
+
+    where = f"{ep.host}:{ep.port}"
+    if e.errno == errno.ECONNREFUSED:
+        return f"connection refused by {where}"
+    if e.errno == errno.EMFILE:
+        return "too many open files (raise `ulimit -n`)"
+    if isinstance(e, ssl.SSLError):
+        return f"TLS error with {where}: {e.reason or e}"
+    return f"cannot connect to {where}: {e.strerror or e}"

@@ -1,0 +1,254 @@
+"""One request in flight (`Flight`) and the reading of its OpenAI SSE stream, shared by transports.
+
+Every transport (raw asyncio protocol, aiohttp) hands the response body, already de-chunked, to
+`feed_sse(flight, data, t)` with `t` = `time.perf_counter()` taken when the bytes were read. All
+events found in one read share that timestamp: they arrived together.
+
+Each `data:` event is parsed with orjson. Measured here (a 170-byte chunk): a full `orjson.loads`
+plus the few dict lookups costs 0.6 µs, less than the three or four `b'...' in line` scans a
+"parse only when needed" filter takes (0.9 µs), and it is exact for any JSON spacing. So we parse
+every event and keep the logic obvious.
+
+Token-bearing chunks: a choice whose `text` / `delta.content` (the answer) or
+`delta.reasoning_content` / `delta.reasoning` (thinking) is a non-empty string, or that carries
+`tool_calls`. Role-only, empty and `choices: []` chunks are not tokens. Token counts come from
+`usage`, accepted wherever it appears (llama.cpp completions: in the last content chunk; OpenAI,
+vLLM, chat: in a final chunk with `choices: []`); chunks are not tokens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from array import array
+from typing import Any
+
+import orjson
+
+from ..requests import Request
+
+_loads = orjson.loads
+
+
+class Flight:
+    """The mutable record of one scheduled request, from look-ahead to its result line.
+
+    Times are absolute `perf_counter()` seconds except `t_rel` (the request's offset from the
+    run's start instant); `results.result_line` turns them into offsets from that instant.
+    """
+
+    __slots__ = (
+        "answer_seen", "cached_tokens", "chunks", "completion_tokens", "conn", "dispatched",
+        "done", "error", "finished", "first_answer_token", "first_token", "handle",
+        "http_status", "last_token", "prompt_tokens", "queue_time", "reasoning_tokens", "req",
+        "retries", "retry_after", "sent", "sse_buf", "status", "t_rel", "tpl_key", "tpl_left", "tpl_pre", "tpl_suf",
+        "wire",
+    )
+
+    def __init__(self, req: Request, wire: bytes) -> None:
+        self.req = req
+        self.t_rel: float = req.t
+        self.wire = wire  # what the transport sends: full HTTP request (raw) or JSON body (aiohttp)
+        self.dispatched: float | None = None
+        self.sent: float | None = None
+        self.first_token: float | None = None
+        self.first_answer_token: float | None = None
+        self.last_token: float | None = None
+        self.queue_time: float | None = None
+        self.chunks = array("d")  # perf_counter() of each token-bearing chunk
+        self.prompt_tokens: int | None = None
+        self.completion_tokens: int | None = None
+        self.reasoning_tokens: int | None = None
+        self.cached_tokens: int | None = None
+        self.status: str | None = None
+        self.error: str | None = None
+        self.http_status: int | None = None
+        self.retries = 0
+        self.retry_after: str | None = None  # the Retry-After header of an error answer (see dispatch.retry)
+        self.answer_seen = False
+        self.done = False  # saw `data: [DONE]`
+        self.finished = False  # result decided; the runner has it
+        self.sse_buf = b""
+        # The stream's chunk template (see `learn_template`): raw bytes before and after the
+        # token text of this request's plain token chunks, and the field it is learned from.
+        self.tpl_pre: bytes | None = None
+        self.tpl_suf = b""
+        self.tpl_key = b""
+        self.tpl_left = 4  # (re)learning attempts left: a stream whose chunks never repeat stops trying
+        self.conn: Any = None
+        self.handle: asyncio.TimerHandle | asyncio.Task | None = None
+
+    def fail(self, status: str, error: str) -> None:
+        """Record the first failure only: later symptoms of the same failure say nothing new."""
+        if self.status is None:
+            self.status = status
+            self.error = error
+
+
+def feed_sse(f: Flight, data: bytes, t: float) -> None:
+    """Split SSE events out of body bytes (buffering a partial one) and handle each."""
+    buf = f.sse_buf + data if f.sse_buf else data
+    if b"\r" in buf:  # CRLF servers; a lone trailing \r waits for its \n in the next read
+        buf = buf.replace(b"\r\n", b"\n")
+    start = 0
+    while True:
+        end = buf.find(b"\n\n", start)
+        if end < 0:
+            break
+        ev = buf[start:end]
+        start = end + 2
+        if ev[:6] == b"data: ":
+            payload = ev[6:]
+            if b"\n" not in payload:
+                on_data(f, payload, t)
+                continue
+        _on_event_general(f, ev, t)
+    f.sse_buf = buf[start:] if start < len(buf) else b""
+
+
+_SSE_FIELDS = frozenset((b"data", b"event", b"id", b"retry", b""))  # b"": a `:` comment line
+
+
+def _on_event_general(f: Flight, ev: bytes, t: float) -> None:
+    """The rare shapes: several `data:` lines, `event:`/`id:` lines, comments (keep-alives).
+
+    A line that is none of these (not an SSE field) is a `protocol_error`: the SSE spec would
+    skip an unknown field, but an OpenAI stream never sends one, so it means a corrupt stream
+    (fault `malformed_sse`) and the answer cannot be trusted.
+    """
+    lines = []
+    is_error = False
+    for line in ev.split(b"\n"):
+        if line.startswith(b"data:"):
+            v = line[5:]
+            lines.append(v[1:] if v[:1] == b" " else v)
+        elif line.startswith(b"event:") and b"error" in line:
+            is_error = True
+        elif line and line.partition(b":")[0] not in _SSE_FIELDS:
+            f.fail("protocol_error", "stream line is not an SSE field: " + line[:80].decode("utf-8", "replace"))
+    if not lines:
+        return
+    payload = b"\n".join(lines)
+    if is_error:
+        f.fail("http_error", "server error event: " + payload[:200].decode("utf-8", "replace"))
+        return
+    on_data(f, payload, t)
+
+
+def on_data(f: Flight, payload: bytes, t: float) -> None:
+    """Handle one `data:` payload: timestamps for token chunks, usage, in-stream errors."""
+    if not take_data(f, payload, t):
+        f.fail("protocol_error", "stream event is not JSON: " + payload[:80].decode("utf-8", "replace"))
+
+
+def take_data(f: Flight, payload: bytes, t: float) -> bool:
+    """`on_data` without the verdict: False (and nothing recorded) when the payload is not JSON."""
+    if payload[:1] == b"[" and payload.strip() == b"[DONE]":
+        f.done = True
+        return True
+    try:
+        obj = _loads(payload)
+    except orjson.JSONDecodeError:
+        return False
+    if type(obj) is not dict:
+        return True
+    try:
+        _take(f, obj, payload, t)
+    except (TypeError, KeyError, IndexError, AttributeError):
+        f.fail("protocol_error", "unexpected stream event: " + payload[:80].decode("utf-8", "replace"))
+    return True
+
+
+def _take(f: Flight, obj: dict[str, Any], payload: bytes, t: float) -> None:
+    choices = obj.get("choices")
+    if choices:
+        c0 = choices[0]
+        delta = c0.get("delta")
+        if delta is None:  # /v1/completions: all text is answer
+            answer = c0.get("text")
+            token = bool(answer)
+            key = _TEXT
+        else:
+            answer = delta.get("content") or delta.get("tool_calls")
+            key = _CONTENT
+            token = bool(answer)
+            if not token:
+                if delta.get("reasoning_content"):
+                    token, key = True, _REASONING_CONTENT
+                elif delta.get("reasoning"):
+                    token, key = True, _REASONING
+        if token:
+            if f.first_token is None:
+                f.first_token = t
+            f.chunks.append(t)
+            f.last_token = t
+            if answer and not f.answer_seen:
+                f.answer_seen = True
+                f.first_answer_token = t
+            if f.tpl_left and len(obj) <= 6 and "usage" not in obj:
+                # parsed although plain: no template yet, or it changed (role chunk first,
+                # reasoning to answer): learn this chunk's
+                f.tpl_left -= 1
+                learn_template(f, payload, key)
+    usage = obj.get("usage")
+    if usage:
+        _take_usage(f, usage)
+    elif not choices and "error" in obj:
+        err = obj["error"]
+        msg = err.get("message", err) if isinstance(err, dict) else err
+        f.fail("http_error", "server error in stream: " + str(msg)[:200])
+
+
+_TEXT = b'"text":"'
+_CONTENT = b'"content":"'
+_REASONING_CONTENT = b'"reasoning_content":"'
+_REASONING = b'"reasoning":"'
+
+
+def learn_template(f: Flight, payload: bytes, key: bytes) -> None:
+    """Remember the raw bytes around the token text of a plain token chunk of this stream.
+
+    Within one response, a server writes every plain token chunk as the same bytes except the
+    token text (same id, created, model, and trailing fields): `pre + text + suf`. A later
+    chunk that is exactly `pre + X + suf`, with X non-empty and free of `"`, is then a token
+    chunk of the same kind (answer or reasoning) without a JSON parse: X without a quote cannot
+    close the JSON string, so the structure is the template's. The transport checks this in
+    about a third of the time a parse takes; any other chunk (usage, finish, a different field,
+    per-chunk random fields) simply fails the match and is parsed.
+    """
+    k = payload.find(key)
+    if k < 0 or payload.find(key, k + 1) >= 0:
+        return
+    v = k + len(key)
+    j = v
+    while True:  # the value's closing quote: the first quote not escaped by a backslash
+        j = payload.find(b'"', j)
+        if j < 0:
+            return
+        b = j - 1
+        while b >= v and payload[b] == 92:
+            b -= 1
+        if (j - 1 - b) % 2 == 0:
+            break
+        j += 1
+    f.tpl_pre = b"data: " + payload[:v]
+    f.tpl_suf = payload[j:] + b"\n\n\r\n"  # as it ends a chunk of a chunked body
+    f.tpl_key = key
+
+
+def _int_or_none(v: Any) -> int | None:
+    return v if type(v) is int else None
+
+
+def _take_usage(f: Flight, usage: Any) -> None:
+    if not isinstance(usage, dict):
+        return
+    f.prompt_tokens = _int_or_none(usage.get("prompt_tokens"))
+    f.completion_tokens = _int_or_none(usage.get("completion_tokens"))
+    details = usage.get("completion_tokens_details")
+    if isinstance(details, dict):
+        f.reasoning_tokens = _int_or_none(details.get("reasoning_tokens"))
+    if f.reasoning_tokens is None:
+        f.reasoning_tokens = _int_or_none(usage.get("reasoning_tokens"))
+    pdet = usage.get("prompt_tokens_details")
+    if isinstance(pdet, dict):
+        f.cached_tokens = _int_or_none(pdet.get("cached_tokens"))

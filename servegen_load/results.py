@@ -1,0 +1,304 @@
+"""The Result record: one JSONL line per scheduled request, streamed to disk as results arrive.
+
+File layout: a header line `{"format": "servegen-load/results/v1", "endpoint", "model", "api",
+"started_unix", "source", "argv", ...}`, then one object per scheduled request, in completion
+order (not schedule order), every field always present (null when not reached/not given):
+
+- `id, client, category, session, turn`: from the request.
+- `scheduled, sent, first_token, first_answer_token, last_token`: seconds from the run's start
+  instant on the monotonic clock (`time.perf_counter`), rounded to the µs. `sent` is when the
+  request bytes were handed to the socket (after any connection set-up and concurrency wait);
+  `first_answer_token` is the first non-reasoning content chunk (== `first_token` unless the
+  model thinks first).
+- `queue_time`: seconds waiting for a `--max-concurrency` slot (0 without a limit).
+- `chunk_times`: offset of each token-bearing chunk from `first_token` (the first is 0).
+- `input_tokens, output_tokens, reason_tokens`: what the request asked for; `media_tokens` the
+  tokens of its images/audio/video (null without any): the intended prompt is the sum of both.
+- `prompt_tokens, completion_tokens, reasoning_tokens, cached_tokens`: the server's `usage`.
+- `status`: ok | http_error | timeout | disconnect | connect_error | protocol_error | cancelled;
+  `error` (short text, never a credential), `http_status`, `retries`.
+
+The sink buffers encoded lines and the runner flushes it several times a second, so a crash
+(even SIGKILL) loses at most the last flush interval; a final line without its newline can only
+be such a crash artefact, and the reader skips it with a warning instead of failing.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from array import array
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from .errors import InputError
+from .requests import Request
+
+RESULTS_FORMAT = "servegen-load/results/v1"
+
+STATUSES = ("ok", "http_error", "timeout", "disconnect", "connect_error", "protocol_error", "cancelled")
+
+TIME_FIELDS = ("scheduled", "sent", "first_token", "first_answer_token", "last_token", "queue_time")
+COUNT_FIELDS = ("input_tokens", "output_tokens", "reason_tokens", "prompt_tokens", "completion_tokens",
+                "reasoning_tokens", "cached_tokens", "http_status", "turn", "media_tokens")
+TEXT_FIELDS = ("id", "client", "category", "session", "status", "error")
+
+_dumps = orjson.dumps
+_NL = orjson.OPT_APPEND_NEWLINE
+_NP = orjson.OPT_SERIALIZE_NUMPY
+
+
+def _rel(x: float | None, t0: float) -> float | None:
+    return None if x is None else round((x - t0) * 1e6) / 1e6  # µs; 3x faster than round(x, 6)
+
+
+def _offsets(chunks: Any, first: float | None) -> Any:
+    """Chunk times as µs-rounded offsets from the first token, as a numpy array orjson writes natively."""
+    if first is None or not len(chunks):
+        return []
+    a = np.frombuffer(chunks, dtype=np.float64) if isinstance(chunks, array) else np.asarray(chunks, dtype=np.float64)
+    return np.rint((a - first) * 1e6) / 1e6
+
+
+def _media(req: Request) -> int | None:
+    """Tokens of the request's images/audio/video (the intended prompt is input_tokens + this)."""
+    if not (req.images or req.audio or req.video):
+        return None
+    return sum(req.images or ()) + sum(req.audio or ()) + sum(req.video or ())
+
+
+def result_dict(f: Any, t0: float) -> dict[str, Any]:
+    """The Result of a finished `dispatch.stream.Flight` (duck-typed), times relative to `t0`."""
+    req: Request = f.req
+    ft = f.first_token
+    qt = f.queue_time
+    return {
+        "id": req.id, "client": req.client, "category": req.category,
+        "session": req.session, "turn": req.turn,
+        "scheduled": _rel(f.t_rel, 0.0), "sent": _rel(f.sent, t0), "first_token": _rel(ft, t0),
+        "first_answer_token": _rel(f.first_answer_token, t0), "last_token": _rel(f.last_token, t0),
+        "queue_time": _rel(qt, 0.0),
+        "chunk_times": _offsets(f.chunks, ft),
+        "input_tokens": req.input_tokens, "output_tokens": req.output_tokens,
+        "reason_tokens": req.reason_tokens, "media_tokens": _media(req),  # payload hook
+        "prompt_tokens": f.prompt_tokens, "completion_tokens": f.completion_tokens,
+        "reasoning_tokens": f.reasoning_tokens, "cached_tokens": f.cached_tokens,
+        "status": f.status, "error": f.error, "http_status": f.http_status, "retries": f.retries,
+    }
+
+
+def result_line(f: Any, t0: float) -> bytes:
+    """One encoded JSONL line for a finished flight."""
+    return _dumps(result_dict(f, t0), option=_NL | _NP)
+
+
+def unsent_line(req: Request, status: str = "cancelled", error: str = "run stopped before this request was due") -> bytes:
+    """The line of a scheduled request that was never dispatched (run interrupted)."""
+    return _dumps({
+        "id": req.id, "client": req.client, "category": req.category,
+        "session": req.session, "turn": req.turn,
+        "scheduled": round(req.t, 6), "sent": None, "first_token": None, "first_answer_token": None,
+        "last_token": None, "queue_time": None, "chunk_times": [],
+        "input_tokens": req.input_tokens, "output_tokens": req.output_tokens,
+        "reason_tokens": req.reason_tokens, "media_tokens": _media(req),  # payload hook
+        "prompt_tokens": None, "completion_tokens": None, "reasoning_tokens": None, "cached_tokens": None,
+        "status": status, "error": error, "http_status": None, "retries": 0,
+    }, option=_NL)
+
+
+class ResultSink:
+    """Append-only results file: header first, then encoded lines buffered until `flush()`.
+
+    Lines are encoded by the caller as each request finishes (spreading the cost). `flush()` hands
+    the batch to a writer thread, so the event loop never waits on the disk (a page-cache write
+    can block for tens of ms under dirty-page throttling); the thread writes each batch with one
+    unbuffered `write`, so the file only ever ends on a whole line. `close()` drains the thread.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], header: dict[str, Any]) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        head = {"format": RESULTS_FORMAT, **header}
+        self._fh = open(self.path, "wb", buffering=0)  # noqa: SIM115 - closed in close()
+        self._fh.write(_dumps(head, option=_NL))
+        self._buf: list[bytes] = []
+        self.count = 0
+        self._q: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._error: OSError | None = None
+        self._thread = threading.Thread(target=self._writer, name="results-writer", daemon=True)
+        self._thread.start()
+
+    def add(self, line: bytes) -> None:
+        self._buf.append(line)
+        self.count += 1
+
+    def flush(self) -> None:
+        if self._error is not None:
+            raise self._error
+        if self._buf:
+            data = b"".join(self._buf)
+            self._buf.clear()
+            self._q.put(data)
+
+    def _writer(self) -> None:
+        while True:
+            data = self._q.get()
+            if data is None:
+                return
+            try:
+                view = memoryview(data)
+                while view:
+                    n = self._fh.write(view)
+                    view = view[n:]
+            except OSError as e:  # disk full, I/O error: surfaced at the next flush/close
+                self._error = e
+
+    def close(self) -> None:
+        if not self._fh.closed:
+            self.flush()
+            self._q.put(None)
+            self._thread.join()
+            self._fh.close()
+            if self._error is not None:
+                raise self._error
+
+
+@dataclass
+class Results:
+    """Result columns merged from one or more files: numpy arrays, NaN where a field was null.
+
+    `chunk_times` is ragged: the chunk offsets of row i are
+    `chunk_times[chunk_offsets[i]:chunk_offsets[i + 1]]`.
+    """
+
+    n: int
+    headers: list[dict[str, Any]]
+    paths: list[str]
+    cols: dict[str, np.ndarray]
+    chunk_times: np.ndarray
+    chunk_offsets: np.ndarray
+    file_index: np.ndarray
+    warnings: list[str] = field(default_factory=list)
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.cols[name]
+
+    @property
+    def chunk_counts(self) -> np.ndarray:
+        return np.diff(self.chunk_offsets)
+
+
+class _Columns:
+    """Accumulates rows straight into typed arrays: a multi-GB results file never becomes dicts."""
+
+    def __init__(self) -> None:
+        self.num = {k: array("d") for k in TIME_FIELDS + COUNT_FIELDS}
+        self.retries = array("q")
+        self.text: dict[str, list[Any]] = {k: [] for k in TEXT_FIELDS}
+        self.chunks = array("d")
+        self.counts = array("q")
+        self.n = 0
+
+    def add(self, d: dict[str, Any], path: str, line: int) -> None:
+        for k, arr in self.num.items():
+            v = d.get(k)
+            if v is None:
+                arr.append(_NAN)
+            elif type(v) is float or type(v) is int:
+                arr.append(v)
+            else:
+                raise InputError(f"expected a number or null, got {v!r}", path=path, line=line, field=k)
+        r = d.get("retries") or 0
+        if type(r) is not int:
+            raise InputError(f"expected an integer, got {r!r}", path=path, line=line, field="retries")
+        self.retries.append(r)
+        for k, lst in self.text.items():
+            lst.append(d.get(k))
+        ct = d.get("chunk_times") or ()
+        before = len(self.chunks)
+        try:
+            self.chunks.extend(ct)
+        except TypeError:
+            del self.chunks[before:]
+            raise InputError("expected a list of numbers", path=path, line=line, field="chunk_times") from None
+        self.counts.append(len(self.chunks) - before)
+        self.n += 1
+
+
+_NAN = float("nan")
+
+
+def _load_file(path: Path, cols: _Columns, warnings: list[str]) -> dict[str, Any]:
+    try:
+        fh = path.open("rb")
+    except OSError as e:
+        raise InputError(f"cannot read: {e.strerror}", path=str(path)) from None
+    with fh:
+        first = fh.readline()
+        try:
+            head = orjson.loads(first)
+        except orjson.JSONDecodeError:
+            raise InputError("expected a JSON header object on the first line", path=str(path), line=1) from None
+        if not isinstance(head, dict) or head.get("format") != RESULTS_FORMAT:
+            raise InputError(f"not a results file: first line must carry format {RESULTS_FORMAT!r}",
+                             path=str(path), line=1)
+        where = str(path)
+        for n, raw in enumerate(fh, start=2):
+            if not raw.strip():
+                continue
+            try:
+                d = orjson.loads(raw)
+            except orjson.JSONDecodeError as e:
+                if not raw.endswith(b"\n") and not fh.read(1):
+                    warnings.append(f"{path}:{n}: skipped a truncated last line (the run was killed mid-write)")
+                    continue
+                raise InputError(f"invalid JSON ({e})", path=where, line=n) from None
+            if not isinstance(d, dict):
+                raise InputError("expected a JSON object per line", path=where, line=n)
+            for k in ("id", "scheduled", "status"):
+                if k not in d:
+                    raise InputError("missing required field", path=where, line=n, field=k)
+            if d["status"] not in STATUSES:
+                raise InputError(f"unknown status {d['status']!r}; expected one of {', '.join(STATUSES)}",
+                                 path=where, line=n, field="status")
+            cols.add(d, where, n)
+    return head
+
+
+def read_results(*paths: str | os.PathLike[str]) -> Results:
+    """Read and merge results files into numpy columns (InputError names file:line on bad input).
+
+    Streams each file line by line into typed arrays, so memory is about 8 bytes per number.
+    """
+    if not paths:
+        raise InputError("no results files given")
+    acc = _Columns()
+    headers: list[dict[str, Any]] = []
+    warnings: list[str] = []
+    sizes = []
+    for p in paths:
+        before = acc.n
+        headers.append(_load_file(Path(p), acc, warnings))
+        sizes.append(acc.n - before)
+    n = acc.n
+    cols: dict[str, np.ndarray] = {k: np.frombuffer(a, dtype=np.float64).copy() if n else np.zeros(0)
+                                   for k, a in acc.num.items()}
+    cols["retries"] = np.frombuffer(acc.retries, dtype=np.int64).copy() if n else np.zeros(0, dtype=np.int64)
+    for k, lst in acc.text.items():
+        arr = np.empty(n, dtype=object)
+        arr[:] = lst
+        cols[k] = arr
+    if n:
+        cols["id"] = cols["id"].astype(str)
+    counts = np.frombuffer(acc.counts, dtype=np.int64) if n else np.zeros(0, dtype=np.int64)
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    flat = np.frombuffer(acc.chunks, dtype=np.float64).copy() if len(acc.chunks) else np.zeros(0)
+    file_index = np.repeat(np.arange(len(paths), dtype=np.int32), sizes)
+    return Results(n=n, headers=headers, paths=[str(p) for p in paths], cols=cols, chunk_times=flat,
+                   chunk_offsets=offsets, file_index=file_index, warnings=warnings)

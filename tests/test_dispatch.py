@@ -1,0 +1,118 @@
+"""The dispatcher on the real HTTP path: timings against the C fake server's known schedule,
+one line per scheduled request, usage placements, concurrency cap, errors, timeouts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_dispatch_fixtures import free_port, make_requests, poisson_times, read_lines
+
+from servegen_load.dispatch.limits import Timeouts
+from servegen_load.dispatch.runner import RunConfig, run
+from servegen_load.metrics.stats import summarize
+from servegen_load.results import read_results
+
+pytest_plugins = ["test_dispatch_fixtures"]  # fake_server, start_fake
+
+
+def _run(url: str, reqs, out: Path, **kw) -> tuple:
+    cfg = RunConfig(endpoint=url, model="fake-model", output=out, progress="off", handle_signals=False, **kw)
+    outcome = run(reqs, cfg)
+    head, lines = read_lines(out)
+    return outcome, head, lines
+
+
+@pytest.mark.parametrize("transport", ["raw", "aiohttp"])
+def test_timings_match_the_server_schedule(fake_server, tmp_path: Path, transport: str) -> None:
+    """Low load (20 req/s): medians within 1 ms of the server's TTFT 20 ms, ITL/TPOT 5 ms, E2E 95 ms."""
+    reqs = make_requests(poisson_times(50, 20.0), input_tokens=30, output_tokens=16)
+    _, head, lines = _run(fake_server.url, reqs, tmp_path / "r.jsonl", api="completions",
+                          transport=transport)
+    assert head["format"] == "servegen-load/results/v1" and head["transport"] == transport
+    assert sorted(d["id"] for d in lines) == sorted(r.id for r in reqs)  # one line per request
+    assert {d["status"] for d in lines} == {"ok"}
+    res = read_results(tmp_path / "r.jsonl")
+    s = summarize(res)
+    lat = s["latency"]
+    tol = 0.001 if transport == "raw" else 0.002  # aiohttp: the slower fallback, a wake-up per read
+    assert abs(lat["ttft"]["p50"] - 0.020) < tol, lat["ttft"]
+    assert abs(lat["tpot"]["p50"] - 0.005) < tol, lat["tpot"]
+    assert abs(lat["itl"]["p50"] - 0.005) < tol, lat["itl"]
+    assert abs(lat["e2e"]["p50"] - 0.095) < tol, lat["e2e"]
+    assert lat["send_lag"]["p50"] < 0.002
+    # usage (a separate final chunk with choices: []) counted, not chunks
+    assert all(d["completion_tokens"] == 16 and d["prompt_tokens"] == 30 for d in lines)
+    assert all(len(d["chunk_times"]) == 16 and d["chunk_times"][0] == 0 for d in lines)
+    assert s["fidelity"]["completion_tokens"]["exact"] == 1.0
+    assert s["fidelity"]["prompt_tokens"]["exact"] == 1.0
+
+
+def test_chat_api_and_first_answer_token(fake_server, tmp_path: Path) -> None:
+    reqs = make_requests([0.01 * i for i in range(10)], output_tokens=8)
+    _, _, lines = _run(fake_server.url, reqs, tmp_path / "r.jsonl", api="chat")
+    assert len(lines) == 10 and {d["status"] for d in lines} == {"ok"}
+    for d in lines:
+        assert d["first_answer_token"] == d["first_token"]  # no reasoning: the first token is an answer
+        assert d["completion_tokens"] == 8 and d["http_status"] == 200
+        assert 0.019 < d["first_token"] - d["sent"] < 0.030
+
+
+def test_max_concurrency_records_queue_time(start_fake, tmp_path: Path) -> None:
+    """12 requests due at once, at most 3 in flight: the server never sees more than 3, and the
+    waiting shows as queue_time (about one E2E per wave), not as send lag."""
+    fs = start_fake(ttft_ms=20, itl_ms=5, max_tokens=8)  # E2E 55 ms
+    fs.reset()
+    reqs = make_requests([0.02] * 12, output_tokens=8)
+    _, _, lines = _run(fs.url, reqs, tmp_path / "r.jsonl", api="completions", max_concurrency=3)
+    assert len(lines) == 12 and {d["status"] for d in lines} == {"ok"}
+    assert fs.stats()["max_active"] <= 3
+    qt = np.sort([d["queue_time"] for d in lines])
+    assert (qt[:3] < 0.003).all()
+    assert qt[-1] > 3 * 0.050  # the last wave waited for three others
+    s = summarize(read_results(tmp_path / "r.jsonl"))
+    assert s["latency"]["send_lag"]["max"] < 0.010  # waiting is not lag
+    assert s["latency"]["user_e2e"]["max"] > s["latency"]["e2e"]["max"] + 0.15
+
+
+def test_connect_error_to_a_dead_port(tmp_path: Path) -> None:
+    port = free_port()  # nothing listens there
+    reqs = make_requests([0.01 * i for i in range(8)])
+    outcome, _, lines = _run(f"http://127.0.0.1:{port}", reqs, tmp_path / "r.jsonl")
+    assert len(lines) == 8
+    assert {d["status"] for d in lines} == {"connect_error"}
+    assert all("refused" in d["error"] and d["sent"] is None for d in lines)
+    assert outcome.by_status == {"connect_error": 8}
+
+
+def test_http_error_status_and_text(fake_server, tmp_path: Path) -> None:
+    reqs = make_requests([0.0, 0.01, 0.02])
+    _, _, lines = _run(fake_server.url + "/nope", reqs, tmp_path / "r.jsonl")
+    assert {d["status"] for d in lines} == {"http_error"}
+    assert {d["http_status"] for d in lines} == {404}
+    assert all(d["error"].startswith("HTTP 404") for d in lines)
+
+
+def test_first_token_timeout(start_fake, tmp_path: Path) -> None:
+    slow = start_fake(ttft_ms=5000, itl_ms=5, max_tokens=4)
+    reqs = make_requests([0.0, 0.01])
+    _, _, lines = _run(slow.url, reqs, tmp_path / "r.jsonl", timeouts=Timeouts(first_token=0.3))
+    assert {d["status"] for d in lines} == {"timeout"}
+    assert all("first token" in d["error"] and d["first_token"] is None for d in lines)
+
+
+def test_total_timeout_keeps_the_timings_it_had(start_fake, tmp_path: Path) -> None:
+    slow = start_fake(ttft_ms=10, itl_ms=100, max_tokens=50)  # 5 s of tokens
+    reqs = make_requests([0.0], output_tokens=50)
+    _, _, lines = _run(slow.url, reqs, tmp_path / "r.jsonl", timeouts=Timeouts(total=0.45))
+    (d,) = lines
+    assert d["status"] == "timeout" and "not complete" in d["error"]
+    assert d["first_token"] is not None and 2 <= len(d["chunk_times"]) <= 7
+
+
+def test_duration_limits_what_is_scheduled(fake_server, tmp_path: Path) -> None:
+    reqs = make_requests([0.05 * i for i in range(40)], output_tokens=2)  # 2 s of requests
+    outcome, _, lines = _run(fake_server.url, reqs, tmp_path / "r.jsonl", duration=0.5)
+    assert len(lines) == 10 and outcome.scheduled == 10
+    assert max(d["scheduled"] for d in lines) < 0.5

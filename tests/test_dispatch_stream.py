@@ -1,0 +1,242 @@
+"""Stream reading against odd but legal (and some broken) servers, over real HTTP on 127.0.0.1.
+
+A scripted asyncio server in a thread answers each POST according to the first path segment
+(`http://127.0.0.1:P/<script>/v1/...`): byte-by-byte writes, CRLF events, Content-Length and
+read-until-close bodies, usage in the last content chunk (llama.cpp) or in a `choices: []` chunk
+(OpenAI/vLLM), reasoning chunks, in-stream errors, broken framing, disconnects, and a server that
+closes idle keep-alive connections (the dispatcher must retry once on a fresh connection).
+Plus the embedded simulator, which puts usage in both places (chat vs completions).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+from test_dispatch_fixtures import make_requests, read_lines
+
+from servegen_load.dispatch.runner import RunConfig, run
+from servegen_load.dispatch.stream import Flight, feed_sse
+
+
+def _chunk(obj: dict) -> bytes:
+    return b"data: " + orjson.dumps(obj) + b"\n\n"
+
+
+def _text(t: str, **extra) -> bytes:
+    return _chunk({"choices": [{"index": 0, "text": t, "finish_reason": None}], **extra})
+
+
+USAGE = {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10,
+         "prompt_tokens_details": {"cached_tokens": 2}}
+EVENTS = [_text(" a"), _text(" b"), _text(" c", usage=USAGE), b"data: [DONE]\n\n"]  # llama.cpp style
+
+
+def _chunked(parts: list[bytes]) -> bytes:
+    return b"".join(b"%x\r\n%b\r\n" % (len(p), p) for p in parts) + b"0\r\n\r\n"
+
+
+HEAD_CHUNKED = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+SCRIPTS: dict[str, tuple[list[bytes], bool]] = {
+    # name: (writes, close after)
+    "bytewise": ([bytes([b]) for b in HEAD_CHUNKED + _chunked(EVENTS)], False),
+    "crlf": ([HEAD_CHUNKED + _chunked([e.replace(b"\n", b"\r\n") for e in EVENTS])], False),
+    "length": ([b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%b" % (len(b"".join(EVENTS)), b"".join(EVENTS))],
+               False),
+    "untilclose": ([b"HTTP/1.0 200 OK\r\n\r\n" + b"".join(EVENTS)], True),
+    "twoperchunk": ([HEAD_CHUNKED + _chunked([EVENTS[0] + EVENTS[1], EVENTS[2] + EVENTS[3]])], False),
+    "splitevents": ([HEAD_CHUNKED, _chunked([b"".join(EVENTS)])[:40], _chunked([b"".join(EVENTS)])[40:]], False),
+    "usagechunk": ([HEAD_CHUNKED + _chunked([_text(" a"), _text(""), _text(" b"),
+                                             _chunk({"choices": [], "usage": USAGE}), b"data: [DONE]\n\n"])], False),
+    "comments": ([HEAD_CHUNKED + _chunked([b": keep-alive\n\n", b"event: message\ndata: " + EVENTS[0][6:],
+                                           b"data: {\"choices\":[{\"text\":\n", b"data: \" b\"}]}\n\n",
+                                           EVENTS[2], EVENTS[3]])], False),
+    "reasoning": ([HEAD_CHUNKED + _chunked([
+        _chunk({"choices": [{"delta": {"role": "assistant", "content": ""}}]}),
+        _chunk({"choices": [{"delta": {"reasoning_content": "hmm"}}]}),
+        _chunk({"choices": [{"delta": {"reasoning": "so"}}]}),
+        _chunk({"choices": [{"delta": {"content": "Yes"}}]}),
+        _chunk({"choices": [{"delta": {}, "finish_reason": "stop"}]}),
+        _chunk({"choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 3,
+                                         "completion_tokens_details": {"reasoning_tokens": 2}}}),
+        b"data: [DONE]\n\n"])], False),
+    # plain token chunks (template fast path) mixed with ones it must not take: quotes, empties
+    "template": ([HEAD_CHUNKED, *[_chunked([e])[:-5] for e in (
+        _chunk({"choices": [{"delta": {"role": "assistant", "content": ""}}]}),
+        _chunk({"choices": [{"delta": {"content": "a"}}]}), _chunk({"choices": [{"delta": {"content": "b"}}]}),
+        _chunk({"choices": [{"delta": {"content": 'say "hi"'}}]}), _chunk({"choices": [{"delta": {"content": ""}}]}),
+        _chunk({"choices": [{"delta": {"content": "back\\"}}]}), _chunk({"choices": [{"delta": {"content": "c"}}]}),
+        _chunk({"choices": [{"delta": {"content": "d"}}], "usage": USAGE}),
+        _chunk({"choices": [{"delta": {"content": "e"}}]}) + _chunk({"choices": [{"delta": {"content": "f"}}]}),
+        b"data: [DONE]\n\n")], b"0\r\n\r\n"], False),
+    "errorevent": ([HEAD_CHUNKED + _chunked([_text(" a"), _chunk({"error": {"message": "engine died"}})])], False),
+    "badchunk": ([HEAD_CHUNKED + b"zz\r\nhello\r\n"], False),
+    "badjson": ([HEAD_CHUNKED + _chunked([b"data: {not json\n\n"])], False),
+    "cutoff": ([HEAD_CHUNKED + _chunked(EVENTS[:2])[:-5]], True),
+    "http500": ([b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 11\r\n\r\nboom happen"], False),
+    # keep-alive looking response; the next request on the connection is read and dropped unanswered
+    "dropnext": ([HEAD_CHUNKED + _chunked(EVENTS)], False),
+}
+
+
+class ScriptServer:
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.port = 0
+        self.connections = 0
+        ready = threading.Event()
+        self.thread = threading.Thread(target=self._main, args=(ready,), daemon=True)
+        self.thread.start()
+        ready.wait(5)
+
+    def _main(self, ready: threading.Event) -> None:
+        asyncio.set_event_loop(self.loop)
+        server = self.loop.run_until_complete(asyncio.start_server(self._handle, "127.0.0.1", 0))
+        self.port = server.sockets[0].getsockname()[1]
+        self.server = server
+        ready.set()
+        self.loop.run_forever()
+        server.close()
+        self.loop.run_until_complete(server.wait_closed())
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        served = 0
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                path = head.split(b" ", 2)[1].decode()
+                n = 0
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        n = int(line.split(b":")[1])
+                await reader.readexactly(n)
+                name = path.split("/")[1]
+                if name == "dropnext" and served:
+                    break  # a keep-alive connection closed under a request: no byte of response
+                served += 1
+                writes, close = SCRIPTS[name]
+                for w in writes:
+                    writer.write(w)
+                    await writer.drain()
+                    if len(writes) > 1:
+                        await asyncio.sleep(0.001)
+                if close:
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+@pytest.fixture(scope="module")
+def script_server() -> Iterator[ScriptServer]:
+    s = ScriptServer()
+    yield s
+    s.stop()
+
+
+def _run_script(server: ScriptServer, name: str, tmp_path: Path, n: int = 2, api: str = "completions",
+                transport: str = "raw") -> list[dict]:
+    out = tmp_path / f"{name}.jsonl"
+    cfg = RunConfig(endpoint=f"http://127.0.0.1:{server.port}/{name}", model="m", output=out, api=api,  # type: ignore[arg-type]
+                    progress="off", handle_signals=False, transport=transport)
+    run(make_requests([0.02 * i for i in range(n)], output_tokens=3), cfg)
+    _, lines = read_lines(out)
+    assert len(lines) == n
+    return lines
+
+
+@pytest.mark.parametrize("name", ["bytewise", "crlf", "length", "untilclose", "twoperchunk", "splitevents",
+                                  "comments"])
+@pytest.mark.parametrize("transport", ["raw", "aiohttp"])
+def test_framings_all_read_the_same(script_server: ScriptServer, tmp_path: Path, name: str, transport: str) -> None:
+    for d in _run_script(script_server, name, tmp_path, transport=transport):
+        assert d["status"] == "ok", d
+        assert len(d["chunk_times"]) == 3
+        assert (d["prompt_tokens"], d["completion_tokens"], d["cached_tokens"]) == (7, 3, 2)
+        assert d["first_token"] is not None and d["last_token"] >= d["first_token"]
+
+
+def test_usage_in_a_separate_chunk_and_empty_chunks_are_not_tokens(script_server, tmp_path: Path) -> None:
+    for d in _run_script(script_server, "usagechunk", tmp_path):
+        assert d["status"] == "ok" and len(d["chunk_times"]) == 2 and d["completion_tokens"] == 3
+
+
+def test_template_fast_path_counts_exactly_the_token_chunks(script_server, tmp_path: Path) -> None:
+    """Each chunk its own read: plain ones take the template path, the rest are parsed; same result."""
+    for d in _run_script(script_server, "template", tmp_path, api="chat"):
+        assert d["status"] == "ok" and len(d["chunk_times"]) == 8, d  # a b "hi" back c d e f
+        assert d["completion_tokens"] == 3 and d["prompt_tokens"] == 7
+
+
+def test_reasoning_then_answer(script_server, tmp_path: Path) -> None:
+    for d in _run_script(script_server, "reasoning", tmp_path, api="chat"):
+        assert d["status"] == "ok" and len(d["chunk_times"]) == 3
+        assert d["first_answer_token"] >= d["first_token"]
+        assert d["reasoning_tokens"] == 2 and d["completion_tokens"] == 3
+
+
+@pytest.mark.parametrize(("name", "status", "text"), [
+    ("errorevent", "http_error", "engine died"),
+    ("badchunk", "protocol_error", "chunk size"),
+    ("badjson", "protocol_error", "not JSON"),
+    ("cutoff", "disconnect", "closed"),
+    ("http500", "http_error", "HTTP 500: boom happen"),
+])
+def test_failures_map_to_statuses(script_server, tmp_path: Path, name: str, status: str, text: str) -> None:
+    for d in _run_script(script_server, name, tmp_path):
+        assert d["status"] == status, d
+        assert text in d["error"]
+
+
+def test_keepalive_closed_under_a_request_is_retried_once(script_server, tmp_path: Path) -> None:
+    """The server closes a kept-alive connection on the next request without a byte of answer
+    (the race with an idle timeout): that request is re-sent on a fresh connection (retries 1)."""
+    lines = _run_script(script_server, "dropnext", tmp_path, n=4)
+    assert {d["status"] for d in lines} == {"ok"}
+    retries = sorted(d["retries"] for d in lines)
+    assert retries[0] == 0 and retries[-1] == 1 and sum(retries) >= 2  # reused ones were dropped, once
+
+
+def test_sim_usage_placements_both_apis(tmp_path: Path) -> None:
+    """The simulator: completions put usage on the last content chunk, chat in a final chunk."""
+    from servegen_load.sim.process import SimProcess
+
+    with SimProcess() as sim:
+        for api in ("completions", "chat"):
+            out = tmp_path / f"sim-{api}.jsonl"
+            cfg = RunConfig(endpoint=sim.url, model="m", output=out, api=api, progress="off",  # type: ignore[arg-type]
+                            handle_signals=False, payload=__import__("servegen_load.payload").payload.PayloadOptions("sim"))
+            reqs = make_requests([0.01 * i for i in range(6)], input_tokens=40, output_tokens=12,
+                                 reason_tokens=4 if api == "chat" else None)
+            run(reqs, cfg)
+            _, lines = read_lines(out)
+            assert len(lines) == 6
+            for d in lines:
+                assert d["status"] == "ok", d
+                assert d["completion_tokens"] == 12 and d["prompt_tokens"] == 40
+                if api == "chat":
+                    assert d["reasoning_tokens"] == 4 and d["first_answer_token"] > d["first_token"]
+
+
+def test_feed_sse_split_anywhere_gives_the_same_events() -> None:
+    """Unit check of the SSE splitter: every split point of a stream yields the same record."""
+    from servegen_load.requests import Request
+
+    stream = b"".join(EVENTS)
+    req = Request(id="x", t=0, client="c", category="k", input_tokens=1, output_tokens=1)
+    for cut in range(1, len(stream)):
+        f = Flight(req, b"")
+        feed_sse(f, stream[:cut], 1.0)
+        feed_sse(f, stream[cut:], 2.0)
+        assert len(f.chunks) == 3 and f.done and f.completion_tokens == 3 and f.status is None
