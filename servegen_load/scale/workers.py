@@ -194,6 +194,10 @@ def pass_through(kw: dict[str, Any]) -> list[str]:
         args += ["--api-key-file", str(Path(kw["api_key_file"]).resolve())]
     if kw.get("duration") is not None:
         args += ["--duration", repr(kw["duration"])]
+    if kw.get("retries"):
+        args += ["--retries", str(kw["retries"]), "--retry-max-wait", repr(kw.get("retry_max_wait", 10.0))]
+    if kw.get("insecure"):
+        args.append("--insecure")
     return args
 
 
@@ -230,10 +234,12 @@ def resolve_target(kw: dict[str, Any], stack: contextlib.ExitStack) -> tuple[str
     model = kw.get("model")
     if model is None:
         import asyncio
+        import dataclasses
 
         from ..dispatch.endpoint import Endpoint, discover_model
 
-        model = asyncio.run(discover_model(Endpoint.parse(endpoint), api_key))
+        ep = dataclasses.replace(Endpoint.parse(endpoint), verify=not kw.get("insecure", False))
+        model = asyncio.run(discover_model(ep, api_key))
     return endpoint, model, family, api_key
 
 

@@ -1,0 +1,143 @@
+"""Interruption: SIGINT/SIGTERM, an endpoint that disappears mid-run, and SIGKILL.
+
+Each case runs the real CLI in a subprocess against the simulator in another, and checks what is
+left on disk: a results file with one valid line per scheduled request (SIGKILL: whole lines, at
+most the last flush interval lost), the summary, and the documented exit code
+(docs/reliability.md). Synchronisation is by polling the results file, never by sleeping.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+from test_dispatch_fixtures import make_requests, poisson_times, read_lines, wait_for, write_requests
+
+from servegen_load.dispatch.runner import FLUSH_S, HOUSEKEEPING_S
+from servegen_load.results import read_results
+from servegen_load.sim import SimProcess
+
+CLI = [sys.executable, "-c", "from servegen_load.cli import main; main()"]
+
+
+def spawn(args: list[str], tmp_path: Path) -> subprocess.Popen[bytes]:
+    with open(tmp_path / "stdout", "wb") as o, open(tmp_path / "stderr", "wb") as e:
+        return subprocess.Popen([*CLI, *args], stdout=o, stderr=e)
+
+
+def n_lines(path: Path) -> int:
+    return len(read_lines(path)[1])
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_leaves_one_line_per_request_a_summary_and_exit_130(sig: signal.Signals, tmp_path: Path) -> None:
+    reqs = make_requests(poisson_times(400, 50.0, seed=1), output_tokens=40)  # 8 s of schedule
+    src = write_requests(tmp_path / "req.jsonl", reqs)
+    out = tmp_path / "res.jsonl"
+    faults = {"http_429": 0.1, "disconnect_mid_stream": 0.05, "stall_hang": 0.05}
+    with SimProcess("tiny-cpu", faults=faults, hang_seconds=60, seed=2) as sim:
+        # --retries 1: some requests are waiting for their retry when the signal comes
+        p = spawn(["run", str(src), "-o", str(out), "--endpoint", sim.url, "--model", "m", "--server-family", "sim",
+                   "--progress", "off", "--retries", "1", "--timeout-idle", "30"], tmp_path)
+        try:
+            wait_for(lambda: n_lines(out) >= 60, 30, "60 result lines")
+            p.send_signal(sig)
+            assert p.wait(30) == 130
+        finally:
+            if p.poll() is None:
+                p.kill()
+    _, lines = read_lines(out)
+    assert sorted(d["id"] for d in lines) == sorted(r.id for r in reqs)  # exactly one line each
+    st = collections.Counter(d["status"] for d in lines)
+    assert st["ok"] >= 30 and st["cancelled"] > 0
+    unsent = [d for d in lines if d["status"] == "cancelled" and d["sent"] is None]
+    assert unsent and all(d["scheduled"] > 1.0 for d in unsent)
+    res = read_results(out)  # valid for every reader, nothing skipped
+    assert res.n == len(reqs) and not res.warnings
+    stdout = (tmp_path / "stdout").read_text()
+    assert "400 scheduled" in stdout and "cancelled" in stdout  # the summary was printed
+
+
+def test_endpoint_gone_mid_run_keeps_the_schedule_and_exits_0(tmp_path: Path) -> None:
+    reqs = make_requests(poisson_times(250, 50.0, seed=4), output_tokens=30)  # 5 s of schedule
+    src = write_requests(tmp_path / "req.jsonl", reqs)
+    out = tmp_path / "res.jsonl"
+    sim = SimProcess("tiny-cpu", seed=3).start()
+    try:
+        p = spawn(["run", str(src), "-o", str(out), "--endpoint", sim.url, "--model", "m", "--server-family", "sim",
+                   "--progress", "off", "--summary-json", str(tmp_path / "summary.json")], tmp_path)
+        try:
+            wait_for(lambda: n_lines(out) >= 50, 30, "50 result lines")
+            head = read_lines(out)[0]
+            os.kill(sim.pid, signal.SIGKILL)  # type: ignore[arg-type]
+            killed_at = time.time() - head["started_unix"]  # about the run's clock
+            assert p.wait(60) == 0  # the run ended its schedule: exit 0, failures are results
+            ended_at = time.time() - head["started_unix"]
+        finally:
+            if p.poll() is None:
+                p.kill()
+    finally:
+        sim.stop()
+    _, lines = read_lines(out)
+    assert sorted(d["id"] for d in lines) == sorted(r.id for r in reqs)
+    st = collections.Counter(d["status"] for d in lines)
+    assert set(st) <= {"ok", "disconnect", "connect_error"} and st["ok"] >= 50, st
+    after = [d for d in lines if d["scheduled"] > killed_at + 0.3]
+    assert len(after) > 50 and all(d["status"] == "connect_error" and d["sent"] is None for d in after)
+    assert all("refused" in d["error"] for d in after)
+    # the scheduler kept going while every request failed: the run ended with its schedule
+    assert ended_at < max(r.t for r in reqs) + 5.0
+    stderr = (tmp_path / "stderr").read_text()
+    assert "could not connect" in stderr
+    summary = orjson.loads((tmp_path / "summary.json").read_bytes())
+    assert summary["requests"]["by_status"]["connect_error"] == st["connect_error"]
+    assert summary["requests"]["scheduled"] == len(reqs)
+
+
+def test_sigkill_loses_at_most_the_last_flush_interval(tmp_path: Path) -> None:
+    rate = 100.0
+    reqs = make_requests(poisson_times(1200, rate, seed=6), output_tokens=8)  # 12 s of schedule
+    src = write_requests(tmp_path / "req.jsonl", reqs)
+    out = tmp_path / "res.jsonl"
+    with SimProcess("tiny-cpu", seed=5) as sim:
+        p = spawn(["run", str(src), "-o", str(out), "--endpoint", sim.url, "--model", "m", "--server-family", "sim",
+                   "--progress", "off"], tmp_path)
+        try:
+            wait_for(lambda: n_lines(out) >= 200, 30, "200 result lines", interval=0.02)
+            # then kill at a moment set by the server's progress, not by the client's flushes
+            wait_for(lambda: sim.stats()["requests_finished"] >= 333, 30, "333 finished", interval=0.005)
+            p.kill()
+            p.wait(10)
+            finished = sim.stats()["requests_finished"]  # what the server completed by the kill
+        finally:
+            if p.poll() is None:
+                p.kill()
+    data = out.read_bytes()
+    raw = data.split(b"\n")
+    body, tail = raw[1:-1], raw[-1]  # tail: b"" unless the kill cut a line short
+    docs = [orjson.loads(x) for x in body]  # every whole line is valid JSON
+    assert all(d["status"] == "ok" for d in docs)
+    if tail:
+        with pytest.raises(orjson.JSONDecodeError):
+            orjson.loads(tail)
+    missing = finished - len(docs)
+    # Lines are flushed every FLUSH_S (checked every HOUSEKEEPING_S): what is lost is what completed
+    # within one flush interval before the kill (plus a little for a busy, shared machine).
+    bound = math.ceil(rate * (FLUSH_S + HOUSEKEEPING_S + 0.15))
+    print(f"SIGKILL: {finished} finished at the server, {len(docs)} lines on disk, {missing} lost (bound {bound})")
+    assert 0 <= missing <= bound, (missing, bound, finished, len(docs))
+    res = read_results(out)
+    assert res.n == len(docs)
+    # A line cut by the kill is skipped with a clear warning, never a crash.
+    cut = tmp_path / "cut.jsonl"
+    cut.write_bytes(data.rstrip(b"\n") + b"\n" + body[-1][:25])
+    res = read_results(cut)
+    assert res.n == len(docs) and any("truncated last line" in w for w in res.warnings)
