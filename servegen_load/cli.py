@@ -438,6 +438,10 @@ def main() -> None:
     from .scale.cli_args import optional_ray_address  # scale hook: `run --ray` without an address
 
     sys.argv[1:] = optional_ray_address(sys.argv[1:])
+    import signal
+
+    # SIGTERM unwinds like Ctrl-C (`run` installs its own handler), so partial outputs are removed
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         app()
     except InputError as e:

@@ -27,6 +27,7 @@ media lists describe the whole prompt, history included (see `workload.conversat
 from __future__ import annotations
 
 import os
+import re
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -53,6 +54,8 @@ FAMILIES: dict[str, dict[str, Any]] = {
 
 MAX_SESSIONS = 100_000   # session histories kept (LRU); a session evicted mid-way restarts its prefix
 _MEDIA_KINDS = (("image", "images"), ("audio", "audio"), ("video", "video"))
+# Big strings (media, id lists) go into the encoded body in place of these (orjson never sees them).
+_PLACEHOLDER = re.compile(rb'"@sg-[a-z]+-?[0-9]*@"')
 
 
 @dataclass(slots=True)
@@ -276,6 +279,6 @@ def build_body(request: Request, api: Api, model: str, options: PayloadOptions) 
     if options.extra:
         body.update(options.extra)
     raw = orjson.dumps(body)
-    for ph, frag in splices.items():
-        raw = raw.replace(ph, frag, 1)
+    if splices:  # one pass over the body, whatever the number of items
+        raw = _PLACEHOLDER.sub(lambda m: splices[m.group(0)], raw)
     return raw

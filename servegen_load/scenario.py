@@ -59,10 +59,14 @@ from .errors import InputError
 
 DAY = 86400.0
 _KINDS = ("pool", "pools", "naive", "constant", "replay")
+MAX_TOKENS = 2**31 - 1        # as in requests files
+MAX_SEED = 2**63 - 1          # the seed is written in the requests header (JSON integers are 64-bit)
+MAX_YAML_NODES = 100_000      # a scenario is a few dozen nodes; aliases must not expand past this
+MAX_YAML_DEPTH = 64
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, validate_assignment=False)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, validate_assignment=False, allow_inf_nan=False)
 
 
 def parse_clock(value: Any) -> float:
@@ -160,8 +164,8 @@ def _length_spec(v: Any) -> Any:
     if isinstance(v, bool):
         raise ValueError("expected a token count (integer >= 1) or {from: POOL}")
     if isinstance(v, int | float):
-        if v != int(v) or v < 1:
-            raise ValueError(f"expected a token count (integer >= 1), got {v!r}")
+        if not (1 <= v <= MAX_TOKENS) or v != int(v):
+            raise ValueError(f"expected a token count (integer in 1..{MAX_TOKENS}), got {v!r}")
         return int(v)
     if isinstance(v, str):
         return LengthFrom.model_validate({"from": v})
@@ -231,6 +235,71 @@ class ReplaySpec(_Model):
         return parse_clock(v)
 
 
+# --- request content: multi-turn sessions and shared system prompts (workload.conversation) ---
+
+
+class DistSpec(_Model):
+    """A distribution of a session field: a number (fixed), `{mean, cv?, family?}` or a table
+    `{values, weights?}`. Families: fixed, exponential, gamma (needs cv; cv 1 is exponential),
+    lognormal (needs cv), geometric (integers >= 1 with that mean; the default for `turns`)."""
+
+    mean: float | None = Field(None, gt=0, description="mean of the distribution")
+    cv: float | None = Field(None, ge=0, description="coefficient of variation (0: fixed)")
+    family: Literal["fixed", "exponential", "gamma", "lognormal", "geometric"] | None = Field(
+        None, description="default: gamma/lognormal need cv; turns geometric, others exponential")
+    values: list[float] | None = Field(None, description="a table's values")
+    weights: list[float] | None = Field(None, description="a table's weights (default equal)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _number(cls, v: Any) -> Any:
+        if isinstance(v, int | float) and not isinstance(v, bool):
+            if not v >= 0:
+                raise ValueError(f"expected a number >= 0, got {v!r}")
+            return {"mean": v, "family": "fixed"} if v > 0 else {"values": [0.0]}
+        return v
+
+    @model_validator(mode="after")
+    def _one(self) -> DistSpec:
+        if (self.mean is None) == (self.values is None):
+            raise ValueError("give a mean (with cv/family) or values (with weights), not both")
+        if self.values is not None:
+            if not self.values or any(x < 0 for x in self.values):
+                raise ValueError("values: expected a non-empty list of numbers >= 0")
+            if self.weights is not None and (len(self.weights) != len(self.values) or any(w < 0 for w in self.weights)
+                                             or not sum(self.weights) > 0):
+                raise ValueError("weights: expected one weight >= 0 per value, not all 0")
+        if self.family in ("gamma", "lognormal") and self.cv is None:
+            raise ValueError(f"{self.family} needs cv")
+        return self
+
+
+class SessionSpec(_Model):
+    """Multi-turn sessions: a share of the workload's arrivals start a session; each later turn is
+    sent `think_time` after the previous response ended, its prompt carrying the history (previous
+    prompt + response) plus `new_tokens`. A fitted pool's per-client session tables (turns, think
+    time, new tokens, share) take precedence where a client has them, unless `pool_tables: false`."""
+
+    share: float = Field(0.5, ge=0, le=1, description="share of arrivals that start a session")
+    turns: DistSpec = Field(default_factory=lambda: DistSpec(mean=3.0), description="turns per session (>= 1)")
+    think_time: DistSpec = Field(default_factory=lambda: DistSpec(mean=10.0),
+                                 description="seconds between a response's end and the next turn")
+    new_tokens: DistSpec = Field(default_factory=lambda: DistSpec(mean=100.0),
+                                 description="new user tokens per later turn")
+    output_tokens: DistSpec | None = Field(None, description="output tokens of later turns (default: the client's own)")
+    pool_tables: bool = Field(True, description="use a fitted pool's session tables where a client has them")
+
+
+class SystemPromptSpec(_Model):
+    """Shared system prompts: a share of requests (sessions: of first turns) start with one of
+    `variants` prompts of `tokens` tokens, carved out of the request's input tokens (the length
+    distribution stays the pool's; a shorter prompt gets the prompt's beginning)."""
+
+    share: float = Field(..., ge=0, le=1, description="share of requests with a shared system prompt")
+    tokens: int = Field(..., ge=1, le=MAX_TOKENS, description="tokens of each system prompt")
+    variants: int = Field(1, ge=1, le=100_000, description="distinct system prompts, picked uniformly")
+
+
 class Scenario(_Model):
     """A workload to generate. Exactly one of `pool`, `pools`, `naive`, `constant`, `replay`.
 
@@ -271,10 +340,13 @@ class Scenario(_Model):
     length_correlation: float | Literal["pool"] = Field(
         0.0, description="Spearman rank correlation of input and output tokens (Gaussian copula), in [-1, 1]; "
                          "`pool`: each client's own `rank_corr` from a fitted pool (0 where the pool has none)")
-    seed: int = Field(0, ge=0, description="random seed: the same scenario and seed give the same bytes")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="random seed: the same scenario and seed give the same bytes")
     naive: BaselineSpec | None = Field(None, description="Poisson baseline")
     constant: BaselineSpec | None = Field(None, description="fixed-gap baseline")
     replay: ReplaySpec | None = Field(None, description="trace replay")
+    sessions: SessionSpec | None = Field(None, description="multi-turn sessions (workload.conversation)")
+    system_prompt: SystemPromptSpec | None = Field(
+        None, alias="prefix", description="shared system prompts (a cached prefix); also `prefix:`")
 
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
     _path: str | None = PrivateAttr(default=None)
@@ -375,8 +447,8 @@ class Scenario(_Model):
         for a replay scenario it replaces `replay.duration`)."""
         upd: dict[str, Any] = {}
         if seed is not None:
-            if seed < 0:
-                raise InputError("expected a seed >= 0", field="--seed")
+            if not 0 <= seed <= MAX_SEED:
+                raise InputError(f"expected a seed in 0..{MAX_SEED}, got {seed}", field="--seed")
             upd["seed"] = seed
         if duration is not None:
             if not duration > 0:
@@ -454,7 +526,24 @@ def _file_sha256(p: Path) -> str:
 
 class _Loader(yaml.SafeLoader):
     """SafeLoader whose ints and floats are plain decimal/hex/octal: YAML 1.1 reads `20:00` as the
-    base-60 integer 1200, which would silently put a scenario at 00:20 instead of 20:00."""
+    base-60 integer 1200, which would silently put a scenario at 00:20 instead of 20:00. A key given
+    twice in one mapping is an error (YAML keeps the last silently: `rate:` written twice is a typo).
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *base` then overriding a key is what merges are for
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                dup = key in seen
+                seen.add(key)
+            except TypeError:
+                continue  # an unhashable key: SafeLoader reports it
+            if dup:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
 
 
 _INT, _FLOAT = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
@@ -472,6 +561,7 @@ _Loader.add_implicit_resolver(
 
 
 _TYPE_NAMES = {"function-after", "function-before", "str", "int", "float", "bool", "Scenario", "LengthFrom",
+               "DistSpec", "SessionSpec", "SystemPromptSpec",
                "ClientFilter", "PoolEntry", "BaselineSpec", "ReplaySpec"}
 
 
@@ -522,7 +612,8 @@ def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
             return None
         ann = f.annotation
         nxt = None
-        for cand in (PoolEntry, ClientFilter, BaselineSpec, ReplaySpec, LengthFrom, Scenario):
+        for cand in (PoolEntry, ClientFilter, BaselineSpec, ReplaySpec, LengthFrom, SessionSpec, SystemPromptSpec,
+                     DistSpec, Scenario):
             if ann is cand or (hasattr(ann, "__args__") and cand in _flatten_args(ann)):
                 nxt = cand
                 break
@@ -576,4 +667,39 @@ def load_scenario(path: str | Path) -> Scenario:
         line = mark.line + 1 if mark is not None else None
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise InputError(f"invalid YAML: {problem}", path=str(p), line=line) from None
+    except RecursionError:
+        raise InputError(f"invalid YAML: nested deeper than Python can parse (a scenario nests a few "
+                         f"levels; at most {MAX_YAML_DEPTH})", path=str(p)) from None
+    _check_size(data, str(p))
     return parse_scenario(data, path=str(p), base_dir=p.resolve().parent)
+
+
+def _check_size(data: Any, path: str) -> None:
+    """Refuse YAML whose aliases make a cycle, nest deeper than `MAX_YAML_DEPTH` or expand past
+    `MAX_YAML_NODES` nodes ("billion laughs"): validation would recurse or walk every copy.
+
+    Iterative, and each distinct node is expanded once (sizes are memoised by identity)."""
+    size: dict[int, int] = {}
+    on_path: set[int] = set()
+    stack: list[tuple[Any, int, bool]] = [(data, 1, False)]
+    while stack:
+        node, depth, done = stack.pop()
+        if not isinstance(node, dict | list):
+            continue
+        key = id(node)
+        children = list(node.keys()) + list(node.values()) if isinstance(node, dict) else node
+        if done:
+            on_path.discard(key)
+            size[key] = 1 + sum(size.get(id(c), 1) for c in children)
+            if size[key] > MAX_YAML_NODES:
+                raise InputError(f"invalid YAML: aliases expand to more than {MAX_YAML_NODES} nodes", path=path)
+            continue
+        if key in size:
+            continue
+        if key in on_path:
+            raise InputError("invalid YAML: an alias refers to a node that contains it (a cycle)", path=path)
+        if depth > MAX_YAML_DEPTH:
+            raise InputError(f"invalid YAML: nested deeper than {MAX_YAML_DEPTH} levels", path=path)
+        on_path.add(key)
+        stack.append((node, depth, True))
+        stack.extend((c, depth + 1, False) for c in children)

@@ -193,16 +193,17 @@ def test_sigkill_loses_at_most_the_last_second(fake_server, tmp_path: Path) -> N
     assert due <= ids, sorted(due - ids)[:5]
 
 
-def test_a_bad_line_mid_file_runs_what_came_before_then_exits_2(fake_server, tmp_path: Path) -> None:
+def test_a_bad_line_mid_file_fails_before_anything_is_sent(fake_server, tmp_path: Path) -> None:
     reqs = make_requests([0.01 * i for i in range(400)], output_tokens=2)
     src = write_requests(tmp_path / "req.jsonl", reqs)
     lines = src.read_bytes().split(b"\n")
-    lines[350] = b'{"id": "broken"'  # line 351, due at 3.5 s: beyond the first look-ahead fill (2 s)
+    lines[350] = b'{"id": "broken"'  # line 351, due at 3.5 s: far beyond the first look-ahead fill
     src.write_bytes(b"\n".join(lines))
     out = tmp_path / "res.jsonl"
-    r = subprocess.run([*CLI, "run", str(src), "-o", str(out), "--endpoint", fake_server.url, "--progress", "off"],
-                       capture_output=True, text=True, timeout=60)
+    before = fake_server.stats()["requests"]
+    r = subprocess.run([*CLI, "run", str(src), "-o", str(out), "--endpoint", fake_server.url, "--model", "m",
+                        "--progress", "off"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and f"{src}:351" in r.stderr, r.stderr
-    _, got = read_lines(out)
-    assert sorted(d["id"] for d in got) == sorted(x.id for x in reqs[:349])
-    assert {d["status"] for d in got} == {"ok"}
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    assert not out.exists(), "a run that never started leaves no results file"
+    assert fake_server.stats()["requests"] == before, "nothing may be sent before the input is known good"

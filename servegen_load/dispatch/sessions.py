@@ -9,7 +9,7 @@ where end(k) is when turn k's response was complete (or failed: the user then go
 so a failed turn does not end its session). A requests file gives turn k+1 the time
 t(k) + think_time(k+1), a lower bound of its due time (as if responses were instant), so the
 runner's look-ahead always reaches it before it can be due; when the runner pops it
-(`hold`), it waits here: in `parked` until turn k ends, then in a heap of due times served by a
+(`hold`), it waits here: in its session's `waiting` list until turn k ends, then in a heap of due times served by a
 timer of its own (`clock.make_timer`, µs precision), and goes out through `runner.send_now`.
 Its `scheduled` time (the flight's `t_rel`) becomes due(k+1), so send lag means the same for
 every request, and nothing here ever touches the schedule of first turns.
@@ -24,7 +24,7 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from time import perf_counter
 from typing import Any
 
@@ -38,7 +38,7 @@ MAX_STATES = 200_000
 class _State:
     turn: int                     # the latest turn sent or released
     ended: float | None = None    # perf_counter() when that turn's response ended
-    parked: Flight | None = None  # the next turn, waiting for `turn` to end
+    waiting: list[Flight] = field(default_factory=list)  # later turns, in order, each behind the previous
 
 
 class SessionGate:
@@ -61,16 +61,20 @@ class SessionGate:
     def hold(self, f: Flight) -> bool:
         """Called for each session flight the runner pops when due: True if it must wait here."""
         req = f.req
-        s = req.session
+        s: str = req.session  # type: ignore[assignment]
         k = req.turn or 0
-        st = self.states.get(s)  # type: ignore[arg-type]
+        st = self.states.get(s)
+        if st is not None and st.waiting:  # behind turns already waiting: keep the order
+            st.waiting.append(f)
+            self.n_parked += 1
+            return True
         if k == 0 or st is None or st.turn < k - 1:  # a first turn, or its predecessor never ran here
-            self._set(s, _State(k))  # type: ignore[arg-type]
+            self._set(s, _State(k))
             return False
         if st.turn != k - 1:  # a turn seen twice or out of order: not ours to pace
             return False
         if st.ended is None:
-            st.parked = f
+            st.waiting.append(f)
             self.n_parked += 1
         else:
             self._release(st, f, st.ended)
@@ -82,9 +86,8 @@ class SessionGate:
         if st is None or st.turn != (f.req.turn or 0) or st.ended is not None:
             return
         st.ended = perf_counter()
-        g = st.parked
-        if g is not None:
-            st.parked = None
+        if st.waiting:
+            g = st.waiting.pop(0)
             self.n_parked -= 1
             self._release(st, g, st.ended)
 
@@ -94,9 +97,9 @@ class SessionGate:
         states.move_to_end(s)
         if len(states) > MAX_STATES:
             _, old = states.popitem(last=False)
-            if old.parked is not None:  # never strand a turn: it goes at once
+            for g in old.waiting:  # never strand a turn: it goes at once
                 self.n_parked -= 1
-                self.runner.send_now(old.parked)
+                self.runner.send_now(g)
 
     def _release(self, st: _State, f: Flight, ended: float) -> None:
         st.turn, st.ended = f.req.turn or 0, None
@@ -125,9 +128,8 @@ class SessionGate:
         out = [f for _, _, f in sorted(self.heap)]
         self.heap.clear()
         for st in self.states.values():
-            if st.parked is not None:
-                out.append(st.parked)
-                st.parked = None
+            out.extend(st.waiting)
+            st.waiting.clear()
         self.n_parked = 0
         self.close()
         return out

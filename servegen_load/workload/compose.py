@@ -38,7 +38,7 @@ import numpy as np
 import orjson
 
 from ..errors import InputError
-from ..requests import REQUESTS_FORMAT, Request
+from ..requests import MAX_TIME, REQUESTS_FORMAT, Request
 from ..scenario import Scenario, load_scenario, scenario_digest
 from . import arrivals
 from .lengths import ClientTables, Lengths
@@ -46,6 +46,8 @@ from .plan import CATEGORIES, Plan, Source, client_seed, describe_sources, resol
 
 BLOCK_REQUESTS = 1 << 17
 US = 1_000_000
+MAX_REQUESTS = 1e10      # expected requests of one generation (~1 TB of JSONL): beyond is a typo
+MAX_PEAK_RATE = 1e8      # req/s of the busiest window: a block of 1 ms must fit in memory
 
 
 @dataclass(slots=True)
@@ -351,6 +353,9 @@ def prepare(scenario: str | Path | Scenario, shard: str | tuple[int, int] | None
     if seed is not None or duration is not None:
         s = s.with_overrides(seed=seed, duration=duration)
     plan = resolve(s)
+    _check_size(plan)
+    if plan.replay is not None and plan.replay.warning:  # after the checks: a failure stays one line
+        print(plan.replay.warning, file=sys.stderr)
     table = plan.client_table()
     names = [n for n, _, _ in table]
     if len(set(names)) != len(names):
@@ -362,9 +367,35 @@ def prepare(scenario: str | Path | Scenario, shard: str | tuple[int, int] | None
     else:
         assign = assign_shards([(n, e) for n, e, _ in table], sh[1])
         members = [i for i, n in enumerate(names) if assign[n] == sh[0]]
-    rate = plan.mean_rate()
+    rate = max(plan.mean_rate(), peak_rate(plan) / 8.0)  # a block holds <= 8 blocks' worth at the peak
     block_us = int(max(1000, min(3600 * US, block_requests / max(rate, 1e-9) * US)))
     return Generation(plan, sh, names, members, block_us)
+
+
+def peak_rate(plan: Plan) -> float:
+    """An upper bound of the total rate (req/s) of the busiest segment: the sum of each source's peak."""
+    peak = sum(float(src.rate.sum(axis=0).max(initial=0.0)) for src in plan.sources)
+    if plan.baseline is not None:
+        peak += plan.baseline.rate
+    return peak
+
+
+def _check_size(plan: Plan) -> None:
+    """Refuse plans no machine can generate (a rate or duration off by orders of magnitude) with one
+    line, instead of running out of memory or time: run duration, expected requests, peak rate."""
+    s = plan.scenario
+    where = "duration" if s.replay is None else "replay.duration"
+    if not 0 <= plan.duration <= MAX_TIME:
+        raise InputError(f"the run would last {plan.duration:g} s of run time (at most {MAX_TIME:g} s); "
+                         "check duration and time_scale", path=s.path, field=where)
+    total = plan.expected_total()
+    if not total <= MAX_REQUESTS:
+        raise InputError(f"the scenario would generate about {total:.3g} requests (at most {MAX_REQUESTS:g}); "
+                         "lower rate/scale/peak_rate or duration", path=s.path)
+    peak = peak_rate(plan)
+    if not peak <= MAX_PEAK_RATE:
+        raise InputError(f"the busiest window asks for {peak:.3g} req/s (at most {MAX_PEAK_RATE:g}); "
+                         "lower rate/scale/peak_rate", path=s.path)
 
 
 def iter_scenario_requests(path_or_scenario: str | Path | Scenario, shard: str | tuple[int, int] | None = None,
@@ -379,9 +410,10 @@ def iter_scenario_requests(path_or_scenario: str | Path | Scenario, shard: str |
 
 
 def iter_generation(gen: Generation) -> Iterator[Request]:
+    from .conversation import expand  # content hook: sessions and shared system prompts (if any)
+
     names = gen.names
-    for b in gen.blocks():
-        yield from batch_requests(b, names)
+    yield from expand((r for b in gen.blocks() for r in batch_requests(b, names)), gen.plan)
 
 
 def batch_requests(b: Batch, names: list[str]) -> Iterator[Request]:
@@ -424,7 +456,14 @@ def generate_to_file(scenario: str | Path | Scenario, out: str | Path, *, shard:
     seen = np.zeros(len(gen.names), dtype=bool)
     with atomic_write(out, "wb") as fh:
         fh.write(orjson.dumps(gen.header()) + b"\n")
-        for b in gen.blocks():
+        s = gen.plan.scenario
+        if s.sessions is not None or s.system_prompt is not None:  # content hook: request by request
+            gid = {nm: i for i, nm in enumerate(gen.names)}
+            for r in iter_generation(gen):
+                fh.write(r.to_json() + b"\n")
+                seen[gid[r.client]] = True
+                n += 1
+        for b in (() if s.sessions is not None or s.system_prompt is not None else gen.blocks()):
             fh.write(fmt.format(b))
             seen[b.client] = True
             n += len(b)
@@ -442,15 +481,16 @@ def merge_requests(paths: list[str | Path]) -> Iterator[bytes]:
     """Merge shard files by the generation order (t, client, k) into one body (header lines dropped)."""
     import heapq
 
-    def keyed(p: str | Path) -> Iterator[tuple[float, str, int, bytes]]:
+    def keyed(p: str | Path) -> Iterator[tuple[float, str, int, int, bytes]]:
         with open(p, "rb") as fh:
             fh.readline()
             for line in fh:
                 d = orjson.loads(line)
                 c, _, k = d["id"].rpartition("#")
-                yield d["t"], c, int(k), line
+                k, _, turn = k.partition("/")  # session turns are "<client>#<k>/<turn>" (workload.conversation)
+                yield d["t"], c, int(k), int(turn or 0), line
 
-    for _, _, _, line in heapq.merge(*(keyed(p) for p in paths)):
+    for _, _, _, _, line in heapq.merge(*(keyed(p) for p in paths)):
         yield line
 
 

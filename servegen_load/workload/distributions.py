@@ -45,6 +45,16 @@ class Family(IntEnum):
             raise ValueError(f"unknown gap family {name!r}; expected one of gamma, weibull, exponential, lognormal") from None
 
 
+# Shapes a pool may carry per family (validated on load and import). Outside them sampling breaks
+# down: a lognormal sigma of 8 or a Weibull k of 0.01 has a mean gap of 1 only in theory (a finite
+# sample almost never shows it: a client of 1 req/s gets no request at all in 600 s), and a
+# non-positive or non-finite shape has no distribution at all. Every shape fitted to real gaps lies
+# far inside (ServeGen: Gamma 0.0099..45230, Weibull 0.16..7.9; `fit`: Gamma 1e-4..1e4, lognormal
+# sigma < 4 for any measurable CV).
+SHAPE_RANGE: dict[int, tuple[float, float]] = {
+    Family.GAMMA: (1e-4, 1e6), Family.WEIBULL: (0.05, 1e4), Family.LOGNORMAL: (1e-6, 5.0)}
+
+
 def unit_mean_gaps(family: int, shape: float, n: int, rng: np.random.Generator) -> np.ndarray:
     """`n` gaps of the family with mean 1 (see the module docstring for the equations)."""
     if family == Family.GAMMA:

@@ -40,7 +40,7 @@ import numpy as np
 import orjson
 
 from ..errors import InputError
-from ..requests import read_header
+from ..requests import check_request, read_header
 from .distributions import LengthTable, ks_distance
 
 MODS = (("image", "images"), ("audio", "audio"), ("video", "video"))
@@ -91,6 +91,8 @@ def read_columns(path: str | Path) -> Columns:
                 c.clear()
 
     loads = orjson.loads
+    last_t = 0.0
+    ps = str(p)
     with p.open("rb") as fh:
         fh.readline()
         for n, raw in enumerate(fh, start=2):
@@ -98,32 +100,36 @@ def read_columns(path: str | Path) -> Columns:
                 continue
             try:
                 d = loads(raw)
-                cl = d["client"]
-                code = codes.get(cl)
-                if code is None:
-                    code = codes[cl] = len(codes)
-                cat = d["category"]
-                cc = cats.get(cat)
-                if cc is None:
-                    cc = cats[cat] = len(cats)
-                rid = d["id"]
-                _, sep, kk = rid.rpartition("#")
-                cols[0].append(d["t"])
-                cols[1].append(code)
-                cols[2].append(int(kk) if sep and kk.isdigit() else -1)
-                cols[3].append(cc)
-                cols[4].append(d["input_tokens"])
-                cols[5].append(d["output_tokens"])
-                r = d.get("reason_tokens")
-                cols[6].append(-1 if r is None else r)
-                for m, key in MODS:
-                    v = d.get(key)
-                    if v:
-                        has_mm = True
-                        mm_items[m].extend(v)
-                    mm_cnt[m].append(len(v) if v else 0)
-            except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
-                raise InputError(f"not a request line ({type(e).__name__}: {e})", path=str(p), line=n) from None
+            except orjson.JSONDecodeError as e:
+                raise InputError(f"invalid JSON ({str(e).split(':')[0]})", path=ps, line=n) from None
+            t, inp, out, r = check_request(d, ps, n)
+            if t < last_t:
+                raise InputError(f"requests must be ordered by t ({t:g} < {last_t:g})", path=ps, line=n, field="t")
+            last_t = t
+            cl = d["client"]
+            if not isinstance(cl, str):  # an integer id: the same client as its decimal string
+                cl = str(cl)
+            code = codes.get(cl)
+            if code is None:
+                code = codes[cl] = len(codes)
+            cat = d["category"]
+            cc = cats.get(cat)
+            if cc is None:
+                cc = cats[cat] = len(cats)
+            _, sep, kk = str(d["id"]).rpartition("#")
+            cols[0].append(t)
+            cols[1].append(code)
+            cols[2].append(int(kk) if sep and kk.isdigit() and len(kk) < 19 else -1)
+            cols[3].append(cc)
+            cols[4].append(inp)
+            cols[5].append(out)
+            cols[6].append(-1 if r is None else r)
+            for m, key in MODS:
+                v = d.get(key)
+                if v:
+                    has_mm = True
+                    mm_items[m].extend(v)
+                mm_cnt[m].append(len(v) if v else 0)
             if len(cols[0]) >= 262144:
                 flush()
     flush()
@@ -165,10 +171,18 @@ def window_cvs(t: np.ndarray, client: np.ndarray, edges: np.ndarray, min_n: int 
         z = np.zeros(0, dtype=np.int64)
         return z, z, z, np.zeros(0)
     win = np.clip(np.searchsorted(edges, t, side="right") - 1, 0, edges.size - 2)
+    return _cvs_by_window(t, client, win.astype(np.int64), min_n)
+
+
+def _cvs_by_window(t: np.ndarray, client: np.ndarray, win: np.ndarray, min_n: int
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """`window_cvs` with each request's window index given (any non-negative integers)."""
+    if t.size == 0:
+        z = np.zeros(0, dtype=np.int64)
+        return z, z, z, np.zeros(0)
     order = np.lexsort((t, win, client))
     c, w, tt = client[order].astype(np.int64), win[order], t[order]
-    key = c * (edges.size + 1) + w
-    new = np.concatenate([[True], key[1:] != key[:-1]])
+    new = np.concatenate([[True], (c[1:] != c[:-1]) | (w[1:] != w[:-1])])
     gid = np.cumsum(new) - 1
     gaps = np.diff(tt)
     same = ~new[1:]
@@ -195,9 +209,8 @@ def request_stats(cols: Columns, window: float = 600.0, buckets: int = 48) -> di
     top = {f"top{k}": round(float(ranked[:k].sum() / n), 4) if n else None for k in (1, 5, 10)}
     nb = max(1, min(buckets, int(np.ceil(dur)) or 1))
     width = dur / nb if dur > 0 else 1.0
-    hist = np.bincount(np.minimum((cols.t / width).astype(np.int64), nb - 1), minlength=nb) if n else np.zeros(nb)
-    edges = np.arange(0.0, max(dur, window) + window, window)
-    _, _, cnt, cv = window_cvs(cols.t, cols.client, edges)
+    hist = np.bincount(np.clip(cols.t / width, 0, nb - 1).astype(np.int64), minlength=nb) if n else np.zeros(nb)
+    _, _, cnt, cv = _cvs_by_window(cols.t, cols.client, np.floor(cols.t / window).astype(np.int64), MIN_CV_REQUESTS)
     cvq = _wq(cv, cnt.astype(np.float64), (0.1, 0.5, 0.9))
     lengths: dict[str, dict[str, Any]] = {}
     for ci, cat in enumerate(cols.categories):

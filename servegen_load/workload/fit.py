@@ -77,6 +77,7 @@ OTHER = "other"
 REASON_BINS = 500
 SESSION_FIELDS = ("turns", "think_time", "new_tokens")
 CV_TOLERANCE = 1.5  # a family's implied gap CV must be within this factor of the measured CV
+MAX_CELLS = 2e7  # client x rate windows (~50 bytes each while fitting): beyond is a unit mistake
 SPEARMAN_SAMPLE = 1_000_000  # rows for the rank correlation (>= 5000 a client: standard error < 0.015)
 _LOG2PI = float(np.log(2.0 * np.pi))
 
@@ -170,6 +171,8 @@ def fit_chunks(chunks: Iterable[LogChunk], options: FitOptions | None = None) ->
         raise InputError("--window and --data-window must be positive")
     if opts.data_window < opts.window:
         raise InputError("--data-window must be at least --window")
+    if not 0 < opts.ks_max < 0.5:  # nan too: `compress` would never meet its bound
+        raise InputError(f"expected 0 < ks_max < 0.5, got {opts.ks_max}", field="--ks-max")
     if opts.category is not None and opts.category not in CATEGORIES:
         raise InputError(f"expected a category among {', '.join(CATEGORIES)}, got {opts.category!r}")
     report = FitReport()
@@ -230,7 +233,8 @@ def _collect(chunks: Iterable[LogChunk], report: FitReport) -> _Columns:
             else:  # absent here: a length placeholder, filled only if another chunk has the column
                 parts[k].append(n)
     if not parts["t"]:
-        raise InputError("no usable rows in the logs" + (f" ({report.bad.describe()})" if report.bad.count else ""))
+        raise InputError("no usable rows in the logs" + (f" ({report.bad.describe()})" if report.bad.count else ""),
+                         path=", ".join(report.files) or None)
     for p, hc in files.items():
         if not hc:
             report.notes.append(f"{p} has no client column: its requests are one client 'all'")
@@ -261,14 +265,15 @@ def _collect(chunks: Iterable[LogChunk], report: FitReport) -> _Columns:
 
 
 def _fit(cols: _Columns, opts: FitOptions, report: FitReport) -> ClientPool:
+    where = ", ".join(report.files) or None  # errors name the log(s)
     if not np.any(cols.input >= 0) or not np.any(cols.output >= 0):
         raise InputError("fit needs input and output token counts: name the columns with --input-column and "
-                         "--output-column")
+                         "--output-column", path=where)
     t0 = cols.origin
     span = 0.0
     if opts.time_range is not None:
         a, b = opts.time_range
-        cols = _select(cols, a, b)
+        cols = _select(cols, a, b, where)
         report.requests = int(cols.t.size)
         t0 += a
         span = (b - a) if b is not None else 0.0
@@ -282,6 +287,11 @@ def _fit(cols: _Columns, opts: FitOptions, report: FitReport) -> ClientPool:
     category, fields, values = _fields(cols, opts)
 
     W, D = float(opts.window), float(opts.data_window)
+    last = max(float(t.max()), span)
+    if not last / W * n_clients <= MAX_CELLS:
+        raise InputError(f"{n_clients} client(s) over {last:.4g} s in windows of {W:g} s would need "
+                         f"{last / W * n_clients:.3g} client-windows (at most {MAX_CELLS:g}): check the time "
+                         "unit (--time-unit), or use --range, a larger --window or --min-requests", path=where)
     n_w = max(int(t.max() // W) + 1, int(np.ceil(span / W - 1e-9)))
     n_d = max(int(t.max() // D) + 1, int(np.ceil(span / D - 1e-9)))
     rate, cv, family, shape, scale = _rate_windows(t, client, n_clients, n_w, W, opts, report)
@@ -340,7 +350,7 @@ def _fit(cols: _Columns, opts: FitOptions, report: FitReport) -> ClientPool:
     return pool
 
 
-def _select(cols: _Columns, start: float, end: float | None) -> _Columns:
+def _select(cols: _Columns, start: float, end: float | None, where: str | None = None) -> _Columns:
     """Rows with start <= t - origin < end; the origin (first request of the logs) is kept."""
     rel = cols.t - cols.origin
     keep = rel >= start
@@ -348,7 +358,7 @@ def _select(cols: _Columns, start: float, end: float | None) -> _Columns:
         keep &= rel < end
     if not keep.any():
         raise InputError(f"no requests in the range {start:g}..{'' if end is None else f'{end:g}'} s after the "
-                         "first request")
+                         "first request", path=where)
 
     def k(a: np.ndarray | None) -> np.ndarray | None:
         return None if a is None else a[keep]

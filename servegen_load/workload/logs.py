@@ -23,8 +23,8 @@ Time: `LogChunk.t` is seconds after `origin`, the time of the log's first good r
 negative for a log that is not sorted); `origin` is epoch seconds when the time column is a wall
 clock (ISO timestamps or epoch numbers), else the column's own zero.
 
-Bad rows (wrong field count, unparsable time, non-integer or negative token counts, empty
-time/input/output) are counted per chunk in `LogChunk.bad` with the first few line numbers and
+Bad rows (wrong field count, unparsable time, a numeric time more than `MAX_ABS_TIME` seconds from
+0, non-integer or negative token counts, empty time/input/output) are counted per chunk in `LogChunk.bad` with the first few line numbers and
 reasons; `load_log` and `warn_bad_rows` print one warning line on stderr. A file that cannot be
 read as a log at all (no header, no time column, no usable row) raises `InputError`.
 
@@ -41,6 +41,7 @@ import gzip
 import re
 import sys
 import warnings
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -59,6 +60,7 @@ TIME_UNITS = ("auto", "s", "ms", "us", "ns", "iso")
 REQUESTS_FORMAT = "servegen-load/requests/v1"
 RESULTS_FORMAT = "servegen-load/results/v1"
 MAX_EXAMPLES = 5
+MAX_ABS_TIME = 1e11  # seconds (epoch: year 5138): a numeric time beyond is a wrong unit or garbage
 _PAD = 256  # zero bytes after a CSV block; fields longer than this take the slow slicing path
 _REQUIRED = ("time", "input", "output")  # a row missing one of these (when mapped) is bad
 
@@ -130,14 +132,16 @@ class BadRows:
 
     def add(self, line: int, reason: str, n: int = 1) -> None:
         self.count += n
-        if len(self.examples) < MAX_EXAMPLES:
-            self.examples.append((line, reason))
+        self._keep([(line, reason)])
 
     def merge(self, other: BadRows) -> None:
         self.count += other.count
-        room = MAX_EXAMPLES - len(self.examples)
-        if room > 0:
-            self.examples.extend(other.examples[:room])
+        self._keep(other.examples)
+
+    def _keep(self, new: list[tuple[int, str]]) -> None:
+        """Keep the `MAX_EXAMPLES` earliest lines (whatever order the checks found them in)."""
+        if new and (len(self.examples) < MAX_EXAMPLES or min(new)[0] < self.examples[-1][0]):
+            self.examples = sorted([*self.examples, *new])[:MAX_EXAMPLES]
 
     def describe(self) -> str:
         return "; ".join(f"line {ln}: {why}" for ln, why in sorted(self.examples))
@@ -227,7 +231,10 @@ def read_log(path: str | Path, fmt: str = "auto", columns: ColumnMap | None = No
                          path=str(p))
     reader = _CsvReader(p, fmt, cols, chunk_rows) if fmt in ("azure", "csv") else \
         _JsonReader(p, fmt, cols, chunk_rows)
-    yield from reader.chunks()
+    try:
+        yield from reader.chunks()
+    except (OSError, EOFError, zlib.error) as e:  # a damaged gzip, a file that cannot be read
+        raise InputError(f"cannot read the log ({type(e).__name__}: {e})", path=str(p)) from None
 
 
 def load_log(path: str | Path, fmt: str = "auto", columns: ColumnMap | None = None,
@@ -264,11 +271,19 @@ def concat(chunks: Iterable[LogChunk]) -> LogChunk:
     )
 
 
+def bad_rows_warning(chunk: LogChunk) -> str | None:
+    """The warning line about skipped rows (counts and the first line numbers), None without any."""
+    if not chunk.bad.count:
+        return None
+    return (f"servegen-load: warning: {chunk.path}: skipped {chunk.bad.count} bad row(s) of {chunk.rows} "
+            f"({chunk.bad.describe()})")
+
+
 def warn_bad_rows(chunk: LogChunk, stream: IO[str] | None = None) -> None:
     """One warning line on stderr when rows were skipped: counts and the first line numbers."""
-    if chunk.bad.count:
-        print(f"servegen-load: warning: {chunk.path}: skipped {chunk.bad.count} bad row(s) of {chunk.rows} "
-              f"({chunk.bad.describe()})", file=stream or sys.stderr)
+    msg = bad_rows_warning(chunk)
+    if msg:
+        print(msg, file=stream or sys.stderr)
 
 
 def detect_format(path: str | Path) -> str:
@@ -279,12 +294,19 @@ def detect_format(path: str | Path) -> str:
     header has TIMESTAMP, ContextTokens and GeneratedTokens, else `csv`.
     """
     p = Path(path)
-    with _open(p) as fh:
-        first = b""
-        for raw in fh:
-            if raw.strip():
-                first = raw.strip().lstrip(b"\xef\xbb\xbf")
-                break
+    if not p.exists():
+        raise InputError("no such log file", path=str(p))
+    if p.is_dir():
+        raise InputError("expected a log file, got a directory", path=str(p))
+    try:
+        with _open(p) as fh:
+            first = b""
+            for raw in fh:
+                if raw.strip():
+                    first = raw.strip().lstrip(b"\xef\xbb\xbf")
+                    break
+    except (OSError, EOFError, zlib.error) as e:
+        raise InputError(f"cannot read the log ({type(e).__name__}: {e})", path=str(p)) from None
     if not first:
         raise InputError("the log is empty", path=str(p))
     if first.startswith(b"{"):
@@ -431,7 +453,7 @@ class _Converter:
                 unit = "iso"
             else:
                 finite = vals[np.isfinite(vals)]
-                mag = abs(float(finite[0])) if finite.size else 0.0
+                mag = float(np.median(np.abs(finite))) if finite.size else 0.0  # a garbage row cannot decide
                 unit = "ns" if mag > 1e17 else "us" if mag > 1e14 else "ms" if mag > 1e11 else "s"
             self.time_unit = unit
         if unit == "iso":
@@ -442,9 +464,13 @@ class _Converter:
                 self.origin, self.wall_clock = self.origin_ns / 1e9, True
             return np.where(badm, np.nan, (ns - (self.origin_ns or 0)).astype(np.float64) / 1e9)
         vals, nonnum = _numeric(v)
+        scale = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9, "auto": 1.0}[unit]
         badm = nonnum | ~np.isfinite(vals)
         flag(badm, f"{self.roles['time']}: expected a finite number")
-        scale = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9, "auto": 1.0}[unit]
+        with np.errstate(invalid="ignore"):
+            far = ~badm & (np.abs(vals) * scale > MAX_ABS_TIME)
+        flag(far, f"{self.roles['time']}: expected a time within {MAX_ABS_TIME:g} s of 0 (read in {unit})")
+        badm |= far
         if self.origin is None and (~badm).any():
             self.origin = float(vals[np.argmax(~badm)]) * scale
             self.wall_clock = self.fmt not in ("requests", "results") and abs(self.origin) > 1e8
@@ -486,10 +512,12 @@ def _numeric(v: Any) -> tuple[np.ndarray, np.ndarray]:
         items: list[Any] = v.tolist()
     else:
         try:
-            arr = np.array(v, dtype=np.float64)
-            if arr.shape == (n,):
-                return arr, np.zeros(n, dtype=bool)
-        except (ValueError, TypeError):
+            # numpy would read JSON true/false as 1/0: such rows take the per-item path (bad rows)
+            if not any(type(x) is bool for x in v):
+                arr = np.array(v, dtype=np.float64)
+                if arr.shape == (n,):
+                    return arr, np.zeros(n, dtype=bool)
+        except (ValueError, TypeError, OverflowError):
             pass
         items = list(v)
     out = np.full(n, np.nan)
@@ -502,21 +530,27 @@ def _numeric(v: Any) -> tuple[np.ndarray, np.ndarray]:
             continue
         try:
             out[i] = float(x)
-        except ValueError:
+        except (ValueError, OverflowError):
             bad[i] = True
     return out, bad
 
 
 def _iso_ns(v: Any) -> tuple[np.ndarray, np.ndarray]:
     """ISO-8601 timestamps -> int64 ns since the epoch (UTC when an offset is given) and a bad mask."""
-    arr = v if isinstance(v, np.ndarray) else np.array(["" if x is None else str(x) for x in v])
+    if isinstance(v, np.ndarray) and v.dtype.kind in "SU":
+        arr = v
+    else:  # JSON values (or numbers that were not mostly numbers): as text
+        arr = np.array(["" if x is None else str(x) for x in (v.tolist() if isinstance(v, np.ndarray) else v)],
+                       dtype=str)
     n = arr.size
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
             d = arr.astype("datetime64[ns]")
-            nat = np.isnat(d)
-            return d.astype(np.int64), nat
+            # numpy also reads "now" and "today" (the clock of the machine reading the log)
+            first = np.char.lstrip(arr).astype(arr.dtype.kind + "1")
+            digit = np.isin(first, [c.encode() if arr.dtype.kind == "S" else c for c in "0123456789"])
+            return d.astype(np.int64), np.isnat(d) | ~digit
         except ValueError:
             pass
         out = np.zeros(n, dtype=np.int64)
@@ -812,7 +846,8 @@ def _decode_lines(batch: list[bytes], first: int, bad: BadRows) -> tuple[list[di
     if len(nonblank) == len(batch):
         try:
             objs = orjson.loads(b"[" + b",".join(batch) + b"]")
-            if all(isinstance(o, dict) for o in objs):
+            # one object per line: a line `{...},{...}` would shift every later line number
+            if len(objs) == len(batch) and all(isinstance(o, dict) for o in objs):
                 return objs, np.arange(first, first + len(batch), dtype=np.int64)
         except orjson.JSONDecodeError:
             pass

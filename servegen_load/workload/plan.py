@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -99,6 +100,7 @@ class ReplayPlan:
     client: np.ndarray         # int index into names
     names: list[str]
     category: str
+    warning: str | None = None  # skipped rows of the trace, printed once the plan is accepted
 
 
 @dataclass
@@ -145,13 +147,23 @@ def pool_ref(s: Scenario, name: str) -> str:
 
 
 def get_pool(s: Scenario, name: str, field_path: str) -> ClientPool:
+    """The pool a scenario names, loaded once per process and file version (path, size, mtime):
+    a pool file rewritten under the same name is read again."""
     ref = pool_ref(s, name)
-    if ref not in _POOLS:
+    try:
+        st = Path(ref).stat()
+        key = f"{ref}|{st.st_size}|{st.st_mtime_ns}"
+    except OSError:
+        key = ref  # a shipped name, or missing (load_pool says so)
+    if key not in _POOLS:
         try:
-            _POOLS[ref] = load_pool(ref)
+            pool = load_pool(ref)
         except InputError as e:
             raise InputError(f"{e}", path=s.path, field=field_path) from None
-    return _POOLS[ref]
+        for k in [k for k in _POOLS if k.split("|", 1)[0] == ref]:
+            del _POOLS[k]  # an older version of the same file
+        _POOLS[key] = pool
+    return _POOLS[key]
 
 
 _MEANS: dict[int, tuple[ClientPool, np.ndarray]] = {}
@@ -241,7 +253,7 @@ def _select(pool: ClientPool, flt: ClientFilter | None, exp: np.ndarray, cv_w: n
 
 
 def _source(s: Scenario, e: PoolEntry, i: int, where: str) -> Source:
-    pool = get_pool(s, e.pool, f"{where}.pool")
+    pool = get_pool(s, e.pool, "pool" if where == "pool" else f"{where}.pool")
     p0 = s.pool_start()
     p1 = p0 + float(s.duration or 0.0)
     lo, hi = float(pool.window_start[0]) if pool.window_start.size else 0.0, pool.span
@@ -373,7 +385,10 @@ def _from_tables(s: Scenario, lf: LengthFrom, where: str) -> tuple[ClientPool, d
 def _baseline(s: Scenario, spec: BaselineSpec, kind: str) -> tuple[BaselinePlan, float]:
     of_plan: Plan | None = None
     if spec.of is not None:
-        of_s = load_scenario(s.resolve_path(spec.of)) if isinstance(spec.of, str) else spec.of
+        try:
+            of_s = load_scenario(s.resolve_path(spec.of)) if isinstance(spec.of, str) else spec.of
+        except InputError as e:  # name this scenario too: `of` is one of its fields
+            raise InputError(f"{e}", path=s.path, field=f"{kind}.of") from None
         if of_s.kind != "realistic":
             raise InputError("expected a realistic scenario (pool/pools)", path=s.path, field=f"{kind}.of")
         of_plan = resolve(of_s)

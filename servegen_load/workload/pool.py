@@ -38,11 +38,12 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from .distributions import Family, LengthTable
+from .distributions import SHAPE_RANGE, Family, LengthTable
 
 POOL_FORMAT = "servegen-load/pool/v1"
 SHIPPED = ("m-large", "m-small", "mm-image", "deepseek-r1")
 CATEGORIES = ("language", "multimodal", "reason")
+MAX_VALUE = 2**31 - 1  # a length table's largest value: token counts are int32 in logs and requests
 _ARRAYS = ("window_start", "rate", "cv", "family", "shape", "scale", "data_start",
            "table_index", "values", "cdf", "offsets")
 
@@ -99,29 +100,100 @@ class ClientPool:
         return self.rate.astype(np.float64).sum(axis=1) * self.window
 
     def validate(self, path: str = "<pool>") -> None:
-        """Structural checks so generation can trust shapes and indices."""
-        c, w = len(self.clients), self.window_start.size
+        """Every structural rule generation relies on, so a damaged or hand-made pool fails here with
+        one line naming the array, never later inside sampling: shapes, finite values, increasing
+        window starts, consistent flat tables (offsets, cdf in [0, 1] increasing to 1 within each
+        table), table ids in range and pointing at non-empty tables, gap families and shapes
+        (`distributions.SHAPE_RANGE`), unique client ids, and the fields generation needs."""
+        def bad(msg: str, name: str) -> InputError:
+            return InputError(msg, path=path, field=name)
+
+        c, w, d = len(self.clients), self.window_start.size, self.data_start.size
+        if self.category not in CATEGORIES:
+            raise bad(f"expected one of {CATEGORIES}, got {self.category!r}", "category")
+        if c == 0:
+            raise bad("expected at least one client", "clients")
+        if len(set(self.clients)) != c:
+            dup = next(x for i, x in enumerate(self.clients) if x in self.clients[:i])
+            raise bad(f"client ids must be unique, {dup!r} appears twice", "clients")
+        if len(set(self.fields)) != len(self.fields):
+            raise bad(f"fields must be unique, got {self.fields}", "fields")
+        need = ("text_tokens" if "text_tokens" in self.fields and "input_tokens" not in self.fields
+                else "input_tokens", "output_tokens")
+        if any(f not in self.fields for f in need):
+            raise bad(f"expected the fields {' and '.join(need)} (or text_tokens), got {self.fields}", "fields")
+        for name, v in (("window", self.window), ("data_window", self.data_window)):
+            if not (np.isfinite(v) and v > 0):
+                raise bad(f"expected a finite number of seconds > 0, got {v!r}", name)
+        for name in ("window_start", "data_start", "values", "cdf", "offsets"):
+            if getattr(self, name).ndim != 1:
+                raise bad(f"expected a 1-d array, got shape {getattr(self, name).shape}", name)
+        if w == 0 or d == 0:
+            raise bad("expected at least one window", "window_start" if w == 0 else "data_start")
+        for name in ("window_start", "data_start"):
+            a = getattr(self, name)
+            if not (np.all(np.isfinite(a)) and np.all(a >= 0) and np.all(np.diff(a) > 0)):
+                raise bad("expected finite, increasing seconds >= 0", name)
+        if not np.isfinite(self.span):
+            raise bad("the pool's span is not finite", "window_start")
         for n in ("rate", "cv", "family", "shape", "scale"):
             if getattr(self, n).shape != (c, w):
-                raise InputError(f"expected shape {(c, w)}, got {getattr(self, n).shape}", path=path, field=n)
-        if self.table_index.shape != (c, self.data_start.size, len(self.fields)):
-            raise InputError("table_index shape does not match clients x data windows x fields", path=path,
-                             field="table_index")
-        if self.offsets.size == 0 or self.offsets[-1] != self.values.size or self.cdf.size != self.values.size:
-            raise InputError("length tables are inconsistent (offsets/values/cdf)", path=path, field="offsets")
-        if self.table_index.size and int(self.table_index.max(initial=-1)) >= self.offsets.size - 1:
-            raise InputError("table_index points past the last table", path=path, field="table_index")
+                raise bad(f"expected shape {(c, w)}, got {getattr(self, n).shape}", n)
+        if self.table_index.shape != (c, d, len(self.fields)):
+            raise bad(f"expected shape {(c, d, len(self.fields))} (clients x data windows x fields), got "
+                      f"{self.table_index.shape}", "table_index")
+        # flat length tables
+        off, n_tables = self.offsets, self.offsets.size - 1
+        if n_tables < 0 or off[0] != 0 or off[-1] != self.values.size or np.any(np.diff(off) < 0):
+            raise bad("expected offsets increasing from 0 to the number of values", "offsets")
+        if self.cdf.size != self.values.size:
+            raise bad(f"expected as many cdf entries as values ({self.values.size}), got {self.cdf.size}", "cdf")
+        if not (np.all(np.isfinite(self.values)) and np.all(self.values >= 0) and np.all(self.values <= MAX_VALUE)):
+            raise bad(f"length values must be in 0..{MAX_VALUE} (token counts, items, ratios, seconds)", "values")
+        cdf = self.cdf.astype(np.float64)
+        if not (np.all(np.isfinite(cdf)) and np.all(cdf >= 0) and np.all(cdf <= 1 + 1e-4)):
+            raise bad("expected cumulative probabilities in [0, 1]", "cdf")
+        step = np.diff(cdf)
+        inner = np.ones(step.size, dtype=bool)
+        inner[(off[1:-1] - 1)[(off[1:-1] >= 1) & (off[1:-1] <= step.size)]] = False  # steps across tables
+        if np.any(step[inner] < -1e-6):
+            raise bad("expected cumulative probabilities increasing within each table", "cdf")
+        sizes = np.diff(off)
+        ends = off[1:][sizes > 0] - 1
+        if np.any(np.abs(cdf[ends] - 1.0) > 1e-3):
+            raise bad("expected every table's cumulative probabilities to end at 1", "cdf")
+        ti = self.table_index
+        if ti.size and (int(ti.min()) < -1 or int(ti.max()) >= n_tables):
+            raise bad(f"expected table ids in -1..{n_tables - 1}, got {int(ti.min())}..{int(ti.max())}",
+                      "table_index")
+        used = np.unique(ti[ti >= 0])
+        if used.size and np.any(sizes[used] == 0):
+            raise bad("a table id points at an empty table", "table_index")
+        # rate windows
         if not np.all(np.isfinite(self.rate)) or np.any(self.rate < 0):
-            raise InputError("rates must be finite and >= 0", path=path, field="rate")
+            raise bad("rates must be finite and >= 0", "rate")
+        if np.any((self.family < Family.NONE) | (self.family > Family.LOGNORMAL)):
+            raise bad("expected gap family codes 0..4", "family")
+        if not np.all(np.isfinite(self.cv)) or np.any(self.cv < 0):
+            raise bad("gap CVs must be finite and >= 0", "cv")
+        if not np.all(np.isfinite(self.shape)) or not np.all(np.isfinite(self.scale)):
+            raise bad("must be finite", "shape" if not np.all(np.isfinite(self.shape)) else "scale")
         active = self.rate > 0
-        fam = self.family[active]
-        if np.any((fam <= Family.NONE) | (fam > Family.LOGNORMAL)):
-            raise InputError("active windows need a gap family code 1..4", path=path, field="family")
-        needs_shape = active & (self.family != Family.EXPONENTIAL)
-        if np.any(~(self.shape[needs_shape] > 0)):
-            raise InputError("active windows need a positive shape", path=path, field="shape")
-        if self.category not in CATEGORIES:
-            raise InputError(f"expected one of {CATEGORIES}, got {self.category!r}", path=path, field="category")
+        if np.any(active & (self.family == Family.NONE)):
+            raise bad("active windows need a gap family code 1..4", "family")
+        for fam, (lo, hi) in SHAPE_RANGE.items():
+            sh = self.shape[active & (self.family == fam)]
+            if sh.size and not (float(sh.min()) >= lo and float(sh.max()) <= hi):
+                raise bad(f"{Family(fam).name.lower()} windows need a shape in [{lo:g}, {hi:g}], got "
+                          f"{float(sh.min()):g}..{float(sh.max()):g}", "shape")
+        # optional arrays readers use
+        rc = self.extra.get("rank_corr")
+        if rc is not None and (rc.shape != (c,) or rc.dtype.kind != "f"):
+            raise bad(f"expected {c} floats (one per client), got {rc.dtype} {rc.shape}", "rank_corr")
+        si = self.extra.get("session_index")
+        if si is not None and (si.shape[:1] != (c,) or si.dtype.kind not in "iu"
+                               or (si.size and (int(si.min()) < -1 or int(si.max()) >= n_tables))):
+            raise bad(f"expected table ids in -1..{n_tables - 1}, one row per client", "session_index")
 
     def save(self, path: str | Path) -> None:
         from ..atomic import atomic_write
@@ -145,36 +217,86 @@ class ClientPool:
             fh.write(buf.getvalue())
 
 
+# array -> (kinds of numpy dtype accepted, dtype it is held in)
+_DTYPES: dict[str, tuple[str, Any]] = {
+    "window_start": ("fiu", np.float64), "data_start": ("fiu", np.float64),
+    "rate": ("fiu", np.float32), "cv": ("fiu", np.float32), "shape": ("fiu", np.float32),
+    "scale": ("fiu", np.float32), "values": ("fiu", np.float32), "cdf": ("fiu", np.float32),
+    "family": ("iu", np.int8), "table_index": ("iu", np.int64), "offsets": ("iu", np.int64),
+}
+
+
+def _typed(name: str, a: np.ndarray, path: str) -> np.ndarray:
+    """An array of the pool file in the dtype the package uses; a wrong kind is an InputError."""
+    kinds, dtype = _DTYPES[name]
+    if a.dtype.kind not in kinds:
+        want = "integers" if kinds == "iu" else "numbers"
+        raise InputError(f"expected an array of {want}, got dtype {a.dtype}", path=path, field=name)
+    if kinds == "iu" and a.size:
+        lo, hi = np.iinfo(dtype).min, np.iinfo(dtype).max
+        if int(a.min()) < lo or int(a.max()) > hi:
+            raise InputError(f"values out of range ({int(a.min())}..{int(a.max())})", path=path, field=name)
+    with np.errstate(over="ignore", invalid="ignore"):  # float64 beyond float32: inf, refused by validate
+        return a.astype(dtype)
+
+
 def load_pool(name_or_path: str | Path) -> ClientPool:
-    """A shipped pool by name (`m-large`) or a pool file by path; errors name the file and field."""
+    """A shipped pool by name (`m-large`) or a pool file by path; errors name the file and field.
+
+    Nothing in the file is trusted: `allow_pickle=False` (an object array is refused, never
+    unpickled), dtypes are checked and converted, the metadata's types are checked, and
+    `ClientPool.validate` checks the structure."""
     p = _resolve(name_or_path)
+    ps = str(p)
     try:
         z = np.load(p, allow_pickle=False)
         if not isinstance(z, np.lib.npyio.NpzFile):  # a bare .npy array under another name
-            raise InputError("not a pool file: a single array, expected a .npz archive", path=str(p))
+            raise InputError("not a pool file: a single array, expected a .npz archive", path=ps)
         with z:
             missing = [k for k in ("meta_json", *_ARRAYS) if k not in z.files]
             if missing:
-                raise InputError(f"not a pool file: missing arrays {missing}", path=str(p))
-            arrays = {k: z[k] for k in _ARRAYS}
-            extra = {k: z[k] for k in z.files if k not in _ARRAYS and k != "meta_json"}
-            meta = json.loads(z["meta_json"].tobytes().decode())
+                raise InputError(f"not a pool file: missing arrays {missing}", path=ps)
+            raw = {k: z[k] for k in z.files}
     except InputError:
         raise
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, json.JSONDecodeError) as e:
-        raise InputError(f"not a readable pool file ({type(e).__name__}: {e})", path=str(p)) from None
-    if not isinstance(meta, dict) or meta.get("format") != POOL_FORMAT:
-        raise InputError(f"expected format {POOL_FORMAT!r} in the pool metadata", path=str(p), field="format")
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error, RuntimeError) as e:
+        raise InputError(f"not a readable pool file ({type(e).__name__}: {e})", path=ps) from None
+    mj = raw.pop("meta_json")
+    if mj.dtype != np.uint8 or mj.ndim != 1:
+        raise InputError(f"expected UTF-8 JSON bytes (uint8), got dtype {mj.dtype}", path=ps, field="meta_json")
     try:
-        pool = ClientPool(
-            name=str(meta["name"]), category=str(meta["category"]), clients=[str(c) for c in meta["clients"]],
-            window=float(meta["window"]), data_window=float(meta["data_window"]),
-            fields=[str(f) for f in meta["fields"]], fallback=[str(c) for c in meta.get("fallback", [])],
-            meta=meta, extra=extra, **arrays,
-        )
-    except (KeyError, TypeError, ValueError) as e:
-        raise InputError(f"pool metadata is incomplete ({e})", path=str(p), field="meta_json") from None
-    pool.validate(str(p))
+        meta = json.loads(mj.tobytes().decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise InputError(f"expected UTF-8 JSON ({type(e).__name__})", path=ps, field="meta_json") from None
+    if not isinstance(meta, dict) or meta.get("format") != POOL_FORMAT:
+        raise InputError(f"expected format {POOL_FORMAT!r} in the pool metadata", path=ps, field="format")
+    arrays = {k: _typed(k, raw.pop(k), ps) for k in _ARRAYS}
+    extra = raw
+    for k, v in extra.items():
+        if v.dtype.kind not in "biuf":
+            raise InputError(f"expected a numeric array, got dtype {v.dtype}", path=ps, field=k)
+
+    def strings(key: str, default: Any = None) -> list[str]:
+        v = meta.get(key, default)
+        if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+            raise InputError("expected a list of strings in the pool metadata", path=ps, field=key)
+        return v
+
+    def number(key: str) -> float:
+        v = meta.get(key)
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            raise InputError(f"expected a number in the pool metadata, got {v!r:.40}", path=ps, field=key)
+        return float(v)
+
+    for key in ("name", "category"):
+        if not isinstance(meta.get(key), str):
+            raise InputError(f"expected a string in the pool metadata, got {meta.get(key)!r:.40}", path=ps, field=key)
+    pool = ClientPool(
+        name=meta["name"], category=meta["category"], clients=strings("clients"), window=number("window"),
+        data_window=number("data_window"), fields=strings("fields"), fallback=strings("fallback", []),
+        meta=meta, extra=extra, **arrays,
+    )
+    pool.validate(ps)
     return pool
 
 

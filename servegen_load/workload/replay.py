@@ -37,14 +37,17 @@ def column_map(spec: ReplaySpec, path: str | None) -> Any:
 
 
 def load_replay(s: Scenario, spec: ReplaySpec) -> Any:
-    from .logs import load_log
+    from .logs import bad_rows_warning, load_log
     from .plan import ReplayPlan
 
     path = s.resolve_path(spec.path)
     if not path.exists():
         raise InputError(f"no such trace file ({path}); paths are relative to the scenario file",
                          path=s.path, field="replay.path")
-    log = load_log(path, spec.format, column_map(spec, s.path))
+    try:
+        log = load_log(path, spec.format, column_map(spec, s.path), warn=False)
+    except InputError as e:  # name the scenario too: the trace is a problem of this scenario
+        raise InputError(f"{e}", path=s.path, field="replay.path") from None
     order = np.argsort(log.t, kind="stable")
     t = log.t[order] - (float(log.t[order[0]]) if order.size else 0.0)
     inp, out, cli = log.input[order], log.output[order], log.client[order]
@@ -56,4 +59,4 @@ def load_replay(s: Scenario, spec: ReplaySpec) -> Any:
     cli = cli[keep].astype(np.int64) if log.has_client else np.zeros(int(keep.sum()), dtype=np.int64)
     return ReplayPlan(t=t.astype(np.float64), inp=np.maximum(inp[keep], 1).astype(np.int64),
                       out=np.maximum(out[keep], 1).astype(np.int64), client=cli, names=names,
-                      category=spec.category)
+                      category=spec.category, warning=bad_rows_warning(log))

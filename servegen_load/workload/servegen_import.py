@@ -40,10 +40,12 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from .distributions import Family, LengthTable, compress, ks_distance
+from .distributions import SHAPE_RANGE, Family, LengthTable, compress, ks_distance
 from .pool import CATEGORIES, ClientPool, build_tables
 
 DEFAULT_KS_MAX = 0.004
+MAX_VALUE = 2**31 - 1          # a length table's values (tokens, items, ratios)
+_F32_MAX = float(np.finfo(np.float32).max)  # pools store rates, CVs, shapes and scales as float32
 DEFAULT_DATA_WINDOW = 21600.0
 
 _NUM = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"
@@ -79,15 +81,18 @@ def parse_dict_literal(text: str) -> tuple[np.ndarray, np.ndarray]:
     keys, probs = nums[0::2], nums[1::2]
     if not np.all(np.isfinite(nums)):
         raise ValueError("numbers must be finite")
+    if np.any((keys < 0) | (keys > MAX_VALUE)):
+        raise ValueError(f"values (lengths, counts, ratios) must be in 0..{MAX_VALUE}, got "
+                         f"{float(keys[(keys < 0) | (keys > MAX_VALUE)][0]):g}")
     if np.any(probs < 0):
-        raise ValueError(f"probabilities must be >= 0, got {probs[probs < 0][0]!r}")
+        raise ValueError(f"probabilities must be >= 0, got {float(probs[probs < 0][0]):g}")
     total = float(probs.sum())
     if not abs(total - 1.0) <= 1e-3:
         raise ValueError(f"probabilities must sum to 1, they sum to {total:.6g}")
     srt = np.sort(keys)
     dup = np.flatnonzero(srt[1:] == srt[:-1])
     if dup.size:
-        raise ValueError(f"duplicate key {srt[dup[0]]!r}")
+        raise ValueError(f"duplicate key {float(srt[dup[0]]):g}")
     return keys, probs
 
 
@@ -131,11 +136,11 @@ def read_trace(path: Path) -> Trace:
             i = next(i for i, v in enumerate(cols[j]) if not _is_float(v))
             raise InputError(f"expected a number, got {cols[j][i]!r}", path=str(path), line=i + 1,
                              field=col_name) from None
-        bad_mask = ~np.isfinite(arr) if col_name == "window_start" else ~(np.isfinite(arr) & (arr >= 0))
+        bad_mask = ~(np.isfinite(arr) & (arr >= 0) & (arr <= _F32_MAX))
         if bad_mask.any():
             i = int(np.argmax(bad_mask))
-            what = "a finite number" if col_name == "window_start" else "a finite number >= 0"
-            raise InputError(f"expected {what}, got {cols[j][i]!r}", path=str(path), line=i + 1, field=col_name)
+            raise InputError(f"expected a finite number >= 0 (at most {_F32_MAX:.3g}), got {cols[j][i]!r}",
+                             path=str(path), line=i + 1, field=col_name)
         num[col_name] = arr
     family = np.zeros(len(rows), dtype=np.int8)
     codes: dict[str, int] = {}
@@ -163,6 +168,12 @@ def read_trace(path: Path) -> Trace:
         i = int(np.argmax(no_shape))
         raise InputError(f"an active window needs a shape > 0, got {cols[4][i]!r}", path=str(path),
                          line=i + 1, field="shape")
+    for fam, (lo, hi) in SHAPE_RANGE.items():
+        out = active & (family == fam) & ((num["shape"] < lo) | (num["shape"] > hi))
+        if out.any():
+            i = int(np.argmax(out))
+            raise InputError(f"a {Family(fam).name.lower()} window needs a shape in [{lo:g}, {hi:g}], got "
+                             f"{cols[4][i]!r}", path=str(path), line=i + 1, field="shape")
     family[~active] = Family.NONE
     return Trace(ws, rate, num["iat_cv"], family, num["shape"], num["scale"])
 
@@ -194,6 +205,8 @@ def read_dataset(path: Path) -> Dataset:
         raise InputError(f"not UTF-8 text ({e.reason})", path=str(path)) from None
     except json.JSONDecodeError as e:
         raise InputError(f"not valid JSON ({e.msg})", path=str(path), line=e.lineno) from None
+    except RecursionError:
+        raise InputError("not a dataset JSON: nested too deeply", path=str(path)) from None
     if not isinstance(doc, dict) or not doc:
         raise InputError("expected a JSON object {window_start: {field: \"{value: probability}\"}}", path=str(path))
     entries: dict[float, dict[str, str]] = {}
@@ -208,6 +221,9 @@ def read_dataset(path: Path) -> Dataset:
                              line=_line_of(raw, key), field=json.dumps(key))
         if not isinstance(entry, dict) or not all(isinstance(v, str) for v in entry.values()):
             raise InputError("expected {field: \"<dict literal>\"} strings", path=str(path),
+                             line=_line_of(raw, key), field=json.dumps(key))
+        if start in entries:
+            raise InputError(f"window start {start:g} appears twice (also as {keys[start]!r})", path=str(path),
                              line=_line_of(raw, key), field=json.dumps(key))
         entries[start], keys[start] = entry, key
     return Dataset(path, raw, entries, keys)
@@ -418,6 +434,11 @@ def import_servegen(folder: str | Path, *, name: str | None = None, category: st
                     raise InputError(f"expected fields {fields} (as in {first.path.name}), got {list(entry)}",
                                      path=str(ds.path), line=_line_of(ds.raw, ds.keys[start]),
                                      field=json.dumps(ds.keys[start]))
+        need = ("text_tokens" if "text_tokens" in fields and "input_tokens" not in fields else "input_tokens",
+                "output_tokens")
+        if any(f not in fields for f in need):
+            raise InputError(f"expected the fields {' and '.join(need)} (or text_tokens), got {fields}",
+                             path=str(first.path), line=_line_of(first.raw, next(iter(first.keys.values()))))
         cat = infer_category(src, fields, category)
         data_start = np.array(sorted({s for ds in data.values() for s in ds.entries}), dtype=np.float64)
         steps = np.diff(data_start)

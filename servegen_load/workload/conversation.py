@@ -1,0 +1,230 @@
+"""Multi-turn sessions and shared system prompts, applied to a scenario's time-ordered requests.
+
+`expand(requests, plan)` reads the merged request stream (`compose`) and yields it with:
+
+- **system prompts** (`system_prompt:` / `prefix:`): a request (or session) with u < share gets
+  variant v = floor(u' * variants) and the prefix block ids of that variant
+  (`SYSTEM_BLOCK_BASE + v * SYSTEM_BLOCK_STRIDE + i`, 512-token blocks, `prefix_tokens` = tokens);
+  its input tokens are unchanged (the prompt's beginning is the system prompt).
+- **sessions** (`sessions:`): an arrival with u < share (the client's `session_share` from a
+  fitted pool where it has one) becomes turn 0 of a session named by its id; it draws K turns,
+  and for turns j = 1..K-1 a think time, new tokens and an output length. Turn j is the request
+  `<id>/<j>` with
+
+      input_j  = input_{j-1} + output_{j-1} + new_j      (the history is in the prompt)
+      t_j      = t_{j-1} + think_j                        (a lower bound: responses take no time)
+
+  and the same media lists and prefix as turn 0 (history). The run sends turn j `think_j` after
+  turn j-1's response ended (`dispatch.sessions`); `t_j` only has to be early enough. Turns at
+  or after the scenario's end are dropped (the session is cut by the window, as in a trace).
+  Reasoning requests keep turn 0's reasoning share. Turns, think time and new tokens come from
+  the client's fitted session tables when the pool has them (`pool_tables`), else from the
+  scenario's distributions; output lengths from the client's own output table (the data window
+  of the session start) unless `sessions.output_tokens` is given.
+
+Every draw is a hash of (seed, request id, field, turn): a session is the same whatever the shard,
+the block size or the other clients. The output order is the generator's, (t, client, k, turn),
+so shard merges stay byte-identical (`compose.merge_requests` orders `<id>/<j>` after `<id>`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import math
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+from scipy.special import gammaincinv, ndtri
+
+from ..requests import Request
+from ..scenario import DistSpec, SessionSpec, SystemPromptSpec
+from .distributions import LengthTable
+
+US = 1_000_000
+SYSTEM_BLOCK_BASE = 1 << 40
+SYSTEM_BLOCK_STRIDE = 1 << 20
+BLOCK_TOKENS = 512
+MAX_TURNS = 1000
+
+Sampler = Callable[[float], float]
+
+
+def uniform(seed: int, *key: Any) -> float:
+    """A uniform in [0, 1) from a hash of (seed, key...): 53 bits of blake2b."""
+    h = hashlib.blake2b(repr((seed, *key)).encode(), digest_size=8).digest()
+    return (int.from_bytes(h, "little") >> 11) / float(1 << 53)
+
+
+def dist_sampler(d: DistSpec, integer_default: bool = False) -> Sampler:
+    """Inverse CDF of a `DistSpec` (see its docstring for the families)."""
+    if d.values is not None:
+        w = np.asarray(d.weights if d.weights is not None else [1.0] * len(d.values), dtype=np.float64)
+        table = LengthTable.from_pmf(np.asarray(d.values, dtype=np.float64), w)
+        return lambda u: float(table.sample(np.array([u]))[0])
+    mean = float(d.mean or 0.0)
+    fam = d.family or ("fixed" if d.cv == 0 else "gamma" if d.cv is not None else
+                       "geometric" if integer_default else "exponential")
+    if fam == "fixed" or (d.cv == 0 and fam != "geometric"):
+        return lambda u: mean
+    if fam == "exponential":
+        return lambda u: -mean * math.log1p(-u)
+    if fam == "geometric":
+        p = 1.0 / max(mean, 1.0)
+        if p >= 1.0:
+            return lambda u: 1.0
+        return lambda u: 1.0 + math.floor(math.log1p(-u) / math.log1p(-p))
+    cv = float(d.cv or 1.0)
+    if fam == "gamma":
+        k = 1.0 / (cv * cv)
+        return lambda u: float(gammaincinv(k, u)) * mean / k
+    s2 = math.log1p(cv * cv)  # lognormal
+    mu, s = math.log(mean) - s2 / 2, math.sqrt(s2)
+    return lambda u: math.exp(mu + s * float(ndtri(min(max(u, 1e-12), 1 - 1e-12))))
+
+
+def _table_sampler(t: LengthTable) -> Sampler:
+    return lambda u: float(t.sample(np.array([u]))[0])
+
+
+class ClientSessions:
+    """Per-client session parameters: the pool's fitted tables where present, else the scenario's."""
+
+    def __init__(self, plan: Any, spec: SessionSpec) -> None:
+        self.spec = spec
+        self.default = (spec.share, dist_sampler(spec.turns, True), dist_sampler(spec.think_time),
+                        dist_sampler(spec.new_tokens))
+        self.out_fixed = dist_sampler(spec.output_tokens) if spec.output_tokens is not None else None
+        self._where: dict[str, tuple[Any, int]] = {}
+        for src in plan.sources:
+            for ci, name in enumerate(src.names):
+                self._where[name] = (src, ci)
+        self._baseline = plan.baseline
+        self._cache: dict[str, tuple[float, Sampler, Sampler, Sampler]] = {}
+        self._tables: dict[tuple[str, int], Any] = {}
+
+    def params(self, client: str) -> tuple[float, Sampler, Sampler, Sampler]:
+        """(share, turns, think time, new tokens) of one client."""
+        got = self._cache.get(client)
+        if got is not None:
+            return got
+        got = self.default
+        w = self._where.get(client)
+        if w is not None and self.spec.pool_tables:
+            src, ci = w
+            pool = src.pool
+            si = pool.extra.get("session_index")
+            if si is not None and si.ndim == 2 and si.shape[1] >= 3:
+                row = si[int(src.idx[ci])]
+                if int(row[0]) >= 0:
+                    share = pool.extra.get("session_share")
+                    sh = float(share[int(src.idx[ci])]) if share is not None else got[0]
+                    parts = []
+                    for j, fallback in zip(range(3), got[1:], strict=True):
+                        tid = int(row[j])
+                        if tid < 0:
+                            parts.append(fallback)
+                            continue
+                        a, b = int(pool.offsets[tid]), int(pool.offsets[tid + 1])
+                        parts.append(_table_sampler(LengthTable(pool.values[a:b].astype(np.float64),
+                                                                pool.cdf[a:b].astype(np.float64))))
+                    got = (sh, parts[0], parts[1], parts[2])
+        self._cache[client] = got
+        return got
+
+    def output(self, client: str, t: float, u: float, first: int) -> int:
+        """Output tokens of a later turn: the scenario's distribution, else the client's own table."""
+        if self.out_fixed is not None:
+            return max(1, round(self.out_fixed(u)))
+        w = self._where.get(client)
+        if w is not None:
+            from .lengths import ClientTables
+
+            src, ci = w
+            seg = int(np.clip(np.searchsorted(src.edges, t, side="right") - 1, 0, len(src.dwin) - 1))
+            dw = int(src.dwin[seg])
+            key = (client, dw)
+            ts = self._tables.get(key)
+            if ts is None:
+                if len(self._tables) > 4096:
+                    self._tables.clear()
+                ts = self._tables[key] = ClientTables(src.pool, int(src.idx[ci])).at(dw)
+            tab = ts.tables.get("output_tokens")
+            if tab is not None:
+                return max(1, round(float(tab.sample(np.array([u]))[0])))
+        if self._baseline is not None:
+            tab = self._baseline.options[0][2].tables.get("output_tokens")
+            if tab is not None:
+                return max(1, round(float(tab.sample(np.array([u]))[0])))
+        return first
+
+
+def _order_key(r: Request, turn: int) -> tuple[int, str, int, int]:
+    k0 = r.id.rpartition("#")[2].partition("/")[0]
+    return (int(r.t * US + 0.5), r.client, int(k0) if k0.isdigit() else 0, turn)
+
+
+def system_prompt(r: Request, spec: SystemPromptSpec, seed: int) -> None:
+    if uniform(seed, r.id, "sys") >= spec.share:
+        return
+    v = min(spec.variants - 1, int(uniform(seed, r.id, "variant") * spec.variants))
+    nb = -(-spec.tokens // BLOCK_TOKENS)
+    base = SYSTEM_BLOCK_BASE + v * SYSTEM_BLOCK_STRIDE
+    r.prefix = [base + i for i in range(nb)]
+    r.extra["prefix_tokens"] = spec.tokens
+
+
+def session_turns(r: Request, seed: int, cs: ClientSessions, end_us: int) -> list[Request]:
+    """Turns 1..K-1 of the session started by `r` (which becomes turn 0); [] if r starts none."""
+    share, turns_s, think_s, new_s = cs.params(r.client)
+    if uniform(seed, r.id, "session") >= share:
+        return []
+    k = int(min(MAX_TURNS, max(1, round(turns_s(uniform(seed, r.id, "turns"))))))
+    r.session, r.turn = r.id, 0
+    out: list[Request] = []
+    ratio = (r.reason_tokens / r.output_tokens) if r.reason_tokens and r.output_tokens else None
+    t_us = int(r.t * US + 0.5)
+    inp, prev_out = r.input_tokens, r.output_tokens
+    for j in range(1, k):
+        think = max(0.0, think_s(uniform(seed, r.id, "think", j)))
+        t_us += int(think * US)
+        if t_us >= end_us:
+            break
+        new = max(1, round(new_s(uniform(seed, r.id, "new", j))))
+        o = cs.output(r.client, r.t, uniform(seed, r.id, "out", j), r.output_tokens)
+        inp = inp + prev_out + new
+        nr = Request(id=f"{r.id}/{j}", t=t_us / US, client=r.client, category=r.category,
+                     input_tokens=inp, output_tokens=o, session=r.id, turn=j, think_time=round(think, 6),
+                     images=r.images, audio=r.audio, video=r.video, prefix=r.prefix, extra=dict(r.extra))
+        if ratio is not None:
+            nr.reason_tokens = min(o, round(ratio * o))
+        out.append(nr)
+        prev_out = o
+    return out
+
+
+def expand(requests: Iterator[Request], plan: Any) -> Iterator[Request]:
+    """The scenario's requests with system prompts and session turns (see the module docstring)."""
+    s = plan.scenario
+    sp: SystemPromptSpec | None = s.system_prompt
+    ss: SessionSpec | None = s.sessions
+    if sp is None and ss is None:
+        yield from requests
+        return
+    seed = s.seed
+    cs = ClientSessions(plan, ss) if ss is not None else None
+    end_us = math.ceil(plan.duration * US)
+    heap: list[tuple[tuple[int, str, int, int], Request]] = []
+    for r in requests:
+        key = _order_key(r, 0)
+        while heap and heap[0][0] < key:
+            yield heapq.heappop(heap)[1]
+        if sp is not None:
+            system_prompt(r, sp, seed)
+        if cs is not None:
+            for nr in session_turns(r, seed, cs, end_us):
+                heapq.heappush(heap, (_order_key(nr, nr.turn or 0), nr))
+        yield r
+    while heap:
+        yield heapq.heappop(heap)[1]
