@@ -243,19 +243,19 @@ class DistSpec(_Model):
     `{values, weights?}`. Families: fixed, exponential, gamma (needs cv; cv 1 is exponential),
     lognormal (needs cv), geometric (integers >= 1 with that mean; the default for `turns`)."""
 
-    mean: float | None = Field(None, gt=0, description="mean of the distribution")
-    cv: float | None = Field(None, ge=0, description="coefficient of variation (0: fixed)")
+    mean: float | None = Field(None, gt=0, le=1e9, description="mean of the distribution")
+    cv: float | None = Field(None, ge=0, le=100, description="coefficient of variation (0: fixed)")
     family: Literal["fixed", "exponential", "gamma", "lognormal", "geometric"] | None = Field(
         None, description="default: gamma/lognormal need cv; turns geometric, others exponential")
-    values: list[float] | None = Field(None, description="a table's values")
-    weights: list[float] | None = Field(None, description="a table's weights (default equal)")
+    values: list[float] | None = Field(None, max_length=100_000, description="a table's values (each <= 1e9)")
+    weights: list[float] | None = Field(None, max_length=100_000, description="a table's weights (default equal)")
 
     @model_validator(mode="before")
     @classmethod
     def _number(cls, v: Any) -> Any:
         if isinstance(v, int | float) and not isinstance(v, bool):
-            if not v >= 0:
-                raise ValueError(f"expected a number >= 0, got {v!r}")
+            if not 0 <= v <= 1e9:
+                raise ValueError(f"expected a number in 0..1e9, got {v!r}")
             return {"mean": v, "family": "fixed"} if v > 0 else {"values": [0.0]}
         return v
 
@@ -264,8 +264,8 @@ class DistSpec(_Model):
         if (self.mean is None) == (self.values is None):
             raise ValueError("give a mean (with cv/family) or values (with weights), not both")
         if self.values is not None:
-            if not self.values or any(x < 0 for x in self.values):
-                raise ValueError("values: expected a non-empty list of numbers >= 0")
+            if not self.values or any(not 0 <= x <= 1e9 for x in self.values):
+                raise ValueError("values: expected a non-empty list of numbers in 0..1e9")
             if self.weights is not None and (len(self.weights) != len(self.values) or any(w < 0 for w in self.weights)
                                              or not sum(self.weights) > 0):
                 raise ValueError("weights: expected one weight >= 0 per value, not all 0")
@@ -275,12 +275,13 @@ class DistSpec(_Model):
 
 
 class SessionSpec(_Model):
-    """Multi-turn sessions: a share of the workload's arrivals start a session; each later turn is
-    sent `think_time` after the previous response ended, its prompt carrying the history (previous
+    """Multi-turn sessions: a share of the workload's requests are turns of sessions, whose starts
+    are drawn from the workload's arrivals; each later turn is sent `think_time` after the previous response ended, its prompt carrying the history (previous
     prompt + response) plus `new_tokens`. A fitted pool's per-client session tables (turns, think
     time, new tokens, share) take precedence where a client has them, unless `pool_tables: false`."""
 
-    share: float = Field(0.5, ge=0, le=1, description="share of arrivals that start a session")
+    share: float = Field(0.5, ge=0, le=1, description="share of requests that belong to sessions (the rate of "
+                                                        "requests is kept: arrivals are thinned into session starts)")
     turns: DistSpec = Field(default_factory=lambda: DistSpec(mean=3.0), description="turns per session (>= 1)")
     think_time: DistSpec = Field(default_factory=lambda: DistSpec(mean=10.0),
                                  description="seconds between a response's end and the next turn")
@@ -296,7 +297,7 @@ class SystemPromptSpec(_Model):
     distribution stays the pool's; a shorter prompt gets the prompt's beginning)."""
 
     share: float = Field(..., ge=0, le=1, description="share of requests with a shared system prompt")
-    tokens: int = Field(..., ge=1, le=MAX_TOKENS, description="tokens of each system prompt")
+    tokens: int = Field(..., ge=1, le=131_072, description="tokens of each system prompt")
     variants: int = Field(1, ge=1, le=100_000, description="distinct system prompts, picked uniformly")
 
 

@@ -176,4 +176,5 @@ def test_shipped_scenarios_validate() -> None:
         text = p.read_text()
         assert text.startswith("#"), f"{p.name} needs a header comment"
     assert kinds == {"language": "realistic", "mix": "realistic", "multimodal": "realistic", "naive": "naive",
-                     "reasoning": "realistic", "replay-azure": "replay"}
+                     "reasoning": "realistic", "replay-azure": "replay",
+                     "multiturn": "realistic"}  # payload/content: sessions and shared system prompts

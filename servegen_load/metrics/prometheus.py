@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import itertools
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -239,36 +239,11 @@ class LoadMetrics:
         event loop by at most about that much.
         """
         import sys
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-        metrics = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                if self.path.split("?")[0] not in ("/metrics", "/"):
-                    self.send_error(404)
-                    return
-                body = metrics.render()
-                self.send_response(200)
-                self.send_header("Content-Type", CONTENT_TYPE)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        try:
-            server = ThreadingHTTPServer((host, port), Handler)
-        except OSError as e:
-            from ..errors import InputError
-
-            raise InputError(f"cannot serve metrics on {host}:{port}: {e.strerror}", field="--metrics-port") from None
-        server.daemon_threads = True
+        server = serve_text(self.render, host, port, "metrics")
         self._server = server
         self._switch = sys.getswitchinterval()
         sys.setswitchinterval(min(self._switch, 0.001))
-        threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
         return int(server.server_address[1])
 
     def stop(self) -> None:
@@ -300,3 +275,38 @@ def _num(v: float) -> str:
 
 def _le(b: float) -> str:
     return repr(float(b))
+
+
+def serve_text(render: Callable[[], bytes], host: str, port: int, name: str) -> Any:
+    """A ThreadingHTTPServer answering GET /metrics with `render()`, serving from a daemon thread.
+
+    One implementation for the run's exporter and the `--workers` sum, so both bind, answer and fail
+    (one line, exit 2) the same way.
+    """
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path.split("?")[0] not in ("/metrics", "/"):
+                self.send_error(404)
+                return
+            body = render()
+            self.send_response(200)
+            self.send_header("Content-Type", CONTENT_TYPE)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    try:
+        server = ThreadingHTTPServer((host, port), Handler)
+    except OSError as e:
+        from ..errors import InputError
+
+        raise InputError(f"cannot serve metrics on {host}:{port}: {e.strerror}", field="--metrics-port") from None
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name=name, daemon=True).start()
+    return server

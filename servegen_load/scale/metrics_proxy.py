@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import threading
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from ..metrics.prometheus import CONTENT_TYPE
+from ..metrics.prometheus import CONTENT_TYPE, serve_text
 
 
 def parse_text(text: str) -> tuple[list[str], dict[str, list[str]], dict[str, dict[str, float]]]:
@@ -116,33 +115,8 @@ class WorkerMetrics:
 
     def serve(self, port: int, host: str) -> int:
         """Serve the sum at /metrics from a daemon thread; the bound port."""
-        agg = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                if self.path.split("?")[0] not in ("/metrics", "/"):
-                    self.send_error(404)
-                    return
-                body = agg.text().encode()
-                self.send_response(200)
-                self.send_header("Content-Type", CONTENT_TYPE)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        try:
-            server = ThreadingHTTPServer((host, port), Handler)
-        except OSError as e:
-            from ..errors import InputError
-
-            raise InputError(f"cannot serve metrics on {host}:{port}: {e.strerror}", field="--metrics-port") from None
-        server.daemon_threads = True
-        self._server = server
-        threading.Thread(target=server.serve_forever, name="metrics-sum", daemon=True).start()
-        return int(server.server_address[1])
+        self._server = serve_text(lambda: self.text().encode(), host, port, "metrics-sum")
+        return int(self._server.server_address[1])
 
     def stop(self) -> None:
         if self._server is not None:

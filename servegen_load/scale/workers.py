@@ -198,6 +198,9 @@ def pass_through(kw: dict[str, Any]) -> list[str]:
         args += ["--retries", str(kw["retries"]), "--retry-max-wait", repr(kw.get("retry_max_wait", 10.0))]
     if kw.get("insecure"):
         args.append("--insecure")
+    from ..content.setup import worker_args  # payload hook: same content options, one salt for all workers
+
+    args += worker_args(kw.get("content"))
     return args
 
 

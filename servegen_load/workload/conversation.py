@@ -6,8 +6,12 @@
   variant v = floor(u' * variants) and the prefix block ids of that variant
   (`SYSTEM_BLOCK_BASE + v * SYSTEM_BLOCK_STRIDE + i`, 512-token blocks, `prefix_tokens` = tokens);
   its input tokens are unchanged (the prompt's beginning is the system prompt).
-- **sessions** (`sessions:`): an arrival with u < share (the client's `session_share` from a
-  fitted pool where it has one) becomes turn 0 of a session named by its id; it draws K turns,
+- **sessions** (`sessions:`): `share` is the share of *requests* that belong to sessions (the
+  client's `session_share` from a fitted pool where it has one), and the workload's request
+  rate is kept: an arrival with u < share is a session slot, which starts a session with
+  probability 1/E[K] (E[K] the mean turns) and is dropped otherwise, since each session brings
+  K - 1 more requests; the others stay single requests. So N arrivals give about N requests,
+  N x share / E[K] sessions of them. A session is named by its first turn's id; it draws K turns,
   and for turns j = 1..K-1 a think time, new tokens and an output length. Turn j is the request
   `<id>/<j>` with
 
@@ -38,7 +42,7 @@ from typing import Any
 import numpy as np
 from scipy.special import gammaincinv, ndtri
 
-from ..requests import Request
+from ..requests import MAX_TOKENS, Request
 from ..scenario import DistSpec, SessionSpec, SystemPromptSpec
 from .distributions import LengthTable
 
@@ -48,7 +52,8 @@ SYSTEM_BLOCK_STRIDE = 1 << 20
 BLOCK_TOKENS = 512
 MAX_TURNS = 1000
 
-Sampler = Callable[[float], float]
+Sampler = Callable[[np.ndarray], np.ndarray]   # inverse CDF, vectorised over uniforms
+MEAN_GRID = 4096
 
 
 def uniform(seed: int, *key: Any) -> float:
@@ -58,34 +63,43 @@ def uniform(seed: int, *key: Any) -> float:
 
 
 def dist_sampler(d: DistSpec, integer_default: bool = False) -> Sampler:
-    """Inverse CDF of a `DistSpec` (see its docstring for the families)."""
+    """Inverse CDF of a `DistSpec` (see its docstring for the families), vectorised."""
     if d.values is not None:
         w = np.asarray(d.weights if d.weights is not None else [1.0] * len(d.values), dtype=np.float64)
-        table = LengthTable.from_pmf(np.asarray(d.values, dtype=np.float64), w)
-        return lambda u: float(table.sample(np.array([u]))[0])
+        return _table_sampler(LengthTable.from_pmf(np.asarray(d.values, dtype=np.float64), w))
     mean = float(d.mean or 0.0)
     fam = d.family or ("fixed" if d.cv == 0 else "gamma" if d.cv is not None else
                        "geometric" if integer_default else "exponential")
-    if fam == "fixed" or (d.cv == 0 and fam != "geometric"):
-        return lambda u: mean
+    if fam == "fixed" or (d.cv is not None and d.cv < 1e-6 and fam != "geometric"):
+        return lambda u: np.full(np.shape(u), mean)
     if fam == "exponential":
-        return lambda u: -mean * math.log1p(-u)
+        return lambda u: -mean * np.log1p(-u)
     if fam == "geometric":
         p = 1.0 / max(mean, 1.0)
         if p >= 1.0:
-            return lambda u: 1.0
-        return lambda u: 1.0 + math.floor(math.log1p(-u) / math.log1p(-p))
+            return lambda u: np.ones(np.shape(u))
+        return lambda u: 1.0 + np.floor(np.log1p(-u) / math.log1p(-p))
     cv = float(d.cv or 1.0)
     if fam == "gamma":
         k = 1.0 / (cv * cv)
-        return lambda u: float(gammaincinv(k, u)) * mean / k
+        return lambda u: gammaincinv(k, u) * (mean / k)
     s2 = math.log1p(cv * cv)  # lognormal
-    mu, s = math.log(mean) - s2 / 2, math.sqrt(s2)
-    return lambda u: math.exp(mu + s * float(ndtri(min(max(u, 1e-12), 1 - 1e-12))))
+    mu, sd = math.log(mean) - s2 / 2, math.sqrt(s2)
+    return lambda u: np.exp(mu + sd * ndtri(np.clip(u, 1e-12, 1 - 1e-12)))
 
 
 def _table_sampler(t: LengthTable) -> Sampler:
-    return lambda u: float(t.sample(np.array([u]))[0])
+    return lambda u: t.sample(np.asarray(u, dtype=np.float64))
+
+
+def draw(f: Sampler, u: float) -> float:
+    return float(f(np.array([u]))[0])
+
+
+def mean_turns(f: Sampler) -> float:
+    """E[K] of the turn count as drawn (rounded, at least 1), on a grid of uniforms."""
+    u = (np.arange(MEAN_GRID) + 0.5) / MEAN_GRID
+    return float(np.clip(np.rint(f(u)), 1, MAX_TURNS).mean())
 
 
 class ClientSessions:
@@ -93,19 +107,20 @@ class ClientSessions:
 
     def __init__(self, plan: Any, spec: SessionSpec) -> None:
         self.spec = spec
-        self.default = (spec.share, dist_sampler(spec.turns, True), dist_sampler(spec.think_time),
-                        dist_sampler(spec.new_tokens))
+        turns = dist_sampler(spec.turns, True)
+        self.default = (spec.share, turns, dist_sampler(spec.think_time), dist_sampler(spec.new_tokens),
+                        mean_turns(turns))
         self.out_fixed = dist_sampler(spec.output_tokens) if spec.output_tokens is not None else None
         self._where: dict[str, tuple[Any, int]] = {}
         for src in plan.sources:
             for ci, name in enumerate(src.names):
                 self._where[name] = (src, ci)
         self._baseline = plan.baseline
-        self._cache: dict[str, tuple[float, Sampler, Sampler, Sampler]] = {}
+        self._cache: dict[str, tuple[float, Sampler, Sampler, Sampler, float]] = {}
         self._tables: dict[tuple[str, int], Any] = {}
 
-    def params(self, client: str) -> tuple[float, Sampler, Sampler, Sampler]:
-        """(share, turns, think time, new tokens) of one client."""
+    def params(self, client: str) -> tuple[float, Sampler, Sampler, Sampler, float]:
+        """(share of requests in sessions, turns, think time, new tokens, mean turns) of one client."""
         got = self._cache.get(client)
         if got is not None:
             return got
@@ -121,7 +136,7 @@ class ClientSessions:
                     share = pool.extra.get("session_share")
                     sh = float(share[int(src.idx[ci])]) if share is not None else got[0]
                     parts = []
-                    for j, fallback in zip(range(3), got[1:], strict=True):
+                    for j, fallback in zip(range(3), got[1:4], strict=True):
                         tid = int(row[j])
                         if tid < 0:
                             parts.append(fallback)
@@ -129,14 +144,14 @@ class ClientSessions:
                         a, b = int(pool.offsets[tid]), int(pool.offsets[tid + 1])
                         parts.append(_table_sampler(LengthTable(pool.values[a:b].astype(np.float64),
                                                                 pool.cdf[a:b].astype(np.float64))))
-                    got = (sh, parts[0], parts[1], parts[2])
+                    got = (sh, parts[0], parts[1], parts[2], mean_turns(parts[0]))
         self._cache[client] = got
         return got
 
     def output(self, client: str, t: float, u: float, first: int) -> int:
         """Output tokens of a later turn: the scenario's distribution, else the client's own table."""
         if self.out_fixed is not None:
-            return max(1, round(self.out_fixed(u)))
+            return _tokens(draw(self.out_fixed, u))
         w = self._where.get(client)
         if w is not None:
             from .lengths import ClientTables
@@ -160,6 +175,11 @@ class ClientSessions:
         return first
 
 
+def _tokens(x: float) -> int:
+    """A token count drawn as a float: rounded, within 1..MAX_TOKENS."""
+    return int(min(MAX_TOKENS, max(1.0, round(x)))) if math.isfinite(x) else MAX_TOKENS
+
+
 def _order_key(r: Request, turn: int) -> tuple[int, str, int, int]:
     k0 = r.id.rpartition("#")[2].partition("/")[0]
     return (int(r.t * US + 0.5), r.client, int(k0) if k0.isdigit() else 0, turn)
@@ -175,25 +195,28 @@ def system_prompt(r: Request, spec: SystemPromptSpec, seed: int) -> None:
     r.extra["prefix_tokens"] = spec.tokens
 
 
-def session_turns(r: Request, seed: int, cs: ClientSessions, end_us: int) -> list[Request]:
-    """Turns 1..K-1 of the session started by `r` (which becomes turn 0); [] if r starts none."""
-    share, turns_s, think_s, new_s = cs.params(r.client)
+def session_turns(r: Request, seed: int, cs: ClientSessions, end_us: int) -> list[Request] | None:
+    """Turns 1..K-1 of the session started by `r` (which becomes turn 0); [] if r is a single
+    request, None if r is an arrival thinned away (see `expand`)."""
+    share, turns_s, think_s, new_s, mean_k = cs.params(r.client)
     if uniform(seed, r.id, "session") >= share:
         return []
-    k = int(min(MAX_TURNS, max(1, round(turns_s(uniform(seed, r.id, "turns"))))))
+    if uniform(seed, r.id, "start") * mean_k >= 1.0:
+        return None
+    k = int(min(MAX_TURNS, max(1, round(draw(turns_s, uniform(seed, r.id, "turns"))))))
     r.session, r.turn = r.id, 0
     out: list[Request] = []
     ratio = (r.reason_tokens / r.output_tokens) if r.reason_tokens and r.output_tokens else None
     t_us = int(r.t * US + 0.5)
     inp, prev_out = r.input_tokens, r.output_tokens
     for j in range(1, k):
-        think = max(0.0, think_s(uniform(seed, r.id, "think", j)))
-        t_us += int(think * US)
-        if t_us >= end_us:
+        think = max(0.0, draw(think_s, uniform(seed, r.id, "think", j)))
+        if not think * US < end_us - t_us:  # past the window (or not finite): the session is cut
             break
-        new = max(1, round(new_s(uniform(seed, r.id, "new", j))))
+        t_us += int(think * US)
+        new = _tokens(draw(new_s, uniform(seed, r.id, "new", j)))
         o = cs.output(r.client, r.t, uniform(seed, r.id, "out", j), r.output_tokens)
-        inp = inp + prev_out + new
+        inp = min(MAX_TOKENS, inp + prev_out + new)
         nr = Request(id=f"{r.id}/{j}", t=t_us / US, client=r.client, category=r.category,
                      input_tokens=inp, output_tokens=o, session=r.id, turn=j, think_time=round(think, 6),
                      images=r.images, audio=r.audio, video=r.video, prefix=r.prefix, extra=dict(r.extra))
@@ -220,11 +243,18 @@ def expand(requests: Iterator[Request], plan: Any) -> Iterator[Request]:
         key = _order_key(r, 0)
         while heap and heap[0][0] < key:
             yield heapq.heappop(heap)[1]
-        if sp is not None:
-            system_prompt(r, sp, seed)
         if cs is not None:
-            for nr in session_turns(r, seed, cs, end_us):
+            later = session_turns(r, seed, cs, end_us)
+            if later is None:
+                continue
+            if sp is not None:
+                system_prompt(r, sp, seed)
+            for nr in later:
+                if r.prefix is not None:
+                    nr.prefix, nr.extra = r.prefix, dict(r.extra)
                 heapq.heappush(heap, (_order_key(nr, nr.turn or 0), nr))
+        elif sp is not None:
+            system_prompt(r, sp, seed)
         yield r
     while heap:
         yield heapq.heappop(heap)[1]
