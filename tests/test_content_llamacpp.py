@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from real_servers import InferenceServer
 
 ROOT = Path(__file__).resolve().parents[1]

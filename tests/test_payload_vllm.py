@@ -8,7 +8,6 @@ probed once through usage; completions send token ids (exact, no BOS).
 from __future__ import annotations
 
 import pytest
-
 from real_servers import InferenceServer
 from test_content_llamacpp import run, unique_requests, write
 

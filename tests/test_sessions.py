@@ -4,6 +4,7 @@ history grows as specified and is cached, first turns stay open loop against a s
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
@@ -67,7 +68,7 @@ def test_generation_history_and_times(tmp_path: Path) -> None:
     for sid, turns in sessions.items():
         assert [t["turn"] for t in turns] == list(range(len(turns)))
         assert turns[0]["id"] == sid and all(t["id"] == f"{sid}/{t['turn']}" for t in turns[1:])
-        for a, b in zip(turns, turns[1:], strict=False):
+        for a, b in itertools.pairwise(turns):
             new = b["input_tokens"] - a["input_tokens"] - a["output_tokens"]
             assert new >= 1  # input grows by the previous prompt + response + new tokens
             assert b["t"] == pytest.approx(a["t"] + b["think_time"], abs=2e-6)  # lower bound of the send time
@@ -134,7 +135,7 @@ def test_fitted_session_tables_win(tmp_path: Path) -> None:
     full = [v for v in sessions.values() if v[0]["t"] < 600 - 10]
     assert full and all(len(v) == 3 for v in full)
     for v in full:
-        for a, b in zip(v, v[1:], strict=False):
+        for a, b in itertools.pairwise(v):
             assert b["think_time"] == pytest.approx(2.0, abs=1e-3)
             assert b["input_tokens"] - a["input_tokens"] - a["output_tokens"] == 40
 
@@ -159,7 +160,7 @@ def test_sessions_against_a_slow_simulator(tmp_path: Path) -> None:
     multi = [v for v in sessions.values() if len(v) > 1]
     assert len(multi) >= 5
     for turns in multi:
-        for a, b in zip(turns, turns[1:], strict=False):
+        for a, b in itertools.pairwise(turns):
             think = asked[b["id"]]["think_time"]
             # never before the previous response ended, plus the think time (µs rounding)
             assert b["sent"] >= a["last_token"] + think - 2e-6, (a, b)

@@ -456,14 +456,16 @@ def generate_to_file(scenario: str | Path | Scenario, out: str | Path, *, shard:
     seen = np.zeros(len(gen.names), dtype=bool)
     with atomic_write(out, "wb") as fh:
         fh.write(orjson.dumps(gen.header()) + b"\n")
-        s = gen.plan.scenario
-        if s.sessions is not None or s.system_prompt is not None:  # content hook: request by request
+        from .conversation import needs_expand
+
+        by_request = needs_expand(gen.plan.scenario)  # content hook: sessions, shared prefixes
+        if by_request:
             gid = {nm: i for i, nm in enumerate(gen.names)}
             for r in iter_generation(gen):
                 fh.write(r.to_json() + b"\n")
                 seen[gid[r.client]] = True
                 n += 1
-        for b in (() if s.sessions is not None or s.system_prompt is not None else gen.blocks()):
+        for b in (() if by_request else gen.blocks()):
             fh.write(fmt.format(b))
             seen[b.client] = True
             n += len(b)

@@ -26,6 +26,10 @@
   scenario's distributions; output lengths from the client's own output table (the data window
   of the session start) unless `sessions.output_tokens` is given.
 
+- **Mooncake `hash_ids`** (a `replay:` of format mooncake): each request's `prefix` is its row's
+  hash_ids, 512-token blocks (the payload cuts the last one to the prompt's length), so equal
+  hash ids are equal tokens in the run, and prefix caches hit as the trace says they did.
+
 Every draw is a hash of (seed, request id, field, turn): a session is the same whatever the shard,
 the block size or the other clients. The output order is the generator's, (t, client, k, turn),
 so shard merges stay byte-identical (`compose.merge_requests` orders `<id>/<j>` after `<id>`).
@@ -180,6 +184,15 @@ def _tokens(x: float) -> int:
     return int(min(MAX_TOKENS, max(1.0, round(x)))) if math.isfinite(x) else MAX_TOKENS
 
 
+def _with_hash_ids(requests: Iterator[Request], hashed: list[list[int]]) -> Iterator[Request]:
+    """Mooncake `hash_ids` as the requests' prefix blocks (512 tokens each, the last one partial)."""
+    for r in requests:
+        k = r.id.rpartition("#")[2]
+        if k.isdigit() and int(k) < len(hashed) and hashed[int(k)]:
+            r.prefix = hashed[int(k)]
+        yield r
+
+
 def _order_key(r: Request, turn: int) -> tuple[int, str, int, int]:
     k0 = r.id.rpartition("#")[2].partition("/")[0]
     return (int(r.t * US + 0.5), r.client, int(k0) if k0.isdigit() else 0, turn)
@@ -227,11 +240,63 @@ def session_turns(r: Request, seed: int, cs: ClientSessions, end_us: int) -> lis
     return out
 
 
+def needs_expand(s: Any) -> bool:
+    """Whether `expand` changes this scenario's requests (else they pass through untouched)."""
+    return (s.sessions is not None or s.system_prompt is not None
+            or (s.replay is not None and s.replay.format == "mooncake"))
+
+
+def mooncake_prefixes(plan: Any) -> list[list[int]] | None:
+    """The `hash_ids` of a Mooncake replay's requests, in the replay's order (None: not one).
+
+    The trace is read again (timestamps, lengths, hash_ids) and cut exactly as `workload.replay`
+    cuts it: sorted by time (stable), times from the first row, the [start, start + duration)
+    window. Used only when that gives the replay's very rows (same count and input lengths);
+    otherwise (rows the log reader skipped) a warning says prefixes are off.
+    """
+    rp, spec = plan.replay, plan.scenario.replay
+    if rp is None or spec is None or spec.format != "mooncake" or len(rp.names) != 1:
+        return None
+    import orjson
+
+    ts: list[float] = []
+    inp: list[int] = []
+    ids: list[list[int]] = []
+    with open(plan.scenario.resolve_path(spec.path), "rb") as fh:
+        for line in fh:
+            try:
+                d = orjson.loads(line)
+                t, n, h = float(d["timestamp"]) / 1000.0, int(d["input_length"]), d.get("hash_ids") or []
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+                continue
+            if isinstance(h, list) and all(isinstance(x, int) and not isinstance(x, bool) for x in h):
+                ts.append(t)
+                inp.append(n)
+                ids.append(h)
+    t_arr = np.asarray(ts, dtype=np.float64)
+    order = np.argsort(t_arr, kind="stable")
+    rel = t_arr[order] - (t_arr[order[0]] if order.size else 0.0)
+    keep = rel >= spec.start
+    if spec.duration is not None:
+        keep &= rel < spec.start + spec.duration
+    rows = order[keep]
+    if rows.size != rp.t.size or not np.array_equal(np.maximum(np.asarray(inp)[rows], 1), rp.inp):
+        import sys
+
+        print("servegen-load: warning: the Mooncake trace's rows could not be matched to the replay: "
+              "hash_ids (shared prefixes) are not used", file=sys.stderr)
+        return None
+    return [ids[i] for i in rows.tolist()]
+
+
 def expand(requests: Iterator[Request], plan: Any) -> Iterator[Request]:
     """The scenario's requests with system prompts and session turns (see the module docstring)."""
     s = plan.scenario
     sp: SystemPromptSpec | None = s.system_prompt
     ss: SessionSpec | None = s.sessions
+    hashed = mooncake_prefixes(plan)
+    if hashed is not None:
+        requests = _with_hash_ids(requests, hashed)
     if sp is None and ss is None:
         yield from requests
         return
