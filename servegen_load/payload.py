@@ -145,8 +145,9 @@ class Content:
             overhead_no_sys = overhead_sys = m.ids_overhead if ids else m.text
         fixed = leads + lex.nonce_len + sum(h.user_words + h.output for h in hist)
         if first:  # the prefix is decided once per session: as much of it as fits
-            want = int(r.extra.get("prefix_tokens") or len(st.prefix) * self.block_tokens) if st.prefix else 0
-            want = min(want, len(st.prefix) * self.block_tokens)
+            cover = len(st.prefix) * self.block_tokens
+            pt = r.extra.get("prefix_tokens")  # the prefix's length when its last block is partial
+            want = min(pt, cover) if isinstance(pt, int) and not isinstance(pt, bool) and pt >= 0 else cover
             sys_cost = (1 + overhead_sys - overhead_no_sys) if api == "chat" else 0
             room = target - overhead_no_sys - fixed - sys_cost
             st.prefix_tokens = max(0, min(want, room))
@@ -158,6 +159,11 @@ class Content:
         words = self.lex.words_for(max(0, words))
         st.turns.append(_Turn(words, new_media, max(1, r.output_tokens)))
         if folded:
+            if not self.folded_media:
+                import sys
+
+                print("servegen-load: warning: /v1/completions carries no images/audio/video: their tokens "
+                      "are sent as prompt text (use --api chat for multimodal requests)", file=sys.stderr)
             self.folded_media += media_tok
         return st, folded
 

@@ -45,14 +45,13 @@ def reasoning_summary(c: dict[str, np.ndarray], ok: np.ndarray, chunk_times: np.
     if not thinks.any():
         return None
     comp = c["completion_tokens"]
-    est = np.full(len(ok), np.nan)
-    for i in np.flatnonzero(thinks & ~(np.isfinite(rep) & (rep > 0)) & np.isfinite(comp)):
-        ct = chunk_times[offsets[i]:offsets[i + 1]]
-        if not len(ct):
-            continue
-        cut = fa[i] - first[i] if np.isfinite(fa[i]) else np.inf
-        est[i] = comp[i] * float(np.sum(ct < cut - 1e-9)) / len(ct)
     from_usage = np.isfinite(rep) & (rep > 0)
+    counts = np.diff(offsets)
+    row = np.repeat(np.arange(len(counts)), counts)  # row of each chunk
+    cut = np.where(np.isfinite(fa), fa - first, np.inf)  # chunk offsets are from the first token
+    before = np.bincount(row, weights=(chunk_times < cut[row] - 1e-9).astype(np.float64), minlength=len(counts))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        est = np.where((counts > 0) & thinks & ~from_usage, comp * before / counts, np.nan)
     reason = np.where(from_usage, rep, est)
     m = thinks & np.isfinite(reason) & np.isfinite(comp)
     if not m.any():
@@ -69,7 +68,7 @@ def session_summary(c: dict[str, np.ndarray], ok: np.ndarray) -> dict[str, Any] 
     from ..metrics.stats import dist
 
     sess = c["session"]
-    has = np.array([s is not None for s in sess], dtype=bool) if len(sess) else np.zeros(0, dtype=bool)
+    has = np.not_equal(sess, None).astype(bool) if len(sess) else np.zeros(0, dtype=bool)
     if not has.any():
         return None
     idx = np.flatnonzero(has)

@@ -410,11 +410,19 @@ class Runner:
             from .retry import Retrier
 
             self.retry = Retrier(self, cfg.retries, cfg.retry_max_wait)
+        # llama.cpp's HTTP server parks one worker thread (n_parallel + 2 of them) on every open
+        # keep-alive connection until its 5 s idle timeout: idle connections held ahead of need
+        # would make real requests wait 5 s, so against it they open only when a request needs one.
+        lean = cfg.payload.server_family == "llamacpp"
+        if lean and hasattr(self.transport, "spare"):
+            self.transport.spare = 0
         await self.transport.open()
         # Prefill the look-ahead before the clock starts: the first second must not pay for it.
         self._fill(LOOKAHEAD_S, math.inf)
         first_second = sum(1 for f in self.la if f.t_rel < self.la[0].t_rel + 1.0) if self.la else 0
         warm = min(max(first_second, 16), PREWARM_MAX, cfg.max_concurrency or PREWARM_MAX)
+        if lean:
+            warm = 0
         await self.transport.prewarm(warm)
         metrics_port = None
         if cfg.metrics_port is not None or cfg.pushgateway:

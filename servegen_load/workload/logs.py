@@ -627,7 +627,10 @@ class _CsvReader:
             except UnicodeDecodeError:
                 raise InputError("not a text log (the first line is not UTF-8)", path=ps, line=line_no) from None
             delim = max((",", "\t", ";", "|"), key=text.count)
-            names = [h.strip() for h in next(csv.reader([text], delimiter=delim))]
+            try:
+                names = [h.strip() for h in next(csv.reader([text], delimiter=delim))]
+            except (csv.Error, StopIteration):
+                raise InputError("expected a CSV header line of column names", path=ps, line=line_no) from None
             roles = _resolve_columns(self.cols, names, ps)
             conv = _Converter(ps, self.fmt, self.cols, roles)
             index = {role: names.index(col) for role, col in roles.items()}
@@ -703,7 +706,7 @@ class _CsvReader:
     def _parse_slow(self, block: bytes, index: dict[str, int], first_line: int,
                     bad: BadRows) -> tuple[dict[str, Any], np.ndarray, int]:
         """Quoted fields: the csv module, one line at a time (quoted newlines are not supported)."""
-        text = block.decode("utf-8", "replace").split("\n")
+        text = block.decode("utf-8", "replace").replace("\r", "").split("\n")  # csv refuses a bare CR
         if text and text[-1] == "":
             text.pop()
         cols: dict[str, list[str]] = {r: [] for r in index}
