@@ -51,6 +51,26 @@ def open_source(path: str, shard: str | None = None) -> tuple[Iterator[Request],
     return iter_requests(p), info
 
 
+def publish_summary(res: Any, lag_threshold: float, summary_json: str | None) -> dict[str, Any]:
+    """Summarize results, print the summary, write it to `summary_json`, warn when the client fell
+    behind: the end of every run, single-process or merged from workers."""
+    from ..metrics.render import print_summary
+    from ..metrics.stats import summarize
+
+    summary = summarize(res, lag_threshold=lag_threshold)
+    print_summary(summary)
+    if summary_json:
+        from ..atomic import atomic_write
+
+        with atomic_write(summary_json) as fh:
+            json.dump(summary, fh, indent=2)
+    if summary["fidelity"]["fell_behind"]:
+        print(f"servegen-load: WARNING: the client fell behind its schedule (send lag p99 "
+              f"{summary['latency']['send_lag']['p99'] * 1e3:.1f} ms > {lag_threshold * 1e3:g} ms); "
+              "results understate the scheduled load", file=sys.stderr)
+    return summary
+
+
 def _safe_argv(argv: list[str], key: str | None) -> list[str]:
     return [scrub(a, key) for a in argv]
 
@@ -78,8 +98,6 @@ def _run_command(source: str, output: str, *, endpoint: str | None, model: str |
                 retry_max_wait: float = 10.0, insecure: bool = False,
                 content: dict[str, Any] | None = None) -> int:
     """Run SOURCE against ENDPOINT (or the embedded simulator), print the summary; the exit code."""
-    from ..metrics.render import print_summary
-    from ..metrics.stats import summarize
     from ..results import read_results
     from .runner import RunConfig, run
 
@@ -147,17 +165,7 @@ def _run_command(source: str, output: str, *, endpoint: str | None, model: str |
                     **({"start_at": start_at, "started_unix": start_at} if start_at is not None else {})})
         outcome = run(requests, cfg)
     res = read_results(outcome.output)
-    summary = summarize(res, lag_threshold=lag_threshold)
-    print_summary(summary)
-    if summary_json:
-        from ..atomic import atomic_write
-
-        with atomic_write(summary_json) as fh:
-            json.dump(summary, fh, indent=2)
-    if summary["fidelity"]["fell_behind"]:
-        print(f"servegen-load: WARNING: the client fell behind its schedule (send lag p99 "
-              f"{summary['latency']['send_lag']['p99'] * 1e3:.1f} ms > {lag_threshold * 1e3:g} ms); "
-              "results understate the scheduled load", file=sys.stderr)
+    summary = publish_summary(res, lag_threshold, summary_json)
     if outcome.incomplete:
         print("servegen-load: WARNING: stopped twice: requests after the interruption point have no result line",
               file=sys.stderr)

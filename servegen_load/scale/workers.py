@@ -482,21 +482,8 @@ def result_ids(path: Path) -> set[str]:
 
 def summarize_run(out: Path, lag_threshold: float, summary_json: str | None, interrupted: bool) -> int:
     """The summary of the merged file, as `run` prints it; 130 when interrupted, else 0."""
-    import json
-
-    from ..metrics.render import print_summary
-    from ..metrics.stats import summarize
+    from ..dispatch.command import publish_summary
     from ..results import read_results
 
-    summary = summarize(read_results(out), lag_threshold=lag_threshold)
-    print_summary(summary)
-    if summary_json:
-        from ..atomic import atomic_write
-
-        with atomic_write(summary_json) as fh:
-            json.dump(summary, fh, indent=2)
-    if summary["fidelity"]["fell_behind"]:
-        print(f"servegen-load: WARNING: the client fell behind its schedule (send lag p99 "
-              f"{summary['latency']['send_lag']['p99'] * 1e3:.1f} ms > {lag_threshold * 1e3:g} ms); "
-              "results understate the scheduled load", file=sys.stderr)
+    publish_summary(read_results(out), lag_threshold, summary_json)
     return EXIT_INTERRUPTED if interrupted else 0
