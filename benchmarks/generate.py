@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from servegen_load.requests_io import RowFormatter  # noqa: E402
+from servegen_load.requests_writer import RowFormatter  # noqa: E402
 from servegen_load.scenario import parse_scenario  # noqa: E402
 from servegen_load.workload.compose import prepare  # noqa: E402
 from servegen_load.workload.plan import CATEGORIES  # noqa: E402

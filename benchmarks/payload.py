@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from servegen_load.content.media import deflate_zeros
-from servegen_load.payload import Content, PayloadOptions, build_body
+from servegen_load.content.payload import Content, PayloadOptions, build_body
 from servegen_load.workload.compose import iter_scenario_requests
 
 SCENARIOS = {

@@ -12,7 +12,7 @@ the run: high means the machine, other people's work included, was short of CPU)
 
 Read it with the machine in mind: N workers need N cores besides the fake server's; on a 2-core
 machine the fake server, the workers and anything else running share two cores, so `--workers 2`
-can only show what is left once they all compete. `servegen_load.scale.workers.PROCESS_RATE` (what
+can only show what is left once they all compete. `servegen_load.run.workers.PROCESS_RATE` (what
 `--workers auto` assumes one process sustains) comes from the single-process rows.
 """
 

@@ -3,7 +3,7 @@
 #
 #   scripts/setup_real_servers.sh [--llamacpp] [--vllm] [--prometheus]     (no flag = all three)
 #
-# Everything lands under $SERVEGEN_E2E_DIR (default: .e2e/ in the repo, gitignored):
+# Everything lands under $SERVEGEN_E2E_DIR (default: ~/.cache/servegen-load/e2e, shared by pytest and .ci/run):
 #   llamacpp/venv      xllamacpp (llama.cpp's own C++ server as a wheel) + gguf + numpy
 #   llamacpp/tiny.gguf random 7.6M-param LLaMA GGUF; --eos-logit 8 makes it stop early by itself, so a
 #                      test that gets exactly max_tokens back proves ignore_eos really forced the length
@@ -23,7 +23,7 @@ set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 SERVERS=${SERVEGEN_SHARED_SERVERS:-$REPO/../shared/servers}
-E2E=${SERVEGEN_E2E_DIR:-$REPO/.e2e}
+E2E=${SERVEGEN_E2E_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/servegen-load/e2e}
 PY=${PYTHON:-python3}
 WHEELHOUSE=${SERVEGEN_WHEELHOUSE:-${XDG_CACHE_HOME:-$HOME/.cache}/servegen-load/wheels}
 

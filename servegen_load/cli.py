@@ -6,10 +6,14 @@ Every user mistake surfaces as one line on stderr and exit code 2 (see `main`).
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from .errors import InputError
+
+if TYPE_CHECKING:
+    from .run.spec import RunSpec
 
 app = typer.Typer(
     name="servegen-load",
@@ -18,6 +22,45 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            v = version("servegen-load")
+        except PackageNotFoundError:
+            from . import __version__ as v
+        print(f"servegen-load {v}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", help="Print the version and exit.",
+                                       callback=_version, is_eager=True)) -> None:
+    """Realistic per-client LLM workloads (ServeGen) and an open-loop load generator."""
+
+
+
+
+def _flags_take_no_value() -> None:
+    """typer 0.29 shows `<bool>` beside every flag (`--json`, even `--help`), as if it took a
+    value: a flag's type column stays empty."""
+    from typer.core import TyperOption
+
+    show = TyperOption.display_type_rich
+    if getattr(show, "_flags_fixed", False):
+        return
+
+    def display_type_rich(self: TyperOption, ctx: typer.Context) -> str | None:  # type: ignore[name-defined]
+        return None if self.is_flag else show(self, ctx)
+
+    display_type_rich._flags_fixed = True  # type: ignore[attr-defined]
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+_flags_take_no_value()
 pool_app = typer.Typer(help="Client pools: import ServeGen data, list shipped pools.", no_args_is_help=True)
 app.add_typer(pool_app, name="pool")
 
@@ -45,7 +88,7 @@ def pool_import(
     pool = import_servegen(folder, name=name, category=category, ks_max=ks_max, command=cmd, progress=not quiet)
     pool.save(output)
     print(f"wrote {output}: {pool.name} ({pool.category}), {pool.n_clients} clients, "
-          f"{pool.span / 86400:g} days, {pool.offsets.size - 1} length tables, "
+          f"{pool.span / 86400:g} day{'' if pool.span == 86400 else 's'}, {pool.offsets.size - 1} length tables, "
           f"{len(pool.fallback)} with fallback lengths", file=sys.stderr)
 
 
@@ -56,15 +99,30 @@ def generate_cmd(
     seed: int | None = typer.Option(None, "--seed", help="Replace the scenario's seed."),
     shard: str | None = typer.Option(None, "--shard", help="i/N: only shard i (0-based) of N, split by client."),
     duration: float | None = typer.Option(None, "--duration", help="Replace the scenario's `duration` (seconds)."),
+    rate: float | None = typer.Option(None, "--rate", help="Replace the scenario's rate level by this mean req/s (as `run --rate`; not for a replay)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress line."),
 ) -> None:
     """Generate a scenario's requests as time-ordered JSONL (deterministic by seed, streaming)."""
+    from .outputs import check_paths
     from .workload.compose import generate_to_file
 
-    r = generate_to_file(scenario, output, shard=shard, seed=seed, duration=duration,
+    check_paths([("-o", output)], [("SCENARIO", scenario)])  # outputs hook: never overwrite the input
+    source: object = scenario
+    if rate is not None:
+        from .run.source import scenario_with
+
+        if not rate > 0:
+            raise InputError(f"expected a rate > 0, got {rate}", field="--rate")
+        source = scenario_with(scenario, rate)
+        if source.kind == "replay":  # type: ignore[attr-defined]
+            raise InputError("a replay keeps its trace's timing: set replay.time_scale", field="--rate")
+    r = generate_to_file(source, output, shard=shard, seed=seed, duration=duration,  # type: ignore[arg-type]
                          progress=not quiet and sys.stderr.isatty())
-    print(f"wrote {r['output']}: {r['requests']} requests from {r['active_clients']} of {r['clients']} clients "
-          f"over {r['duration']:g} s (expected {r['expected_requests']:g}) in {r['seconds']:.2f} s", file=sys.stderr)
+    d = r["duration"]
+    per_s = (lambda n: f"{n / d:.3g} req/s") if d > 0 else (lambda n: "-")
+    print(f"wrote {r['output']}: {r['requests']} requests ({per_s(r['requests'])}) from {r['active_clients']} of "
+          f"{r['clients']} clients over {d:g} s; intended {r['expected_requests']:g} ({per_s(r['expected_requests'])}) "
+          f"in {r['seconds']:.2f} s", file=sys.stderr)
 
 
 @pool_app.command("list")
@@ -180,8 +238,19 @@ def compare_cmd(
     ignore: list[str] = typer.Option([], "--ignore", help="Row keys (globs) left out of the distance, e.g. 'rate.*'."),  # noqa: B008
     range_a: str | None = typer.Option(None, "--range-a", help="Use only START:END seconds after A's first request."),
     range_b: str | None = typer.Option(None, "--range-b", help="Use only START:END seconds after B's first request."),
+    time_column: str | None = typer.Option(None, "--time-column", help="Time column of the log(s) (default: guessed)."),
+    time_unit: str = typer.Option("auto", "--time-unit", help="auto, s, ms, us, ns or iso (logs)."),
+    client_column: str | None = typer.Option(None, "--client-column", help="Client/tenant column ('' for none)."),
+    session_column: str | None = typer.Option(None, "--session-column", help="Session/conversation id column."),
+    input_column: str | None = typer.Option(None, "--input-column", help="Input (prompt) token column."),
+    output_column: str | None = typer.Option(None, "--output-column", help="Output (completion) token column."),
+    reason_column: str | None = typer.Option(None, "--reason-column", help="Reasoning token column."),
+    column: list[str] = typer.Option([], "--column", help="ROLE=NAME for any role, e.g. image_count=n_images."),  # noqa: B008
 ) -> None:
-    """Realism statistics of two request streams side by side, one distance at the bottom."""
+    """Realism statistics of two request streams side by side, one distance at the bottom.
+
+    The column options are `fit`'s and apply to the log(s) among A and B (CSV, JSONL, Azure,
+    Mooncake), not to requests or results files, whose columns are known."""
     import json
 
     from .atomic import atomic_write
@@ -193,12 +262,16 @@ def compare_cmd(
     if max_distance is not None and not max_distance >= 0:
         raise InputError(f"expected a distance >= 0, got {max_distance}", field="--max-distance")
     logs = []
+    read_as: list[str] = []  # printed once both streams are usable (bad input stays one line)
+    log_cols = _column_map(time_column, time_unit, client_column, session_column, input_column, output_column,
+                           reason_column, column)
 
-    def load(path: str, fmt: str, rng: str | None, option: str) -> object:
+    def load(path: str, fmt: str, rng: str | None, option: str, which: str) -> object:
         window = _time_range(rng, option)
         f = detect_format(path) if fmt == "auto" else fmt
-        cols = ColumnMap(time=results_time) if f == "results" else None
+        cols = ColumnMap(time=results_time) if f == "results" else None if f == "requests" else log_cols
         log = load_log(path, f, cols, warn=False)  # bad-row warnings once both streams are usable
+        read_as.append(f"servegen-load: {which}: {path}: read as {log.describe()}")
         logs.append(log)
         if window is not None:
             log = log.time_range(*window)
@@ -206,7 +279,9 @@ def compare_cmd(
                 raise InputError(f"no requests in {option} {rng}", path=path)
         return stream_stats(log, path if window is None else f"{path} [{rng}]")
 
-    sa, sb = load(a, format_a, range_a, "--range-a"), load(b, format_b, range_b, "--range-b")
+    sa, sb = load(a, format_a, range_a, "--range-a", "A"), load(b, format_b, range_b, "--range-b", "B")
+    for line in read_as:
+        print(line, file=sys.stderr)
     for log in logs:
         warn_bad_rows(log)
     cmp = compare_streams(sa, sb, ignore=ignore)
@@ -232,9 +307,10 @@ def compare_cmd(
 RUN_EPILOG = (
     "Exit codes: 0 the schedule ran to its end (failed requests are results: judge them with "
     "`gate`; an endpoint that goes away mid-run keeps the run going, its requests end as connect_error); "
-    "2 bad input; 3 not one request succeeded; 130 stopped by SIGINT or SIGTERM (the results file still "
+    "1 an SLO (--slo, a scenario's slo:) failed; 2 bad input; 3 not one request succeeded; "
+    "4 the results could not be written; 130 stopped by SIGINT or SIGTERM (the results file still "
     "holds one line per scheduled request). Failure statuses: http_error (with http_status), timeout, "
-    "disconnect, connect_error, protocol_error (incl. a stream without [DONE]), cancelled; "
+    "disconnect, connect_error, protocol_error (incl. a stream without [DONE]), client_error, cancelled; "
     "see docs/reliability.md."
 )
 
@@ -249,25 +325,32 @@ def run_cmd(
     server_family: str | None = typer.Option(None, "--server-family", help="How output length is forced: vllm, sglang, llamacpp, openai, sim (default: vllm; sim without --endpoint)."),
     api_key_file: str | None = typer.Option(None, "--api-key-file", help="File holding the API key (default: $OPENAI_API_KEY). Never written anywhere."),
     max_concurrency: int | None = typer.Option(None, "--max-concurrency", help="Cap on requests in flight; waiting time is recorded as queue_time."),
-    duration: float | None = typer.Option(None, "--duration", help="Only requests scheduled before this many seconds."),
+    duration: float | None = typer.Option(None, "--duration", help="Only requests scheduled before this many seconds (after --rate)."),
+    rate: float | None = typer.Option(None, "--rate", help="Mean req/s: a scenario's own `rate` (same duration); a requests file or replay is compressed in time to it (same count)."),
+    count: int | None = typer.Option(None, "--count", help="Stop after the first N requests."),
+    slo: list[str] = typer.Option([], "--slo", help="SLO checked when the run ends, e.g. 'ttft_p99<=2s' (repeatable; adds to a scenario's `slo:`); a failed one exits 1."),  # noqa: B008
     timeout_connect: float = typer.Option(10.0, "--timeout-connect", help="Seconds to open a connection."),
     timeout_first_token: float = typer.Option(300.0, "--timeout-first-token", help="Seconds from send to the first token."),
     timeout_total: float = typer.Option(1800.0, "--timeout-total", help="Seconds from send to the end of the response."),
     timeout_idle: float = typer.Option(120.0, "--timeout-idle", help="Seconds without a token after the first one (a stalled stream ends as timeout)."),
-    retries: int = typer.Option(0, "--retries", help="Re-send a request that failed with HTTP 429/503 or could not connect, before any token, up to N times (default 0: never). Counted in `retries`."),
+    retries: int = typer.Option(0, "--retries", help="Re-send a request that failed with HTTP 429/503, could not connect, or whose kept-alive connection closed before any byte of answer, up to N times (default 0: never re-sent). Counted in `retries` and `attempts`."),
     retry_max_wait: float = typer.Option(10.0, "--retry-max-wait", help="Cap in seconds on a retry's wait (Retry-After, else back-off 0.5 s, 1 s, 2 s...)."),
     insecure: bool = typer.Option(False, "--insecure", help="Do not verify the endpoint's TLS certificate (self-signed test servers)."),
     metrics_port: int | None = typer.Option(None, "--metrics-port", help="Serve Prometheus /metrics on this port (0: any free port)."),
     metrics_host: str = typer.Option("127.0.0.1", "--metrics-host", help="Address the /metrics server binds."),
     metrics_linger: float = typer.Option(0.0, "--metrics-linger", help="Keep /metrics up this many seconds after the run (final values)."),
     pushgateway: str | None = typer.Option(None, "--pushgateway", help="Push the final metrics to this Pushgateway (host:port or URL)."),
+    push_timeout: float = typer.Option(5.0, "--push-timeout", help="Seconds the end of the run waits for the Pushgateway (then warns and exits)."),
     transport: str = typer.Option("raw", "--transport", help="raw (lean asyncio HTTP/1.1, default) or aiohttp (proxies from the environment)."),
+    max_event_bytes: int = typer.Option(4 << 20, "--max-event-bytes", help="Cap on one SSE event of an answer (bytes); past it the request ends as protocol_error."),
+    max_prompt_tokens: int = typer.Option(1 << 21, "--max-prompt-tokens", help="Cap on a request's input + media tokens, checked before its body is built; past it the request is not sent (client_error)."),
     lag_threshold_ms: float = typer.Option(10.0, "--lag-threshold-ms", help="Warn when the send lag p99 exceeds this."),
     progress: str = typer.Option("auto", "--progress", help="auto, live, plain or off (progress goes to stderr)."),
     summary_json: str | None = typer.Option(None, "--summary-json", help="Also write the summary as JSON here."),
     sim_preset: str | None = typer.Option(None, "--sim-preset", help="Engine preset of the embedded simulator (no --endpoint)."),
     # --- scale-out (servegen_load/scale) ---
     shard: str | None = typer.Option(None, "--shard", help="i/N: send only shard i (0-based) of N, split by client (merge the N results files with `report`)."),
+    shard_by: str = typer.Option("client", "--shard-by", help="How --shard splits: client, or request (request k to shard k mod N; --workers/--ray pick it when there are fewer clients than shards)."),
     start_at: float | None = typer.Option(None, "--start-at", help="Unix time (s) of t = 0, shared by all shards; already past: start at once, lateness shows as send lag."),
     workers: str | None = typer.Option(None, "--workers", help="N or auto: run N processes (one shard each, common start), merge into one results file and summary."),
     ray: str | None = typer.Option(None, "--ray", help="[ADDRESS] One Ray actor per shard (needs the `ray` extra). ADDRESS: auto (RAY_ADDRESS / running cluster), ray://host:port, host:port; bare --ray: a local cluster. Shards: --workers N, else the cluster's CPUs."),
@@ -279,35 +362,51 @@ def run_cmd(
     content_salt: str | None = typer.Option(None, "--content-salt", help="Hex salt of nonces and prefix blocks (default: random per run, so an earlier run's cache never helps)."),
 ) -> None:
     """Send every request at its scheduled time (open loop) and record one result line per request."""
-    from .dispatch.command import run_command
-    from .dispatch.limits import Timeouts
+    spec = _run_spec(dict(locals()))  # every parameter above is a RunSpec field of the same name
+    from .run import run
 
-    code = run_command(
-        source, output, endpoint=endpoint, model=model, api=api, server_family=server_family,
-        api_key_file=api_key_file, max_concurrency=max_concurrency, duration=duration,
-        timeouts=Timeouts(timeout_connect, timeout_first_token, timeout_total, timeout_idle), metrics_port=metrics_port,
-        metrics_host=metrics_host, metrics_linger=metrics_linger, pushgateway=pushgateway, transport=transport,
-        lag_threshold=lag_threshold_ms / 1e3, progress=progress, summary_json=summary_json, sim_preset=sim_preset,
-        shard=shard, start_at=start_at, workers=workers, ray=ray,
-        retries=retries, retry_max_wait=retry_max_wait, insecure=insecure,
-        content={"prompt_format": prompt_format, "tokenizer": tokenizer, "image_patch": image_patch,
-                 "prefix_block": prefix_block, "content_salt": content_salt})
+    code = run(spec)
     if code:
         sys.exit(code)
+
+
+def _run_spec(params: dict[str, Any]) -> RunSpec:
+    from .run.spec import RunSpec
+
+    return RunSpec.build(**{k: tuple(v) if k == "slo" else v for k, v in params.items()})
+
+
+def parse_run_argv(args: list[str]) -> RunSpec:
+    """The spec `servegen-load run ARGS` would run (nothing is run): what a `--workers` child parses
+    from `RunSpec.to_argv`, so tests can compare the two."""
+    group: Any = typer.main.get_command(app)
+    ctx = group.commands["run"].make_context("run", list(args))
+    return _run_spec(ctx.params)
 
 
 @app.command("report")
 def report_cmd(
     results: list[str] = typer.Argument(..., help="One or more results files (merged)."),  # noqa: B008
-    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
-    output: str | None = typer.Option(None, "-o", "--output", help="Also write the JSON summary to this file."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON (without the per-request samples -o writes)."),
+    output: str | None = typer.Option(None, "-o", "--output", help="Also write the JSON summary, with per-request samples for `gate --baseline`, to this file."),
     lag_threshold_ms: float = typer.Option(10.0, "--lag-threshold-ms", help="Send lag p99 above this means the client fell behind."),
     html: str | None = typer.Option(None, "--html", help="Also write a self-contained HTML report with plots (needs the `report` extra)."),
+    csv: str | None = typer.Option(None, "--csv", help="Also write one CSV row per request to this file (- : stdout)."),
+    warmup: float = typer.Option(0.0, "--warmup", help="Exclude requests scheduled in the first S seconds."),
+    slo: list[str] = typer.Option([], "--slo", help="Also check this SLO, e.g. 'ttft_p99<=2s' (repeatable; `gate` makes it an exit code)."),  # noqa: B008
+    slo_file: str | None = typer.Option(None, "--slo-file", help="YAML file with `slo:` and optional `request_slo:`."),
+    request_slo: str | None = typer.Option(None, "--request-slo", help="Per-request SLO defining goodput, e.g. 'ttft<=2s,tpot<=100ms'."),
+    merge_unrelated: bool = typer.Option(False, "--merge-unrelated", help="Merge results files of different runs (refused by default)."),
 ) -> None:
-    """Summarize results: TTFT, TPOT, ITL, E2E, send lag, throughput, errors, fidelity (or a plan's capacity file)."""
-    from .report.command import report_command  # the summary JSON carries gate's bootstrap samples
+    """Summarize results: TTFT, TPOT, ITL, E2E, send lag, throughput, errors, goodput (or a plan's capacity file)."""
+    from .report.command import report_command
+    from .slo import build_slos
 
-    report_command(results, as_json=as_json, output=output, lag_threshold=lag_threshold_ms / 1e3, html=html)
+    slos = build_slos(slo, slo_file, request_slo) if slo or slo_file or request_slo else None
+    code = report_command(results, as_json=as_json, output=output, lag_threshold=lag_threshold_ms / 1e3, html=html,
+                          warmup=warmup, slos=slos, csv=csv, merge_unrelated=merge_unrelated)
+    if code:
+        sys.exit(code)
 
 
 @app.command()
@@ -380,7 +479,8 @@ def plan_cmd(
     api: str = typer.Option("chat", "--api", help="chat or completions."),
     server_family: str | None = typer.Option(None, "--server-family", help="vllm, sglang, llamacpp, openai, sim (default: vllm; sim without --endpoint)."),
     api_key_file: str | None = typer.Option(None, "--api-key-file", help="File holding the API key (default: $OPENAI_API_KEY)."),
-    preset: str | None = typer.Option(None, "--preset", help="Simulator engine preset (no --endpoint; default llama3-8b-h100)."),
+    preset: str | None = typer.Option(None, "--preset", help="Engine preset or preset YAML (e.g. from `calibrate`) planned without --endpoint (default llama3-8b-h100)."),
+    clock: str = typer.Option("auto", "--clock", help="virtual: the preset's engine model on a virtual clock (seconds for hours of load); real: run every step; auto: virtual without --endpoint."),
     sim_param: list[str] = typer.Option([], "--sim-param", help="Simulator engine parameter NAME=VALUE (repeatable)."),  # noqa: B008
     sim_time_scale: float = typer.Option(1.0, "--sim-time-scale", help="Slow the simulated engine down (2.0 = twice as slow)."),
     replicas_for: float | None = typer.Option(None, "--replicas-for", help="Peak rate (req/s) to size replicas for."),
@@ -394,8 +494,12 @@ def plan_cmd(
     html: str | None = typer.Option(None, "--html", help="Also write the capacity curve as a self-contained HTML page."),
     output: str | None = typer.Option(None, "-o", "--output", help="Write the capacity JSON here (capacity.json)."),
     results_dir: str | None = typer.Option(None, "--results-dir", help="Keep every step's results file in this folder."),
+    tokenizer: str | None = typer.Option(None, "--tokenizer", help="As `run --tokenizer`: how steps count text tokens (DIR, server or words)."),
+    prompt_format: str = typer.Option("auto", "--prompt-format", help="As `run --prompt-format`: ids, text or auto."),
+    concurrency: str | None = typer.Option(None, "--concurrency", help="Closed-loop sweep instead of the search: levels like 1,2,4,8, each keeping N requests in flight (servegen_load/sweep.py)."),
+    concurrency_rounds: int = typer.Option(8, "--concurrency-rounds", help="Requests per sweep level = rounds x N (at least 16)."),
 ) -> None:
-    """Search the largest load scale meeting every SLO; the capacity curve, knee and replicas."""
+    """Search the largest load scale meeting every SLO; the capacity curve, knee and replicas (or a concurrency sweep)."""
     import json
     from pathlib import Path
 
@@ -413,9 +517,18 @@ def plan_cmd(
                        start_scale=start_scale, max_steps=max_steps, endpoint=endpoint, model=model, api=api,
                        server_family=server_family, api_key=load_api_key(Path(api_key_file) if api_key_file else None),
                        preset=preset, sim_params=parse_params(sim_param), sim_time_scale=sim_time_scale,
-                       results_dir=results_dir)
+                       results_dir=results_dir, clock=clock, tokenizer=tokenizer, prompt_format=prompt_format)
     if endpoint is not None and (preset or sim_param or sim_time_scale != 1.0):
         raise InputError("--preset/--sim-param/--sim-time-scale apply to the embedded simulator only (no --endpoint)")
+    if concurrency is not None:  # sweep hook: closed-loop levels (servegen_load/sweep.py)
+        from .sweep import concurrency_sweep, parse_levels, render_sweep
+
+        sweep = concurrency_sweep(scenario, parse_levels(concurrency), slos, opts, rounds=concurrency_rounds)
+        if output:
+            with atomic_write(output) as fh:
+                fh.write(json.dumps(sweep, indent=2) + "\n")
+        print(render_sweep(sweep), flush=True)
+        return
     doc = plan_capacity(scenario, slos, opts, compare_naive=compare == "naive", replicas_for=replicas_for,
                         headroom=parse_fraction(headroom, "--headroom"))
     if output:
@@ -429,13 +542,68 @@ def plan_cmd(
     print_capacity(doc)
 
 
+@app.command("calibrate")
+def calibrate_cmd(
+    paths: list[str] = typer.Argument(None, help="With --from: results files to fit; with --check: the held-out scenario."),  # noqa: B008
+    endpoint: str | None = typer.Option(None, "--endpoint", help="OpenAI-compatible base URL to probe (or to check against)."),
+    from_results: bool = typer.Option(False, "--from", help="Fit the results files given as arguments instead of probing (streamed runs with chunk times, e.g. a kept --probe-dir)."),
+    output: str = typer.Option("calibrated.yaml", "-o", "--output", help="The preset YAML to write."),
+    model: str | None = typer.Option(None, "--model", help="Model name (default: the endpoint's first model)."),
+    server_family: str | None = typer.Option(None, "--server-family", help="vllm, sglang, llamacpp, openai, sim (how exact output lengths are asked for; default vllm)."),
+    api_key_file: str | None = typer.Option(None, "--api-key-file", help="File holding the API key (default: $OPENAI_API_KEY)."),
+    probe_dir: str | None = typer.Option(None, "--probe-dir", help="Keep the probe's results files here (for `calibrate --from`)."),
+    probe_concurrency: int = typer.Option(16, "--probe-concurrency", help="Largest burst of the probe (set it above the server's batch limit to measure it)."),
+    probe_output: int = typer.Option(48, "--probe-output", help="Output tokens of each burst request."),
+    probe_max_prompt: int = typer.Option(2048, "--probe-max-prompt", help="Longest probe prompt (the long bursts use half); keep it near your traffic's long prompts."),
+    check: bool = typer.Option(False, "--check", help="Replay SCENARIO on --endpoint and on --preset's twin; print predicted vs measured."),
+    preset: str | None = typer.Option(None, "--preset", help="With --check: the calibrated preset YAML."),
+    slo: list[str] = typer.Option([], "--slo", help="With --check: also plan both with these SLOs and compare capacities (repeatable)."),  # noqa: B008
+    step_duration: float = typer.Option(20.0, "--step-duration", help="With --check --slo: measured seconds of each plan step."),
+    warmup: float = typer.Option(3.0, "--warmup", help="With --check --slo: warm-up seconds of each plan step."),
+    max_steps: int = typer.Option(8, "--max-steps", help="With --check --slo: at most this many steps per plan."),
+    results: str | None = typer.Option(None, "--results", help="With --check: keep the measured run's results here."),
+    as_json: str | None = typer.Option(None, "--json", help="Also write what was printed as JSON to this file."),
+) -> None:
+    """Fit the simulator's engine model to an endpoint (a twin for `plan --preset`), or --check a twin."""
+    import json
+    from pathlib import Path
+
+    from .atomic import atomic_write
+    from .calibrate import command as cal
+    from .dispatch.endpoint import load_api_key
+
+    key = load_api_key(Path(api_key_file) if api_key_file else None)
+    paths = list(paths or [])
+    if check:
+        if not (preset and endpoint and len(paths) == 1):
+            raise InputError("--check needs --preset FILE, --endpoint URL and one SCENARIO")
+        scenario = paths[0]
+        from .slo import build_slos
+
+        doc = cal.check(preset=preset, endpoint=endpoint, scenario=scenario, model=model, server_family=server_family,
+                        api_key=key, results=results, slos=build_slos(slo, None, None) if slo else None,
+                        step_duration=step_duration, warmup=warmup, max_steps=max_steps)
+    else:
+        if paths and not from_results:
+            raise InputError("results files are fitted with --from; a SCENARIO is only used with --check")
+        if from_results and not paths:
+            raise InputError("--from needs results files")
+        doc = cal.calibrate(endpoint=endpoint, inputs=paths, output=output, model=model,
+                            server_family=server_family, api_key=key, probe_dir=probe_dir,
+                            max_concurrency=probe_concurrency, probe_output=probe_output,
+                            probe_max_prompt=probe_max_prompt)
+    if as_json:
+        with atomic_write(as_json) as fh:
+            fh.write(json.dumps(doc, indent=2, default=str) + "\n")
+
+
 def main() -> None:
     """Entry point: map expected errors to one-line messages and exit code 2, never a traceback.
 
     Typer runs in standalone mode, so usage errors exit 2 and `typer.Exit(code)` keeps its code;
     our own `InputError`s and unreadable files escape it and are turned into one line here.
     """
-    from .scale.cli_args import optional_ray_address  # scale hook: `run --ray` without an address
+    from .run.ray_address import optional_ray_address  # `run --ray` without an address
 
     sys.argv[1:] = optional_ray_address(sys.argv[1:])
     import signal

@@ -24,18 +24,20 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .errors import InputError
+from .formats import EXIT_FAIL, SAMPLES_FORMAT
+from .formats import EXIT_OK as EXIT_PASS
 from .metrics import stats
+from .metrics.summary import Goodput
 from .results import RESULTS_FORMAT, Results, read_results
 from .slo import Check, SLOSet, after_warmup, evaluate, format_threshold, format_value
 
-SAMPLES_FORMAT = "servegen-load/samples/v1"
 SAMPLE_ROWS = 2000
 SAMPLE_COLUMNS = ("scheduled", "ttft", "tpot", "e2e", "user_ttft", "user_e2e")
 BOOTSTRAP_RESAMPLES = 1000
@@ -44,22 +46,16 @@ MIN_SAMPLES = 20
 DEFAULT_METRICS = tuple(f"{m}_p{p}" for m in ("ttft", "tpot", "e2e") for p in (50, 90, 99))
 SEED = 20240601
 
-EXIT_PASS, EXIT_FAIL, EXIT_INPUT = 0, 1, 2
 
 
 # --- per-request samples (the baseline's payload) ---
 
 def request_latencies(res: Results) -> dict[str, np.ndarray]:
     """Per ok request: scheduled, ttft, tpot, e2e, user_ttft, user_e2e (the stats definitions)."""
-    c = res.cols
-    ok = c["status"] == "ok"
-    sent = c["sent"][ok]
-    ttft = stats.ttft(c["first_token"][ok], sent)
-    e2e = stats.e2e(c["last_token"][ok], sent)
-    toks = stats.output_tokens(c["completion_tokens"], res.chunk_counts)[ok]
-    felt = stats.send_lag(sent, c["scheduled"][ok], c["queue_time"][ok]) + np.nan_to_num(c["queue_time"][ok])
-    return {"scheduled": c["scheduled"][ok], "ttft": ttft, "tpot": stats.tpot(e2e, ttft, toks), "e2e": e2e,
-            "user_ttft": ttft + felt, "user_e2e": e2e + felt}
+    m = stats.request_metrics(res)
+    ok = m["ok"]
+    return {"scheduled": res.cols["scheduled"][ok],
+            **{k: m[k][ok] for k in ("ttft", "tpot", "e2e", "user_ttft", "user_e2e")}}
 
 
 def latency_samples(res: Results, max_rows: int = SAMPLE_ROWS, seed: int = SEED) -> dict[str, Any]:
@@ -204,6 +200,7 @@ class GateResult:
     n_requests: int = 0
     warmup: float = 0.0
     confidence: float = 0.95
+    goodput: Goodput | None = None  # `slo.goodput_summary` when a per-request SLO was given
 
     @property
     def passed(self) -> bool:
@@ -221,15 +218,16 @@ class GateResult:
     def to_dict(self) -> dict[str, Any]:
         return {"passed": self.passed, "requests": self.n_requests, "warmup_s": self.warmup,
                 "checks": [c.to_dict() for c in self.checks],
-                "regressions": [r.to_dict() for r in self.regressions], "failed": self.failed}
+                "regressions": [r.to_dict() for r in self.regressions], "failed": self.failed,
+                "goodput": None if self.goodput is None else asdict(self.goodput)}
 
 
 def run_gate(paths: list[str], slos: SLOSet, *, baseline: str | None = None, max_regression: float = 0.10,
              warmup: float = 0.0, metrics: tuple[str, ...] = DEFAULT_METRICS, confidence: float = 0.95,
              lag_threshold: float = stats.DEFAULT_LAG_THRESHOLD) -> GateResult:
     """Evaluate the SLOs and (with a baseline) the regression checks on the merged results."""
-    if not slos and baseline is None:
-        raise InputError("nothing to check: give --slo/--slo-file and/or --baseline")
+    if not slos and slos.request is None and baseline is None:
+        raise InputError("nothing to check: give --slo/--slo-file, --request-slo and/or --baseline")
     if not 0 < confidence < 1:
         raise InputError(f"expected a confidence in (0, 1), got {confidence:g}", field="--confidence")
     if max_regression < 0:
@@ -238,12 +236,16 @@ def run_gate(paths: list[str], slos: SLOSet, *, baseline: str | None = None, max
         parse_metric(m)
     res = read_results(*paths)
     if len(paths) > 1:  # shards merge only if disjoint (a file given twice would double-count)
-        from .scale.merge import check_unique_ids
+        from .run.merge import check_unique_ids
 
         check_unique_ids(res["id"], res.file_index, res.paths)
     res = after_warmup(res, warmup)
     out = GateResult(n_requests=res.n, warmup=warmup, confidence=confidence)
     out.checks = evaluate(res, slos, lag_threshold=lag_threshold)
+    if slos.request is not None:
+        from .slo import goodput_summary
+
+        out.goodput = goodput_summary(res, slos.request)
     if baseline is not None:
         base = load_baseline(baseline)
         if warmup:
@@ -283,6 +285,8 @@ def _plain_table(head: list[str], rows: list[list[str]]) -> list[str]:
 def verdict_line(g: GateResult) -> str:
     n = len(g.checks) + len(g.regressions)
     if g.passed:
+        if n == 0:
+            return f"gate: PASS (no SLO or baseline to check; goodput of {g.n_requests} requests reported)"
         return f"gate: PASS ({n} checks on {g.n_requests} requests)"
     return f"gate: FAIL ({len(g.failed)} of {n} checks failed: {', '.join(g.failed)})"
 
@@ -298,6 +302,10 @@ def render_text(g: GateResult) -> str:
     if reg_rows:
         lines += [f"regression vs baseline ({g.confidence * 100:g}% bootstrap CI of current/baseline)",
                   *_plain_table(REG_HEAD, reg_rows), ""]
+    if g.goodput is not None:
+        from .slo import goodput_line
+
+        lines.append(goodput_line(g.goodput))
     lines.append(verdict_line(g))
     return "\n".join(lines)
 
@@ -328,6 +336,10 @@ def render_rich(g: GateResult) -> Any:
     if reg_rows:
         parts.append(table(f"regression vs baseline ({g.confidence * 100:g}% bootstrap CI of current/baseline)",
                            REG_HEAD, reg_rows, 6))
+    if g.goodput is not None:
+        from .slo import goodput_line
+
+        parts.append(Text(goodput_line(g.goodput)))
     parts.append(Text(verdict_line(g), style="bold green" if g.passed else "bold red"))
     return Group(*parts)
 

@@ -5,8 +5,11 @@ prints it as rich tables on a terminal, plain text otherwise; `inspect_pool(...,
 prints the same dict as JSON. Definitions (all from the pool's arrays, no sampling):
 
 - requests of a client in a window = rate x window length; "rate-weighted" means weighted by these;
-- rate curve: for each hour of day, the mean over the pool's days of the total (all-client) rate,
-  leaving out collection gaps (windows where every client is at 0, which are missing data);
+- quiet windows: windows where every client is at 0. In a fitted pool they are real silences of
+  the log (the rate curve keeps them); in an imported ServeGen pool they are the data's collection
+  gaps (missing data: the rate curve leaves them out);
+- rate curve: for each hour of day, the mean over the pool's days of the total (all-client) rate;
+- sessions (fitted pools with a session column): the session model, `workload.session_model`;
 - CV quantiles: rate-weighted p10/p50/p90 of the per-window inter-arrival CV over active windows;
 - family shares: share of active client-windows fitted by each gap family;
 - top-k share: share of all requests carried by the k busiest clients;
@@ -26,10 +29,11 @@ from typing import Any, Literal
 import numpy as np
 
 from .errors import InputError
+from .formats import REQUESTS_FORMAT
+from .workload import arrival_fit, session_model
 from .workload.distributions import Family
 from .workload.pool import SHIPPED, ClientPool, load_pool
 
-REQUESTS_FORMAT = "servegen-load/requests/v1"
 _SPARK = "▁▂▃▄▅▆▇█"
 
 
@@ -107,7 +111,9 @@ def pool_stats(pool: ClientPool) -> dict[str, Any]:
 
     # rate curve over the day
     total = rate.sum(axis=0)
-    gap = ~active.any(axis=0)
+    quiet = ~active.any(axis=0)
+    fitted = pool.meta.get("source") == "fit"
+    gap = np.zeros_like(quiet) if fitted else quiet  # collection gaps: missing data, not silence
     hour = ((pool.window_start % 86400.0) // 3600.0).astype(np.int64)
     by_hour: list[float | None] = []
     for h in range(24):
@@ -154,7 +160,10 @@ def pool_stats(pool: ClientPool) -> dict[str, Any]:
         "client_windows": int(active.size),
         "active_client_windows": n_active,
         "active_share": round(n_active / active.size, 4) if active.size else 0.0,
-        "collection_gap_windows": int(gap.sum()),
+        "quiet_windows": int(quiet.sum()),
+        "quiet_windows_are": "silences of the log" if fitted else "collection gaps (missing data)",
+        "sessions": session_model.describe(pool),
+        "arrivals": arrival_fit.describe(pool),
         "requests": round(total_req, 1),
         "mean_rate": round(total_req / pool.span, 4) if pool.span else 0.0,
         "peak_window_rate": round(float(total.max(initial=0.0)), 4),
@@ -198,9 +207,10 @@ def _summary_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
         ("pool", f"{s['name']} ({s['category']})"),
         ("source", str(s.get("source") or "-")),
         ("clients", f"{s['clients']} ({s['active_clients']} with traffic)"),
-        ("span", f"{s['days']:g} days, {s['window_s']:g} s rate windows, {s['data_window_s']:g} s data windows"),
+        ("span", f"{s['days']:g} day{'' if s['days'] == 1 else 's'}, {s['window_s']:g} s rate windows, {s['data_window_s']:g} s data windows"),
         ("active client-windows", f"{s['active_client_windows']:,} of {s['client_windows']:,} "
-                                  f"({_pct(s['active_share'])}); collection gaps: {s['collection_gap_windows']}"),
+                                  f"({_pct(s['active_share'])}); quiet windows (every client at 0): "
+                                  f"{s['quiet_windows']}" + (f", {s['quiet_windows_are']}" if s['quiet_windows'] else "")),
         ("requests", f"{s['requests']:,.0f} (mean {s['mean_rate']:.4g} req/s, peak window "
                      f"{s['peak_window_rate']:.4g} req/s)"),
         ("gap CV (rate-weighted)", "  ".join(f"{k} {_fmt(v)}" for k, v in s["cv"].items())),
@@ -252,6 +262,10 @@ def render_pool_stats(s: dict[str, Any], *, rich: bool | None = None, file: Any 
             lt.add_row(fname, *[_fmt(q[k]) for k in ("p50", "p90", "p99", "mean")], *modes)
         con.print(lt)
         con.print(f"[bold]fallback lengths[/bold]: {_fallback_line(s)}")
+        for line in s.get("sessions") or ():
+            con.print(line, markup=False, highlight=False)
+        for line in (s.get("arrivals") or {}).get("lines", ()):
+            con.print(line, markup=False, highlight=False)
         return
     lines = [f"{k}: {v}" for k, v in _summary_rows(s)]
     lines.append(f"rate by hour (req/s, mean over days): {spark}")
@@ -261,6 +275,8 @@ def render_pool_stats(s: dict[str, Any], *, rich: bool | None = None, file: Any 
         modes = f" modes {', '.join(f'{m:g}' for m in q['modes'])}" if q.get("modes") else ""
         lines.append(f"  {fname} {' '.join(_fmt(q[k]) for k in ('p50', 'p90', 'p99', 'mean'))}{modes}")
     lines.append(f"fallback lengths: {_fallback_line(s)}")
+    lines.extend(s.get("sessions") or ())
+    lines.extend((s.get("arrivals") or {}).get("lines", ()))
     print("\n".join(lines), file=out)
 
 
@@ -278,26 +294,16 @@ def detect_kind(target: str) -> Literal["pool", "requests", "scenario"]:
     """What `inspect` was given: a pool (shipped name, `.npz`, zip), a requests JSONL, or a scenario YAML."""
     if target in SHIPPED:
         return "pool"
-    p = Path(target)
-    if not p.exists():
+    from .formats import sniff
+
+    kind = sniff(target)
+    if kind == "missing":
         raise InputError(f"no such file, and not a shipped pool name (shipped: {', '.join(SHIPPED)})", path=target)
-    if p.is_dir():
+    if kind == "directory":
         raise InputError("expected a file (pool .npz, requests .jsonl or scenario .yaml), got a directory",
                          path=target)
-    with p.open("rb") as fh:
-        head = fh.read(1 << 16)
-    if p.suffix == ".npz" or head.startswith(b"PK\x03\x04"):
-        return "pool"
-    first = head.split(b"\n", 1)[0].strip()
-    if first.startswith(b"{"):
-        try:
-            doc = json.loads(first)
-        except ValueError:
-            doc = None
-        if isinstance(doc, dict) and doc.get("format") == REQUESTS_FORMAT:
-            return "requests"
-    if p.suffix in (".yaml", ".yml"):
-        return "scenario"
+    if kind in ("pool", "requests", "scenario"):
+        return kind  # type: ignore[return-value]
     raise InputError(f"not something to inspect: expected a pool (.npz or a shipped name), a requests JSONL "
                      f"(first line with \"format\": \"{REQUESTS_FORMAT}\") or a scenario (.yaml)", path=target)
 
@@ -326,12 +332,41 @@ def print_scenario(target: str, as_json: bool = False) -> None:
         raise _missing(e, "servegen_load.scenario", target, "scenario files") from None
     sc = load_scenario(target)
     doc = sc.model_dump(mode="json") if hasattr(sc, "model_dump") else sc
+    will = scenario_expectation(sc)
     if as_json:
-        print(json.dumps(doc, indent=2, default=str))
+        print(json.dumps({**doc, "will_generate": will}, indent=2, default=str))
     else:
         import yaml
 
         print(yaml.safe_dump(doc, sort_keys=False) if isinstance(doc, dict) else doc, end="")
+        print(render_expectation(will))
+
+
+def scenario_expectation(sc: Any, top: int = 5) -> dict[str, Any]:
+    """What the scenario will generate, from its resolved plan (no request is drawn): expected
+    requests, the intended mean and peak rates, active clients and the top clients' shares."""
+    from .workload.compose import peak_rate, prepare
+
+    gen = prepare(sc)
+    table = gen.plan.client_table()
+    total = sum(e for _, e, _ in table)
+    active = sorted(((e, n) for n, e, _ in table if e > 0), reverse=True)
+    dur = gen.duration
+    return {"expected_requests": round(total, 1), "run_seconds": dur, "mean_rate": total / dur if dur > 0 else None,
+            "peak_rate": peak_rate(gen.plan) or None, "clients": len(table), "active_clients": len(active),
+            "top_clients": [{"client": n, "expected_requests": round(e, 1), "share": e / total if total else None}
+                            for e, n in active[:top]],
+            "note": "expected values: bursty clients make one seed's count differ (see the file's header)"}
+
+
+def render_expectation(w: dict[str, Any]) -> str:
+    rate = "-" if w["mean_rate"] is None else f"{w['mean_rate']:.3g}"
+    peak = f", busiest window {w['peak_rate']:.3g} req/s" if w["peak_rate"] else ""
+    lines = [f"will generate: about {w['expected_requests']:g} requests over {w['run_seconds']:g} s of run time "
+             f"(mean {rate} req/s{peak}), {w['active_clients']} of {w['clients']} clients active",
+             "top clients: " + ", ".join(f"{c['client']} {c['share'] * 100:.1f}%" for c in w["top_clients"]
+                                         if c["share"] is not None)]
+    return "\n".join(lines)
 
 
 def shipped_pools() -> list[dict[str, Any]]:

@@ -55,11 +55,11 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError
+from .formats import CAPACITY_FORMAT
 from .requests import Request
 from .scenario import Scenario, load_scenario
 from .slo import Check, SLOSet, after_warmup, evaluate, format_threshold, format_value
 
-CAPACITY_FORMAT = "servegen-load/capacity/v1"
 SATURATION_RATIO = 0.92
 MIN_SCALE_FACTOR = 1 / 256
 
@@ -194,6 +194,11 @@ class PlanOptions:
     sim_time_scale: float = 1.0
     results_dir: str | None = None
     lag_threshold: float = 0.010
+    tokenizer: str | None = None  # run's --tokenizer: the token model steps build prompts with (run.target)
+    prompt_format: str = "auto"  # run's --prompt-format
+    clock: str = "auto"
+    """virtual: the preset's engine model on a virtual clock (no sockets); real: run each step;
+    auto: virtual without an endpoint, real with one."""
     log: Callable[[str], None] = field(default=lambda m: print(m, file=sys.stderr, flush=True))
 
     def validate(self) -> None:
@@ -209,6 +214,15 @@ class PlanOptions:
             raise InputError("expected at least 2", field="--max-steps")
         if self.api not in ("chat", "completions"):
             raise InputError(f"expected chat or completions, got {self.api!r}", field="--api")
+        if self.clock not in ("auto", "virtual", "real"):
+            raise InputError(f"expected auto, virtual or real, got {self.clock!r}", field="--clock")
+        if self.clock == "virtual" and self.endpoint is not None:
+            raise InputError("a real endpoint runs in real time; --clock virtual plans a --preset (no --endpoint)",
+                             field="--clock")
+
+    @property
+    def virtual(self) -> bool:
+        return self.clock == "virtual" or (self.clock == "auto" and self.endpoint is None)
 
 
 def _tagged(requests: Iterator[Request], tag: str) -> Iterator[Request]:
@@ -232,6 +246,7 @@ class Stepper:
         self.endpoint = opts.endpoint
         self.model = opts.model
         self.family = opts.server_family or ("vllm" if opts.endpoint else "sim")
+        self.target: Any = None  # run.target.Target: the token model, learned once for every step
 
     def __enter__(self) -> Stepper:
         if self.endpoint is None:
@@ -246,6 +261,10 @@ class Stepper:
             from .dispatch.endpoint import Endpoint, discover_model
 
             self.model = asyncio.run(discover_model(Endpoint.parse(self.endpoint), self.opts.api_key))
+        from .run.target import target_for
+
+        self.target = target_for(self.endpoint, self.model, self.family, self.opts.api, self.opts.api_key,
+                                 tokenizer=self.opts.tokenizer, prompt_format=self.opts.prompt_format)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -263,8 +282,8 @@ class Stepper:
     def step(self, scale: float) -> Step:
         from .dispatch.limits import Timeouts
         from .dispatch.runner import RunConfig, run
-        from .payload import PayloadOptions
         from .results import read_results
+        from .run.target import fresh_payload
         from .workload.compose import iter_scenario_requests
 
         o = self.opts
@@ -273,10 +292,11 @@ class Stepper:
         rate = mean_rate(s, o.warmup, self.run_seconds)
         out = self.workdir / f"{self.name}-step{idx:02d}-scale{scale:.4g}.jsonl"
         cfg = RunConfig(endpoint=self.endpoint, model=self.model, output=out, api=o.api,  # type: ignore[arg-type]
-                        api_key=o.api_key, payload=PayloadOptions(server_family=self.family),
+                        api_key=o.api_key, payload=fresh_payload(self.target.payload),
                         duration=self.run_seconds, progress="off", total_hint=self.run_seconds,
                         timeouts=Timeouts(10.0, max(60.0, 5 * self.run_seconds), max(600.0, 20 * self.run_seconds)),
                         header={"source": str(self.scenario.path), "source_kind": "plan-step",
+                                "content": self.target.content,
                                 "plan": self.name, "step": idx, "scale": scale})
         t = time.perf_counter()
         outcome = run(_tagged(iter_scenario_requests(s), f"p{self.name[0]}{idx}"), cfg)
@@ -300,6 +320,57 @@ class Stepper:
                  if st.offered_rate is not None and st.served_rate is not None else "")
         return (f"plan {self.name} step {st.index}: scale {st.scale:.4g} (planned {st.rate:.3g} req/s) "
                 f"{'PASS' if st.passed else 'FAIL'}: {vals} | {rates} [{st.seconds:.0f} s]")
+
+
+class VirtualStepper(Stepper):
+    """Steps on the preset's engine model in virtual time (`sim.virtual`): the same requests,
+    SLOs and verdict as a real step, without sockets or sleeping, so a step costs the engine
+    model's arithmetic only (an hour of traffic in seconds)."""
+
+    def __enter__(self) -> VirtualStepper:
+        from .sim.config import build_config
+
+        o = self.opts
+        cfg = build_config(o.preset or "llama3-8b-h100", dict(o.sim_params), time_scale=o.sim_time_scale)
+        self.params = cfg.params
+        self.model = self.model or cfg.params.model
+        self.endpoint = f"virtual:{o.preset or 'llama3-8b-h100'}"
+        self.chunks = any(slo.metric.startswith("itl") for slo in self.slos.slos)
+        self.sim_seconds = 0.0
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def step(self, scale: float) -> Step:
+        from .sim.virtual import simulate_requests
+        from .workload.compose import iter_scenario_requests
+
+        o = self.opts
+        idx = len(self.steps) + 1
+        s = scaled(self.scenario, scale, self.run_seconds)
+        rate = mean_rate(s, o.warmup, self.run_seconds)
+        t = time.perf_counter()
+        reqs = [r for r in _tagged(iter_scenario_requests(s), f"p{self.name[0]}{idx}") if r.t < self.run_seconds]
+        res = simulate_requests(self.params, reqs, chunks=self.chunks, model=self.model)
+        measured = after_warmup(res, o.warmup)
+        checks = evaluate(measured, self.slos, lag_threshold=o.lag_threshold)
+        offered, served, done, n = window_rates(res, o.warmup, self.run_seconds)
+        st = Step(idx, scale, rate, offered, served, done, n, checks, time.perf_counter() - t, None)
+        self.sim_seconds += self.run_seconds
+        self.steps.append(st)
+        o.log(self._line(st))
+        return st
+
+    def sim_stats(self) -> dict[str, Any] | None:
+        return {"preset": self.opts.preset or "llama3-8b-h100", "time_scale": self.opts.sim_time_scale,
+                "clock": "virtual", "simulated_seconds": self.sim_seconds}
+
+
+def stepper(scenario: Scenario, slos: SLOSet, opts: PlanOptions, name: str, workdir: Path) -> Stepper:
+    """The real-time stepper (an endpoint, or the embedded simulator) or the virtual-time one."""
+    cls = VirtualStepper if opts.virtual else Stepper
+    return cls(scenario, slos, opts, name, workdir)
 
 
 def search(step: Callable[[float], Step], start: float, tolerance: float, max_steps: int,
@@ -339,10 +410,14 @@ def search(step: Callable[[float], Step], start: float, tolerance: float, max_st
 def plan_one(scenario: Scenario, slos: SLOSet, opts: PlanOptions, name: str, workdir: Path,
              start: float | None = None) -> dict[str, Any]:
     """Search one scenario's capacity; the plan's JSON-ready record."""
-    with Stepper(scenario, slos, opts, name, workdir) as st:
+    with stepper(scenario, slos, opts, name, workdir) as st:
+        where = st.endpoint
+        if isinstance(st, VirtualStepper):
+            where = f"the {opts.preset or 'llama3-8b-h100'} engine model in virtual time"
+        elif st.sim:
+            where = f"the embedded simulator ({opts.preset or 'llama3-8b-h100'})"
         opts.log(f"plan {name}: {scenario.kind} scenario, {st.base_rate:.3g} req/s mean at scale 1; "
-                 f"steps of {opts.warmup:g} s warm-up + {opts.step_duration:g} s against "
-                 f"{'the embedded simulator (' + (opts.preset or 'llama3-8b-h100') + ')' if st.sim else st.endpoint}")
+                 f"steps of {opts.warmup:g} s warm-up + {opts.step_duration:g} s against {where}")
         lo, hi, converged = search(st.step, start or opts.start_scale, opts.tolerance, opts.max_steps, opts.log)
         sim_stats = st.sim_stats()
         steps = sorted(st.steps, key=lambda x: x.scale)
@@ -358,7 +433,7 @@ def plan_one(scenario: Scenario, slos: SLOSet, opts: PlanOptions, name: str, wor
         out: dict[str, Any] = {
             "scenario": str(scenario.path) if scenario.path else None,
             "kind": scenario.kind,
-            "endpoint": None if st.sim else st.endpoint,
+            "endpoint": None if st.sim or opts.virtual else st.endpoint,
             "model": st.model,
             "base_rate": st.base_rate,
             "capacity": {
@@ -379,7 +454,10 @@ def plan_one(scenario: Scenario, slos: SLOSet, opts: PlanOptions, name: str, wor
         }
         if sim_stats is not None:
             out["simulator"] = {"preset": sim_stats.get("preset"), "time_scale": sim_stats.get("time_scale"),
-                                "saturation_rate": sim_stats.get("saturation_rate")}
+                                "saturation_rate": sim_stats.get("saturation_rate"),
+                                "clock": sim_stats.get("clock", "real")}
+            if "simulated_seconds" in sim_stats:
+                out["simulator"]["simulated_seconds"] = sim_stats["simulated_seconds"]
         return out
 
 
@@ -412,7 +490,7 @@ def plan_capacity(scenario_path: str, slos: SLOSet, opts: PlanOptions, *, compar
                         "start_scale": opts.start_scale, "endpoint": opts.endpoint,
                         "preset": None if opts.endpoint else (opts.preset or "llama3-8b-h100"),
                         "sim_time_scale": None if opts.endpoint else opts.sim_time_scale,
-                        "sim_params": opts.sim_params or None},
+                        "sim_params": opts.sim_params or None, "clock": "virtual" if opts.virtual else "real"},
             "plan": main,
         }
         cap = main["capacity"]["rate"]
@@ -433,7 +511,14 @@ def plan_capacity(scenario_path: str, slos: SLOSet, opts: PlanOptions, *, compar
             }
             if replicas_for is not None:
                 doc["comparison"]["naive_replicas"] = replicas(replicas_for, headroom, ncap)["replicas"]
-        doc["seconds"] = round(time.perf_counter() - t0, 1)
+        doc["seconds"] = round(time.perf_counter() - t0, 2)
+        if opts.virtual:
+            simulated = sum((d.get("simulator") or {}).get("simulated_seconds", 0.0)
+                            for d in (main, doc.get("naive")) if d)
+            doc["speed"] = {"simulated_seconds": simulated, "wall_seconds": doc["seconds"],
+                            "speedup": simulated / doc["seconds"] if doc["seconds"] > 0 else None}
+            opts.log(f"plan: {simulated:,.0f} s of load simulated in {doc['seconds']:.2f} s of wall time "
+                     f"({doc['speed']['speedup']:,.0f}x faster than real time)")
         return doc
     finally:
         if tmp is not None:

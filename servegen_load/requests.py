@@ -16,8 +16,7 @@ from typing import Any
 import orjson
 
 from .errors import InputError
-
-REQUESTS_FORMAT = "servegen-load/requests/v1"
+from .formats import REQUESTS_FORMAT
 
 _REQUIRED = ("id", "t", "client", "category", "input_tokens", "output_tokens")
 _INT_LISTS = ("images", "audio", "video", "prefix")

@@ -15,8 +15,13 @@ order (not schedule order), every field always present (null when not reached/no
 - `input_tokens, output_tokens, reason_tokens`: what the request asked for; `media_tokens` the
   tokens of its images/audio/video (null without any): the intended prompt is the sum of both.
 - `prompt_tokens, completion_tokens, reasoning_tokens, cached_tokens`: the server's `usage`.
-- `status`: ok | http_error | timeout | disconnect | connect_error | protocol_error | cancelled;
-  `error` (short text, never a credential), `http_status`, `retries`.
+- `status`: ok | http_error | timeout | disconnect | connect_error | protocol_error | cancelled |
+  client_error (the client itself failed, or refused to send a request over a cap: `error` says
+  which); `error` (short text, never a credential), `http_status`, `retries` (re-sends asked for
+  by `--retries`), `attempts` (times the request was written to a connection; `sent` is the
+  first one's). `lost` is written only by
+  a scale-out parent for a request whose worker died after it was due: it may have been sent, its
+  outcome is unknown (never `cancelled`, which promises it was not sent or was stopped by us).
 
 The sink buffers encoded lines and the runner flushes it several times a second, so a crash
 (even SIGKILL) loses at most the last flush interval; a final line without its newline can only
@@ -25,6 +30,8 @@ be such a crash artefact, and the reader skips it with a warning instead of fail
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import queue
 import threading
@@ -37,11 +44,11 @@ import numpy as np
 import orjson
 
 from .errors import InputError
+from .formats import RESULTS_FORMAT
 from .requests import Request
 
-RESULTS_FORMAT = "servegen-load/results/v1"
-
-STATUSES = ("ok", "http_error", "timeout", "disconnect", "connect_error", "protocol_error", "cancelled")
+STATUSES = ("ok", "http_error", "timeout", "disconnect", "connect_error", "protocol_error", "cancelled", "lost",
+            "client_error")
 
 TIME_FIELDS = ("scheduled", "sent", "first_token", "first_answer_token", "last_token", "queue_time")
 COUNT_FIELDS = ("input_tokens", "output_tokens", "reason_tokens", "prompt_tokens", "completion_tokens",
@@ -89,6 +96,7 @@ def result_dict(f: Any, t0: float) -> dict[str, Any]:
         "prompt_tokens": f.prompt_tokens, "completion_tokens": f.completion_tokens,
         "reasoning_tokens": f.reasoning_tokens, "cached_tokens": f.cached_tokens,
         "status": f.status, "error": f.error, "http_status": f.http_status, "retries": f.retries,
+        "attempts": f.attempts,
     }
 
 
@@ -107,7 +115,7 @@ def unsent_line(req: Request, status: str = "cancelled", error: str = "run stopp
         "input_tokens": req.input_tokens, "output_tokens": req.output_tokens,
         "reason_tokens": req.reason_tokens, "media_tokens": _media(req),  # payload hook
         "prompt_tokens": None, "completion_tokens": None, "reasoning_tokens": None, "cached_tokens": None,
-        "status": status, "error": error, "http_status": None, "retries": 0,
+        "status": status, "error": error, "http_status": None, "retries": 0, "attempts": 0,
     }, option=_NL)
 
 
@@ -118,18 +126,43 @@ class ResultSink:
     the batch to a writer thread, so the event loop never waits on the disk (a page-cache write
     can block for tens of ms under dirty-page throttling); the thread writes each batch with one
     unbuffered `write`, so the file only ever ends on a whole line. `close()` drains the thread.
+
+    The first failed write (disk full, file-size limit, I/O error, a closed pipe) ends writing:
+    a regular file is cut back to the end of the last whole batch (a partial write would leave a
+    torn line), later batches are dropped, and `error` holds the failure (the runner polls it and
+    stops dispatching; `flush()`/`close()` raise it, naming the file). `path` may be `-` (standard
+    output), a pipe or a device; `copy`, when given, receives the same bytes (a regular file
+    the summary is read back from when `path` cannot be read back).
     """
 
-    def __init__(self, path: str | os.PathLike[str], header: dict[str, Any]) -> None:
+    def __init__(self, path: str | os.PathLike[str], header: dict[str, Any],
+                 copy: str | os.PathLike[str] | None = None) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        head = {"format": RESULTS_FORMAT, **header}
-        self._fh = open(self.path, "wb", buffering=0)  # noqa: SIM115 - closed in close()
-        self._fh.write(_dumps(head, option=_NL))
+        self.name = os.fspath(path)
+        self._fhs = []
+        try:
+            if self.name == "-":
+                self._fhs.append(open(1, "wb", buffering=0, closefd=False))  # noqa: SIM115
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._fhs.append(open(self.path, "wb", buffering=0))  # noqa: SIM115 - closed in close()
+            if copy is not None:
+                self._fhs.append(open(copy, "wb", buffering=0))  # noqa: SIM115 - closed in close()
+        except OSError as e:
+            for fh in self._fhs:
+                fh.close()
+            raise OSError(e.errno, e.strerror, self.name) from None
+        self._good = [0] * len(self._fhs)  # bytes of whole lines written, per file
+        self._cut = [self.name != "-"] + [True] * (len(self._fhs) - 1)  # stdout may be appended to
+        self.error: OSError | None = None
+        self._write(_dumps({"format": RESULTS_FORMAT, **header}, option=_NL))
+        if self.error is not None:
+            self._close_files()
+            raise self.error
         self._buf: list[bytes] = []
         self.count = 0
-        self._q: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
-        self._error: OSError | None = None
+        self.written = 0  # result lines on disk (after the header)
+        self._q: queue.SimpleQueue[tuple[bytes, int] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._writer, name="results-writer", daemon=True)
         self._thread.start()
 
@@ -138,34 +171,62 @@ class ResultSink:
         self.count += 1
 
     def flush(self) -> None:
-        if self._error is not None:
-            raise self._error
+        if self.error is not None:
+            self._buf.clear()
+            raise self.error
         if self._buf:
             data = b"".join(self._buf)
+            n = len(self._buf)
             self._buf.clear()
-            self._q.put(data)
+            self._q.put((data, n))
 
-    def _writer(self) -> None:
-        while True:
-            data = self._q.get()
-            if data is None:
-                return
+    def _write(self, data: bytes) -> None:
+        """Write one batch to every file; on failure cut each file back to its last whole batch."""
+        for i, fh in enumerate(self._fhs):
             try:
                 view = memoryview(data)
                 while view:
-                    n = self._fh.write(view)
+                    n = fh.write(view)
+                    if not n:
+                        raise OSError(errno.EIO, "the device accepted no more bytes")
                     view = view[n:]
-            except OSError as e:  # disk full, I/O error: surfaced at the next flush/close
-                self._error = e
+                self._good[i] += len(data)
+            except OSError as e:  # disk full, file too large, I/O error, broken pipe
+                if self._cut[i]:
+                    with contextlib.suppress(OSError, ValueError):
+                        fh.truncate(self._good[i])  # not for pipes and devices: nothing to cut there
+                self.error = OSError(e.errno, e.strerror, self.name)
+                return
+
+    def _writer(self) -> None:
+        while True:
+            item = self._q.get()
+            if item is None:
+                return
+            if self.error is None:
+                self._write(item[0])
+                if self.error is None:
+                    self.written += item[1]
+
+    def _close_files(self) -> None:
+        for fh in self._fhs:
+            if not fh.closed:
+                try:
+                    fh.close()
+                except OSError as e:
+                    if self.error is None:
+                        self.error = OSError(e.errno, e.strerror, self.name)
 
     def close(self) -> None:
-        if not self._fh.closed:
-            self.flush()
+        if self._fhs and not self._fhs[0].closed:
+            if self.error is None:
+                self.flush()
+            self._buf.clear()
             self._q.put(None)
             self._thread.join()
-            self._fh.close()
-            if self._error is not None:
-                raise self._error
+            self._close_files()
+        if self.error is not None:
+            raise self.error
 
 
 @dataclass

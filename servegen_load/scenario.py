@@ -276,19 +276,26 @@ class DistSpec(_Model):
 
 class SessionSpec(_Model):
     """Multi-turn sessions: a share of the workload's requests are turns of sessions, whose starts
-    are drawn from the workload's arrivals; each later turn is sent `think_time` after the previous response ended, its prompt carrying the history (previous
-    prompt + response) plus `new_tokens`. A fitted pool's per-client session tables (turns, think
-    time, new tokens, share) take precedence where a client has them, unless `pool_tables: false`."""
+    are drawn from the workload's arrivals; each later turn starts `think_time` after the previous
+    turn started (arrival to arrival, as a log records it; never before the previous response
+    ended), its prompt carrying the history (previous prompt + response) plus `new_tokens`
+    (`history: included`) or only its new tokens (`excluded`). A fitted pool's per-client session
+    tables (turns, think time, new tokens, first-turn inputs, share) and its history semantics take
+    precedence where a client has them, unless `pool_tables: false`; a fitted pool with sessions
+    generates them without this section."""
 
     share: float = Field(0.5, ge=0, le=1, description="share of requests that belong to sessions (the rate of "
                                                         "requests is kept: arrivals are thinned into session starts)")
     turns: DistSpec = Field(default_factory=lambda: DistSpec(mean=3.0), description="turns per session (>= 1)")
     think_time: DistSpec = Field(default_factory=lambda: DistSpec(mean=10.0),
-                                 description="seconds between a response's end and the next turn")
+                                 description="seconds from a turn's start to the next turn's start")
     new_tokens: DistSpec = Field(default_factory=lambda: DistSpec(mean=100.0),
                                  description="new user tokens per later turn")
     output_tokens: DistSpec | None = Field(None, description="output tokens of later turns (default: the client's own)")
     pool_tables: bool = Field(True, description="use a fitted pool's session tables where a client has them")
+    history: Literal["auto", "included", "excluded"] = Field(
+        "auto", description="later turns' inputs: history + new tokens (included) or new tokens only (excluded); "
+                            "auto: the fitted pool's `session_history` for clients with pool tables, else included")
 
 
 class SystemPromptSpec(_Model):
@@ -309,15 +316,19 @@ class Scenario(_Model):
       clients        `ClientFilter`: top-k by traffic, CV range, mean length ranges, ids, exclude
       start, day     window start in pool time: seconds or "HH:MM" after the midnight of `day`
                      (1-based; multi-day pools), i.e. pool time (day - 1) * 86400 + start
-      duration       seconds of pool time; the run lasts duration / time_scale seconds
+      duration       seconds of pool time; the run lasts duration / time_scale seconds. A pool
+                     made by `fit` may be generated past its own span (any start and duration):
+                     its rate profile (hour of day, day type or hour of week, on the log's wall
+                     clock) continues it (`workload.continuation`); imported pools keep their span
       scale | rate | peak_rate   rate level: a factor, a mean req/s, or the busiest window's req/s
       time_scale     > 1 compresses pool time (the same counts in less time; see the module doc)
       arrival        `renewal` (default) or `servegen` (see `workload.arrivals`)
       gap_cv         `measured` (default): Weibull windows use the shape whose CV equals the
                      window's measured CV; `fitted`: ServeGen's fitted shape (its CV is 0.33-1.2x
                      the measured one in m-large, median 0.8). Other families are unaffected.
-      length_correlation   target Spearman correlation of input and output tokens (default 0),
-                     or `pool`: per client, the `rank_corr` a fitted pool carries
+      length_correlation   target Spearman correlation of input and output tokens, or `pool`
+                     (default): per client, the `rank_corr` a fitted pool carries (0 where it has
+                     none: the shipped ServeGen pools, whose released tables carry no joint data)
       seed           random seed (default 0)
     Baselines: `naive` / `constant` (`BaselineSpec`) with `duration` (seconds of run time;
     default: that of `of`) and `seed`; `replay` (`ReplaySpec`) with `seed` only.
@@ -339,8 +350,9 @@ class Scenario(_Model):
     gap_cv: Literal["measured", "fitted"] = Field(
         "measured", description="Weibull windows: shape matching the measured gap CV, or ServeGen's fitted shape")
     length_correlation: float | Literal["pool"] = Field(
-        0.0, description="Spearman rank correlation of input and output tokens (Gaussian copula), in [-1, 1]; "
-                         "`pool`: each client's own `rank_corr` from a fitted pool (0 where the pool has none)")
+        "pool", description="Spearman rank correlation of input and output tokens (Gaussian copula), in [-1, 1]; "
+                            "`pool` (default): each client's own `rank_corr` from a fitted pool (0 where the pool "
+                            "has none, e.g. the shipped ServeGen pools)")
     seed: int = Field(0, ge=0, le=MAX_SEED, description="random seed: the same scenario and seed give the same bytes")
     naive: BaselineSpec | None = Field(None, description="Poisson baseline")
     constant: BaselineSpec | None = Field(None, description="fixed-gap baseline")
@@ -348,6 +360,14 @@ class Scenario(_Model):
     sessions: SessionSpec | None = Field(None, description="multi-turn sessions (workload.conversation)")
     system_prompt: SystemPromptSpec | None = Field(
         None, alias="prefix", description="shared system prompts (a cached prefix); also `prefix:`")
+    max_context: int | None = Field(
+        None, ge=2, le=10_000_000, description="the served model's context length: each request is clipped so "
+        "prompt (text + media) + output fits it, output cut first (a pool measured on a long-context service "
+        "otherwise asks a shorter-context server for what it can only refuse)")
+
+    slo: list[str] | None = Field(
+        None, description="SLOs `run` checks when the run ends, in `gate`'s grammar (e.g. ttft_p99<=2s); "
+        "a failed one makes `run` exit 1 (run.spec.RunSpec.slo; `--slo` adds more)")
 
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
     _path: str | None = PrivateAttr(default=None)

@@ -49,6 +49,7 @@ import numpy as np
 
 from .errors import InputError
 from .metrics import stats
+from .metrics.summary import Goodput, Summary
 from .results import COUNT_FIELDS, TEXT_FIELDS, TIME_FIELDS, Results
 
 Kind = Literal["time", "ratio", "rate", "token_rate"]
@@ -112,18 +113,20 @@ def after_warmup(res: Results, warmup: float) -> Results:
 
 @lru_cache(maxsize=1)
 def metric_kinds() -> dict[str, Kind]:
-    """Every SLO metric name and its kind, derived from the keys of an (empty) summary."""
-    s = stats.summarize(empty_results())
+    """Every SLO metric name and its kind, derived from the summary record's fields."""
+    from dataclasses import fields
+
+    from .metrics.summary import LATENCY_KEYS, Throughput
+
     kinds: dict[str, Kind] = {}
-    for key in s["latency"]:
+    for key in LATENCY_KEYS:
         for st in LAT_STATS:
             kinds[f"{key}_{st}"] = "time"
     kinds["throughput"] = "rate"
-    for key in s["throughput"]:
-        kinds[key] = "rate" if key.startswith("requests") else "token_rate"
+    for f in fields(Throughput):
+        kinds[f.name] = "rate" if f.name.startswith("requests") else "token_rate"
     for key in ("scheduled_rate", "achieved_rate"):
-        if key in s["fidelity"]:
-            kinds[key] = "rate"
+        kinds[key] = "rate"
     kinds["rate_ratio"] = "ratio"
     kinds["error_rate"] = "ratio"
     kinds["goodput"] = "rate"
@@ -131,22 +134,22 @@ def metric_kinds() -> dict[str, Kind]:
     return kinds
 
 
-def metric_values(summary: dict[str, Any], good: GoodputResult | None = None) -> dict[str, float | None]:
+def metric_values(summary: Summary, good: GoodputResult | None = None) -> dict[str, float | None]:
     """Flat name -> value of a summary (plus goodput when computed); None where undefined."""
+    from dataclasses import asdict
+
     out: dict[str, float | None] = {}
-    for key, d in summary["latency"].items():
+    for key, d in summary.latency.items():
         for st in LAT_STATS:
-            out[f"{key}_{st}"] = d.get(st)
-    tp = summary["throughput"]
-    out["throughput"] = tp.get("requests_per_s")
-    out.update(tp)
-    fi = summary["fidelity"]
-    for key in ("scheduled_rate", "achieved_rate", "rate_ratio"):
-        out[key] = fi.get(key)
-    r = summary["requests"]
-    cancelled = r["by_status"].get("cancelled", 0)
-    denom = r["scheduled"] - cancelled
-    out["error_rate"] = r["errors"] / denom if denom > 0 else None
+            out[f"{key}_{st}"] = d.stat(st)
+    tp = summary.throughput
+    out["throughput"] = tp.requests_per_s
+    out.update(asdict(tp))
+    fi = summary.fidelity
+    out.update(scheduled_rate=fi.scheduled_rate, achieved_rate=fi.achieved_rate, rate_ratio=fi.rate_ratio)
+    r = summary.requests
+    denom = r.scheduled - r.by_status.get("cancelled", 0)
+    out["error_rate"] = r.errors / denom if denom > 0 else None
     if good is not None:
         out["goodput"] = good.rate
         out["goodput_ratio"] = good.ratio
@@ -339,22 +342,14 @@ class GoodputResult:
 
 def request_values(res: Results) -> dict[str, np.ndarray]:
     """Per-request ttft/e2e (as the user felt them), tpot and largest ITL gap; NaN where not ok."""
-    c = res.cols
-    ok = c["status"] == "ok"
-    sched, sent, qt = c["scheduled"], c["sent"], c["queue_time"]
-    first, last = c["first_token"], c["last_token"]
-    lag = stats.send_lag(sent, sched, qt)
-    felt_extra = lag + np.nan_to_num(qt)  # user-felt = server-side + send lag + queue time
-    ttft_s = np.where(ok, stats.ttft(first, sent), np.nan)
-    e2e_s = np.where(ok, stats.e2e(last, sent), np.nan)
-    toks = stats.output_tokens(c["completion_tokens"], res.chunk_counts)
-    tpot_s = stats.tpot(e2e_s, ttft_s, toks)
+    m = stats.request_metrics(res)  # user-felt = server-side + send lag + queue time
+    ok = m["ok"]
     gaps, _, row = stats.itl(res.chunk_times, res.chunk_counts, np.ones(res.n), rows=ok)
     itl_max = np.full(res.n, np.nan)
     if len(gaps):
         itl_max[ok] = 0.0
         np.fmax.at(itl_max, row, gaps)
-    return {"ttft": ttft_s + felt_extra, "e2e": e2e_s + felt_extra, "tpot": tpot_s, "itl": itl_max, "ok": ok}
+    return {"ttft": m["user_ttft"], "e2e": m["user_e2e"], "tpot": m["tpot"], "itl": itl_max, "ok": ok}
 
 
 def good_requests(res: Results, req: RequestSLO) -> np.ndarray:
@@ -380,6 +375,19 @@ def goodput(res: Results, req: RequestSLO, duration: float) -> GoodputResult:
     n_good = int(good.sum())
     return GoodputResult(good=n_good, total=total, rate=n_good / duration if duration > 0 else None,
                          ratio=n_good / total if total else None)
+
+
+def goodput_summary(res: Results, req: RequestSLO) -> Goodput:
+    """The goodput block of `report` and `gate`: the request SLO, good and judged requests, rate
+    (good per second of the run's span, `stats.Spans`) and ratio."""
+    g = goodput(res, req, stats.Spans.of(res).duration)
+    return Goodput(request_slo=req.spec, good=g.good, total=g.total, rate=g.rate, ratio=g.ratio)
+
+
+def goodput_line(g: Goodput) -> str:
+    ratio = "-" if g.ratio is None else f"{g.ratio * 100:.1f}%"
+    rate = "-" if g.rate is None else f"{g.rate:.3g} req/s"
+    return f"goodput: {rate}; {g.good} of {g.total} requests ({ratio}) met {g.request_slo}"
 
 
 # --- evaluation ---
@@ -410,8 +418,8 @@ def scope_values(res: Results, scope: tuple[str, str] | None, request: RequestSL
                  lag_threshold: float = stats.DEFAULT_LAG_THRESHOLD) -> tuple[dict[str, float | None], int]:
     """Metric values over one scope's requests, and how many requests the scope holds."""
     sub = select(res, scope_mask(res, scope))
-    summary = stats.summarize(sub, lag_threshold=lag_threshold)
-    good = goodput(sub, request, summary["duration_s"]) if request is not None else None
+    summary = stats.summary(sub, lag_threshold=lag_threshold, spans=stats.Spans.of(res))  # the run's spans
+    good = goodput(sub, request, summary.duration_s) if request is not None else None
     return metric_values(summary, good), sub.n
 
 

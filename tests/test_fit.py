@@ -238,7 +238,7 @@ def test_fit_categories_sessions_and_options(tmp_path: Path) -> None:
     assert "wrote" in r.stderr and "category reason" in r.stderr
     pool = load_pool(tmp_path / "s.npz")
     assert pool.category == "reason" and pool.fields == ["input_tokens", "output_tokens", "reason_ratio"]
-    assert pool.meta["session_fields"] == ["turns", "think_time", "new_tokens"]
+    assert pool.meta["session_fields"] == ["turns", "think_time", "new_tokens", "first_input", "single_input"]
     assert pool.meta["session_history"] == "included"
     # start of day: the first request is at 01:00 UTC, so the first 60 windows are empty
     first = int(np.flatnonzero(pool.rate.sum(axis=0) > 0)[0])
@@ -249,6 +249,9 @@ def test_fit_categories_sessions_and_options(tmp_path: Path) -> None:
     assert set(turns.tolist()) <= {1.0, 2.0, 3.0, 4.0}
     new = pool.values[pool.offsets[idx[c0, 2]]:pool.offsets[idx[c0, 2] + 1]]
     assert new.min() >= 20 and new.max() < 200  # history subtracted: only the new tokens
+    first_in = pool.values[pool.offsets[idx[c0, 3]]:pool.offsets[idx[c0, 3] + 1]]
+    assert first_in.min() >= 20 and first_in.max() < 200  # first turns: no history yet
+    assert idx[c0, 4] == -1  # every request of the log is in a session
     ratio = pool.table(c0, 0, "reason_ratio")
     assert ratio is not None and abs(ratio.quantile(0.5) - 0.8) < 0.01
     assert pool.extra["session_share"][c0] == pytest.approx(1.0)
@@ -268,3 +271,21 @@ def test_fit_without_clients_and_multimodal_columns(tmp_path: Path) -> None:
     assert per_item is not None and per_item.values.tolist() == [576.0]
     counts = pool.table(0, 0, "image_count")
     assert counts is not None and counts.values.tolist() == [0.0, 1.0, 2.0]
+
+
+@pytest.mark.parametrize("end_given", [False, True])
+def test_partial_last_window_is_a_rate(tmp_path: Path, end_given: bool) -> None:
+    """A log of 1000 s in windows of 600 s: the last window's rate is its requests over the 400 s
+    the log covers, so generating the log's span gives the log's count (not 13% fewer)."""
+    rng = np.random.default_rng(2)
+    t = np.sort(rng.uniform(0.0, 1000.0, 4000))
+    log = tmp_path / "p.csv"
+    log.write_text("t,input_tokens,output_tokens\n" + "".join(f"{x:.4f},10,5\n" for x in t))
+    rng_opt = ["--range", "0:1000"] if end_given else []
+    r = cli("fit", str(log), "-o", str(tmp_path / "p.npz"), "--window", "600", *rng_opt)
+    assert r.returncode == 0, r.stderr
+    pool = load_pool(tmp_path / "p.npz")
+    assert pool.rate[0, 1] == pytest.approx(np.sum(t >= 600) / 400.0, rel=0.01)
+    counts = [len(load_log(generate(tmp_path, {"pool": "p.npz", "duration": 1000, "seed": s}, f"g{s}")).t)
+              for s in range(3)]
+    assert float(np.mean(counts)) == pytest.approx(4000, rel=0.04)

@@ -237,10 +237,10 @@ def test_absurd_sizes_are_refused_before_writing(tmp_path: Path, text: str, why:
 def test_failure_while_writing_leaves_no_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """An error in the middle of the stream (after the header and a block are written) removes the
     temporary file: nothing at -o looks complete."""
-    from servegen_load import requests_io
+    from servegen_load import requests_writer
 
     calls = {"n": 0}
-    real = requests_io.RowFormatter.format
+    real = requests_writer.RowFormatter.format
 
     def failing(self: Any, b: Any) -> bytes:
         calls["n"] += 1
@@ -248,7 +248,7 @@ def test_failure_while_writing_leaves_no_output(tmp_path: Path, monkeypatch: pyt
             raise InputError("simulated failure in the middle of the stream", path="block")
         return real(self, b)
 
-    monkeypatch.setattr(requests_io.RowFormatter, "format", failing)
+    monkeypatch.setattr(requests_writer.RowFormatter, "format", failing)
     s = tmp_path / "s.yaml"
     s.write_text("naive: {rate: 2000, input_tokens: 5, output_tokens: 5}\nduration: 200\n")
     out = tmp_path / "o.jsonl"

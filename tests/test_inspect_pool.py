@@ -52,7 +52,8 @@ def tiny_pool() -> ClientPool:
 def test_pool_stats_definitions_on_a_hand_made_pool() -> None:
     s = pool_stats(tiny_pool())
     assert s["clients"] == 2 and s["active_client_windows"] == 4 and s["client_windows"] == 8
-    assert s["collection_gap_windows"] == 1  # the last window: every client at 0
+    assert s["quiet_windows"] == 1  # the last window: every client at 0 (not a fitted pool: a collection gap)
+    assert s["quiet_windows_are"] == "collection gaps (missing data)" and s["sessions"] == []
     assert s["top_share"]["top1"] == pytest.approx(0.75)
     assert s["families"] == {"gamma": 0.75, "weibull": 0.25}
     # rate weights: cv 2.0 has weight 6 of 8, cv 1.0 weight 1, cv 5.0 weight 1
@@ -154,3 +155,20 @@ def test_inspect_non_pool_file_exits_2_in_one_line(tmp_path: Path, content: byte
 def test_inspect_unknown_name_exits_2() -> None:
     r = cli("inspect", "no-such-pool")
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "shipped" in r.stderr
+
+
+def test_fitted_pool_calls_empty_windows_quiet_not_gaps(tmp_path: Path) -> None:
+    """A log silent for its middle 10 minutes: a quiet window of the log (kept in the rate curve),
+    not a collection gap, in the stats and in the printout."""
+    t0 = 86400 * 19000.0
+    ts = [t0 + i * 6.0 for i in range(100)] + [t0 + 1200 + i * 6.0 for i in range(100)]
+    log = tmp_path / "q.csv"
+    log.write_text("time,input_tokens,output_tokens\n" + "".join(f"{t:.3f},10,5\n" for t in ts))
+    r = cli("fit", str(log), "-o", str(tmp_path / "q.npz"), "--window", "600")
+    assert r.returncode == 0, r.stderr
+    s = pool_stats(load_pool(tmp_path / "q.npz"))
+    assert s["quiet_windows"] == 1 and s["quiet_windows_are"] == "silences of the log"
+    hour = [v for v in s["rate_by_hour"] if v is not None]
+    assert hour == [pytest.approx(200 / 1800, rel=0.02)]  # the silent window counts as 0, not as missing
+    out = cli("inspect", str(tmp_path / "q.npz")).stdout
+    assert "quiet windows (every client at 0): 1, silences of the log" in out and "collection gap" not in out

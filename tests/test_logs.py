@@ -154,7 +154,7 @@ def test_leading_bad_chunks_keep_origin_and_columns(tmp_path: Path) -> None:
         json.dumps({"time": 100.0 + i, "input_tokens": 3, "output_tokens": 2, "reasoning_tokens": 1}) + "\n"
         for i in range(7)))
     q = tmp_path / "x.csv"
-    q.write_text("time,input_tokens,output_tokens\n" + "x,1,1\n" * 5 + "".join(f"{100 + i},3,2\n" for i in range(7)))
+    q.write_text("time,input_tokens,output_tokens\n" + "x,1,1\n" * 5 + "".join(f"{100 + i:.1f},3,2\n" for i in range(7)))
     for path, fmt in ((p, "jsonl"), (q, "csv")):
         log = load_log(path, fmt, chunk_rows=2, warn=False)
         assert len(log) == 7 and log.bad.count == 5 and log.rows == 12

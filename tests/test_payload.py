@@ -8,9 +8,9 @@ from typing import Any
 import orjson
 import pytest
 
+from servegen_load.content.payload import Content, PayloadOptions, build_body, intended_prompt_tokens
 from servegen_load.content.prompts import TokenModel, approx_model
 from servegen_load.content.tokenizer import calibrate_words
-from servegen_load.payload import Content, PayloadOptions, build_body, intended_prompt_tokens
 from servegen_load.requests import Request
 from servegen_load.sim.presets import get_preset
 from servegen_load.sim.protocol import parse_chat, parse_completion

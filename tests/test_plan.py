@@ -94,7 +94,7 @@ def test_replicas_rule() -> None:
 def test_plan_finds_the_knee_of_the_simulator(tmp_path: Path) -> None:
     scen = write(tmp_path, "lang.yaml", SCENARIO)
     cap, page = tmp_path / "capacity.json", tmp_path / "capacity.html"
-    p = subprocess.run([*CLI, "plan", str(scen), "--slo", "ttft_p99<=1s", "--sim-time-scale", str(SIM_TIME_SCALE),
+    p = subprocess.run([*CLI, "plan", str(scen), "--clock", "real", "--slo", "ttft_p99<=1s", "--sim-time-scale", str(SIM_TIME_SCALE),
                         "--step-duration", str(STEP), "--warmup", str(WARMUP), "--tolerance", "10%",
                         "--start-scale", "1.5", "--compare", "naive", "--replicas-for", "100",
                         "-o", str(cap), "--html", str(page)], capture_output=True, text=True, timeout=400)

@@ -3,7 +3,8 @@
 The page is checked as a browser shows it: Chromium (Debian's `chromium` package) dumps the DOM
 after rendering and takes a screenshot; the DOM must hold the inline SVG plots with their titles,
 the console must stay silent, and the screenshot must be a picture (coloured plot pixels), not a
-blank page. Skipped only where no Chromium is installed (CI installs it).
+blank page; and a layout probe (injected into a copy of the page) measures every element: none
+may stick out of the page. A missing Chromium fails (the README's test set-up installs it).
 """
 
 from __future__ import annotations
@@ -36,14 +37,43 @@ def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout)
 
 
-def chromium(page: Path, tmp: Path, *mode: str) -> subprocess.CompletedProcess[str]:
+def chromium(page: Path, tmp: Path, *mode: str, width: int = 1200) -> subprocess.CompletedProcess[str]:
     if CHROMIUM is None:
-        pytest.fail("no chromium on PATH: `apt-get install chromium` (.ci/run installs it)")
+        pytest.fail("no chromium on PATH: `apt-get install -y chromium` (the README's test set-up)")
     return subprocess.run(
         [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp / 'chromium'}",
-         "--enable-logging=stderr", "--v=0", "--window-size=1200,2400", *mode, page.resolve().as_uri()],
+         "--enable-logging=stderr", "--v=0", f"--window-size={width},2400", *mode, page.resolve().as_uri()],
         capture_output=True, text=True, timeout=120)
+
+
+LAYOUT_PROBE = """<script>
+addEventListener("load", () => {
+  const page = document.documentElement.clientWidth;
+  let worst = 0, who = "";
+  for (const el of document.querySelectorAll("body *")) {
+    if (el.closest("svg") && el.tagName.toLowerCase() !== "svg") continue;  // plot internals are clipped
+    const r = el.getBoundingClientRect();
+    if (r.right - page > worst) { worst = r.right - page; who = el.tagName + " " + (el.textContent || "").slice(0, 60); }
+  }
+  const out = document.createElement("pre");
+  out.id = "layout-probe";
+  out.textContent = JSON.stringify({page, scroll: document.documentElement.scrollWidth, worst, who});
+  document.body.appendChild(out);
+});
+</script>"""
+
+
+def assert_fits_page(page: Path, tmp: Path, width: int) -> None:
+    """Render a copy of `page` with the layout probe at `width` px: no element wider than the page."""
+    probe = tmp / f"probe-{width}-{page.name}"
+    probe.write_text(page.read_text().replace("</body>", LAYOUT_PROBE + "</body>"))
+    dom = chromium(probe, tmp, "--dump-dom", "--virtual-time-budget=5000", width=width)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    m = re.search(r'<pre id="layout-probe">(.*?)</pre>', dom.stdout, re.S)
+    assert m, "the layout probe did not run"
+    got = json.loads(m.group(1).replace("&quot;", '"').replace("&amp;", "&"))
+    assert got["scroll"] <= got["page"] and got["worst"] <= 1, got
 
 
 def png_pixels(path: Path) -> np.ndarray:
@@ -116,8 +146,10 @@ def test_report_json_and_text_still_work(results: Path, tmp_path: Path) -> None:
     js = tmp_path / "s.json"
     p = cli("report", str(results), "--json", "-o", str(js))
     doc = json.loads(p.stdout)
-    assert doc == json.loads(js.read_text())
-    assert doc["format"] == "servegen-load/summary/v1" and doc["samples"]["rows"] == doc["requests"]["ok"]
+    saved = json.loads(js.read_text())
+    assert "samples" not in doc  # stdout is for reading: no per-request columns
+    assert doc == {k: v for k, v in saved.items() if k != "samples"}
+    assert doc["format"] == "servegen-load/summary/v1" and saved["samples"]["rows"] == doc["requests"]["ok"]
 
 
 @needs_chromium
@@ -140,6 +172,12 @@ def test_html_report_renders_in_chromium(results: Path, tmp_path: Path) -> None:
                   "Errors over time by status", "category: requests", "client: TTFT", "Top clients (5 of 5"):
         assert title in text, title
     assert "http_error" in text  # the injected HTTP 500s are in the error plot's legend and table
+    # errors grouped by status, HTTP code and normalised message: one row for the 500s, with a count
+    rows = re.findall(r"<tr><td>(\d+)</td><td>http_error</td><td>500</td>", text)
+    assert len(rows) == 1 and int(rows[0]) == json.loads(cli("report", str(results), "--json").stdout)[
+        "requests"]["by_status"]["http_error"]
+    for width in (1200, 800):
+        assert_fits_page(page, tmp_path, width)
 
     shot = tmp_path / "report.png"
     s = chromium(page, tmp_path, f"--screenshot={shot}")
@@ -183,6 +221,12 @@ def test_capacity_page_renders_in_chromium(tmp_path: Path) -> None:
     assert p.returncode == 0 and "naive vs realistic: 30 vs 22 req/s = 1.36x" in p.stdout, p.stdout + p.stderr
     dom = chromium(page, tmp_path, "--dump-dom")
     assert not [ln for ln in dom.stderr.splitlines() if ":CONSOLE" in ln]
-    for text in ("ttft_p99", "SLO &lt;= 1 s", "realistic capacity 22", "naive capacity 30", "knee 25",
-                 "served vs offered"):
+    for text in ("ttft_p99", "SLO &lt;= 1 s", "realistic capacity 22", "naive capacity 30", "realistic knee 25",
+                 "naive knee 25", "served vs offered", "offered req/s", "planned = scale x"):
         assert text in dom.stdout, text
+    for width in (1200, 800):
+        assert_fits_page(page, tmp_path, width)
+    shot = tmp_path / "capacity.png"
+    s = chromium(page, tmp_path, f"--screenshot={shot}")
+    assert s.returncode == 0 and shot.exists(), s.stderr[-2000:]
+    assert (png_pixels(shot) < 245).any(axis=2).mean() > 0.02  # a picture, not a blank page

@@ -263,19 +263,21 @@ def children(pid: int, want: int) -> list[int]:
 
 
 def test_workers_auto_follows_the_peak_second(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from servegen_load.scale import workers
+    from servegen_load.run import workers
+    from servegen_load.run.spec import RunSpec
 
     times = [0.0005 * i for i in range(1800)] + [5 + 0.1 * i for i in range(10)]  # 1800 in the first second
     source = write_requests(tmp_path / "reqs.jsonl", make_requests(times))
-    assert workers.peak_rate_1s(str(source)) == (1800.0, 1810)
+    spec = RunSpec.build(source=str(source), output=str(tmp_path / "r.jsonl"), workers="auto")
+    assert workers.schedule_shape(spec)[:2] == (1800.0, 1810)
     want = -(-1800 // int(workers.PROCESS_RATE))
-    n = workers.resolve_workers("auto", str(source), None, local_sim=False)
-    assert n == min(want, workers.cores())
+    n, total, _ = workers.resolve_workers(spec, local_sim=False)
+    assert n == min(want, workers.cores()) and total == 1810
     err = capsys.readouterr().err
     assert ("cannot hold" in err) == (want > workers.cores())
-    assert workers.resolve_workers("auto", str(source), 3.0, local_sim=False) == n  # the peak is before 3 s
+    assert workers.resolve_workers(spec.replace(duration=3.0), local_sim=False)[0] == n  # the peak is before 3 s
     with pytest.raises(Exception, match="--workers"):
-        workers.resolve_workers("two", str(source), None, local_sim=False)
+        RunSpec.build(source=str(source), output="r.jsonl", workers="two")
 
 
 def test_workers_push_one_summed_group(fake_server, pushgateway_server, tmp_path: Path) -> None:
@@ -292,7 +294,7 @@ def test_workers_push_one_summed_group(fake_server, pushgateway_server, tmp_path
 
 
 def test_ray_address_is_optional_on_the_command_line() -> None:
-    from servegen_load.scale.cli_args import optional_ray_address as norm
+    from servegen_load.run.ray_address import optional_ray_address as norm
 
     assert norm(["run", "s.yaml", "-o", "r", "--ray"]) == ["run", "s.yaml", "-o", "r", "--ray", "local"]
     assert norm(["run", "--ray", "s.yaml", "-o", "r"]) == ["run", "--ray", "local", "s.yaml", "-o", "r"]
@@ -300,3 +302,65 @@ def test_ray_address_is_optional_on_the_command_line() -> None:
     for addr in ("auto", "ray://head:10001", "10.0.0.5:6379", "head-svc:6379"):
         assert norm(["run", "s.yaml", "--ray", addr]) == ["run", "s.yaml", "--ray", addr]
     assert norm(["report", "--ray"]) == ["report", "--ray"]
+
+
+# --- truthfulness under scale-out (issue 12) ------------------------------------------------------
+
+
+def test_duplicate_ids_are_refused_before_anything_is_sent(fake_server, tmp_path: Path) -> None:
+    reqs = make_requests([0.01 * i for i in range(40)])
+    source = write_requests(tmp_path / "reqs.jsonl", reqs)
+    lines = source.read_bytes().split(b"\n")
+    assert b'"id":"r25"' in lines[26]  # line 27 (the header is line 1)
+    lines[26] = lines[26].replace(b'"id":"r25"', b'"id":"r3"')
+    source.write_bytes(b"\n".join(lines))
+    out = tmp_path / "merged.jsonl"
+    before = fake_server.stats()["requests"]
+    r = run_cli("run", str(source), "-o", str(out), "--endpoint", fake_server.url, "--progress", "off",
+                "--workers", "2")
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().splitlines() == [
+        f"servegen-load: error: {source}:27: id: duplicate request id 'r3' (first on line 5): ids must be unique "
+        "when the run is split into shards (their results are merged by id)"], r.stderr
+    assert fake_server.stats()["requests"] == before, "nothing may be sent"
+    assert not out.exists() and not list(tmp_path.glob(".merged.jsonl.parts-*"))
+
+
+def _shard_of(pid: int) -> int:
+    cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    part = next(a for a in cmd if b"part-" in a)
+    return int(part.rsplit(b"part-", 1)[1].split(b".")[0])
+
+
+def test_worker_killed_mid_run_lines_say_what_is_known(fake_server, tmp_path: Path) -> None:
+    """SIGKILL to one worker mid-run: its flushed lines are kept, requests it may have sent are
+    `lost` (outcome unknown), only requests due after its death are `cancelled` 'before due'."""
+    reqs = make_requests(poisson_times(500, 80, seed=7), output_tokens=16, clients=[f"c{i}" for i in range(8)])
+    source = write_requests(tmp_path / "reqs.jsonl", reqs)
+    out = tmp_path / "merged.jsonl"
+    p = subprocess.Popen([*CLI, "run", str(source), "-o", str(out), "--endpoint", fake_server.url, "--api",
+                          "completions", "--workers", "2", "--progress", "off"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        kids = wait_for(lambda: children(p.pid, 2), 30, "two workers")
+        wait_for(lambda: parts_lines(out) >= 60, 60, "results from the workers", interval=0.05)
+        victim = _shard_of(kids[0])
+        killed_at = time.time()
+        os.kill(kids[0], signal.SIGKILL)
+        _, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == 1 and f"worker {victim}/2 failed (exit -9)" in err, err
+    head, merged = read(out)
+    assert sorted(d["id"] for d in merged) == sorted(r.id for r in reqs)  # one line per scheduled request
+    dead = [d for d in merged if f"worker {victim}/2 " in (d["error"] or "")]
+    lost = [d for d in dead if d["status"] == "lost"]
+    assert lost and all("may have been sent" in d["error"] and d["sent"] is None for d in lost)
+    kill_rel = killed_at - head["start_at"]
+    before_due = [d for d in dead if d["status"] == "cancelled"]
+    assert all("before this request was due" in d["error"] for d in before_due)
+    assert all(d["scheduled"] > kill_rel for d in before_due), "a request due before the kill is not 'never sent'"
+    assert {d["status"] for d in dead} <= {"lost", "cancelled"}
+    assert any(d["status"] == "ok" and d["client"] in {x["client"] for x in dead} for d in merged)  # flushed: kept

@@ -1,7 +1,7 @@
 """`run --ray`: shard actors on a small local Ray cluster bound to 127.0.0.1, against the C fake server.
 
 The cluster is started once for the module (2 CPUs, a 200 MB object store, no dashboard) and the
-driver (`scale.ray_runner.ray_run_command`) runs in this process, as the CLI would call it.
+driver (`servegen_load.run.run` with a `RunSpec`) runs in this process, as the CLI would call it.
 Skipped when the `ray` extra is not installed.
 """
 
@@ -38,17 +38,14 @@ def cluster() -> Iterator[None]:
         ray.shutdown()
 
 
-def options(**over: Any) -> dict[str, Any]:
-    from servegen_load.dispatch.limits import Timeouts
+def ray_run(source: Path, out: Path, **over: Any) -> int:
+    """`run SOURCE -o OUT --ray auto --workers 2 --progress off ...` as the CLI runs it."""
+    from servegen_load.run import run
+    from servegen_load.run.spec import RunSpec
 
-    kw: dict[str, Any] = dict(endpoint=None, model=None, api="chat", server_family=None, api_key_file=None,
-                              max_concurrency=None, duration=None, timeouts=Timeouts(), metrics_port=None,
-                              metrics_host="127.0.0.1", metrics_linger=0.0, pushgateway=None, transport="raw",
-                              lag_threshold=0.01, progress="off", summary_json=None, sim_preset=None,
-                              argv=["servegen-load", "run", "--ray"], shard=None, start_at=None, workers="2",
-                              ray="auto")
-    kw.update(over)
-    return kw
+    fields: dict[str, Any] = dict(source=str(source), output=str(out), progress="off", workers="2", ray="auto")
+    fields.update(over)
+    return run(RunSpec.build(**fields), ["servegen-load", "run", "--ray"])
 
 
 def read(path: Path) -> tuple[dict, list[dict]]:
@@ -61,19 +58,20 @@ def schedule(lines: list[dict]) -> list[tuple[str, float]]:
 
 
 def test_ray_actors_send_the_single_process_schedule(cluster: None, fake_server, tmp_path: Path) -> None:
-    from servegen_load.scale.ray_runner import ray_run_command
-
     reqs = make_requests(poisson_times(80, 40, seed=7), clients=[f"c{i}" for i in range(9)])
     source = write_requests(tmp_path / "reqs.jsonl", reqs)
     single = tmp_path / "single.jsonl"
+    content = {"prompt_format": "text", "image_patch": 14, "prefix_block": 256, "tokenizer": "words"}
     r = subprocess.run([*CLI, "run", str(source), "-o", str(single), "--endpoint", fake_server.url,
-                        "--progress", "off"], capture_output=True, text=True, timeout=60)
+                        "--progress", "off", "--prompt-format", "text", "--image-patch", "14", "--prefix-block", "256",
+                        "--tokenizer", "words"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     out, summ = tmp_path / "ray.jsonl", tmp_path / "summary.json"
-    code = ray_run_command(str(source), str(out), **options(endpoint=fake_server.url, summary_json=str(summ),
-                                                            metrics_port=0))
+    code = ray_run(source, out, endpoint=fake_server.url, summary_json=str(summ), metrics_port=0, **content)
     assert code == 0
     head, merged = read(out)
+    assert head["content"] == read(single)[0]["content"]  # every content option reached the actors
+    assert head["content"]["image_patch"] == 14 and head["content"]["prompt_format"] == "text"
     assert head["workers"] == 2 and head["ray"] == "auto" and "shard" not in head
     assert schedule(merged) == schedule(read(single)[1])
     sched = [d["scheduled"] for d in merged]
@@ -88,8 +86,6 @@ def test_ray_actors_send_the_single_process_schedule(cluster: None, fake_server,
 
 
 def test_ray_sigint_stops_every_actor_and_keeps_every_line(cluster: None, fake_server, tmp_path: Path) -> None:
-    from servegen_load.scale.ray_runner import ray_run_command
-
     reqs = make_requests([0.05 * i for i in range(300)], clients=["a", "b", "c", "d"])  # 15 s of schedule
     source = write_requests(tmp_path / "reqs.jsonl", reqs)
     out = tmp_path / "ray.jsonl"
@@ -102,7 +98,7 @@ def test_ray_sigint_stops_every_actor_and_keeps_every_line(cluster: None, fake_s
 
     t = threading.Thread(target=interrupt, daemon=True)
     t.start()
-    code = ray_run_command(str(source), str(out), **options(endpoint=fake_server.url))
+    code = ray_run(source, out, endpoint=fake_server.url)
     t.join(5)
     assert code == 130
     _, merged = read(out)
@@ -112,8 +108,6 @@ def test_ray_sigint_stops_every_actor_and_keeps_every_line(cluster: None, fake_s
 
 
 def test_ray_actors_push_one_group_per_shard(cluster: None, fake_server, pushgateway_server, tmp_path: Path) -> None:
-    from servegen_load.scale.ray_runner import ray_run_command
-
     reqs = make_requests(poisson_times(40, 40, seed=8), clients=[f"c{i}" for i in range(5)])
     source = write_requests(tmp_path / "reqs.jsonl", reqs)
     groups = [f"{pushgateway_server.url}/metrics/job/servegen-load/shard/{s}" for s in ("0-of-2", "1-of-2")]
@@ -124,8 +118,8 @@ def test_ray_actors_push_one_group_per_shard(cluster: None, fake_server, pushgat
 
     delete_groups()
     try:
-        code = ray_run_command(str(source), str(tmp_path / "ray.jsonl"),
-                               **options(endpoint=fake_server.url, pushgateway=pushgateway_server.address))
+        code = ray_run(source, tmp_path / "ray.jsonl", endpoint=fake_server.url,
+                       pushgateway=pushgateway_server.address)
         assert code == 0
         pushed = pushgateway_server.metrics()
     finally:

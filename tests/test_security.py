@@ -317,3 +317,150 @@ def test_simulator_binds_loopback_by_default() -> None:
     finally:
         p.terminate()
         p.wait(10)
+
+
+# --- hostile keys and URL credentials --------------------------------------------------------------
+
+HOSTILE_ENV_KEYS = {
+    "newline": "sk-SECRETPART1234\nX-Injected: 1",
+    "carriage return": "sk-SECRETPART1234\rX-Injected: 1",
+    "non-latin-1": "sk-SECRETPART1234\u20ac",
+    "latin-1 accent": "sk-SECRETPART1234\u00e9",
+    "tab": "sk-SECRETPART1234\tX",
+}
+HOSTILE_FILE_KEYS = {
+    "carriage return inside": b"sk-SECRETPART1234\rX-Injected: 1\n",
+    "NUL": b"sk-SECRETPART1234\x00X\n",
+    "not UTF-8": b"sk-SECRETPART1234\xff\xfe\n",
+}
+
+
+def _refused_before_traffic(r: subprocess.CompletedProcess[bytes], out: Path, counter: dict[str, int]) -> str:
+    err = r.stderr.decode("utf-8", "replace")
+    assert r.returncode == 2, err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("servegen-load: error: "), err
+    assert counter["requests"] == 0, "nothing may reach the server"
+    assert not out.exists()
+    return lines[0]
+
+
+def _counting_app() -> tuple[web.Application, dict[str, int]]:
+    counter = {"requests": 0}
+
+    async def any_request(request: web.Request) -> web.StreamResponse:
+        counter["requests"] += 1
+        return await _stream(request, [_token("a"), USAGE, DONE])
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", any_request)
+    return app, counter
+
+
+def test_hostile_keys_are_one_line_errors_that_never_show_the_key(tmp_path: Path) -> None:
+    src = write_requests(tmp_path / "req.jsonl", make_requests([0.01 * i for i in range(5)], output_tokens=1))
+    out = tmp_path / "res.jsonl"
+    app, counter = _counting_app()
+    srv = ThreadServer(app)
+    base = [*CLI, "run", str(src), "-o", str(out), "--endpoint", f"http://127.0.0.1:{srv.port}", "--model", "m",
+            "--server-family", "openai", "--progress", "off"]
+    clean = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
+    try:
+        for name, key in HOSTILE_ENV_KEYS.items():
+            r = subprocess.run(base, capture_output=True, env={**clean, "OPENAI_API_KEY": key}, timeout=60)
+            msg = _refused_before_traffic(r, out, counter)
+            assert "OPENAI_API_KEY" in msg and "the key is not shown" in msg, (name, msg)
+            assert b"SECRETPART" not in r.stderr + r.stdout, name
+        for name, raw in HOSTILE_FILE_KEYS.items():
+            kf = tmp_path / "key.txt"
+            kf.write_bytes(raw)
+            r = subprocess.run([*base, "--api-key-file", str(kf)], capture_output=True, env=clean, timeout=60)
+            msg = _refused_before_traffic(r, out, counter)
+            assert "--api-key-file" in msg and str(kf) in msg, (name, msg)
+            assert b"SECRETPART" not in r.stderr + r.stdout, name
+    finally:
+        srv.stop()
+
+
+@pytest.mark.parametrize("transport", ["raw", "aiohttp"])
+def test_header_injection_is_impossible_on_every_transport(transport: str, tmp_path: Path) -> None:
+    """The engine refuses a key that is not one header value, whoever built its config."""
+    from servegen_load.dispatch.runner import RunConfig, run
+    from servegen_load.errors import InputError
+
+    app, counter = _counting_app()
+    srv = ThreadServer(app)
+    try:
+        cfg = RunConfig(endpoint=f"http://127.0.0.1:{srv.port}", model="m", output=tmp_path / "res.jsonl",
+                        api_key="sk-SECRETPART1234\r\nX-Injected: 1", transport=transport, progress="off")
+        with pytest.raises(InputError) as e:
+            run(make_requests([0.0, 0.01]), cfg)
+        assert "line break" in str(e.value) and "SECRETPART" not in str(e.value)
+        assert counter["requests"] == 0
+    finally:
+        srv.stop()
+
+
+def test_url_credentials_are_refused_and_never_shown(tmp_path: Path) -> None:
+    src = write_requests(tmp_path / "req.jsonl", make_requests([0.01 * i for i in range(5)], output_tokens=1))
+    out = tmp_path / "res.jsonl"
+    app, counter = _counting_app()
+    srv = ThreadServer(app)
+    try:
+        for workers in ([], ["--workers", "2"]):
+            r = subprocess.run([*CLI, "run", str(src), "-o", str(out), "--progress", "off", *workers,
+                                "--endpoint", f"http://alice:hunter2SECRET@127.0.0.1:{srv.port}"],
+                               capture_output=True, timeout=60)
+            msg = _refused_before_traffic(r, out, counter)
+            assert "--endpoint" in msg and "credentials in the URL" in msg and "http://***@127.0.0.1" in msg
+            assert b"hunter2SECRET" not in r.stderr + r.stdout
+    finally:
+        srv.stop()
+
+
+def escaped_echo_app() -> web.Application:
+    """Error answers quoting the key JSON-escaped (`\\/`, `\\u00XX`) or URL-encoded, never verbatim."""
+    n = {"i": 0}
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        key = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        await request.read()
+        i = n["i"] = n["i"] + 1
+        if i % 4 == 1:  # JSON with every non-alphanumeric character escaped as \u00XX
+            esc = "".join(c if c.isalnum() else f"\\u{ord(c):04x}" for c in key)
+            return web.Response(status=401, text='{"error": {"message": "bad key ' + esc + '"}}')
+        if i % 4 == 2:  # the usual JSON escaping of "/"
+            return web.Response(status=403, text='{"error": "bad key ' + key.replace("/", "\\/") + '"}')
+        if i % 4 == 3:  # a URL the server logged
+            from urllib.parse import quote
+
+            return web.Response(status=400, text=f"see https://gw.example/denied?key={quote(key, safe='')}")
+        return await _stream(request, [_token("a"), USAGE, DONE])
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    app.router.add_get("/v1/models", _models)
+    return app
+
+
+def test_escaped_echoes_of_the_key_are_masked(tmp_path: Path) -> None:
+    key = "sk-test-" + secrets.token_hex(8) + "/+" + secrets.token_hex(8) + "=="
+    env = {**os.environ, "OPENAI_API_KEY": key}
+    src = write_requests(tmp_path / "req.jsonl", make_requests([0.02 * i for i in range(16)], output_tokens=1))
+    out = tmp_path / "res.jsonl"
+    srv = ThreadServer(escaped_echo_app())
+    try:
+        r = subprocess.run([*CLI, "run", str(src), "-o", str(out), "--endpoint", f"http://127.0.0.1:{srv.port}",
+                            "--server-family", "openai", "--progress", "off"], capture_output=True, env=env,
+                           timeout=120)
+    finally:
+        srv.stop()
+    assert r.returncode == 0, r.stderr
+    _, lines = read_lines(out)
+    assert sorted(d["status"] for d in lines) == ["http_error"] * 12 + ["ok"] * 4
+    assert all("***" in d["error"] for d in lines if d["status"] == "http_error")  # echoed, and masked
+    blobs = {"run stdout": r.stdout, "run stderr": r.stderr, **all_files(tmp_path)}
+    for part in key.removeprefix("sk-test-").replace("/", " ").replace("+", " ").replace("=", " ").split():
+        for where, data in blobs.items():
+            assert part[:8].encode() not in data, f"part of the key leaked into {where}"

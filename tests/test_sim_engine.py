@@ -56,6 +56,8 @@ CASES = {
     "prefill-budget-bound": (with_overrides(TINY, {"max_num_batched_tokens": 512, "prefill_token_s": 2e-5}), 2000, 4),
     "chunked-prefill": (with_overrides(TINY, {"max_num_seqs": 4, "max_num_batched_tokens": 256}), 1000, 100),
     "context-heavy": (with_overrides(TINY, {"max_num_seqs": 32, "context_token_s": 2e-7}), 1000, 100),
+    "unified-kv (llama.cpp)": (with_overrides(TINY, {"max_num_seqs": 8, "batch_context_s": 5e-7}), 500, 50),
+    "prefill-attention (CPU)": (with_overrides(TINY, {"max_num_seqs": 8, "prefill_attention_s": 2e-7}), 1500, 20),
     "llama3-8b-h100": (PRESETS["llama3-8b-h100"], 1000, 200),
     "qwen2.5-7b-a10g": (PRESETS["qwen2.5-7b-a10g"], 500, 300),
 }

@@ -6,5 +6,5 @@
   the server's `/tokenize`, and usage probes for the chat-template overhead.
 - `media`: PNG images, WAV audio and video frames of a given token cost, encoded once per size.
 
-`servegen_load.payload` assembles them into request bodies.
+- `payload`: a `Request` -> the OpenAI request body, built ahead of its send time by the dispatcher.
 """

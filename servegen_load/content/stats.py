@@ -65,7 +65,7 @@ def reasoning_summary(c: dict[str, np.ndarray], ok: np.ndarray, chunk_times: np.
 
 
 def session_summary(c: dict[str, np.ndarray], ok: np.ndarray) -> dict[str, Any] | None:
-    from ..metrics.stats import dist
+    from ..metrics.distribution import dist
 
     sess = c["session"]
     has = np.not_equal(sess, None).astype(bool) if len(sess) else np.zeros(0, dtype=bool)
@@ -125,7 +125,8 @@ def summary_lines(s: dict[str, Any]) -> list[str]:
     if se:
         d = se["duration"]
         lines.append(f"sessions: {se['sessions']} ({se['requests']} turns), duration p50 {d['p50'] or 0:.2f} s, "
-                     f"p99 {d['p99'] or 0:.2f} s; early turns {se['early_turns']}")
+                     f"p99 {d['p99'] or 0:.2f} s" + (f"; {se['early_turns']} turns sent before the previous "
+                                                      "response ended" if se["early_turns"] else ""))
         lines.append("  TTFT by turn (p50 ms): " + ", ".join(
             f"{k}: {_ms(v['p50'])}" for k, v in se["ttft_by_turn"].items()))
     return lines

@@ -44,6 +44,10 @@ CANDIDATES: tuple[str, ...] = WORDS + tuple(c for c in "abcdefghijklmnopqrstuvwx
 ANCHOR = "the"
 PROBE_WORDS = 64
 TIMEOUT_S = 10.0
+MAX_ANSWER_BYTES = 4 << 20  # a probe answer larger than this is a failed probe (never read whole)
+# What a start-up probe may meet on a misbehaving server (cut answers, resets, garbage, hangs):
+# each is a failed probe (a warning or a note), never a traceback.
+PROBE_ERRORS = (OSError, http.client.HTTPException, ValueError)
 
 Tokenize = Callable[[list[str]], list[list[int]]]
 
@@ -125,7 +129,7 @@ class _Http:
             try:
                 c.request("POST", path, body=body, headers=self.headers)
                 r = c.getresponse()
-                return r.status, r.read()
+                return r.status, _read_bounded(r, self.timeout)
             except (ConnectionError, http.client.HTTPException):
                 c.close()
                 self._local.conn = None
@@ -134,17 +138,42 @@ class _Http:
         raise AssertionError("unreachable")
 
 
+def _read_bounded(r: http.client.HTTPResponse, timeout: float) -> bytes:
+    """The answer's body, at most MAX_ANSWER_BYTES and within `timeout` seconds in all (a server
+    trickling bytes would otherwise hold a socket timeout per byte)."""
+    import time
+
+    end = time.monotonic() + timeout
+    parts: list[bytes] = []
+    n = 0
+    while True:
+        b = r.read1(65536)
+        if not b:
+            return b"".join(parts)
+        parts.append(b)
+        n += len(b)
+        if n > MAX_ANSWER_BYTES:
+            raise ValueError(f"answer over {MAX_ANSWER_BYTES} bytes")
+        if time.monotonic() > end:
+            raise TimeoutError(f"answer not complete within {timeout:g}s")
+
+
 def server_tokenizer(http: _Http, model: str) -> Tokenize:
     """`texts -> ids` through the server's POST /tokenize (no special tokens where it can say so)."""
     path = http.root + "/tokenize"
 
+    failed: list[str] = []  # the first failure: the other threads stop at once
+
     def one(text: str) -> list[int]:
+        if failed:
+            raise TokenizeUnavailable(failed[0])
         body = json.dumps({"model": model, "prompt": text, "content": text, "add_special_tokens": False,
                            "add_special": False}).encode()
         try:
             status, data = http.post(path, body)
-        except OSError as e:
-            raise TokenizeUnavailable(f"POST {path}: {e}") from None
+        except PROBE_ERRORS as e:
+            failed.append(f"POST {path}: {type(e).__name__}: {e}"[:200])
+            raise TokenizeUnavailable(failed[0]) from None
         if status != 200:
             raise TokenizeUnavailable(f"POST {path} answered HTTP {status}")
         try:
@@ -190,12 +219,19 @@ def calibrate_words(tokenize: Tokenize, source: str) -> TokenModel:
                       source=source, notes=(note,))
 
 
+def _masked(http: _Http, text: str) -> str:
+    """Server text headed for stderr and the results header: the key masked (`endpoint.scrub`)."""
+    from ..dispatch.endpoint import scrub
+
+    return scrub(text, http.headers.get("Authorization", "").removeprefix("Bearer ") or None)
+
+
 def probe_overheads(model: TokenModel, http: _Http, api: str, family: str, served_model: str,
                     prompt_format: str) -> TokenModel:
     """Measure BOS / chat-template overheads with 1-token generations built like the run's requests."""
     from ..dispatch.stream import Flight, feed_sse
-    from ..payload import Content, PayloadOptions, build_body
     from ..requests import Request
+    from .payload import Content, PayloadOptions, build_body
 
     content = Content(replace(model, text=0, ids_overhead=0, chat_user=0, chat_system=0, chat_pair=0))
     opts = PayloadOptions(server_family=family, prompt_format=prompt_format, content=content)
@@ -206,11 +242,11 @@ def probe_overheads(model: TokenModel, http: _Http, api: str, family: str, serve
         body = build_body(r, api, served_model, opts)  # type: ignore[arg-type]
         try:
             status, data = http.post(path, body)
-        except OSError as e:
-            notes.append(f"overhead probe failed: {e}")
+        except PROBE_ERRORS as e:
+            notes.append(_masked(http, f"overhead probe failed: {type(e).__name__}: {e}"[:200]))
             return None
         if status != 200:
-            notes.append(f"overhead probe answered HTTP {status}: {data[:200].decode('utf-8', 'replace')}")
+            notes.append(_masked(http, f"overhead probe answered HTTP {status}: {data[:200].decode('utf-8', 'replace')}"))
             return None
         f = Flight(r, body)
         feed_sse(f, data if data.endswith(b"\n\n") else data + b"\n\n", 0.0)

@@ -13,18 +13,23 @@ against the C fake server (benchmarks/dispatch.py --transports raw,aiohttp, 10 s
     1000        6.40 / 10.17                  7.1 / 1377      243 / 552   (aiohttp reached 871 req/s)
 
 `call()` is the single streaming request: POST the prebuilt JSON body, timestamp each read as it
-returns, feed it to `stream.feed_sse`, map every failure onto a Result status.
+returns, feed it to `stream.feed_sse`, map every failure onto a Result status. The same truth as
+the raw transport: no redirect followed (a 3xx is an `http_error` naming its Location), no
+compression asked for (a compressed answer is a `protocol_error`), a corrupt stream ends the
+request at once, and an exception nobody expected is a `client_error` with its message, never
+a silent `ok`. aiohttp never re-sends a POST by itself.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from time import perf_counter
 
 import aiohttp
 
 from .endpoint import Endpoint, scrub
-from .limits import Timeouts
+from .limits import MAX_EVENT_BYTES, Limits, Timeouts
 from .stream import Flight, feed_sse
 from .transport import Hooks
 
@@ -32,23 +37,36 @@ _MAX_ERR_BODY = 300
 
 
 async def call(session: aiohttp.ClientSession, url: str, headers: dict[str, str], f: Flight,
-               api_key: str | None = None) -> None:
+               api_key: str | None = None, max_event_bytes: int = MAX_EVENT_BYTES) -> None:
     """Send `f.wire` (a JSON body) to `url` and read the SSE stream into `f`; sets `f.status`."""
     try:
+        f.attempts += 1
         f.sent = perf_counter()
-        async with session.post(url, data=f.wire, headers=headers) as resp:
+        async with session.post(url, data=f.wire, headers=headers, allow_redirects=False) as resp:
             f.http_status = resp.status
             if resp.status != 200:
                 f.retry_after = resp.headers.get("Retry-After")  # read by dispatch.retry (429/503)
                 body = (await resp.content.read(_MAX_ERR_BODY)).decode("utf-8", "replace").strip()
+                if 300 <= resp.status < 400:
+                    body = (f"redirect to {resp.headers.get('Location', '')[:200]} not followed "
+                            f"(give the final URL as --endpoint); {body}")
                 f.fail("http_error", scrub(f"HTTP {resp.status}: {body}", api_key))
                 return
+            coding = resp.headers.get("Content-Encoding", "").strip().lower()
+            if coding and coding != "identity":
+                f.fail("protocol_error", f"compressed answer (Content-Encoding: {coding[:40]}) although none was asked for")
+                resp.close()
+                return
             content = resp.content
+            f.conn = resp  # for `_framing_errors`: aiohttp may leave this read waiting on a bad body
             while True:
                 data = await content.readany()
                 if not data:
                     break
-                feed_sse(f, data, perf_counter())
+                feed_sse(f, data, perf_counter(), max_event_bytes)
+                if f.status is not None:  # corrupt, oversized or an error event: end it now
+                    resp.close()
+                    return
         if f.status is None:
             if f.done:
                 f.status = "ok"
@@ -62,11 +80,37 @@ async def call(session: aiohttp.ClientSession, url: str, headers: dict[str, str]
         if f.done:
             f.status = f.status or "ok"
         else:
+            # no answer at all on a connection closed cleanly: maybe a stale keep-alive one
+            f.stale = f.http_status is None and isinstance(e, aiohttp.ServerDisconnectedError)
             f.fail("disconnect", scrub(f"connection closed by server ({type(e).__name__})", api_key))
     except (TimeoutError, aiohttp.ServerTimeoutError):
         f.fail("timeout", "timed out")
     except aiohttp.ClientError as e:
         f.fail("protocol_error", scrub(f"{type(e).__name__}: {e}"[:200], api_key))
+    except asyncio.CancelledError:
+        raise
+    except Exception as e:  # whatever it was, the request did not succeed: say so
+        f.fail("client_error", scrub(f"{type(e).__name__}: {e}"[:200], api_key))
+
+
+def _framing_errors(flights: Iterable[Flight]) -> list[tuple[Flight, str]]:
+    """Streams whose body aiohttp's parser rejected (a lying chunk-size line...).
+
+    aiohttp (3.14) then closes the connection and records the error on its protocol, but never
+    on the response body, so a `readany()` already waiting is left waiting until our idle timeout
+    (a true `protocol_error` reported late as `timeout`). Checked from `sweep`, a few times a second.
+    """
+    bad = []
+    for f in flights:
+        resp = f.conn
+        conn = resp.connection if resp is not None else None
+        proto = conn.protocol if conn is not None else None
+        exc = proto.exception() if proto is not None else None
+        if exc is not None:
+            cause = exc.__cause__ or exc
+            what = " ".join(str(getattr(cause, "message", "") or cause).split())
+            bad.append((f, f"bad response framing ({type(cause).__name__}: {what})"[:200]))
+    return bad
 
 
 class AiohttpTransport:
@@ -75,13 +119,15 @@ class AiohttpTransport:
     name = "aiohttp"
 
     def __init__(self, endpoint: Endpoint, api: str, hooks: Hooks, timeouts: Timeouts,
-                 api_key: str | None = None) -> None:
+                 api_key: str | None = None, limits: Limits | None = None) -> None:
+        self.max_event_bytes = (limits or Limits()).max_event_bytes
         self.url = endpoint.url + ("/chat/completions" if api == "chat" else "/completions")
         self._ssl = endpoint.ssl_context() or True  # verified unless --insecure (Endpoint.verify)
         self.hooks = hooks
         self.timeouts = timeouts
         self.api_key = api_key
-        self.headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
+        self.headers = {"Content-Type": "application/json", "Accept": "text/event-stream",
+                        "Accept-Encoding": "identity"}
         if api_key:
             self.headers["Authorization"] = f"Bearer {api_key}"
         self.session: aiohttp.ClientSession | None = None
@@ -108,9 +154,12 @@ class AiohttpTransport:
 
     async def _run(self, f: Flight) -> None:
         try:
-            await call(self.session, self.url, self.headers, f, self.api_key)  # type: ignore[arg-type]
+            await call(self.session, self.url, self.headers, f, self.api_key,  # type: ignore[arg-type]
+                       self.max_event_bytes)
         except asyncio.CancelledError:
             f.fail("cancelled", "cancelled")
+        except Exception as e:  # never a result without a true status
+            f.fail("client_error", scrub(f"{type(e).__name__}: {e}"[:200], self.api_key))
         finally:
             self.finish(f)
 
@@ -118,6 +167,7 @@ class AiohttpTransport:
         if f.finished:
             return
         f.finished = True
+        f.conn = None
         self.active.pop(f, None)
         self.hooks.on_done(f)
 
@@ -129,6 +179,8 @@ class AiohttpTransport:
             task.cancel()
 
     def sweep(self, now: float) -> None:
+        for f, msg in _framing_errors(self.active):
+            self._end_flight(f, "protocol_error", scrub(msg, self.api_key))
         late = self.timeouts.late(self.active, now)
         for f, msg in late:
             self._end_flight(f, "timeout", msg)

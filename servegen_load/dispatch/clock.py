@@ -133,3 +133,15 @@ def make_timer(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) ->
         except (OSError, AttributeError, NotImplementedError):
             pass
     return LoopTimer(loop, callback)
+
+
+def monotonic_at(unix_ts: float) -> float:
+    """The `perf_counter` reading that corresponds to wall-clock instant `unix_ts`, taken once.
+
+    A wall-clock instant is the only clock separate processes and machines share; after this
+    one conversion only `perf_counter` paces, so a wall-clock step (NTP) mid-run does not shift
+    the schedule."""
+    p1 = time.perf_counter()
+    wall = time.time()
+    p2 = time.perf_counter()
+    return (p1 + p2) / 2 + (unix_ts - wall)

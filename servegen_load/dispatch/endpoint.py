@@ -6,6 +6,9 @@ metrics or error text: `scrub` is applied to every error string that could echo 
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import json
 import os
 import re
 import socket
@@ -32,12 +35,17 @@ class Endpoint:
     @classmethod
     def parse(cls, url: str) -> Endpoint:
         parts = urlsplit(url if "://" in url else "http://" + url)
+        shown = redact_url(url)
+        if parts.username is not None or parts.password is not None:
+            # refused rather than used: a credential in the URL is shown wherever the endpoint is
+            raise InputError(f"credentials in the URL ({shown}) are not supported: pass the key in "
+                             "OPENAI_API_KEY or --api-key-file", field="--endpoint")
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise InputError(f"expected an http(s) URL like http://127.0.0.1:8000, got {url!r}", field="--endpoint")
+            raise InputError(f"expected an http(s) URL like http://127.0.0.1:8000, got {shown!r}", field="--endpoint")
         try:
             port = parts.port or (443 if parts.scheme == "https" else 80)
         except ValueError:
-            raise InputError(f"bad port in {url!r}", field="--endpoint") from None
+            raise InputError(f"bad port in {shown!r}", field="--endpoint") from None
         path = parts.path.rstrip("/")
         if not re.fullmatch(r"v\d+\w*", path.split("/")[-1]):
             path = path + "/v1"
@@ -81,18 +89,66 @@ class Endpoint:
         return fam, str(addr[0])
 
 
+def check_key(key: str, where: str, path: str | None = None) -> str:
+    """The key, if it can only ever be one header value: printable ASCII, no CR/LF/NUL (a line
+    break would inject headers into every request). The error names the position, never the key."""
+    for i, c in enumerate(key):
+        if not " " <= c <= "~":
+            what = ("a line break" if c in "\r\n" else "a NUL byte" if c == "\0" else
+                    "a control character" if ord(c) < 32 or ord(c) == 127 else "a non-ASCII character")
+            raise InputError(f"the API key holds {what} at character {i + 1}; expected printable ASCII "
+                             "(the key is not shown)", path=path, field=where)
+    return key
+
+
 def load_api_key(path: Path | None) -> str | None:
-    """The key from `--api-key-file` (first line), else `OPENAI_API_KEY`, else None."""
+    """The key from `--api-key-file` (its first line), else `OPENAI_API_KEY`, else None; validated
+    by `check_key` (surrounding white space is dropped)."""
     if path is not None:
         try:
-            key = path.read_text().strip().splitlines()
+            raw = path.read_bytes()
         except OSError as e:
             raise InputError(f"cannot read: {e.strerror}", path=str(path), field="--api-key-file") from None
-        if not key or not key[0].strip():
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InputError("the API key file is not UTF-8 text (the key is not shown)", path=str(path),
+                             field="--api-key-file") from None
+        first = text.strip().split("\n", 1)[0].strip()
+        if not first:
             raise InputError("the API key file is empty", path=str(path), field="--api-key-file")
-        return key[0].strip()
+        return check_key(first, "--api-key-file", str(path))
     key_env = os.environ.get("OPENAI_API_KEY", "").strip()
-    return key_env or None
+    return check_key(key_env, "OPENAI_API_KEY") if key_env else None
+
+
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/@\s]*@")
+
+
+def redact_url(text: str) -> str:
+    """`scheme://user:pass@host` -> `scheme://***@host`, wherever it appears in `text`."""
+    return _USERINFO.sub(r"\1***@", text) if "@" in text else text
+
+
+@functools.lru_cache(maxsize=8)
+def _echo_pattern(key: str) -> re.Pattern[str]:
+    """The key as a server may echo it: each character as itself, JSON-escaped (`\\u00XX` in either
+    case, `\\/`) or URL-encoded (`%XX` in either case, `+` for a space), in any mix."""
+    parts = []
+    for c in key:
+        alts = [re.escape(c)]
+        for b in c.encode("utf-8"):
+            alts.append(f"%(?i:{b:02x})")
+        if ord(c) < 0x10000:
+            alts.append(f"\\\\u(?i:{ord(c):04x})")
+        if c in "/\"":
+            alts.append(re.escape("\\" + c))
+        if c == "\\":
+            alts.append(re.escape("\\\\"))
+        if c == " ":
+            alts.append("\\+")
+        parts.append("(?:" + "|".join(alts) + ")")
+    return re.compile("".join(parts))
 
 
 _BEARER = re.compile(r"(?i)(bearer\s+)[^\s\"',;}\]]+")
@@ -107,29 +163,56 @@ def scrub(text: str, key: str | None) -> str:
     """
     if "earer" in text or "EARER" in text:
         text = _BEARER.sub(r"\1***", text)
+    if "://" in text and "@" in text:
+        text = redact_url(text)
     if key:
         if key in text:
             text = text.replace(key, "***")
+        if "\\" in text or "%" in text or "+" in text:
+            text = _echo_pattern(key).sub("***", text)
         for n in range(min(len(key) - 1, len(text)), _MIN_PARTIAL - 1, -1):
             if text.endswith(key[:n]):
                 return text[:-n] + "***"
     return text
 
 
+MAX_MODELS_BYTES = 4 << 20  # a /v1/models answer larger than this is refused, not read
+
+
 async def discover_model(endpoint: Endpoint, api_key: str | None, timeout: float = 10.0) -> str:
-    """The first model id the server lists at `/v1/models`."""
+    """The first model id the server lists at `/v1/models`.
+
+    A start-up probe against a server that may be the very one misbehaving: whatever it does (cut
+    the answer, reset, hang, trickle bytes, redirect elsewhere, answer garbage or gigabytes) this
+    ends within `timeout` seconds in one `InputError` line ("pass --model"), never a traceback.
+    Redirects are not followed: the key must not travel to another origin, and the run itself
+    would not follow them either.
+    """
     import aiohttp
 
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    headers["Accept-Encoding"] = "identity"
     url = endpoint.url + "/models"
     try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as s, \
-                s.get(url, headers=headers, ssl=endpoint.ssl_context() or True) as resp:
+        async with asyncio.timeout(timeout), \
+                aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as s, \
+                s.get(url, headers=headers, ssl=endpoint.ssl_context() or True, allow_redirects=False) as resp:
+            if 300 <= resp.status < 400:
+                where = redact_url(resp.headers.get("Location", "")[:200])
+                raise InputError(f"GET {url} answered HTTP {resp.status} (redirect to {where!r}, not followed); "
+                                 "pass --model, or the final URL as --endpoint", field="--model")
             if resp.status != 200:
                 raise InputError(f"GET {url} answered HTTP {resp.status}; pass --model", field="--model")
-            data = await resp.json(content_type=None)
-    except (aiohttp.ClientError, TimeoutError, ValueError) as e:
-        msg = scrub(str(e) or type(e).__name__, api_key)
+            body = await resp.content.read(MAX_MODELS_BYTES + 1)
+            if len(body) > MAX_MODELS_BYTES:
+                raise InputError(f"GET {url} answered over {MAX_MODELS_BYTES} bytes; pass --model", field="--model")
+            data = json.loads(body)
+    except InputError:
+        raise
+    except Exception as e:  # any failure of a probe is one line, not a traceback
+        what = f"no complete answer within {timeout:g}s" if isinstance(e, TimeoutError) else \
+            f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+        msg = scrub(what[:200], api_key)
         raise InputError(f"cannot list models at {url} ({msg}); pass --model", field="--model") from None
     try:
         return str(data["data"][0]["id"])

@@ -1,4 +1,5 @@
-"""Resource limits of one run: timeouts and the open-file limit thousands of streams need."""
+"""Resource limits of one run: timeouts, memory caps per request and response, and the open-file
+limit thousands of streams need."""
 
 from __future__ import annotations
 
@@ -46,6 +47,42 @@ class Timeouts:
             elif f.last_token is not None and now - f.last_token > idle:
                 late.append((f, f"no token for {idle:g}s after the last one (stalled stream)"))
         return late
+
+
+MAX_EVENT_BYTES = 4 << 20
+MAX_PROMPT_TOKENS = 1 << 21
+MAX_REQUEST_BYTES = 256 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Memory caps, so one hostile answer or one absurd request line cannot take the machine.
+
+    `max_event_bytes` (`--max-event-bytes`): one SSE event of a response; past it the request
+    ends as `protocol_error` and its connection is dropped (a token chunk is about 200 bytes; a
+    response's other bytes are never held, and an error answer keeps its first 2 KiB).
+    `max_prompt_tokens` (`--max-prompt-tokens`): input + media tokens of one request, checked
+    before its body is built (a body costs up to ~90 bytes per token while built: one line asking
+    for 2^31 tokens grew to 22 GB). `max_request_bytes`: the built body. A request over either is
+    never sent: its line says `client_error` with the cap it broke, and the run goes on.
+    """
+
+    max_event_bytes: int = MAX_EVENT_BYTES
+    max_prompt_tokens: int = MAX_PROMPT_TOKENS
+    max_request_bytes: int = MAX_REQUEST_BYTES
+
+    def __post_init__(self) -> None:
+        for name in ("max_event_bytes", "max_prompt_tokens", "max_request_bytes"):
+            v = getattr(self, name)
+            if type(v) is not int or v < 1:
+                raise InputError(f"expected a positive integer, got {v!r}", field=f"--{name.replace('_', '-')}")
+
+    def prompt_excess(self, req: Any) -> str | None:
+        """Why `req` must not be sent (its prompt is over the cap), else None."""
+        n = req.input_tokens + sum(req.images or ()) + sum(req.audio or ()) + sum(req.video or ())
+        if n > self.max_prompt_tokens:
+            return f"prompt of {n} tokens (input + media) over --max-prompt-tokens {self.max_prompt_tokens}"
+        return None
 
 
 def raise_nofile_limit(needed: int) -> int:

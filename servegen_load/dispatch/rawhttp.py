@@ -10,7 +10,9 @@ this transport, and its send lag and TTFT error p99 were 10-40x larger from 300 
 The per-chunk path, cheapest first:
 1. `data_received`: the read is one chunk holding one plain token event of this stream that
    matches the stream's template (`stream.learn_template`: same bytes around the token text as
-   an earlier chunk): append the timestamp, nothing else. About 0.8 µs of Python per chunk.
+   an earlier chunk), its size line says exactly its length and its token text is plain
+   printable ASCII (`stream.plain_text`): append the timestamp, nothing else. About 1 µs of
+   Python per chunk. Fast is never lenient: what this path takes, a full parse would accept.
 2. `_chunked` fast loop: whole chunks with one `data:` event each; template match per chunk, or
    one orjson parse (`stream.take_data`, about 2 µs in all). Reads carrying several chunks (the
    loop ran late) stay on this path, so falling behind never makes a chunk dearer.
@@ -19,10 +21,21 @@ The per-chunk path, cheapest first:
 Connections: a keep-alive pool (LIFO, unbounded: one socket per in-flight request). Before the
 clock starts the runner has about the first second's worth opened (`prewarm`), and a few spares
 are kept open in the background (`_top_up`), so connection set-up stays off the send path.
-Chunked / Content-Length / read-until-close bodies, TLS through the loop, one retry on a fresh
-connection when a reused keep-alive connection turns out closed before any response byte (the
-server closed it while idle; `retries` = 1). No pipelining, no proxies, no compression (we send
-no Accept-Encoding): use `--transport aiohttp` for proxies.
+Chunked / Content-Length / read-until-close bodies, TLS through the loop. No pipelining, no
+proxies, no redirects (a 3xx is an `http_error` naming its Location), no compression (we send no
+Accept-Encoding; a compressed answer is a `protocol_error`): use `--transport aiohttp` for proxies.
+
+No hidden resends: a request written to a reused keep-alive connection that the server then
+closes without a byte of answer may have been read and worked on (nothing on the wire tells an
+idle-timeout race from a crash after work), so it ends as `disconnect` (`Flight.stale`) and is
+re-sent only under `--retries` (dispatch.retry), as a recorded attempt. To keep that race rare,
+a connection idle for more than `IDLE_REUSE_S` is closed instead of reused (servers' keep-alive
+timeouts are 5 s and up: uvicorn, llama.cpp, Node).
+
+Garbage ends a request at once as `protocol_error`, with the connection dropped: a status line
+that is not HTTP/1.x, bad or contradictory framing (a chunk-size line that is not hex or does not
+match the bytes that follow, a bad Content-Length), an SSE event that is not a JSON object or a
+line that is no SSE field, an event over `--max-event-bytes`.
 
 Timestamps: `sent` is taken just before the request bytes are written (like the C reference
 client), chunk times at `data_received` entry. Each `data_received` also asks the scheduler to
@@ -34,19 +47,54 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import re
 import socket
 import ssl
 from time import perf_counter
 
 from .endpoint import Endpoint, scrub
-from .limits import Timeouts
-from .stream import Flight, feed_sse, take_data
+from .limits import Limits, Timeouts
+from .stream import Flight, feed_sse, plain_text, take_data
 from .transport import Hooks
 
 _IDLE, _HEAD, _CHUNKED, _LENGTH, _UNTIL_CLOSE = range(5)
 _MAX_HEAD = 64 * 1024
+_MAX_SIZE_LINE = 1024  # a chunk-size line (hex size and extensions)
+_MAX_TRAILERS = 64 * 1024
 _MAX_ERR_BODY = 2048
+_MAX_INTERIM = 16  # 1xx responses before the final one
 SPARE_CONNECTIONS = 16
+IDLE_REUSE_S = 2.0  # an idle connection older than this is closed, not reused (see the module doc)
+_chunk_size = re.compile(rb"([0-9a-fA-F]{1,15})[ \t]*(?:;[^\r\n]*)?").fullmatch
+
+# The token-chunk fast path (`data_received`) in one comparison. A read of n bytes that is one
+# whole chunk can only start with one size line (size + len(hex(size)) + 4 = n grows strictly
+# with size), so the expected head is looked up by length, and the read must equal head + the
+# stream's template prefix + the token text + its suffix. Same acceptance as searching for the
+# CRLF, formatting the size and matching both ends, at about half the interpreter work: bytes
+# find/startswith/endswith parse their arguments the slow way, a join and a compare do not.
+_FAST_MAX = 8192  # reads up to this long (token chunks are about 200 bytes)
+_HEADS: list[bytes | None] = [None] * (_FAST_MAX + 1)
+for _s in range(_FAST_MAX):
+    _h = b"%x\r\n" % _s
+    if len(_h) + _s + 2 <= _FAST_MAX:
+        _HEADS[len(_h) + _s + 2] = _h
+del _s, _h
+_HEADS_PER_CONN = 64  # cached head + prefix per connection, by read length (a hostile server varies it)
+# Token texts already found plain (`stream.plain_text`): token vocabularies repeat, and a set
+# lookup costs less than a regex call. Bounded: past it, texts are checked and not remembered.
+_PLAIN: set[bytes] = set()
+_PLAIN_MAX = 1 << 16
+_join = b"".join
+
+
+def _plain(mid: bytes) -> bool:
+    """Whether `mid` is non-empty token text the fast path may take (see `stream.plain_text`)."""
+    if not mid or plain_text(mid) is not None:
+        return False
+    if len(mid) <= 32 and len(_PLAIN) < _PLAIN_MAX:
+        _PLAIN.add(mid)
+    return True
 
 
 class _Conn(asyncio.Protocol):
@@ -58,6 +106,9 @@ class _Conn(asyncio.Protocol):
         "flight",
         "got",
         "hooks",
+        "hp",
+        "hp_pre",
+        "idle_since",
         "keep",
         "ok",
         "owner",
@@ -82,6 +133,9 @@ class _Conn(asyncio.Protocol):
         self.reused = False
         self.alive = False
         self.errbody = b""
+        self.idle_since = 0.0
+        self.hp: dict[int, bytes] = {}  # read length -> chunk head + template prefix (fast path)
+        self.hp_pre: bytes | None = None  # the template prefix `hp` was built for
 
     # --- asyncio callbacks ---
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -104,14 +158,23 @@ class _Conn(asyncio.Protocol):
             # through to the general reader.
             f = self.flight
             if f is not None and f.tpl_pre is not None and not self.rbuf and not self.rem:
-                i = data.find(b"\r\n")
+                # The read must be exactly: the one size line its length allows (lowercase hex,
+                # as servers write it), the template prefix, plain token text, the template
+                # suffix (ends with the event's blank line and the chunk's CRLF). See `_HEADS`.
                 pre = f.tpl_pre
-                suf = f.tpl_suf  # ends with the event's blank line and the chunk's CRLF
-                if 0 < i < 9 and data.endswith(suf) and data.startswith(pre, i + 2):
-                    mid = data[i + 2 + len(pre):len(data) - len(suf)]
-                    # No size check needed: a read holding a partial chunk cannot end in `suf`
-                    # (JSON strings hold no raw newline), one holding two has a quote in `mid`.
-                    if mid and b'"' not in mid:
+                if self.hp_pre is not pre:
+                    self.hp_pre = pre
+                    self.hp = {}
+                n = len(data)
+                hp = self.hp.get(n)
+                if hp is None and n <= _FAST_MAX and len(self.hp) < _HEADS_PER_CONN:
+                    head = _HEADS[n]
+                    if head is not None:
+                        hp = self.hp[n] = head + pre
+                if hp is not None:
+                    suf = f.tpl_suf
+                    mid = data[len(hp):n - len(suf)]
+                    if (mid in _PLAIN or _plain(mid)) and _join((hp, mid, suf)) == data:
                         f.chunks.append(t)
                         f.last_token = t
                         return
@@ -136,21 +199,21 @@ class _Conn(asyncio.Protocol):
         if f is None:
             return
         self.flight = None
-        if self.state == _UNTIL_CLOSE:
+        if self.state == _UNTIL_CLOSE and (exc is None or f.done):
             self._end(f)
-            return
-        if not self.got and self.reused and exc is None and f.retries == 0 and not f.finished:
-            # The server closed this idle keep-alive connection under us (a clean EOF, no byte of
-            # answer): re-send once on a fresh one. A reset (exc set) is a failure of this
-            # request (fault reset_before_first_byte): `disconnect`, never re-sent here.
-            f.retries = 1
-            self.owner.submit_fresh(f)
             return
         if f.done and self.ok:  # saw [DONE]; only the chunked terminator was missing
             self._end(f)
             return
-        reason = f"connection closed by server ({exc})" if exc else "connection closed by server"
-        f.fail("disconnect", reason)
+        if not self.got and self.reused and exc is None:
+            # A clean EOF on a reused keep-alive connection before any byte of answer: the server
+            # may have closed it idle just as we wrote, or read the request, worked, and closed.
+            # Nothing tells them apart, so it is not re-sent here (only under --retries).
+            f.stale = True
+            f.fail("disconnect", "connection closed by server before any byte of answer (a reused "
+                   "keep-alive connection; the request may have been received: not re-sent without --retries)")
+        else:
+            f.fail("disconnect", f"connection closed by server ({exc})" if exc else "connection closed by server")
         self.owner.finish(f)
 
     # --- request/response ---
@@ -163,6 +226,7 @@ class _Conn(asyncio.Protocol):
         self.got = False
         self.reused = reused
         self.errbody = b""
+        f.attempts += 1
         f.sent = perf_counter()
         self.tr.write(f.wire)  # type: ignore[union-attr]
 
@@ -172,48 +236,77 @@ class _Conn(asyncio.Protocol):
             return
         self.got = True
         buf = self.rbuf + data if self.rbuf else data
-        i = buf.find(b"\r\n\r\n")
-        if i < 0:
-            if len(buf) > _MAX_HEAD:
-                self._protocol_error("response head over 64 KiB")
-            else:
-                self.rbuf = buf
-            return
-        self.rbuf = b""
-        lines = buf[:i].split(b"\r\n")
-        try:
-            ver, code_s = lines[0].split(b" ", 2)[:2]
-            code = int(code_s)
-        except ValueError:
-            self._protocol_error("bad status line: " + lines[0][:60].decode("latin-1"))
-            return
-        rest = buf[i + 4:]
-        if 100 <= code < 200:  # interim response: the real head follows
-            if rest:
-                self._head(rest, t)
-            return
+        interim = 0
+        while True:
+            if buf[:5] != b"HTTP/"[:len(buf)]:  # garbage ends the request now, not at a timeout
+                self._protocol_error("answer is not HTTP: " + repr(bytes(buf[:40]))[2:-1])
+                return
+            i = buf.find(b"\r\n\r\n")
+            if i < 0:
+                if len(buf) > _MAX_HEAD:
+                    self._protocol_error("response head over 64 KiB")
+                else:
+                    self.rbuf = buf
+                return
+            self.rbuf = b""
+            lines = buf[:i].split(b"\r\n")
+            try:
+                ver, code_s = lines[0].split(b" ", 2)[:2]
+                code = int(code_s) if code_s.isdigit() and len(code_s) == 3 else -1
+            except ValueError:
+                code = -1
+            if code < 100 or ver not in (b"HTTP/1.1", b"HTTP/1.0"):
+                self._protocol_error("bad status line: " + lines[0][:60].decode("latin-1"))
+                return
+            buf = buf[i + 4:]
+            if code >= 200:
+                break
+            interim += 1
+            if code == 101 or interim > _MAX_INTERIM:
+                self._protocol_error(f"unexpected interim response {code}" if code == 101
+                                     else f"over {_MAX_INTERIM} interim (1xx) responses")
+                return
+            if not buf:  # interim response: the real head follows
+                return
+        rest = buf
         f.http_status = code
         chunked = False
         length = -1
         keep = ver == b"HTTP/1.1"
+        coding = b""
+        location = b""
         for line in lines[1:]:
             k, _, v = line.partition(b":")
             k = k.strip().lower()
             if k == b"transfer-encoding":
-                chunked = b"chunked" in v.lower()
-            elif k == b"content-length":
-                try:
-                    length = int(v.strip())
-                except ValueError:
-                    self._protocol_error("bad Content-Length")
+                te = v.strip().lower()
+                if te != b"chunked" and te != b"identity":
+                    self._protocol_error("unsupported Transfer-Encoding: " + te[:40].decode("latin-1"))
                     return
+                chunked = te == b"chunked"
+            elif k == b"content-length":
+                lv = v.strip()
+                if not lv.isdigit() or (length >= 0 and int(lv) != length):
+                    self._protocol_error("bad Content-Length: " + lv[:40].decode("latin-1"))
+                    return
+                length = int(lv)
             elif k == b"connection":
                 lv = v.strip().lower()
                 keep = lv == b"keep-alive" if ver != b"HTTP/1.1" else lv != b"close"
             elif k == b"retry-after":  # read by dispatch.retry (429/503)
                 f.retry_after = v.strip().decode("latin-1")
+            elif k == b"content-encoding":
+                coding = v.strip().lower()
+            elif k == b"location":
+                location = v.strip()
         self.keep = keep
         self.ok = code == 200
+        if self.ok and coding and coding != b"identity":
+            self._protocol_error("compressed answer (Content-Encoding: " + coding[:40].decode("latin-1")
+                                 + ") although none was asked for")
+            return
+        if 300 <= code < 400:
+            self.errbody = b"redirect to " + location[:200] + b" not followed (give the final URL as --endpoint); "
         if chunked:
             self.state = _CHUNKED
             self.rem = 0
@@ -256,6 +349,8 @@ class _Conn(asyncio.Protocol):
                     size = int(data[pos:i], 16)
                 except ValueError:
                     break
+                if data[pos:i] != b"%x" % size:  # not plain lowercase hex: the strict path judges it
+                    break
                 s = i + 2
                 e = s + size
                 if size == 0 or e + 2 > n:
@@ -266,15 +361,21 @@ class _Conn(asyncio.Protocol):
                     j = e + 2 - len(suf)
                     if data.startswith(pre, s) and data.startswith(suf, j):
                         mid = data[s + len(pre):j]
-                        if mid and b'"' not in mid:
+                        if mid and plain_text(mid) is None:
                             f.chunks.append(t)
                             f.last_token = t
                             pos = e + 2
                             continue
-                if data[e - 2:e] != b"\n\n" or data[s:s + 6] != b"data: ":
+                if data[e - 2:e + 2] != b"\n\n\r\n" or data[s:s + 6] != b"data: ":
                     break
-                if not take_data(f, data[s + 6:e - 2], t):
+                payload = data[s + 6:e - 2]
+                if b"\n" in payload or b"\r" in payload:
                     break
+                if not take_data(f, payload, t):
+                    break
+                if f.status is not None:  # an error event, or not a JSON object: end it now
+                    self._protocol_error("")
+                    return
                 pos = e + 2
             if pos:
                 if pos >= n:
@@ -295,22 +396,31 @@ class _Conn(asyncio.Protocol):
                 pos += take
                 rem -= take
                 continue
-            if rem > 0:
+            if rem > 0:  # the CRLF that ends a chunk's data: checked, a lying size line shows here
                 take = rem if rem <= n - pos else n - pos
+                if buf[pos:pos + take] != b"\r\n"[2 - rem:2 - rem + take]:
+                    self._protocol_error("chunk data does not end where its chunk-size line says")
+                    return
                 pos += take
                 rem -= take
                 continue
             i = buf.find(b"\r\n", pos)
             if i < 0:
+                if n - pos > _MAX_SIZE_LINE:
+                    self._protocol_error("bad chunk size line (no end)")
+                    return
                 self.rbuf = buf[pos:]
                 break
-            try:
-                size = int(buf[pos:i].split(b";", 1)[0], 16)
-            except ValueError:
-                self._protocol_error("bad chunk size line")
+            m = _chunk_size(buf, pos, i)
+            if m is None:
+                self._protocol_error("bad chunk size line: " + repr(bytes(buf[pos:min(i, pos + 40)]))[2:-1])
                 return
+            size = int(m.group(1), 16)
             if size == 0:  # last chunk; then optional trailers and an empty line
                 if buf[i + 2:i + 4] != b"\r\n" and buf.find(b"\r\n\r\n", i) < 0:
+                    if n - pos > _MAX_TRAILERS:
+                        self._protocol_error("chunked trailers over 64 KiB")
+                        return
                     self.rbuf = buf[pos:]
                     break
                 self.rem = 0
@@ -341,7 +451,9 @@ class _Conn(asyncio.Protocol):
         if f is None:
             return
         if self.ok:
-            feed_sse(f, data, t)
+            feed_sse(f, data, t, self.owner.max_event_bytes)
+            if f.status is not None:  # the stream proved corrupt or reported an error: end it now
+                self._protocol_error("")
         elif len(self.errbody) < _MAX_ERR_BODY:
             self.errbody += data[:_MAX_ERR_BODY]
 
@@ -350,6 +462,7 @@ class _Conn(asyncio.Protocol):
         self.flight = None
         self.state = _IDLE
         if self.keep and self.alive:
+            self.idle_since = perf_counter()
             self.owner.idle.append(self)
         elif self.tr is not None:
             self.alive = False
@@ -385,8 +498,9 @@ class RawTransport:
     name = "raw"
 
     def __init__(self, endpoint: Endpoint, api: str, hooks: Hooks, timeouts: Timeouts,
-                 api_key: str | None = None) -> None:
+                 api_key: str | None = None, limits: Limits | None = None) -> None:
         self.endpoint = endpoint
+        self.max_event_bytes = (limits or Limits()).max_event_bytes
         self.hooks = hooks
         self.timeouts = timeouts
         self.api_key = api_key
@@ -433,6 +547,8 @@ class RawTransport:
             batch = min(64, n - opened)
             got = await asyncio.gather(*(self._connect() for _ in range(batch)), return_exceptions=True)
             conns = [c for c in got if isinstance(c, _Conn)]
+            for c in conns:
+                c.idle_since = perf_counter()
             self.idle.extend(conns)
             opened += len(conns)
             if len(conns) < batch:  # the server refuses or stalls: stop trying
@@ -469,6 +585,7 @@ class RawTransport:
         if self._closing:
             conn.tr.close()  # type: ignore[union-attr]
         else:
+            conn.idle_since = perf_counter()
             self.idle.append(conn)
 
     async def _connect(self) -> _Conn:
@@ -485,9 +602,14 @@ class RawTransport:
         idle = self.idle
         if len(idle) <= self.spare >> 1:
             self._top_up()
+        oldest = (f.dispatched or perf_counter()) - IDLE_REUSE_S
         while idle:
             c = idle.pop()
             if c.alive and c.flight is None:
+                if c.idle_since < oldest:  # may be closing under us (keep-alive timeout): drop it
+                    c.alive = False
+                    c.tr.close()  # type: ignore[union-attr]
+                    continue
                 c.start(f, True)
                 return
         self.submit_fresh(f)
@@ -516,6 +638,7 @@ class RawTransport:
             return
         f.handle = None
         if f.finished:  # cancelled or timed out while we were connecting
+            conn.idle_since = perf_counter()
             self.idle.append(conn)
             return
         conn.start(f, False)
@@ -545,8 +668,16 @@ class RawTransport:
         late = self.timeouts.late(self.active, now)
         for f, msg in late:
             self._end_flight(f, "timeout", msg)
-        if len(self.idle) > 64:
-            self.idle = [c for c in self.idle if c.alive]
+        oldest = now - IDLE_REUSE_S
+        if self.idle and (len(self.idle) > 64 or self.idle[0].idle_since < oldest):
+            keep = []
+            for c in self.idle:
+                if c.alive and c.idle_since < oldest:
+                    c.alive = False
+                    c.tr.close()  # type: ignore[union-attr]
+                elif c.alive:
+                    keep.append(c)
+            self.idle = keep
         self._top_up()
 
     def cancel_all(self, reason: str) -> None:

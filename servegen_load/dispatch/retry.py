@@ -5,10 +5,13 @@ What is retried, and only that: a failure before any token arrived that the serv
 repeat or that never reached it:
 
 - `http_error` with HTTP 429 (rate limited) or 503 (unavailable);
-- `connect_error` (connection refused, TLS or DNS failure...; never a connect *timeout*).
+- `connect_error` (connection refused, TLS or DNS failure...; never a connect *timeout*);
+- a `disconnect` of a reused keep-alive connection closed cleanly before any byte of answer
+  (`Flight.stale`): usually the server's idle timeout racing our write, but it may have read the
+  request, so only the user's `--retries` may re-send it.
 
-Never a timeout, disconnect, protocol error or other HTTP status: the server may have done the
-work, and repeating it would double-count load.
+Never a timeout, another disconnect, a protocol error or other HTTP status: the server may have
+done the work, and repeating it would double-count load.
 
 When: after `Retry-After` seconds when the answer carried one (seconds or an HTTP date), else
 after an exponential back-off of `BACKOFF_S * 2**k` for the k-th retry (0.5 s, 1 s, 2 s...);
@@ -16,8 +19,8 @@ either way capped at `--retry-max-wait`. The wait is a loop timer of its own: th
 schedule of every other request is untouched (they are never queued behind a retry). A request
 waiting to retry keeps its `--max-concurrency` slot.
 
-What the result says: `retries` = re-sends of the request (this includes the one transparent
-re-send `rawhttp` makes when a server closed an idle keep-alive connection under it); `status`,
+What the result says: `retries` = re-sends of the request (no transport re-sends anything by
+itself); `attempts` = times it was written to a connection (a connect failure writes nothing); `status`,
 `error`, `http_status` of the last attempt; `sent` = when the first attempt was sent, so send
 lag stays the dispatcher's own lateness and TTFT/E2E of a retried request include the failed
 attempts and the waits (what a client with retries experiences). An interrupted run ends a
@@ -65,7 +68,7 @@ def retryable(f: Flight) -> bool:
         return False
     if f.status == "http_error":
         return f.http_status in RETRYABLE_HTTP
-    return f.status == "connect_error"
+    return f.status == "connect_error" or (f.status == "disconnect" and f.stale)
 
 
 class Retrier:
@@ -118,7 +121,7 @@ class Retrier:
         f.status = f.error = f.retry_after = None
         f.http_status = None
         f.sent = None
-        f.finished = f.done = False
+        f.finished = f.done = f.stale = False
         f.sse_buf = b""
         f.conn = f.handle = None
         f.retries += 1

@@ -39,7 +39,7 @@ import math
 import signal
 import time
 from collections import Counter, deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from time import perf_counter
@@ -47,12 +47,12 @@ from typing import Any
 
 import numpy as np
 
-from ..payload import Api, PayloadOptions, build_body
+from ..content.payload import Api, PayloadOptions, build_body
 from ..requests import Request
 from ..results import ResultSink, result_line, unsent_line
-from .clock import make_timer
-from .endpoint import Endpoint, scrub
-from .limits import Timeouts, raise_nofile_limit
+from .clock import make_timer, monotonic_at
+from .endpoint import Endpoint, check_key, scrub
+from .limits import Limits, Timeouts, raise_nofile_limit
 from .progress import Mode, Progress, Snapshot
 from .sessions import SessionGate
 from .stream import Flight
@@ -89,16 +89,23 @@ class RunConfig:
     metrics_host: str = "127.0.0.1"
     metrics_linger: float = 0.0
     pushgateway: str | None = None
+    push_timeout: float = 5.0  # --push-timeout: the longest the end of the run waits for the Pushgateway
     progress: Mode = "auto"
     total_hint: float | None = None
     header: dict[str, Any] = field(default_factory=dict)  # extra results-header fields (source, argv)
     handle_signals: bool = True
-    start_at: float | None = None  # scale hook: unix time of t = 0 shared by shards (`scale.shard`)
-    metrics_snapshot: Path | None = None  # scale hook: final /metrics text written here (workers' parent sums them)
+    # t = 0 as a unix instant (None: as soon as the run is set up); a run of several processes or
+    # machines passes one shared instant, converted to the monotonic clock once (`clock.monotonic_at`)
+    start_at: float | None = None
+    # awaited before the transport opens (e.g. sleep until shortly before `start_at`)
+    before_start: Callable[[], Awaitable[None]] | None = None
+    metrics_snapshot: Path | None = None  # the final /metrics text is written here (a parent may sum them)
     # reliability hooks (see dispatch.retry, docs/reliability.md)
     retries: int = 0  # --retries: re-sends of a 429/503/connect failure before any token (0: never)
     retry_max_wait: float = 10.0  # --retry-max-wait: cap on Retry-After / back-off, seconds
     insecure: bool = False  # --insecure: do not verify TLS certificates
+    limits: Limits = field(default_factory=Limits)  # --max-event-bytes, --max-prompt-tokens (dispatch.limits)
+    results_copy: Path | None = None  # outputs hook: a regular file the summary is read from (-o -, a pipe)
 
 
 @dataclass
@@ -110,6 +117,8 @@ class RunOutcome:
     by_status: dict[str, int]
     metrics_port: int | None = None
     input_error: Exception | None = None  # the input broke mid-run: requests before it ran
+    storage_error: OSError | None = None  # results could not be written: dispatching stopped there
+    written: int = 0  # result lines on disk (what a storage failure left)
 
 
 class Runner:
@@ -144,13 +153,22 @@ class Runner:
         self._limit = config.max_concurrency or 0
         self.metrics: Any = None
         self.input_error: Exception | None = None
+        self.storage_error: OSError | None = None
         self.retry: Any = None  # dispatch.retry.Retrier with --retries
         self.sessions = SessionGate(self)  # sessions hook: later turns wait for the previous response
 
     # --- look-ahead ---
     def _prepare(self, r: Request) -> Flight:
-        body = build_body(r, self.cfg.api, self.cfg.model, self.cfg.payload)
-        return Flight(r, self.transport.wire(body))
+        limits = self.cfg.limits
+        why = limits.prompt_excess(r)
+        if why is None:
+            body = build_body(r, self.cfg.api, self.cfg.model, self.cfg.payload)
+            if len(body) <= limits.max_request_bytes:
+                return Flight(r, self.transport.wire(body))
+            why = f"request body of {len(body)} bytes over the {limits.max_request_bytes} byte cap"
+        f = Flight(r, b"")  # never sent: ends as client_error when due (see `tick`)
+        f.fail("client_error", "not sent: " + why)
+        return f
 
     def _fill(self, horizon_rel: float, budget_until: float) -> None:
         """Build flights until the look-ahead reaches `horizon_rel` (or its bounds / the budget)."""
@@ -217,7 +235,13 @@ class Runner:
                 continue
             f.queue_time = 0.0
             self.in_flight += 1
-            transport.submit(f)
+            if f.status is not None:  # refused before sending (`_prepare`): its line, no request
+                self.on_done(f)
+                continue
+            try:
+                transport.submit(f)
+            except Exception as e:  # a transport bug must not lose the request or stop the clock
+                transport._end_flight(f, "client_error", f"{type(e).__name__}: {e}")
         if la:
             self.next_due = self.t0 + la[0].t_rel
             self.timer.arm(self.next_due)
@@ -236,8 +260,10 @@ class Runner:
         self.done += 1
         if f.req.session is not None:  # sessions hook: the session's next turn may go
             self.sessions.done(f)
-        st = f.status or "ok"
-        f.status = st
+        st = f.status
+        if st is None:  # a transport that decided nothing: never an unproven `ok`
+            f.status = st = "client_error"
+            f.error = "the request ended without a status (internal error)"
         self.by_status[st] += 1
         if st != "ok" and st != "cancelled":
             self.errors += 1
@@ -250,9 +276,9 @@ class Runner:
             self.metrics.pending.append(f)
         if self.waiting and not self.stopping:
             g = self.waiting.popleft()
-            g.queue_time = perf_counter() - g.dispatched
+            g.queue_time = perf_counter() - (g.dispatched or 0.0)
             self.in_flight += 1
-            self.transport.submit(g)
+            self._submit(g)
         elif self.exhausted and not self.la and not self.in_flight:
             self._check_done()
 
@@ -270,7 +296,18 @@ class Runner:
             return
         f.queue_time = 0.0
         self.in_flight += 1
-        self.transport.submit(f)
+        self._submit(f)
+
+    def _submit(self, f: Flight) -> None:
+        """`transport.submit` off the hot path (`tick` inlines it): a flight refused before sending
+        (`_prepare`) ends unsent, a transport failure ends the flight as `client_error`."""
+        if f.status is not None:
+            self.loop.call_soon(self.on_done, f)
+            return
+        try:
+            self.transport.submit(f)
+        except Exception as e:
+            self.transport._end_flight(f, "client_error", f"{type(e).__name__}: {e}")
 
     def _check_done(self) -> None:
         if (self.exhausted and not self.la and not self.in_flight and not self.waiting
@@ -308,14 +345,30 @@ class Runner:
             self.by_status["cancelled"] += 1
         self.loop.create_task(self._drain_unsent())
 
+    def _storage_failed(self, e: OSError) -> None:
+        """The results file cannot take more lines: stop sending (a result nobody can read is a
+        request wasted on the server) and end the run; the cancelled lines are not written."""
+        if self.storage_error is None:
+            self.storage_error = e
+            self.abort_drain = True
+            self.incomplete = True
+        self.stop(f"stopped: cannot write results ({e.strerror})")
+
     async def _drain_unsent(self) -> None:
         n = 0
+        if self.storage_error is not None:  # nothing more can be written: do not walk the input
+            self.exhausted = True
+            self._check_done()
+            return
         try:
             for r in self._it:
                 self.sink.add(unsent_line(r))
                 n += 1
                 if n % 2000 == 0:
-                    self.sink.flush()
+                    try:
+                        self.sink.flush()
+                    except OSError as e:  # the disk filled while writing the cancelled lines
+                        self._storage_failed(e)
                     await asyncio.sleep(0)
                     if self.abort_drain:
                         self.incomplete = True
@@ -352,8 +405,11 @@ class Runner:
             await asyncio.sleep(HOUSEKEEPING_S)
             now = perf_counter()
             self.transport.sweep(now)
-            if now - last_flush >= FLUSH_S:
-                self.sink.flush()
+            if now - last_flush >= FLUSH_S or self.sink.error is not None:
+                try:
+                    self.sink.flush()
+                except OSError as e:
+                    self._storage_failed(e)
                 last_flush = now
             if now - last_progress >= PROGRESS_S:
                 last_progress = now
@@ -389,21 +445,21 @@ class Runner:
         cfg = self.cfg
         self.loop = loop = asyncio.get_running_loop()
         raise_nofile_limit((cfg.max_concurrency or 1024) + 64)
-        if cfg.start_at is not None:  # scale hook: set up just before the shared start instant
-            from ..scale.shard import sleep_until_setup
-
-            await sleep_until_setup(cfg.start_at)
+        if cfg.before_start is not None:
+            await cfg.before_start()
         endpoint = Endpoint.parse(cfg.endpoint)
+        if cfg.api_key:  # one header value, whoever built the config: no header injection
+            check_key(cfg.api_key, "api_key")
         if cfg.insecure:
             endpoint = dataclasses.replace(endpoint, verify=False)
         if cfg.transport == "aiohttp":
             from .client import AiohttpTransport
 
-            self.transport: Any = AiohttpTransport(endpoint, cfg.api, self, cfg.timeouts, cfg.api_key)
+            self.transport: Any = AiohttpTransport(endpoint, cfg.api, self, cfg.timeouts, cfg.api_key, cfg.limits)
         elif cfg.transport == "raw":
             from .rawhttp import RawTransport
 
-            self.transport = RawTransport(endpoint, cfg.api, self, cfg.timeouts, cfg.api_key)
+            self.transport = RawTransport(endpoint, cfg.api, self, cfg.timeouts, cfg.api_key, cfg.limits)
         else:
             raise ValueError(f"unknown transport {cfg.transport!r}")
         if cfg.retries:
@@ -438,8 +494,11 @@ class Runner:
                   "timeouts": {"connect": cfg.timeouts.connect, "first_token": cfg.timeouts.first_token,
                                "total": cfg.timeouts.total, "idle": cfg.timeouts.idle},
                   "retries": cfg.retries, "insecure": cfg.insecure,
+                  "limits": {"max_event_bytes": cfg.limits.max_event_bytes,
+                             "max_prompt_tokens": cfg.limits.max_prompt_tokens,
+                             "max_request_bytes": cfg.limits.max_request_bytes},
                   **cfg.header}
-        self.sink = ResultSink(cfg.output, header)
+        self.sink = ResultSink(cfg.output, header, copy=cfg.results_copy)
         self.progress = Progress(cfg.progress)
         self.timer = make_timer(loop, self._on_timer)
         self._finished = loop.create_future()
@@ -454,14 +513,13 @@ class Runner:
         gc.freeze()
         if cfg.start_at is None:
             self.t0 = perf_counter() + 0.005
-        else:  # scale hook: the shared wall-clock instant, on the monotonic clock once
-            from ..scale.shard import monotonic_at
-
+        else:  # the shared wall-clock instant, on the monotonic clock once
             self.t0 = monotonic_at(cfg.start_at)
         if self.la:
             self.next_due = self.t0 + self.la[0].t_rel
             self.timer.arm(self.next_due)
         hk = loop.create_task(self._housekeeping())
+        hk.add_done_callback(self._housekeeping_ended)
         self._check_done()
         try:
             await self._finished
@@ -470,7 +528,10 @@ class Runner:
             self.timer.close()
             self.sessions.close()  # sessions hook
             await self.transport.close()
-            self.sink.close()
+            try:
+                self.sink.close()
+            except OSError as e:
+                self.storage_error = self.storage_error or e
             if self.metrics is not None:
                 self.metrics.set_gauges(0, 0.0)
                 self.metrics.observe(self.t0)
@@ -478,16 +539,13 @@ class Runner:
             self.progress.close()
             gc.unfreeze()
         if self.metrics is not None:
-            if cfg.metrics_snapshot is not None:  # scale hook
+            if cfg.metrics_snapshot is not None:
                 from ..atomic import atomic_write
 
                 with atomic_write(cfg.metrics_snapshot, "wb") as fh:
                     fh.write(self.metrics.render())
             if cfg.pushgateway:
-                try:
-                    self.metrics.push(cfg.pushgateway)
-                except OSError as e:
-                    print(f"servegen-load: warning: push to {cfg.pushgateway} failed: {e}", flush=True)
+                await self._push(cfg.pushgateway, cfg.push_timeout)
             if cfg.metrics_port is not None and cfg.metrics_linger > 0 and not self.interrupted:
                 await self._linger(cfg.metrics_linger)
             self.metrics.stop()
@@ -496,7 +554,40 @@ class Runner:
                 loop.remove_signal_handler(sig)
         return RunOutcome(output=cfg.output, scheduled=self.done + self.unsent, interrupted=self.interrupted,
                           incomplete=self.incomplete, by_status=dict(self.by_status), metrics_port=metrics_port,
-                          input_error=self.input_error)
+                          input_error=self.input_error, storage_error=self.storage_error,
+                          written=self.sink.written)
+
+    def _housekeeping_ended(self, task: asyncio.Task[None]) -> None:
+        """Housekeeping enforces timeouts and flushes results: if it dies, the run must not go on
+        blind (it would hang on stalled requests and hold every result in memory)."""
+        if task.cancelled() or task.exception() is None:
+            return
+        e = task.exception()
+        if isinstance(e, OSError):
+            self._storage_failed(e)
+        else:
+            self.input_error = self.input_error or (e if isinstance(e, Exception) else None)
+            self.stop(f"stopped: internal error ({type(e).__name__}: {e})")
+
+    async def _push(self, gateway: str, timeout: float) -> None:
+        """Push the final metrics, waiting at most `timeout` s; a signal meanwhile abandons the push
+        and makes the run interrupted (exit 130). Failures are a warning on stderr."""
+        import functools
+        import sys
+        import threading
+
+        from ..metrics.prometheus import push_bounded
+
+        stop = threading.Event()
+        if self.cfg.handle_signals:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.loop.add_signal_handler(sig, stop.set)
+        push = functools.partial(self.metrics.push, gateway, timeout=timeout)
+        warning = await asyncio.to_thread(push_bounded, push, gateway, timeout, stop)
+        if stop.is_set():
+            self.interrupted = True
+        if warning:
+            print(f"servegen-load: warning: {warning}", file=sys.stderr, flush=True)
 
     async def _linger(self, seconds: float) -> None:
         """Keep /metrics up after the run so a scraper sees the final values (a signal ends it)."""

@@ -1,18 +1,22 @@
-"""Closed-loop turns inside open-loop sessions: turn k+1 leaves `think_time` after turn k ended.
+"""Closed-loop turns inside open-loop sessions: turn k+1 starts `think_time` after turn k started,
+and never before turn k's response ended.
 
 Sessions arrive open loop: a session's first turn (turn 0) is scheduled like any request, at its
-`t`, whatever the server does. Inside a session the user waits: turn k+1 is due at
+`t`, whatever the server does. Think time has one definition everywhere (`fit` measures it,
+`generate` writes it, this module keeps it): from a turn's start to the next turn's start, as a
+log records arrivals. Inside a session the user also waits for the answer, so turn k+1 is due at
 
-    due(k+1) = end(k) + think_time(k+1)
+    due(k+1) = max(start(k) + think_time(k+1), end(k))
 
-where end(k) is when turn k's response was complete (or failed: the user then goes on anyway,
-so a failed turn does not end its session). A requests file gives turn k+1 the time
-t(k) + think_time(k+1), a lower bound of its due time (as if responses were instant), so the
-runner's look-ahead always reaches it before it can be due; when the runner pops it
-(`hold`), it waits here: in its session's `waiting` list until turn k ends, then in a heap of due times served by a
-timer of its own (`clock.make_timer`, µs precision), and goes out through `runner.send_now`.
-Its `scheduled` time (the flight's `t_rel`) becomes due(k+1), so send lag means the same for
-every request, and nothing here ever touches the schedule of first turns.
+where start(k) is when turn k was due to leave (its scheduled time, or its own due time for a
+released turn) and end(k) is when turn k's response was complete (or failed: the user then goes
+on anyway, so a failed turn does not end its session). With a server faster than the think
+times, the turns leave exactly at the requests file's times t(k) + think_time(k+1); a slow
+server stretches the session as a real user's would. When the runner pops turn k+1 (`hold`), it
+waits here: in its session's `waiting` list until turn k ends, then in a heap of due times
+served by a timer of its own (`clock.make_timer`, µs precision), and goes out through
+`runner.send_now`. Its `scheduled` time (the flight's `t_rel`) becomes due(k+1), so send lag
+means the same for every request, and nothing here ever touches the schedule of first turns.
 
 A turn whose predecessor never ran in this run (a requests file cut by `--duration`, a shard
 without it) is sent at its own time: nothing would ever release it. Session states are dropped
@@ -37,6 +41,7 @@ MAX_STATES = 200_000
 @dataclass(slots=True)
 class _State:
     turn: int                     # the latest turn sent or released
+    start: float                  # perf_counter() time that turn was due to leave
     ended: float | None = None    # perf_counter() when that turn's response ended
     waiting: list[Flight] = field(default_factory=list)  # later turns, in order, each behind the previous
 
@@ -69,7 +74,7 @@ class SessionGate:
             self.n_parked += 1
             return True
         if k == 0 or st is None or st.turn < k - 1:  # a first turn, or its predecessor never ran here
-            self._set(s, _State(k))
+            self._set(s, _State(k, self.runner.t0 + f.t_rel))
             return False
         if st.turn != k - 1:  # a turn seen twice or out of order: not ours to pace
             return False
@@ -102,9 +107,9 @@ class SessionGate:
                 self.runner.send_now(g)
 
     def _release(self, st: _State, f: Flight, ended: float) -> None:
-        st.turn, st.ended = f.req.turn or 0, None
         r = self.runner
-        due = max(ended + (f.req.think_time or 0.0), r.t0 + f.t_rel)
+        due = max(ended, st.start + (f.req.think_time or 0.0))
+        st.turn, st.start, st.ended = f.req.turn or 0, due, None
         f.t_rel = due - r.t0
         heapq.heappush(self.heap, (due, next(self._seq), f))
         if self.timer is None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -33,6 +34,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from . import stats
+
+PUSH_TIMEOUT_S = 5.0  # --push-timeout: the longest the end of a run waits for a Pushgateway
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.075,
                    0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0,
@@ -255,11 +258,76 @@ class LoadMetrics:
             self._server = None
             sys.setswitchinterval(self._switch)
 
-    def push(self, gateway: str, job: str = "servegen-load") -> None:
-        """Push the final values to a Pushgateway (prometheus_client does the HTTP)."""
-        from prometheus_client import push_to_gateway
+    def push(self, gateway: str, job: str = "servegen-load", timeout: float = PUSH_TIMEOUT_S) -> None:
+        """Push the final values to a Pushgateway (the `render()` text: the same samples as `collect`)."""
+        push_text(gateway, self.render().decode(), job=job, timeout=timeout)
 
-        push_to_gateway(gateway, job=job, registry=self.registry)
+
+def push_text(gateway: str, text: str, job: str = "servegen-load", grouping: dict[str, str] | None = None,
+              timeout: float = PUSH_TIMEOUT_S) -> None:
+    """PUT an exposition to a Pushgateway group (what `push_to_gateway` does, from text).
+
+    `user:password@` in the URL is sent as basic auth and never shown (errors name the redacted URL).
+    """
+    import base64
+    import urllib.request
+    from urllib.parse import quote, urlsplit, urlunsplit
+
+    url = gateway if "://" in gateway else "http://" + gateway
+    parts = urlsplit(url)
+    headers = {"Content-Type": CONTENT_TYPE}
+    if parts.username is not None or parts.password is not None:
+        from urllib.parse import unquote
+
+        cred = f"{unquote(parts.username or '')}:{unquote(parts.password or '')}".encode()
+        headers["Authorization"] = "Basic " + base64.b64encode(cred).decode()
+        netloc = parts.hostname or ""
+        netloc = f"[{netloc}]" if ":" in netloc else netloc
+        if parts.port:
+            netloc += f":{parts.port}"
+        url = urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    path = f"/metrics/job/{quote(job, safe='')}"
+    for k, v in (grouping or {}).items():
+        path += f"/{quote(k, safe='')}/{quote(v, safe='')}"
+    req = urllib.request.Request(url.rstrip("/") + path, data=text.encode(), method="PUT", headers=headers)
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        r.read()
+
+
+def push_bounded(push: Callable[[], None], gateway: str, timeout: float,
+                 stop: threading.Event | None = None) -> str | None:
+    """Run `push` in a daemon thread and wait at most `timeout` s (a Pushgateway that never answers,
+    or trickles bytes, must not hold the end of the run). Returns a warning, or None when it was
+    pushed. `stop` set (a signal) ends the wait early. Ctrl-C while waiting raises KeyboardInterrupt."""
+    from ..dispatch.endpoint import redact_url
+
+    result: list[BaseException | None] = []
+    done = threading.Event()
+
+    def work() -> None:
+        try:
+            push()
+            result.append(None)
+        except Exception as e:  # any failure is a warning, not the run's failure
+            result.append(e)
+        done.set()
+
+    threading.Thread(target=work, name="pushgateway", daemon=True).start()
+    deadline = time.monotonic() + timeout + 0.5
+    silent = f"push to {redact_url(gateway)} got no answer within {timeout:g} s (--push-timeout); not pushed"
+    while not done.is_set():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return silent
+        if stop is not None and stop.is_set():
+            return f"push to {redact_url(gateway)} abandoned (interrupted)"
+        done.wait(min(left, 0.05))
+    err = result[0] if result else None
+    if err is None:
+        return None
+    if isinstance(err, TimeoutError) or isinstance(getattr(err, "reason", None), TimeoutError):
+        return silent
+    return f"push to {redact_url(gateway)} failed: {redact_url(str(err) or type(err).__name__)}"
 
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"

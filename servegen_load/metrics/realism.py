@@ -24,7 +24,9 @@ deviations divide by B's value. Rows, their statistic and the deviation that ent
 | lengths.rank_corr      | Spearman correlation of input and output tokens            | abs(a - b)              |
 | session.share          | share of requests that carry a session id                  | abs(a - b)              |
 | session.turns          | mean turns per session                                     | abs(a - b) / b          |
-| session.think_p50      | median think time between turns (s)                        | abs(a - b) / b          |
+| session.think_p50      | median think time between turns (s, arrival to arrival)    | abs(a - b) / b          |
+| session.think.ks       | KS distance of the think times                             | the distance            |
+| session.later_input.ks | KS distance of later turns' input tokens                   | the distance            |
 
 A window scale enters only when both streams have at least `MIN_BINS` and at most `MAX_BINS`
 whole windows of it.
@@ -46,14 +48,20 @@ import numpy as np
 from ..workload.distributions import LengthTable, ks_distance
 from ..workload.logs import LogChunk
 
-SCALES = (1.0, 10.0, 60.0, 600.0)
+SCALES = (1.0, 10.0, 60.0, 600.0, 3600.0)
 QUANTILES = (0.10, 0.50, 0.90, 0.99)
 TOP = (1, 5, 10)
 MIN_BINS = 5
+MIN_SUPPORT = 30          # windows a burstiness row needs in both streams to count
+MIN_WINDOW_COUNT = 0.5    # B's mean requests per window a burstiness row needs to count
 CURVE_BIN = 60.0
+CURVE_BINS = (60.0, 600.0, 3600.0, 21600.0)  # rate-curve bins, finest first
+CURVE_MIN_COUNT = 10.0    # B's mean requests per rate-curve bin (Poisson noise <= 32% a bin)
+CURVE_MIN_BINS = 10
 GAP_WINDOW = 60.0
 GAP_WINDOW_MIN = 10
 RANK_SAMPLE = 1_000_000
+MAX_DEVIATION = 2.0       # a row's deviation counts at most this much in the distance
 MAX_BINS = 10_000_000  # windows of one count series; a stream longer than that at a scale skips it
 
 
@@ -65,14 +73,15 @@ class StreamStats:
     requests: int
     duration: float
     per_minute: np.ndarray
-    burst: dict[float, tuple[float, float]]  # scale -> (cv, fano)
+    curves: dict[float, np.ndarray]  # rate-curve bin (s) -> counts per whole bin
+    burst: dict[float, tuple[float, float, int, float]]  # scale -> (cv, fano, windows, mean count)
     gap_cv: float
     gap_cv_window: float
     clients: int | None
     top: dict[int, float] | None
     lengths: dict[str, np.ndarray]  # field -> values (>= 0)
     rank_corr: float
-    session: dict[str, float] | None
+    session: dict[str, Any] | None  # share, turns, sessions, think_p50; arrays think, later_input
 
     @property
     def mean_rate(self) -> float:
@@ -87,6 +96,8 @@ class Row:
     b: float | None
     deviation: float | None
     fmt: str = "{:.3g}"
+    weight: float = 1.0   # statistical support in [0, 1]: 0 = shown, not counted
+    note: str = ""        # why the weight is below 1 (or the bin was coarsened)
 
     def cell(self, v: float | None) -> str:
         if v is None or (isinstance(v, float) and math.isnan(v)):
@@ -103,13 +114,30 @@ class Comparison:
 
     @property
     def gated(self) -> list[Row]:
+        """Rows that count: a deviation, some support, not ignored."""
         return [r for r in self.rows if r.deviation is not None and not math.isnan(r.deviation)
-                and not any(fnmatch.fnmatchcase(r.key, p) for p in self.ignored)]
+                and r.weight > 0 and not any(fnmatch.fnmatchcase(r.key, p) for p in self.ignored)]
+
+    def group_weights(self) -> dict[str, float]:
+        """Each counted row's share of the distance: support x 1 / (rows of its group)."""
+        g = self.gated
+        size: dict[str, int] = {}
+        for r in g:
+            size[_group(r.key)] = size.get(_group(r.key), 0) + 1
+        return {r.key: r.weight / size[_group(r.key)] for r in g}
 
     @property
     def distance(self) -> float:
-        g = self.gated
-        return max((r.deviation for r in g), default=0.0)  # type: ignore[type-var]
+        """Support-weighted mean of the counted rows' deviations (each capped at `MAX_DEVIATION`)."""
+        w = self.group_weights()
+        total = sum(w.values())
+        if total <= 0:
+            return 0.0
+        return sum(w[r.key] * min(MAX_DEVIATION, float(r.deviation)) for r in self.gated) / total  # type: ignore[arg-type]
+
+    @property
+    def worst_deviation(self) -> float:
+        return max((float(r.deviation) for r in self.gated), default=0.0)  # type: ignore[arg-type]
 
     @property
     def worst(self) -> str | None:
@@ -131,9 +159,10 @@ class Comparison:
 
         d: dict[str, Any] = {
             "a": self.a, "b": self.b, "distance": clean(self.distance), "worst": self.worst,
-            "ignored": self.ignored,
+            "worst_deviation": clean(self.worst_deviation), "ignored": self.ignored,
             "rows": [{"key": r.key, "label": r.label, "a": clean(r.a), "b": clean(r.b),
-                      "deviation": clean(r.deviation)} for r in self.rows],
+                      "deviation": clean(r.deviation), "weight": round(r.weight, 4), "note": r.note}
+                     for r in self.rows],
         }
         if max_distance is not None:
             d["max_distance"] = max_distance
@@ -151,12 +180,13 @@ def stream_stats(log: LogChunk, name: str | None = None) -> StreamStats:
         raise ValueError("a stream needs at least one request")
     t = t - t[0]
     dur = float(t[-1])
-    per_minute = _counts(t, CURVE_BIN, dur)
-    burst: dict[float, tuple[float, float]] = {}
+    curves = {b: _counts(t, b, dur) for b in CURVE_BINS}
+    per_minute = curves[CURVE_BIN]
+    burst: dict[float, tuple[float, float, int, float]] = {}
     for s in SCALES:
-        c = _counts(t, s, dur)
+        c = curves[s] if s in curves else _counts(t, s, dur)
         if c.size >= MIN_BINS and c.mean() > 0:
-            burst[s] = (float(c.std() / c.mean()), float(c.var() / c.mean()))
+            burst[s] = (float(c.std() / c.mean()), float(c.var() / c.mean()), int(c.size), float(c.mean()))
     gaps = np.diff(t)
     gap_cv = float(gaps.std() / gaps.mean()) if gaps.size > 1 and gaps.mean() > 0 else math.nan
     top: dict[int, float] | None = None
@@ -171,7 +201,7 @@ def stream_stats(log: LogChunk, name: str | None = None) -> StreamStats:
         if col is not None and np.any(col >= 0):
             lengths[f] = col[col >= 0]
     return StreamStats(
-        name=name or log.path, requests=int(t.size), duration=dur, per_minute=per_minute, burst=burst,
+        name=name or log.path, requests=int(t.size), duration=dur, per_minute=per_minute, curves=curves, burst=burst,
         gap_cv=gap_cv, gap_cv_window=_gap_cv_window(t), clients=n_clients, top=top, lengths=lengths,
         rank_corr=_rank_corr(log.input, log.output), session=_session_stats(log),
     )
@@ -228,17 +258,20 @@ def _rank_corr(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.corrcoef(rx, ry)[0, 1])
 
 
-def _session_stats(log: LogChunk) -> dict[str, float] | None:
+def _session_stats(log: LogChunk) -> dict[str, Any] | None:
+    """Share, mean turns, think times (arrival to arrival) and later turns' inputs of the sessions."""
     if log.session is None or not np.any(log.session >= 0):
         return None
     has = log.session >= 0
-    s, t = log.session[has], log.t[has]
+    s, t, inp = log.session[has], log.t[has], log.input[has]
     o = np.lexsort((t, s))
-    s, t = s[o], t[o]
+    s, t, inp = s[o], t[o], inp[o]
     new = np.concatenate([[True], s[1:] != s[:-1]])
     think = np.diff(t)[~new[1:]]
-    return {"share": float(has.mean()), "turns": float(s.size / new.sum()),
-            "think_p50": float(np.median(think)) if think.size else math.nan}
+    later = inp[~new]
+    return {"share": float(has.mean()), "turns": float(s.size / new.sum()), "sessions": int(new.sum()),
+            "think_p50": float(np.median(think)) if think.size else math.nan,
+            "think": think, "later_input": later[later >= 0]}
 
 
 # --------------------------------------------------------------------------- comparison
@@ -254,19 +287,20 @@ def compare_streams(a: LogChunk | StreamStats, b: LogChunk | StreamStats,
         Row("duration", "duration (s)", sa.duration, sb.duration, None, "{:.1f}"),
         Row("rate.mean", "mean rate (req/s)", sa.mean_rate, sb.mean_rate, _rel(sa.mean_rate, sb.mean_rate)),
     ]
-    m = min(sa.per_minute.size, sb.per_minute.size)
-    if m >= 3:
-        ca, cb = sa.per_minute[:m], sb.per_minute[:m]
-        r = float(np.corrcoef(ca, cb)[0, 1]) if ca.std() > 0 and cb.std() > 0 else math.nan
-        rows.append(Row("rate.corr", f"rate curve r (1-min, {m} min)", r, None,
-                        None if math.isnan(r) else float(min(2.0, 1.0 - r)), "{:.3f}"))
-        maxdev = float(np.max(np.abs(ca - cb)) / cb.mean()) if cb.mean() > 0 else math.nan
-        rows.append(Row("rate.maxdev", "rate curve max deviation / mean", maxdev, None, None, "{:.3f}"))
+    rows.extend(_curve_rows(sa, sb))
     for s in SCALES:
         if s in sa.burst and s in sb.burst:
-            (cva, fa), (cvb, fb) = sa.burst[s], sb.burst[s]
-            rows.append(Row(f"burst.cv.{s:g}s", f"count CV per {s:g} s", cva, cvb, _rel(cva, cvb)))
-            rows.append(Row(f"burst.fano.{s:g}s", f"Fano factor per {s:g} s", fa, fb, _rel(fa, fb)))
+            (cva, fa, na, _), (cvb, fb, nb, mb) = sa.burst[s], sb.burst[s]
+            n = min(na, nb)
+            note = ""
+            if n < MIN_SUPPORT:
+                note = f"{n} windows (< {MIN_SUPPORT}): not counted"
+            elif mb < MIN_WINDOW_COUNT:
+                note = f"B has {mb:.2g} requests a window (< {MIN_WINDOW_COUNT:g}): not counted"
+            w = 0.0 if note else 1.0
+            rows.append(Row(f"burst.cv.{s:g}s", f"count CV per {s:g} s", cva, cvb, _rel(cva, cvb), weight=w, note=note))
+            rows.append(Row(f"burst.fano.{s:g}s", f"Fano factor per {s:g} s", fa, fb, _rel(fa, fb), weight=w,
+                            note=note))
     rows.append(Row("gap.cv", "gap CV (whole stream)", sa.gap_cv, sb.gap_cv, _rel(sa.gap_cv, sb.gap_cv)))
     rows.append(Row("gap.cv_window", f"gap CV inside {GAP_WINDOW:g} s windows", sa.gap_cv_window,
                     sb.gap_cv_window, _rel(sa.gap_cv_window, sb.gap_cv_window)))
@@ -288,7 +322,49 @@ def compare_streams(a: LogChunk | StreamStats, b: LogChunk | StreamStats,
                         _rel(sa.session["turns"], sb.session["turns"])))
         rows.append(Row("session.think_p50", "think time p50 (s)", sa.session["think_p50"],
                         sb.session["think_p50"], _rel(sa.session["think_p50"], sb.session["think_p50"])))
+        for key, label in (("think", "think time (arrival to arrival)"), ("later_input", "later turns' input")):
+            va, vb = sa.session[key], sb.session[key]
+            if va.size and vb.size:
+                ks = ks_distance(LengthTable.from_samples(va), LengthTable.from_samples(vb))
+                rows.append(Row(f"session.{key}.ks", f"{label} KS distance", ks, None, ks, "{:.4f}"))
     return Comparison(a=sa.name, b=sb.name, rows=rows, ignored=list(ignore))
+
+
+def _curve_rows(sa: StreamStats, sb: StreamStats) -> list[Row]:
+    """Rate-curve rows on the finest bin where B has >= `CURVE_MIN_COUNT` requests a bin and both
+    streams >= `CURVE_MIN_BINS` common bins (finer bins correlate Poisson noise); the row's weight
+    is the reliability of B's curve, max(0, 1 - mean/var) of its bin counts: the share of its
+    variance that is not Poisson noise (a flat B curve has nothing to correlate with)."""
+    for b in CURVE_BINS:
+        ca, cb = sa.curves.get(b, np.zeros(0)), sb.curves.get(b, np.zeros(0))
+        m = min(ca.size, cb.size)
+        if m < CURVE_MIN_BINS or cb[:m].mean() < CURVE_MIN_COUNT:
+            continue
+        ca, cb = ca[:m], cb[:m]
+        r = float(np.corrcoef(ca, cb)[0, 1]) if ca.std() > 0 and cb.std() > 0 else math.nan
+        rel = max(0.0, 1.0 - float(cb.mean() / cb.var())) if cb.var() > 0 else 0.0
+        bin_txt = f"{b / 60:g}-min" if b < 3600 else f"{b / 3600:g}-h"
+        note = "" if b == CURVE_BIN else (f"{bin_txt} bins: B has {sb.requests / max(sb.duration, 1e-9) * 60:.2g} "
+                                          f"requests a minute, too few for finer bins")
+        if rel < 0.9:
+            note = (note + "; " if note else "") + f"weight {rel:.2f}: share of B's curve variance beyond Poisson noise"
+        rows = [Row("rate.corr", f"rate curve r ({bin_txt}, {m} bins)", r, None,
+                    None if math.isnan(r) else float(min(2.0, 1.0 - r)), "{:.3f}", weight=rel, note=note)]
+        maxdev = float(np.max(np.abs(ca - cb)) / cb.mean()) if cb.mean() > 0 else math.nan
+        rows.append(Row("rate.maxdev", f"rate curve max deviation / mean ({bin_txt})", maxdev, None, None,
+                        "{:.3f}"))
+        return rows
+    if sa.duration > 0 and sb.duration > 0:
+        return [Row("rate.corr", "rate curve r", None, None, None, "{:.3f}", weight=0.0,
+                    note=f"not computed: fewer than {CURVE_MIN_BINS} bins with {CURVE_MIN_COUNT:g} requests each "
+                         f"at every bin up to {CURVE_BINS[-1] / 3600:g} h")]
+    return []
+
+
+def _group(key: str) -> str:
+    """The aspect a row belongs to (each aspect weighs the same in the distance)."""
+    head = key.split(".", 1)[0]
+    return key if head in ("requests", "duration") else head
 
 
 def _rel(a: float, b: float) -> float | None:
@@ -331,7 +407,9 @@ def wasserstein(a: LengthTable, b: LengthTable) -> float:
 def render_text(c: Comparison, max_distance: float | None = None) -> str:
     """Plain-text table (for pipes, logs and CI)."""
     head = ("statistic", "A", "B", "deviation")
-    body = [(r.label + (" *" if _ignored(c, r) else ""), r.cell(r.a), r.cell(r.b), _dev(r)) for r in c.rows]
+    marks = _footnotes(c)
+    body = [(r.label + (" *" if _ignored(c, r) else "") + marks.get(r.key, ("", ""))[0], r.cell(r.a), r.cell(r.b),
+             _dev(r)) for r in c.rows]
     w = [max(len(x[i]) for x in [head, *body]) for i in range(4)]
     lines = [f"A: {c.a}", f"B: {c.b} (reference)", ""]
     fmt = f"{{:<{w[0]}}}  {{:>{w[1]}}}  {{:>{w[2]}}}  {{:>{w[3]}}}"
@@ -339,8 +417,27 @@ def render_text(c: Comparison, max_distance: float | None = None) -> str:
     lines.append("  ".join("-" * x for x in w))
     lines.extend(fmt.format(*x) for x in body)
     lines.append("")
+    lines.extend(_notes(marks))
     lines.append(_verdict(c, max_distance))
     return "\n".join(lines)
+
+
+def _footnotes(c: Comparison) -> dict[str, tuple[str, str]]:
+    """Row key -> (" [n]", note) for rows with a note (coarser bins, low support)."""
+    out: dict[str, tuple[str, str]] = {}
+    seen: dict[str, int] = {}
+    for r in c.rows:
+        if r.note:
+            n = seen.setdefault(r.note, len(seen) + 1)
+            out[r.key] = (f" [{n}]", r.note)
+    return out
+
+
+def _notes(marks: dict[str, tuple[str, str]]) -> list[str]:
+    seen: dict[str, str] = {}
+    for mark, note in marks.values():
+        seen.setdefault(mark.strip(), note)
+    return [f"{m} {n}" for m, n in seen.items()]
 
 
 def render_rich(c: Comparison, max_distance: float | None = None) -> Any:
@@ -353,10 +450,13 @@ def render_rich(c: Comparison, max_distance: float | None = None) -> Any:
     tbl.add_column("B", justify="right")
     tbl.add_column("deviation", justify="right")
     worst = c.worst
+    marks = _footnotes(c)
     for r in c.rows:
-        style = "bold red" if r.key == worst else "dim" if r.deviation is None or _ignored(c, r) else None
-        tbl.add_row(r.label + (" *" if _ignored(c, r) else ""), r.cell(r.a), r.cell(r.b), _dev(r), style=style)
-    tbl.caption = _verdict(c, max_distance)
+        style = ("bold red" if r.key == worst else "dim" if r.deviation is None or _ignored(c, r) or r.weight <= 0
+                 else None)
+        tbl.add_row(r.label + (" *" if _ignored(c, r) else "") + marks.get(r.key, ("", ""))[0], r.cell(r.a),
+                    r.cell(r.b), _dev(r), style=style)
+    tbl.caption = "\n".join([*_notes(marks), _verdict(c, max_distance)])
     tbl.caption_justify = "left"
     return tbl
 
@@ -367,9 +467,11 @@ def render_html(c: Comparison, max_distance: float | None = None) -> str:
     worst = c.worst
     rows = []
     for r in c.rows:
-        cls = "worst" if r.key == worst else "info" if r.deviation is None or _ignored(c, r) else ""
+        cls = ("worst" if r.key == worst else "info" if r.deviation is None or _ignored(c, r) or r.weight <= 0
+               else "")
         rows.append(f'<tr class="{cls}"><td>{e(r.label)}</td><td><code>{e(r.key)}</code></td>'
-                    f"<td>{e(r.cell(r.a))}</td><td>{e(r.cell(r.b))}</td><td>{e(_dev(r))}</td></tr>")
+                    f"<td>{e(r.cell(r.a))}</td><td>{e(r.cell(r.b))}</td><td>{e(_dev(r))}</td>"
+                    f"<td>{e(r.note)}</td></tr>")
     verdict = e(_verdict(c, max_distance))
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>servegen-load compare</title>
@@ -382,13 +484,15 @@ p.verdict{{font-size:16px;font-weight:bold}}
 </style></head><body>
 <h1>Realism comparison</h1>
 <p>A: <code>{e(c.a)}</code><br>B (reference): <code>{e(c.b)}</code></p>
-<table><thead><tr><th>statistic</th><th>key</th><th>A</th><th>B</th><th>deviation</th></tr></thead>
+<table><thead><tr><th>statistic</th><th>key</th><th>A</th><th>B</th><th>deviation</th><th>note</th></tr></thead>
 <tbody>
 {chr(10).join(rows)}
 </tbody></table>
 <p class="verdict">{verdict}</p>
 <p>Deviations: relative |A-B|/B for rates, burstiness and quantiles; absolute for shares and correlations;
-KS and Wasserstein/mean(B) for length distributions; grey rows are information or ignored.</p>
+KS and Wasserstein/mean(B) for length distributions; grey rows are information, ignored or without the
+support to count. The distance is the mean of the counted rows' deviations (each at most 2), every aspect
+(rate, burstiness, gaps, clients, each length field, sessions) weighing the same and each row its support.</p>
 </body></html>
 """
 
@@ -404,7 +508,8 @@ def _dev(r: Row) -> str:
 
 
 def _verdict(c: Comparison, max_distance: float | None) -> str:
-    s = f"distance {c.distance:.3f} (worst: {c.worst or '-'})"
+    s = (f"distance {c.distance:.3f} (support-weighted mean of {len(c.gated)} rows; worst: {c.worst or '-'}"
+         + (f" {c.worst_deviation:.3f}" if c.worst else "") + ")")
     if c.ignored:
         s += f"; ignored: {', '.join(c.ignored)}"
     if max_distance is not None:

@@ -1,9 +1,13 @@
-"""The `report` command: a results summary (text, JSON with bootstrap samples, HTML) or a plan file.
+"""The `report` command: a results summary (text, JSON, CSV, HTML) or a plan file.
 
 Text rendering is `metrics.render` (shared with `run`); the JSON is `metrics.stats.summarize`
-plus `samples` (`gate.latency_samples`), so `report RESULTS --json -o baseline.json` writes what
-`gate --baseline` needs. A capacity file written by `plan` is recognised by its `format` and
-reported as a capacity table (or `--html` page). Plotting is imported only for `--html`.
+(plus the goodput block with `--request-slo`). The JSON written with `-o` also carries `samples`
+(`gate.latency_samples`: per-request latencies), so `report RESULTS --json -o baseline.json`
+writes what `gate --baseline` needs; the JSON printed on stdout leaves them out (it is for
+reading). `--csv` writes one row per request (`report.csv`). Several results files merge only
+when they are parts of one run (`check_related`), unless `--merge-unrelated`. A capacity file
+written by `plan` is recognised by its `format` and reported as a capacity table (or `--html`
+page). Plotting is imported only for `--html`.
 """
 
 from __future__ import annotations
@@ -13,33 +17,18 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from ..results import RESULTS_FORMAT
-
-CAPACITY_FORMAT = "servegen-load/capacity/v1"
+from ..formats import CAPACITY_FORMAT
 
 
 def detect(path: str) -> str:
     """`results` or `capacity`, from the file's first line / JSON `format`."""
-    p = Path(path)
+    from ..formats import sniff
+
     try:
-        with p.open("rb") as fh:
-            first = fh.readline()
+        kind = sniff(path)
     except OSError as e:
-        raise InputError(f"cannot read: {e.strerror}", path=str(p)) from None
-    try:
-        head = json.loads(first)
-    except ValueError:
-        head = None
-    if isinstance(head, dict) and head.get("format") == RESULTS_FORMAT:
-        return "results"
-    if first.strip() in (b"{", b"{}") or (isinstance(head, dict) and head.get("format") == CAPACITY_FORMAT):
-        try:
-            doc = json.loads(p.read_text(encoding="utf-8"))
-        except ValueError:
-            doc = None
-        if isinstance(doc, dict) and doc.get("format") == CAPACITY_FORMAT:
-            return "capacity"
-    return "results"  # read_results names the problem
+        raise InputError(f"cannot read: {e.strerror}", path=str(path)) from None
+    return "capacity" if kind == "capacity" else "results"  # read_results names any other problem
 
 
 def load_capacity(path: str) -> dict[str, Any]:
@@ -56,11 +45,38 @@ def summary_json(summary: dict[str, Any], samples: dict[str, Any]) -> str:
     return body[:-2] + ',\n  "samples": ' + json.dumps(samples, separators=(",", ":")) + "\n}"
 
 
-def report_command(paths: list[str], *, as_json: bool, output: str | None, lag_threshold: float,
-                   html: str | None = None) -> int:
-    """Summarize results (or a capacity file): text/rich, JSON (stdout and/or file), HTML."""
-    from ..atomic import atomic_write
+def run_identity(head: dict[str, Any]) -> tuple[Any, ...]:
+    """What makes two results files parts of one run: its `run_id` when the header has one, else
+    the source and the common start (`start_at` shared by shards and workers, else the start)."""
+    if head.get("run_id"):
+        return ("run_id", head["run_id"])
+    start = head.get("start_at") if head.get("start_at") is not None else head.get("started_unix")
+    return ("source", Path(str(head.get("source"))).name, start)
 
+
+def check_related(headers: list[dict[str, Any]], paths: list[str]) -> None:
+    """Refuse to merge results of different runs (their rates and percentiles would mean nothing)."""
+    if len(paths) < 2:
+        return
+    first = run_identity(headers[0])
+    for h, p in zip(headers[1:], paths[1:], strict=True):
+        if run_identity(h) != first:
+            raise InputError(f"{p} is from another run than {paths[0]} (different run id, source or start); "
+                             "pass --merge-unrelated to merge them anyway")
+
+
+def report_command(paths: list[str], *, as_json: bool, output: str | None, lag_threshold: float,
+                   html: str | None = None, warmup: float = 0.0, slos: Any = None, csv: str | None = None,
+                   merge_unrelated: bool = False) -> int:
+    """Summarize results (or a capacity file): text/rich, JSON (stdout and/or file), CSV, HTML.
+
+    Returns the exit code: 0, or 1 when there is no request to summarize (an all-dash summary
+    would look like a result)."""
+    from ..atomic import atomic_write
+    from ..outputs import check_paths
+
+    # outputs hook: no output is an input or another output; `-` (stdout) at most once
+    check_paths([("-o", output), ("--html", html), ("--csv", csv)], [("RESULTS", p) for p in paths])
     kinds = {detect(p) for p in paths}
     if "capacity" in kinds:
         if len(paths) != 1:
@@ -82,29 +98,49 @@ def report_command(paths: list[str], *, as_json: bool, output: str | None, lag_t
             print_capacity(doc)
         return 0
 
+    import sys
+
     from ..gate import latency_samples
     from ..metrics.render import print_summary
-    from ..metrics.stats import summarize
+    from ..metrics.stats import summary as summary_of
     from ..results import read_results
+    from ..slo import after_warmup, evaluate, goodput_summary
 
     res = read_results(*paths)
     if len(paths) > 1:  # scale hook: shards merge only if disjoint (a file given twice double-counts)
-        from ..scale.merge import check_unique_ids
+        from ..run.merge import check_unique_ids
 
+        if not merge_unrelated:
+            check_related(res.headers, res.paths)
         check_unique_ids(res["id"], res.file_index, res.paths)
-    summary = summarize(res, lag_threshold=lag_threshold)
+    res = after_warmup(res, warmup)
+    if res.n == 0:
+        print(f"servegen-load: no requests to summarize in {', '.join(paths)}"
+              + (f" after the {warmup:g} s warm-up" if warmup else ""), file=sys.stderr)
+        return 1
+    summary = summary_of(res, lag_threshold=lag_threshold)
+    if warmup:
+        summary.warmup_s = warmup
+    if slos is not None and slos.request is not None:
+        summary.goodput = goodput_summary(res, slos.request)
+    if slos is not None and slos.slos:
+        summary.slo = [c.to_dict() for c in evaluate(res, slos, lag_threshold=lag_threshold)]
     if html:
         from .html import results_html
 
         with atomic_write(html) as fh:
             fh.write(results_html(res, summary))
-    if output or as_json:
-        text = summary_json(summary, latency_samples(res))
-        if output:
-            with atomic_write(output) as fh:
-                fh.write(text + "\n")
-        if as_json:
-            print(text)
-    if not as_json:
+    if csv:
+        from .csv import write_csv
+
+        write_csv(res, csv)
+    if output:
+        with atomic_write(output) as fh:
+            fh.write(summary_json(summary.to_dict(), latency_samples(res)) + "\n")
+    if output == "-" or html == "-":  # stdout holds that file: the text summary goes to stderr
+        print_summary(summary, file=sys.stderr)
+    elif as_json:
+        print(json.dumps(summary.to_dict(), indent=2))
+    elif csv != "-":
         print_summary(summary)
     return 0

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..metrics import stats
+from ..metrics.summary import ErrorGroup, Summary
 from ..results import Results
 from ..slo import format_value, metric_kinds, select
 from . import plots
@@ -23,12 +24,13 @@ CSS = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;margin:24px auto;max-width:1100px;color:#222;padding:0 16px}
 h1{font-size:22px;margin-bottom:4px} h2{font-size:17px;margin-top:32px;border-bottom:1px solid #ddd;padding-bottom:4px}
 p.meta{color:#555;margin-top:0} code{font-size:12px;background:#f4f4f4;padding:1px 4px;border-radius:3px}
-table{border-collapse:collapse;margin:8px 0} td,th{padding:3px 10px;border-bottom:1px solid #e4e4e4;text-align:right}
+table{border-collapse:collapse;margin:8px 0} td,th{padding:3px 6px;border-bottom:1px solid #e4e4e4;text-align:right}
 th{background:#fafafa} td:first-child,th:first-child{text-align:left;white-space:nowrap}
 .warn{color:#a40000;font-weight:600} .pass{color:#17702a;font-weight:600} .fail{color:#a40000;font-weight:600}
 figure{margin:10px 0} figure svg{width:100%;max-width:1000px;height:auto} .cards{display:flex;flex-wrap:wrap;gap:10px;margin:12px 0}
 .card{border:1px solid #e2e2e2;border-radius:6px;padding:8px 14px;min-width:120px} .card b{display:block;font-size:18px}
 .card span{color:#666;font-size:12px} pre{background:#f7f7f7;padding:10px;overflow-x:auto;font-size:12px}
+.wide{max-width:100%;overflow-x:auto} td.msg{text-align:left;white-space:normal;overflow-wrap:anywhere;max-width:640px}
 """
 
 _LAT_ROWS = (("ttft", "TTFT"), ("tpot", "TPOT"), ("itl", "ITL"), ("e2e", "E2E"), ("user_ttft", "user-felt TTFT"),
@@ -63,35 +65,71 @@ def _table(head: list[str], rows: list[list[str]]) -> str:
     return f"<table><thead><tr>{h}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _group_row(name: str, s: dict[str, Any]) -> list[str]:
-    r, lat, tp = s["requests"], s["latency"], s["throughput"]
-    fi = s["fidelity"]
-    return [_e(name), str(r["scheduled"]), str(r["ok"]), str(r["errors"]), _num(fi["scheduled_rate"]),
-            _num(fi["achieved_rate"]), _ms(lat["ttft"]["p50"]), _ms(lat["ttft"]["p99"]), _ms(lat["tpot"]["p50"]),
-            _ms(lat["e2e"]["p50"]), _ms(lat["e2e"]["p99"]), _num(tp["output_tokens_per_s"], "{:.0f}")]
+def _error_table(groups: list[ErrorGroup]) -> str:
+    """Errors grouped by status, HTTP code and normalised message (`stats.error_groups`); long
+    messages wrap inside the page."""
+    rows = "".join(f"<tr><td>{g.count}</td><td>{_e(g.status)}</td>"
+                   f"<td>{'-' if g.http_status is None else g.http_status}</td>"
+                   f"<td class=\"msg\">{_e(g.message)}</td></tr>" for g in groups)
+    return ('<div class="wide"><table><thead><tr><th>requests</th><th>status</th><th>HTTP</th>'
+            f"<th>message (numbers as N)</th></tr></thead><tbody>{rows}</tbody></table></div>")
+
+
+def content_sections(summary: Summary | dict[str, Any]) -> list[str]:
+    """The prefix-cache, reasoning and sessions sections the text summary has (`content.stats`)."""
+    summary = Summary.of(summary)
+    out: list[str] = []
+    ca = summary.cache
+    if ca:
+        out.append("<h2>Prefix cache</h2>")
+        out.append(_table(["cached prompt tokens", "of prompt tokens", "share", "requests hit", "of requests"],
+                          [[f"{ca['cached_tokens']:.0f}", f"{ca['prompt_tokens']:.0f}",
+                            "-" if ca["share"] is None else f"{ca['share'] * 100:.1f}%", str(ca["hit_requests"]),
+                            str(ca["n"])]]))
+    re_ = summary.reasoning
+    if re_:
+        fa = summary.latency["first_answer"]
+        out.append("<h2>Reasoning</h2>")
+        out.append(_table(["requests", "reasoning tokens / request", "answer tokens / request", "source",
+                           "first answer p50 ms", "first answer p99 ms"],
+                          [[str(re_["n"]), f"{re_['mean_reasoning_tokens']:.1f}", f"{re_['mean_answer_tokens']:.1f}",
+                            _e(re_["source"]), _ms(fa.p50), _ms(fa.p99)]]))
+    se = summary.sessions
+    if se:
+        d = se["duration"]
+        out.append("<h2>Sessions</h2>")
+        out.append(_table(["sessions", "turns", "duration p50 s", "duration p99 s", "turns sent early"],
+                          [[str(se["sessions"]), str(se["requests"]), _num(d["p50"]), _num(d["p99"]),
+                            str(se["early_turns"])]]))
+        out.append(_table(["turn", "TTFT p50 ms", "TTFT p99 ms", "n"],
+                          [[_e(k), _ms(v["p50"]), _ms(v["p99"]), str(v["n"])] for k, v in se["ttft_by_turn"].items()]))
+    return out
+
+
+def _group_row(name: str, s: Summary) -> list[str]:
+    r, lat, fi = s.requests, s.latency, s.fidelity
+    return [_e(name), str(r.scheduled), str(r.ok), str(r.errors), _num(fi.scheduled_rate),
+            _num(fi.achieved_rate), _ms(lat["ttft"].p50), _ms(lat["ttft"].p99), _ms(lat["tpot"].p50),
+            _ms(lat["e2e"].p50), _ms(lat["e2e"].p99), _num(s.throughput.output_tokens_per_s, "{:.0f}")]
 
 
 _GROUP_HEAD = ["", "requests", "ok", "errors", "sched req/s", "sent req/s", "TTFT p50 ms", "TTFT p99 ms",
                "TPOT p50 ms", "E2E p50 ms", "E2E p99 ms", "out tok/s"]
 
 
-def _groups(res: Results, col: str, names: list[str]) -> list[tuple[str, dict[str, Any]]]:
+def _groups(res: Results, col: str, names: list[str]) -> list[tuple[str, Summary]]:
     values = res.cols[col].astype(str) if res.n else np.zeros(0, dtype=str)
-    return [(n, stats.summarize(select(res, values == n))) for n in names]
+    spans = stats.Spans.of(res)  # a group's rates are shares of the run's, over the run's spans
+    return [(n, stats.summary(select(res, values == n), spans=spans)) for n in names]
 
 
-def results_html(res: Results, summary: dict[str, Any]) -> str:
+def results_html(res: Results, summary: Summary | dict[str, Any]) -> str:
     """The results report: summary cards and tables, then the plots (see the module docstring)."""
     c = res.cols
-    ok = c["status"] == "ok"
-    sched, sent, first, last, qt = c["scheduled"], c["sent"], c["first_token"], c["last_token"], c["queue_time"]
-    toks = stats.output_tokens(c["completion_tokens"], res.chunk_counts)
-    ttft = np.where(ok, stats.ttft(first, sent), np.nan)
-    e2e = np.where(ok, stats.e2e(last, sent), np.nan)
-    tpot = stats.tpot(e2e, ttft, toks)
-    lag = stats.send_lag(sent, sched, qt)
-    felt = lag + np.nan_to_num(qt)
-    user_ttft, user_e2e = ttft + felt, e2e + felt
+    sched, sent, first, last = c["scheduled"], c["sent"], c["first_token"], c["last_token"]
+    m = stats.request_metrics(res)
+    ok, toks, ttft, e2e, tpot, lag = m["ok"], m["tokens"], m["ttft"], m["e2e"], m["tpot"], m["send_lag"]
+    user_ttft, user_e2e = m["user_ttft"], m["user_e2e"]
 
     times = np.concatenate([sched, sent, first, last])
     times = times[np.isfinite(times)]
@@ -100,25 +138,31 @@ def results_html(res: Results, summary: dict[str, Any]) -> str:
     target = int(np.clip(res.n / 10, 8, 60))  # about 10+ requests per bin, at most 60 bins
     edges = plots.edges_for(t0, max(t1, t0 + 1e-3), plots.bin_width(t1 - t0, target))
 
-    r, tp, fi = summary["requests"], summary["throughput"], summary["fidelity"]
-    lat = summary["latency"]
-    body = [f"<h1>servegen-load report</h1><p class=\"meta\">{_e(', '.join(summary['sources']))}"
-            f" &middot; endpoint <code>{_e(summary.get('endpoint'))}</code> &middot; model "
-            f"<code>{_e(summary.get('model'))}</code></p>"]
-    cards = [("requests", f"{r['scheduled']}"), ("ok", f"{r['ok']}"), ("errors", f"{r['errors']}"),
-             ("duration", f"{summary['duration_s']:.1f} s"), ("throughput", f"{_num(tp['requests_per_s'])} req/s"),
-             ("output", f"{_num(tp['output_tokens_per_s'], '{:.0f}')} tok/s"),
-             ("TTFT p99", format_value(lat["ttft"]["p99"], "time")),
-             ("TPOT p50", format_value(lat["tpot"]["p50"], "time")),
-             ("rate achieved/scheduled", _num(fi["rate_ratio"], "{:.3f}"))]
+    summary = Summary.of(summary)
+    r, tp, fi, lat = summary.requests, summary.throughput, summary.fidelity, summary.latency
+    body = [f"<h1>servegen-load report</h1><p class=\"meta\">{_e(', '.join(summary.sources))}"
+            f" &middot; endpoint <code>{_e(summary.endpoint)}</code> &middot; model "
+            f"<code>{_e(summary.model)}</code></p>"]
+    cards = [("requests", f"{r.scheduled}"), ("ok", f"{r.ok}"), ("errors", f"{r.errors}"),
+             ("duration", f"{summary.duration_s:.1f} s"), ("throughput", f"{_num(tp.requests_per_s)} req/s"),
+             ("output", f"{_num(tp.output_tokens_per_s, '{:.0f}')} tok/s"),
+             ("TTFT p99", format_value(lat["ttft"].p99, "time")),
+             ("TPOT p50", format_value(lat["tpot"].p50, "time")),
+             ("rate achieved/scheduled", _num(fi.rate_ratio, "{:.3f}"))]
     body.append('<div class="cards">' + "".join(f"<div class=\"card\"><b>{_e(v)}</b><span>{_e(k)}</span></div>"
                                                 for k, v in cards) + "</div>")
-    body += [f'<p class="warn">WARNING: {_e(w)}</p>' for w in summary["warnings"]]
+    g = summary.goodput
+    if g:
+        body[-1] = body[-1][:-len("</div>")] + (
+            f"<div class=\"card\"><b>{_num(g.rate, '{:.3g}')} req/s</b><span>goodput ({_e(g.request_slo)}: "
+            f"{g.good} of {g.total})</span></div></div>")
+    body += [f'<p class="warn">WARNING: {_e(w)}</p>' for w in summary.warnings]
     body.append("<h2>Latency (ms)</h2>")
     body.append(_table(["metric", "p50", "p90", "p99", "max", "mean", "n"],
-                       [[label, *(_ms(lat[k][s]) for s in ("p50", "p90", "p99", "max", "mean")), str(lat[k]["n"])]
+                       [[label, *(_ms(lat[k].stat(s)) for s in ("p50", "p90", "p99", "max", "mean")), str(lat[k].n)]
                         for k, label in _LAT_ROWS]))
 
+    body += content_sections(summary)
     body.append("<h2>Load</h2>")
     body.append(_figure(plots.rate_plot(sched, sent, np.where(ok, last, np.nan), edges),
                         "Requests per second by scheduled time, by the time they were sent, and ok completions."))
@@ -134,7 +178,7 @@ def results_html(res: Results, summary: dict[str, Any]) -> str:
     body.append("<h2>Send lag</h2>")
     body.append(_figure(plots.send_lag_plot(sched, lag, edges),
                         f"sent - scheduled - queue time: the load generator's own lateness "
-                        f"(p99 {_ms(lat['send_lag']['p99'])} ms; threshold {fi['lag_threshold_s'] * 1e3:g} ms)."))
+                        f"(p99 {_ms(lat['send_lag'].p99)} ms; threshold {fi.lag_threshold_s * 1e3:g} ms)."))
     body.append("<h2>Token throughput</h2>")
     counts = res.chunk_counts
     per_chunk = np.where(counts > 0, toks / np.maximum(counts, 1), 0.0)
@@ -150,12 +194,7 @@ def results_html(res: Results, summary: dict[str, Any]) -> str:
     if bad.any() or (c["status"] == "cancelled").any():
         body.append(_figure(plots.error_plot(sched, c["status"].astype(str), edges),
                             "Requests that did not end ok, per scheduled-time bin, by status."))
-        msgs: dict[str, int] = {}
-        for st, err in zip(c["status"][~ok], c["error"][~ok], strict=True):
-            key = f"{st}: {err or ''}"[:160]
-            msgs[key] = msgs.get(key, 0) + 1
-        body.append(_table(["status: error", "requests"],
-                           [[_e(k), str(v)] for k, v in sorted(msgs.items(), key=lambda kv: -kv[1])[:10]]))
+        body.append(_error_table(summary.errors))
     else:
         body.append('<p class="pass">No errors: every request ended ok.</p>')
 
@@ -164,9 +203,9 @@ def results_html(res: Results, summary: dict[str, Any]) -> str:
         groups = _groups(res, "category", cats)
         body.append("<h2>By category</h2>")
         body.append(_table(_GROUP_HEAD, [_group_row(n, s) for n, s in groups]))
-        body.append(_figure(plots.group_bars(cats, [s["requests"]["scheduled"] for _, s in groups],
-                                             [s["latency"]["ttft"]["p50"] for _, s in groups],
-                                             [s["latency"]["ttft"]["p99"] for _, s in groups], "category", "cat"),
+        body.append(_figure(plots.group_bars(cats, [s.requests.scheduled for _, s in groups],
+                                             [s.latency["ttft"].p50 for _, s in groups],
+                                             [s.latency["ttft"].p99 for _, s in groups], "category", "cat"),
                             "Requests and TTFT per category."))
     if res.n:
         names, cnt = np.unique(c["client"].astype(str), return_counts=True)
@@ -175,9 +214,9 @@ def results_html(res: Results, summary: dict[str, Any]) -> str:
         groups = _groups(res, "client", top)
         body.append(f"<h2>Top clients ({len(top)} of {len(names)} by requests)</h2>")
         body.append(_table(_GROUP_HEAD, [_group_row(n, s) for n, s in groups]))
-        body.append(_figure(plots.group_bars(top, [s["requests"]["scheduled"] for _, s in groups],
-                                             [s["latency"]["ttft"]["p50"] for _, s in groups],
-                                             [s["latency"]["ttft"]["p99"] for _, s in groups], "client", "clients"),
+        body.append(_figure(plots.group_bars(top, [s.requests.scheduled for _, s in groups],
+                                             [s.latency["ttft"].p50 for _, s in groups],
+                                             [s.latency["ttft"].p99 for _, s in groups], "client", "clients"),
                             "Requests and TTFT of the busiest clients."))
     body.append('<p class="meta">Metric definitions: <code>servegen_load/metrics/stats.py</code>. '
                 "Generated by servegen-load report.</p>")
@@ -209,9 +248,10 @@ def capacity_html(doc: dict[str, Any]) -> str:
             cap = p["capacity"]
             if cap["scale"] is not None:
                 verticals.append((cap["rate"], f"{label} capacity {cap['rate']:.3g}", color, ":"))
-        knee = doc["plan"]["knee"]
-        if knee["reached"]:
-            verticals.append((knee["rate"], f"knee {knee['rate']:.3g}", plots.COLORS["knee"], "-."))
+        for label, p, color in plans:
+            knee = p["knee"]
+            if knee["reached"]:
+                verticals.append((knee["rate"], f"{label} knee {knee['rate']:.3g}", color, "-."))
         panels.append({
             "title": f"{chk['metric']}" + (f" [{chk['scope']}]" if chk["scope"] != "all" else ""),
             "unit_scale": unit_scale, "unit": unit, "threshold": chk["threshold"],
@@ -225,8 +265,9 @@ def capacity_html(doc: dict[str, Any]) -> str:
            "unit": "served req/s", "threshold": None,
            "curves": [(label, [s["offered_rate"] or 0 for s in p["steps"]], [s["served_rate"] for s in p["steps"]],
                        color) for label, p, color in plans], "verticals": [], "diagonal": True}
-    if doc["plan"]["knee"]["reached"]:
-        thr["verticals"].append((doc["plan"]["knee"]["rate"], "knee", plots.COLORS["knee"], "-."))
+    for label, p, color in plans:
+        if p["knee"]["reached"]:
+            thr["verticals"].append((p["knee"]["rate"], f"{label} knee", color, "-."))
     panels.append(thr)
     body = ["<h1>servegen-load capacity plan</h1>",
             f"<p class=\"meta\">{_e(doc['scenario'])} &middot; SLOs: {_e(', '.join(doc['slo']['slo']))}"
@@ -259,7 +300,10 @@ def capacity_html(doc: dict[str, Any]) -> str:
                 " (saturated)" if s["saturated"] else "")
             rows.append([f"{s['scale']:.4g}", f"{s['rate']:.3g}", _num(s["offered_rate"], "{:.3g}"),
                          _num(s["served_rate"], "{:.3g}"), *(_e(v) for v in vals), res])
-        body.append(_table(["scale", "planned req/s", "offered", "served", *labels, "result"], rows))
+        body.append(_table(["scale", "planned req/s", "offered req/s", "served req/s", *labels, "result"], rows))
+    body.append('<p class="meta">planned = scale x the scenario\'s mean rate; offered = requests actually '
+                "scheduled per second in the measured window (bursty clients make it differ); served = first "
+                "tokens per second in that window. The curves are drawn against the offered rate.</p>")
     body.append(f"<h2>Summary</h2><pre>{_e(render_capacity(doc))}</pre>")
     return _page("servegen-load capacity plan", body)
 

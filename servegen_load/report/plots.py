@@ -21,7 +21,8 @@ COLORS = {"scheduled": "#8c8c8c", "sent": "#1f77b4", "completed": "#2ca02c", "p5
           "p90": "#ff7f0e", "p99": "#d62728", "max": "#9467bd", "user": "#8c564b", "naive": "#ff7f0e",
           "realistic": "#1f77b4", "slo": "#d62728", "knee": "#2ca02c"}
 STATUS_COLORS = {"http_error": "#d62728", "timeout": "#ff7f0e", "disconnect": "#9467bd",
-                 "connect_error": "#8c564b", "protocol_error": "#e377c2", "cancelled": "#7f7f7f"}
+                 "connect_error": "#8c564b", "protocol_error": "#e377c2", "cancelled": "#7f7f7f",
+                 "client_error": "#17becf", "lost": "#bcbd22"}
 _NICE = (0.01, 0.02, 0.05, 0.1, 0.2, 0.25, 0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200,
          14400, 21600, 43200, 86400)
 
@@ -295,7 +296,7 @@ def group_bars(labels: list[str], counts: list[int], p50: list[float | None], p9
 # --- capacity plots ---
 
 def capacity_plot(panels: list[dict[str, Any]], name: str = "capacity") -> str:
-    """One panel per SLO: metric vs planned rate per plan, the threshold line, capacity and knee.
+    """One panel per SLO: metric vs offered rate per plan, the threshold line, capacities and knees.
 
     Each panel: {title, unit_scale, unit, threshold, curves: [(label, rates, values, color)],
     verticals: [(x, label, color, style)]}.
@@ -304,7 +305,7 @@ def capacity_plot(panels: list[dict[str, Any]], name: str = "capacity") -> str:
     n = len(panels)
     cols = min(n, 2)
     rows = (n + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(4.4 * cols, 2.9 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.4 * cols, 3.9 * rows), squeeze=False, layout="constrained")
     for ax, pn in zip(axes.flat, panels, strict=False):
         u = pn["unit_scale"]
         for label, x, v, color in pn["curves"]:
@@ -329,8 +330,8 @@ def capacity_plot(panels: list[dict[str, Any]], name: str = "capacity") -> str:
             ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
             ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
             ax.yaxis.set_minor_formatter(NullFormatter())
-        ax.legend(loc="upper left")
+        # below the axes, never over the curves it explains
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, fontsize=7, frameon=False)
     for ax in list(axes.flat)[n:]:
         ax.set_visible(False)
-    fig.tight_layout()
     return to_svg(fig, name)

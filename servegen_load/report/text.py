@@ -68,7 +68,9 @@ def render_capacity(doc: dict[str, Any]) -> str:
     """Plain text of a capacity document."""
     slo = doc["slo"]
     lines = [f"capacity plan of {doc['scenario']}: SLOs {', '.join(slo['slo'])}"
-             + (f"; request SLO {slo['request_slo']}" if slo.get("request_slo") else "")]
+             + (f"; request SLO {slo['request_slo']}" if slo.get("request_slo") else ""),
+             "(planned = scale x the scenario's mean rate; offered = requests scheduled per second in the "
+             "measured window; served = first tokens per second)"]
     lines += _plan_lines("realistic" if "naive" in doc else "plan", doc["plan"])
     if "naive" in doc:
         lines += _plan_lines("naive baseline", doc["naive"])

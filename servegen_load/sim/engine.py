@@ -12,12 +12,17 @@ One engine loop runs per server. Each step it
    (chunked prefill). Prompt tokens found in the prefix cache are never prefilled;
 3. lasts
 
-       dt = t0 + a_p·P + a_d·B + a_c·C
+       dt = t0 + a_p·P + a_d·B + a_c·C  [+ a_q·Q + a_bc·B·C]
 
    where P is the number of prompt tokens prefilled in the step, B the number of sequences
    decoding, C = Σ (prompt + generated) over the decoding sequences (the KV the attention reads).
    t0 = ``step_base_s`` (weights read once per step), a_p = ``prefill_token_s``,
    a_d = ``decode_seq_s``, a_c = ``context_token_s``; all already multiplied by the time scale.
+   The bracketed terms are 0 in the GPU presets and fitted by `calibrate` where a real engine
+   shows them: Q = Σ over prefill chunks of c·(s + c/2) (chunk of c tokens from prompt position
+   s: causal attention, quadratic in the prompt), a_q = ``prefill_attention_s``; and
+   a_bc = ``batch_context_s`` for an attention that spans one shared KV buffer (llama.cpp's
+   unified KV cache: every sequence reads every sequence's cells).
    Multimodal items count as prompt tokens (their tokens are in P and C);
 4. at its end emits one token for every decoding sequence and the first token of every sequence
    whose prefill completed in the step; a sequence whose prompt is complete enters the prefix
@@ -41,9 +46,10 @@ therefore
 
 and summing dt over the window, divided by the requests completed in it:
 
-    1/λ = t0·s + a_p·Lu + a_d·(Lo - 1) + a_c·(Lo - 1)·(Lp + Lo/2)
+    1/λ = t0·s + a_p·Lu + a_d·(Lo - 1) + (a_c + a_bc·B)·(Lo - 1)·(Lp + Lo/2) + a_q·Lu·(Lp - Lu/2)
 
-(the last term is Σ_{j=1}^{Lo-1} (Lp + j), the context read by a request's decode steps). It is
+((Lo - 1)·(Lp + Lo/2) is Σ_{j=1}^{Lo-1} (Lp + j), the context read by a request's decode steps;
+the last term its prefill's attention to its own prompt, in one chunk). It is
 exact for fixed lengths; given means of varying lengths it drops the variance of Lo in the last
 term (Jensen), which is small unless a_c dominates.
 """
@@ -93,12 +99,24 @@ class EngineParams:
     """Prefix-cache capacity in tokens (LRU of blocks); 0 disables caching."""
     default_max_tokens: int = 1024
     """Output limit of a chat request that gives no max_tokens (completions default to 16)."""
+    prefill_attention_s: float = 0.0
+    """a_q: cost per prefilled token per earlier token of its prompt (causal attention, quadratic
+    in the prompt), seconds. 0 for the GPU presets (hidden in a_p there); CPU engines show it."""
+    batch_context_s: float = 0.0
+    """a_bc: cost per decoding sequence per context token of the whole batch, seconds: an engine
+    whose attention spans one shared KV buffer (llama.cpp's unified KV cache) reads every
+    sequence's cells for every sequence. 0 for paged attention (vLLM)."""
+    request_overhead_s: float = 0.0
+    """Latency outside the engine loop on a request's way in (HTTP, tokenization), seconds:
+    it delays admission, never occupies a step. 0 for the GPU presets; `calibrate` fits it."""
 
     def scaled(self, time_scale: float) -> EngineParams:
         """The same engine `time_scale` times slower (2.0: every step takes twice as long)."""
         s = float(time_scale)
         return replace(self, step_base_s=self.step_base_s * s, prefill_token_s=self.prefill_token_s * s,
-                       decode_seq_s=self.decode_seq_s * s, context_token_s=self.context_token_s * s)
+                       decode_seq_s=self.decode_seq_s * s, context_token_s=self.context_token_s * s,
+                       prefill_attention_s=self.prefill_attention_s * s, batch_context_s=self.batch_context_s * s,
+                       request_overhead_s=self.request_overhead_s * s)
 
     def saturation_rate(self, mean_prompt_tokens: float, mean_output_tokens: float,
                         cached_tokens: float = 0.0) -> float:
@@ -111,16 +129,13 @@ class EngineParams:
 
 
 def analytic_saturation_rate(mean_prompt_tokens: float, mean_output_tokens: float,
-                             params: EngineParams | None = None, *, cached_tokens: float = 0.0) -> float:
+                             params: EngineParams, *, cached_tokens: float = 0.0) -> float:
     """Request rate (req/s) above which the waiting queue grows without bound.
 
     ``1/λ = t0·s + a_p·Lu + a_d·(Lo-1) + a_c·(Lo-1)·(Lp + Lo/2)`` with
     ``s = max(occ/B, (Lu+Lo-1)/M)`` steps per request; the derivation is in the module docstring.
-    `params` defaults to the default preset; `cached_tokens` is the mean prefix-cache hit.
+    `cached_tokens` is the mean prefix-cache hit.
     """
-    if params is None:
-        from .presets import get_preset
-        params = get_preset()
     p = params
     lp, lo = max(1.0, float(mean_prompt_tokens)), max(1.0, float(mean_output_tokens))
     lu = max(1.0, lp - float(cached_tokens))
@@ -131,7 +146,8 @@ def analytic_saturation_rate(mean_prompt_tokens: float, mean_output_tokens: floa
     n_pf = max(1, math.ceil(lu / max(1, m - (b - 1))))
     steps = max((n_pf + lo - 1) / b, (lu + lo - 1) / m)
     per_request = (p.step_base_s * steps + p.prefill_token_s * lu + p.decode_seq_s * (lo - 1)
-                   + p.context_token_s * (lo - 1) * (lp + lo / 2))
+                   + (p.context_token_s + p.batch_context_s * b) * (lo - 1) * (lp + lo / 2)
+                   + p.prefill_attention_s * lu * (lp - lu / 2))
     return 1.0 / per_request if per_request > 0 else math.inf
 
 
@@ -204,6 +220,8 @@ class Sequence:
     arrival: float = 0.0
     first_token_at: float = -1.0
     finished_at: float = -1.0
+    token_times: list[float] | None = None
+    """Every token's emission time, when a virtual run asks for them (ITL metrics)."""
 
     @property
     def need(self) -> int:
@@ -325,6 +343,7 @@ class EngineCore:
         budget = p.max_num_batched_tokens - len(decode)
         prefill: list[tuple[Sequence, int]] = []
         n_pf = 0
+        attn = 0.0
         if budget > 0:
             for s in running:
                 left = s.prefill_target - s.prefilled
@@ -332,13 +351,14 @@ class EngineCore:
                     c = min(left, budget)
                     prefill.append((s, c))
                     n_pf += c
+                    attn += c * (s.prefilled + c / 2)
                     budget -= c
                     if budget <= 0:
                         break
         if not decode and not prefill:
             return None
         dt = (p.step_base_s + p.prefill_token_s * n_pf + p.decode_seq_s * len(decode)
-              + p.context_token_s * ctx)
+              + p.context_token_s * ctx + p.prefill_attention_s * attn + p.batch_context_s * len(decode) * ctx)
         return Step(decode, prefill, n_pf, ctx, dt)
 
     def commit(self, step: Step, end: float) -> list[Sequence]:
@@ -348,6 +368,8 @@ class EngineCore:
             if s.state == RUNNING:
                 s.generated += 1
                 emitted.append(s)
+                if s.token_times is not None:
+                    s.token_times.append(end)
         for s, c in step.prefill:
             if s.state != RUNNING:
                 continue
@@ -357,6 +379,8 @@ class EngineCore:
                 s.first_token_at = end
                 self.cache.insert(s.hashes)
                 emitted.append(s)
+                if s.token_times is not None:
+                    s.token_times.append(end)
         self.steps += 1
         self.busy_s += step.duration
         self.prefill_tokens += step.prefill_tokens
@@ -393,7 +417,8 @@ def simulate(params: EngineParams, arrivals: Iterable[tuple[float, Sequence]]) -
     throughput of the model itself, free of host noise (tests, `plan` cross-checks).
     """
     core = EngineCore(params)
-    arr = sorted(arrivals, key=lambda a: a[0])
+    lag = params.request_overhead_s
+    arr = sorted(((t + lag, seq) for t, seq in arrivals), key=lambda a: a[0])
     i, t = 0, 0.0
     while True:
         while i < len(arr) and arr[i][0] <= t:

@@ -23,7 +23,8 @@ Each preset is an `EngineParams`; the cost model is ``dt = t0 + a_p·P + a_d·B 
   GPUs with at least 70 GiB (H100), 256 / 2048 elsewhere (A10G).
 
 A preset may also come from a YAML file: ``base: <preset name>`` plus any parameter to override
-(``--preset my-gpu.yaml``).
+(``--preset my-gpu.yaml``); `servegen-load calibrate` writes such files, fitted to a real endpoint,
+with what it measured under ``calibration:`` (ignored when loading).
 """
 
 from __future__ import annotations
@@ -101,6 +102,7 @@ def _load_yaml(path: Path) -> EngineParams:
         raise InputError(f"not valid YAML: {str(e).splitlines()[0]}", path=str(path)) from None
     if not isinstance(doc, dict):
         raise InputError("expected a mapping of parameter: value", path=str(path))
+    doc.pop("calibration", None)  # what `calibrate` measured: uncertainties, residuals, sources
     base = doc.pop("base", DEFAULT_PRESET)
     if base not in PRESETS:
         raise InputError(f"unknown base preset {base!r}", path=str(path), field="base")
@@ -155,7 +157,8 @@ def validate(p: EngineParams, *, where: str = "--param") -> None:
                  "default_max_tokens"):
         if getattr(p, name) < 1:
             raise InputError(f"{name} must be >= 1, got {getattr(p, name)}", field=where)
-    for name in ("step_base_s", "prefill_token_s", "decode_seq_s", "context_token_s"):
+    for name in ("step_base_s", "prefill_token_s", "decode_seq_s", "context_token_s", "request_overhead_s",
+                 "prefill_attention_s", "batch_context_s"):
         if not getattr(p, name) >= 0:
             raise InputError(f"{name} must be >= 0 seconds, got {getattr(p, name)}", field=where)
     if p.prefix_cache_tokens < 0:

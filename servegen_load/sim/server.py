@@ -282,6 +282,8 @@ class SimServer:
     async def _run(self, sink: _Sink, fault: Fault | None) -> str:
         """Submit the sequence and wait for its outcome (ok, reset, hang, gone)."""
         seq = sink.seq
+        if self.cfg.params.request_overhead_s > 0:  # HTTP and tokenization of a calibrated preset
+            await asyncio.sleep(self.cfg.params.request_overhead_s)
         if fault is not None and fault.at == 0:
             if fault.name == "stall_hang":
                 return "hang"

@@ -36,6 +36,23 @@ servegen
     partial sums. Counts are exact, gaps within a window have the family's shape; the process
     restarts at every boundary.
 
+tick (batched on a period, or timestamps quantised to a tick)
+    Epochs at fixed times phase + k P (P the fitted period, k = 0, 1, ...); every request of an
+    epoch carries the epoch's time. The count at an epoch in segment j is mixed Poisson with
+    mean m = rate[j] P and dispersion D = Var / mean (fitted per client): D > 1 negative binomial
+    (Poisson of a Gamma(m / (D - 1), D - 1) intensity), D < 1 binomial(ceil(m / (1 - D)), .),
+    D = 1 Poisson. Counts over T >> P then have Fano factor D, and over T < P the Fano factor
+    of a whole batch, D + m: the two regimes a renewal process cannot show at once.
+
+epochs (batches at renewal epochs)
+    Epochs are the renewal process above at rate rate[j] / b (b the mean batch size) with the
+    window's epoch gap family; each epoch emits B requests at its time, B drawn from the client's
+    batch-size table (B >= 1). The request rate stays rate[j].
+
+quantised
+    Any process above with its times floored to a grid phase + k P (a log written on a coarse
+    clock): t -> phase + P floor((t - phase) / P) (t itself before the first tick at or after 0).
+
 poisson / constant
     Baselines: exponential gaps of mean 1/rate (rate constant), or fixed gaps t_k = k / rate.
 """
@@ -47,14 +64,15 @@ from collections.abc import Iterator
 import numpy as np
 from scipy.special import gammaln
 
-from .distributions import Family, family_cv, unit_mean_gaps
+from .distributions import ONOFF_OFF_SHARE, Family, LengthTable, family_cv, onoff_params, unit_mean_gaps
 
 CHUNK_MAX = 16384
 
 Chunk = tuple[np.ndarray, np.ndarray]
 
 
-def equilibrium_residual(family: int, shape: float, rng: np.random.Generator) -> float:
+def equilibrium_residual(family: int, shape: float, rng: np.random.Generator,
+                         off_share: float = ONOFF_OFF_SHARE, on_cv: float = 1.0) -> float:
     """Forward recurrence time of a stationary renewal process with unit-mean gaps of `family`.
 
     Its density is (1 - F(x)) / mean; a draw is U * Y with Y length-biased (density x f(x)):
@@ -70,6 +88,10 @@ def equilibrium_residual(family: int, shape: float, rng: np.random.Generator) ->
         y = np.exp(rng.normal(0.5 * shape * shape, shape))
     elif family == Family.EXPONENTIAL:
         y = rng.gamma(2.0, 1.0)
+    elif family == Family.ONOFF:  # length-biased mixture: an off gap w.p. f (its share of time)
+        p, big, small = onoff_params(shape, off_share, on_cv)
+        k = 1.0 / (on_cv * on_cv)
+        y = rng.gamma(5.0, big / 4.0) if rng.random() < p * big else rng.gamma(k + 1.0, small / k)
     else:
         raise ValueError(f"cannot sample gaps for family code {family}")
     return float(v * y)
@@ -88,7 +110,8 @@ def weibull_shape_for_cv(cv: np.ndarray) -> np.ndarray:
 
 
 def renewal(edges: np.ndarray, rate: np.ndarray, family: np.ndarray, shape: np.ndarray,
-            rng: np.random.Generator, chunk_max: int = CHUNK_MAX) -> Iterator[Chunk]:
+            rng: np.random.Generator, chunk_max: int = CHUNK_MAX, off_share: float = ONOFF_OFF_SHARE,
+            on_cv: float = 1.0) -> Iterator[Chunk]:
     """Renewal process in operational time over the segments (see the module docstring)."""
     lam = rate * np.diff(edges)
     lam = np.where(rate > 0, lam, 0.0)
@@ -99,7 +122,7 @@ def renewal(edges: np.ndarray, rate: np.ndarray, family: np.ndarray, shape: np.n
         return
     kk = lam.size - 1
     j = int(active[0])
-    u = L[j] + equilibrium_residual(int(family[j]), float(shape[j]), rng)
+    u = L[j] + equilibrium_residual(int(family[j]), float(shape[j]), rng, off_share, on_cv)
     if u >= end:
         return
     first = np.array([u])
@@ -108,7 +131,7 @@ def renewal(edges: np.ndarray, rate: np.ndarray, family: np.ndarray, shape: np.n
         cur = min(int(np.searchsorted(L, u, side="right")) - 1, kk)
         room = L[cur + 1] - u
         m = int(min(max(np.ceil(room * 1.05) + 8, 8), chunk_max))
-        us = u + np.cumsum(unit_mean_gaps(int(family[cur]), float(shape[cur]), m, rng))
+        us = u + np.cumsum(unit_mean_gaps(int(family[cur]), float(shape[cur]), m, rng, off_share, on_cv))
         n_in = int(np.searchsorted(us, L[cur + 1], side="left"))
         keep = us if n_in >= m else us[:n_in + 1]
         u = float(keep[-1])
@@ -133,7 +156,8 @@ def _to_time(us: np.ndarray, L: np.ndarray, edges: np.ndarray, rate: np.ndarray)
 
 
 def servegen(edges: np.ndarray, rate: np.ndarray, family: np.ndarray, shape: np.ndarray,
-             rng: np.random.Generator, chunk_max: int = CHUNK_MAX) -> Iterator[Chunk]:
+             rng: np.random.Generator, chunk_max: int = CHUNK_MAX, off_share: float = ONOFF_OFF_SHARE,
+            on_cv: float = 1.0) -> Iterator[Chunk]:
     """ServeGen's per-window scheme: fixed counts, gaps rescaled to fill each window.
 
     A window with more than `chunk_max` arrivals is made in two passes over the same random
@@ -149,7 +173,7 @@ def servegen(edges: np.ndarray, rate: np.ndarray, family: np.ndarray, shape: np.
             continue
         fam, k = int(family[j]), float(shape[j])
         if n + 1 <= chunk_max:
-            g = unit_mean_gaps(fam, k, n + 1, rng)
+            g = unit_mean_gaps(fam, k, n + 1, rng, off_share, on_cv)
             c = np.cumsum(g)
             t = edges[j] + c[:n] * (d[j] / c[-1])
             yield np.minimum(t, _below(edges[j + 1])), np.full(n, j, dtype=np.int64)
@@ -158,13 +182,13 @@ def servegen(edges: np.ndarray, rate: np.ndarray, family: np.ndarray, shape: np.
         total, left = 0.0, n + 1
         while left:
             m = min(left, chunk_max)
-            total += float(unit_mean_gaps(fam, k, m, rng).sum())
+            total += float(unit_mean_gaps(fam, k, m, rng, off_share, on_cv).sum())
             left -= m
         rng.bit_generator.state = state
         acc, left, emitted = 0.0, n + 1, 0
         while left:
             m = min(left, chunk_max)
-            c = acc + np.cumsum(unit_mean_gaps(fam, k, m, rng))
+            c = acc + np.cumsum(unit_mean_gaps(fam, k, m, rng, off_share, on_cv))
             acc = float(c[-1])
             left -= m
             take = min(m, n - emitted)
@@ -177,6 +201,53 @@ def servegen(edges: np.ndarray, rate: np.ndarray, family: np.ndarray, shape: np.
 def _below(x: float) -> float:
     """The largest float below x: a rescaled arrival whose last gaps underflow stays in its window."""
     return float(np.nextafter(x, -np.inf))
+
+
+def mixed_poisson(mean: np.ndarray, dispersion: float, rng: np.random.Generator) -> np.ndarray:
+    """Counts with the given means and Var/mean = `dispersion` (see `tick`)."""
+    m = np.maximum(np.asarray(mean, dtype=np.float64), 0.0)
+    if dispersion > 1.001:
+        lam = rng.gamma(np.maximum(m / (dispersion - 1.0), 1e-300), dispersion - 1.0)
+        return rng.poisson(np.where(m > 0, lam, 0.0))
+    if dispersion < 0.999:
+        n = np.ceil(m / max(1.0 - dispersion, 1e-3))
+        return rng.binomial(n.astype(np.int64), np.where(n > 0, m / np.maximum(n, 1.0), 0.0))
+    return rng.poisson(m)
+
+
+def tick(edges: np.ndarray, rate: np.ndarray, period: float, phase: float, dispersion: float,
+         rng: np.random.Generator, chunk_max: int = CHUNK_MAX) -> Iterator[Chunk]:
+    """Batches on a fixed period (see the module docstring)."""
+    end = float(edges[-1])
+    if not (period > 0 and end > 0):
+        return
+    k0 = int(np.ceil((float(edges[0]) - phase) / period - 1e-12))
+    k_end = int(np.ceil((end - phase) / period - 1e-12))
+    per_tick = max(float(np.max(rate, initial=0.0)) * period, 1.0)
+    step = int(max(1, min(chunk_max, chunk_max // per_tick)))
+    for a in range(k0, k_end, step):
+        tt = phase + period * np.arange(a, min(a + step, k_end), dtype=np.float64)
+        tt = tt[(tt >= edges[0]) & (tt < end)]
+        seg = np.clip(np.searchsorted(edges, tt, side="right") - 1, 0, rate.size - 1)
+        n = mixed_poisson(rate[seg] * period, dispersion, rng)
+        if n.sum():
+            yield np.repeat(tt, n), np.repeat(seg, n)
+
+
+def epochs(edges: np.ndarray, rate: np.ndarray, family: np.ndarray, shape: np.ndarray, batch_mean: float,
+           batch_sizes: LengthTable, rng: np.random.Generator, chunk_max: int = CHUNK_MAX,
+           off_share: float = ONOFF_OFF_SHARE, on_cv: float = 1.0) -> Iterator[Chunk]:
+    """Batches at renewal epochs (see the module docstring)."""
+    for t, seg in renewal(edges, rate / max(batch_mean, 1.0), family, shape, rng, chunk_max, off_share, on_cv):
+        b = np.maximum(batch_sizes.sample(rng.random(t.size)), 1.0).astype(np.int64)
+        yield np.repeat(t, b), np.repeat(seg, b)
+
+
+def quantised(chunks: Iterator[Chunk], period: float, phase: float) -> Iterator[Chunk]:
+    """Times of `chunks` floored to the grid phase + k period (see the module docstring)."""
+    for t, seg in chunks:
+        q = phase + period * np.floor((t - phase) / period)
+        yield np.where(q >= 0.0, q, t), seg
 
 
 def poisson(rate: float, duration: float, rng: np.random.Generator,

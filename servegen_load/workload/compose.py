@@ -134,12 +134,11 @@ def _realistic_client(plan: Plan, src: Source, ci: int, gid: int) -> Iterator[Ba
     s = plan.scenario
     name = src.names[ci]
     rng_a, rng_l = client_seed(s.seed, name, 0), client_seed(s.seed, name, 1)
-    proc = arrivals.renewal if s.arrival == "renewal" else arrivals.servegen
     tables = ClientTables(src.pool, int(src.idx[ci]))
     rho = client_rho(s.length_correlation, src, ci)
     cat = CATEGORIES.index(src.category)
     k0 = 0
-    for t, seg in proc(src.edges, src.rate[ci], src.family[ci], src.shape[ci], rng_a):
+    for t, seg in _arrivals(s.arrival, src, ci, rng_a):
         dw = src.dwin[seg]
         if dw[0] == dw[-1]:
             ln = tables.at(int(dw[0])).draw(t.size, rng_l, rho)
@@ -150,6 +149,27 @@ def _realistic_client(plan: Plan, src: Source, ci: int, gid: int) -> Iterator[Ba
                                   for a, b in itertools.pairwise(bounds)])
         yield _batch(t, gid, k0, cat, ln)
         k0 += t.size
+
+
+def _arrivals(mode: str, src: Source, ci: int, rng: np.random.Generator) -> Iterator[arrivals.Chunk]:
+    """The client's arrival process: its fitted batch model in renewal mode, else per-window gaps."""
+    bm = src.batches
+    m = int(bm.model[ci]) if bm is not None and mode == "renewal" else 0
+    off = float(src.off_share[ci]) if src.off_share is not None else arrivals.ONOFF_OFF_SHARE
+    von = float(src.on_cv[ci]) if src.on_cv is not None else 1.0
+    if m == 1 and bm is not None:
+        return arrivals.tick(src.edges, src.rate[ci], float(bm.period[ci]), float(bm.phase[ci]),
+                             float(bm.dispersion[ci]), rng)
+    if m == 2 and bm is not None and (sizes := bm.sizes[ci]) is not None:
+        return arrivals.epochs(src.edges, src.rate[ci], bm.family[ci], bm.shape[ci], float(bm.mean[ci]), sizes, rng,
+                               off_share=off, on_cv=von)
+    if m == 3 and bm is not None:
+        rate = src.rate[ci]
+        fam = np.where(rate > 0, arrivals.Family.GAMMA, arrivals.Family.NONE).astype(np.int8)
+        return arrivals.quantised(arrivals.renewal(src.edges, rate, fam, np.full(rate.size, bm.quantum_shape[ci]), rng),
+                                  float(bm.period[ci]), float(bm.phase[ci]))
+    proc = arrivals.renewal if mode == "renewal" else arrivals.servegen
+    return proc(src.edges, src.rate[ci], src.family[ci], src.shape[ci], rng, off_share=off, on_cv=von)
 
 
 def client_rho(setting: float | str, src: Source, ci: int) -> float:
@@ -342,7 +362,39 @@ class Generation:
             if not parts:
                 continue
             b = Batch.concat(parts)
-            yield b.take(np.argsort(b.t_us, kind="stable"))
+            b = b.take(np.argsort(b.t_us, kind="stable"))
+            if self.plan.scenario.max_context is not None:
+                clip_context(b, self.plan.scenario.max_context)
+            yield b
+
+
+def clip_context(b: Batch, limit: int) -> None:
+    """Fit every request of `b` into a context of `limit` tokens, in place (scenario `max_context`).
+
+    prompt = text + media tokens; when prompt + output > limit the output is cut to
+    max(1, limit - prompt), then the text input to max(1, limit - media - output); reasoning
+    tokens stay <= output. Media items keep their sizes (an image is as large as it is): where they
+    alone leave no room for one input and one output token, the items past that point are dropped.
+    """
+    n = len(b)
+    media = np.zeros(n, dtype=np.int64)
+    for m in sorted(b.mm):
+        cnt, items = b.mm[m]
+        row = np.repeat(np.arange(n), cnt)
+        total = np.bincount(row, weights=items, minlength=n)
+        within = np.cumsum(items) - np.repeat(np.cumsum(total) - total, cnt)  # running sum inside each row
+        keep = media[row] + within <= limit - 2
+        if not keep.all():
+            b.mm[m] = (np.bincount(row[keep], minlength=n).astype(cnt.dtype), items[keep])
+            cnt, items, row = b.mm[m][0], items[keep], row[keep]
+        media += np.bincount(row, weights=items, minlength=n).astype(np.int64)
+    over = b.inp + media + b.out > limit
+    if not over.any():
+        return
+    b.out = np.where(over, np.maximum(1, limit - b.inp - media), b.out)
+    b.inp = np.where(b.inp + media + b.out > limit, np.maximum(1, limit - media - b.out), b.inp)
+    if b.reason is not None:
+        b.reason = np.where(b.reason >= 0, np.minimum(b.reason, b.out), b.reason)
 
 
 def prepare(scenario: str | Path | Scenario, shard: str | tuple[int, int] | None = None,
@@ -447,7 +499,7 @@ def generate_to_file(scenario: str | Path | Scenario, out: str | Path, *, shard:
     duration, expected requests, seconds taken.
     """
     from ..atomic import atomic_write
-    from ..requests_io import RowFormatter
+    from ..requests_writer import RowFormatter
 
     t0 = time.perf_counter()
     gen = prepare(scenario, shard=shard, seed=seed, duration=duration)
@@ -458,7 +510,7 @@ def generate_to_file(scenario: str | Path | Scenario, out: str | Path, *, shard:
         fh.write(orjson.dumps(gen.header()) + b"\n")
         from .conversation import needs_expand
 
-        by_request = needs_expand(gen.plan.scenario)  # content hook: sessions, shared prefixes
+        by_request = needs_expand(gen.plan.scenario, gen.plan)  # content hook: sessions, shared prefixes
         if by_request:
             gid = {nm: i for i, nm in enumerate(gen.names)}
             for r in iter_generation(gen):

@@ -6,25 +6,33 @@
   variant v = floor(u' * variants) and the prefix block ids of that variant
   (`SYSTEM_BLOCK_BASE + v * SYSTEM_BLOCK_STRIDE + i`, 512-token blocks, `prefix_tokens` = tokens);
   its input tokens are unchanged (the prompt's beginning is the system prompt).
-- **sessions** (`sessions:`): `share` is the share of *requests* that belong to sessions (the
-  client's `session_share` from a fitted pool where it has one), and the workload's request
-  rate is kept: an arrival with u < share is a session slot, which starts a session with
-  probability 1/E[K] (E[K] the mean turns) and is dropped otherwise, since each session brings
-  K - 1 more requests; the others stay single requests. So N arrivals give about N requests,
-  N x share / E[K] sessions of them. A session is named by its first turn's id; it draws K turns,
-  and for turns j = 1..K-1 a think time, new tokens and an output length. Turn j is the request
-  `<id>/<j>` with
+- **sessions** (`sessions:`, or by default when a fitted pool has a session model): `share` is
+  the share of *requests* that belong to sessions (the client's `session_share` from a fitted
+  pool where it has one; 0 for the other clients when the scenario has no `sessions:`), and the
+  workload's request rate is kept: an arrival with u < share is a session slot, which starts a
+  session with probability 1/E[K] (E[K] the mean turns) and is dropped otherwise, since each
+  session brings K - 1 more requests; the others stay single requests. So N arrivals give about
+  N requests, N x share / E[K] sessions of them. A session is named by its first turn's id; it
+  draws K turns, and for turns j = 1..K-1 a think time, new tokens and an output length. Turn j
+  is the request `<id>/<j>` with
 
-      input_j  = input_{j-1} + output_{j-1} + new_j      (the history is in the prompt)
-      t_j      = t_{j-1} + think_j                        (a lower bound: responses take no time)
+      t_j      = t_{j-1} + think_j                        (think time: arrival to arrival)
+      input_j  = input_{j-1} + output_{j-1} + new_j      (history: included)
+      input_j  = new_j                                   (history: excluded; marked `history`)
 
-  and the same media lists and prefix as turn 0 (history). The run sends turn j `think_j` after
-  turn j-1's response ended (`dispatch.sessions`); `t_j` only has to be early enough. Turns at
-  or after the scenario's end are dropped (the session is cut by the window, as in a trace).
-  Reasoning requests keep turn 0's reasoning share. Turns, think time and new tokens come from
-  the client's fitted session tables when the pool has them (`pool_tables`), else from the
-  scenario's distributions; output lengths from the client's own output table (the data window
-  of the session start) unless `sessions.output_tokens` is given.
+  and the same media lists and prefix as turn 0. `history` is the fitted pool's
+  `session_history` (what the log's inputs meant) unless the scenario says otherwise; with
+  `excluded` the payload sends a later turn without the history, so the server sees the token
+  counts the log recorded. Think time is the one definition `fit` measures: from a turn's start
+  to the next turn's start. The run sends turn j at sent(j-1) + think_j, or when turn j-1's
+  response ended if that is later (`dispatch.sessions`). Turns at or after the scenario's end
+  are dropped (the session is cut by the window, as in a trace). Reasoning requests keep turn
+  0's reasoning share. Turns, think time and new tokens come from the client's fitted session
+  tables when the pool has them, else from the scenario's distributions; output lengths from
+  the client's own output table (the data window of the session start) unless
+  `sessions.output_tokens` is given. With fitted first-turn (and single-request) input tables,
+  turn 0's (and a single request's) input is moved to that distribution by a rank-preserving
+  map (`requantile`), since the client's input table mixes first and later turns.
 
 - **Mooncake `hash_ids`** (a `replay:` of format mooncake): each request's `prefix` is its row's
   hash_ids, 512-token blocks (the payload cuts the last one to the prompt's length), so equal
@@ -41,6 +49,7 @@ import hashlib
 import heapq
 import math
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -48,6 +57,7 @@ from scipy.special import gammaincinv, ndtri
 
 from ..requests import MAX_TOKENS, Request
 from ..scenario import DistSpec, SessionSpec, SystemPromptSpec
+from . import session_model
 from .distributions import LengthTable
 
 US = 1_000_000
@@ -106,25 +116,40 @@ def mean_turns(f: Sampler) -> float:
     return float(np.clip(np.rint(f(u)), 1, MAX_TURNS).mean())
 
 
+@dataclass(frozen=True)
+class Params:
+    """One client's session parameters (the pool's fitted tables where present, else the scenario's)."""
+
+    share: float                  # share of requests in sessions
+    turns: Sampler
+    think: Sampler                # arrival to arrival, seconds
+    new: Sampler                  # new tokens of a later turn
+    mean_k: float                 # E[K] of `turns` as drawn
+    history: str                  # included | excluded
+    first: LengthTable | None = None    # input tokens of first turns (fitted)
+    single: LengthTable | None = None   # input tokens of requests outside sessions (fitted)
+
+
 class ClientSessions:
     """Per-client session parameters: the pool's fitted tables where present, else the scenario's."""
 
     def __init__(self, plan: Any, spec: SessionSpec) -> None:
         self.spec = spec
+        self.max_context: int | None = getattr(plan.scenario, "max_context", None)  # scenario `max_context`
         turns = dist_sampler(spec.turns, True)
-        self.default = (spec.share, turns, dist_sampler(spec.think_time), dist_sampler(spec.new_tokens),
-                        mean_turns(turns))
+        self.default = Params(spec.share, turns, dist_sampler(spec.think_time), dist_sampler(spec.new_tokens),
+                              mean_turns(turns), "included" if spec.history == "auto" else spec.history)
         self.out_fixed = dist_sampler(spec.output_tokens) if spec.output_tokens is not None else None
         self._where: dict[str, tuple[Any, int]] = {}
         for src in plan.sources:
             for ci, name in enumerate(src.names):
                 self._where[name] = (src, ci)
         self._baseline = plan.baseline
-        self._cache: dict[str, tuple[float, Sampler, Sampler, Sampler, float]] = {}
+        self._cache: dict[str, Params] = {}
         self._tables: dict[tuple[str, int], Any] = {}
 
-    def params(self, client: str) -> tuple[float, Sampler, Sampler, Sampler, float]:
-        """(share of requests in sessions, turns, think time, new tokens, mean turns) of one client."""
+    def params(self, client: str) -> Params:
+        """The client's session parameters (cached)."""
         got = self._cache.get(client)
         if got is not None:
             return got
@@ -132,43 +157,49 @@ class ClientSessions:
         w = self._where.get(client)
         if w is not None and self.spec.pool_tables:
             src, ci = w
-            pool = src.pool
-            si = pool.extra.get("session_index")
-            if si is not None and si.ndim == 2 and si.shape[1] >= 3:
-                row = si[int(src.idx[ci])]
-                if int(row[0]) >= 0:
-                    share = pool.extra.get("session_share")
-                    sh = float(share[int(src.idx[ci])]) if share is not None else got[0]
-                    parts = []
-                    for j, fallback in zip(range(3), got[1:4], strict=True):
-                        tid = int(row[j])
-                        if tid < 0:
-                            parts.append(fallback)
-                            continue
-                        a, b = int(pool.offsets[tid]), int(pool.offsets[tid + 1])
-                        parts.append(_table_sampler(LengthTable(pool.values[a:b].astype(np.float64),
-                                                                pool.cdf[a:b].astype(np.float64))))
-                    got = (sh, parts[0], parts[1], parts[2], mean_turns(parts[0]))
+            m = session_model.client_model(src.pool, int(src.idx[ci]))
+            if m is not None:
+                d = got
+                turns = _table_sampler(m.turns) if m.turns is not None else d.turns
+                got = Params(
+                    share=m.share, turns=turns,
+                    think=_table_sampler(m.think_time) if m.think_time is not None else d.think,
+                    new=_table_sampler(m.new_tokens) if m.new_tokens is not None else d.new,
+                    mean_k=mean_turns(turns), history=m.history if self.spec.history == "auto" else self.spec.history,
+                    first=m.first_input, single=m.single_input)
         self._cache[client] = got
         return got
+
+    def input_table(self, client: str, t: float) -> LengthTable | None:
+        """The client's input-token table (all its requests) at pool time of run-time `t`."""
+        ts = self._client_tables(client, t)
+        if ts is None:
+            return None
+        return ts.tables.get("input_tokens") or ts.tables.get("text_tokens")
+
+    def _client_tables(self, client: str, t: float) -> Any:
+        w = self._where.get(client)
+        if w is None:
+            return None
+        from .lengths import ClientTables
+
+        src, ci = w
+        seg = int(np.clip(np.searchsorted(src.edges, t, side="right") - 1, 0, len(src.dwin) - 1))
+        dw = int(src.dwin[seg])
+        key = (client, dw)
+        ts = self._tables.get(key)
+        if ts is None:
+            if len(self._tables) > 4096:
+                self._tables.clear()
+            ts = self._tables[key] = ClientTables(src.pool, int(src.idx[ci])).at(dw)
+        return ts
 
     def output(self, client: str, t: float, u: float, first: int) -> int:
         """Output tokens of a later turn: the scenario's distribution, else the client's own table."""
         if self.out_fixed is not None:
             return _tokens(draw(self.out_fixed, u))
-        w = self._where.get(client)
-        if w is not None:
-            from .lengths import ClientTables
-
-            src, ci = w
-            seg = int(np.clip(np.searchsorted(src.edges, t, side="right") - 1, 0, len(src.dwin) - 1))
-            dw = int(src.dwin[seg])
-            key = (client, dw)
-            ts = self._tables.get(key)
-            if ts is None:
-                if len(self._tables) > 4096:
-                    self._tables.clear()
-                ts = self._tables[key] = ClientTables(src.pool, int(src.idx[ci])).at(dw)
+        ts = self._client_tables(client, t)
+        if ts is not None:
             tab = ts.tables.get("output_tokens")
             if tab is not None:
                 return max(1, round(float(tab.sample(np.array([u]))[0])))
@@ -177,6 +208,17 @@ class ClientSessions:
             if tab is not None:
                 return max(1, round(float(tab.sample(np.array([u]))[0])))
         return first
+
+
+def requantile(x: int, source: LengthTable, target: LengthTable, u: float) -> int:
+    """x mapped through F_target^-1(F_source(x)), with u spreading ties over F_source's step at x.
+
+    A monotone map: a request's input moves to the first-turn (or single-request) distribution
+    while keeping its rank, so the input/output correlation drawn with it survives."""
+    i = int(np.searchsorted(source.values, x, side="right")) - 1
+    hi = float(source.cdf[i]) if i >= 0 else 0.0
+    lo = float(source.cdf[i - 1]) if i >= 1 else 0.0
+    return _tokens(float(target.sample(np.array([lo + u * (hi - lo)]))[0]))
 
 
 def _tokens(x: float) -> int:
@@ -211,28 +253,39 @@ def system_prompt(r: Request, spec: SystemPromptSpec, seed: int) -> None:
 def session_turns(r: Request, seed: int, cs: ClientSessions, end_us: int) -> list[Request] | None:
     """Turns 1..K-1 of the session started by `r` (which becomes turn 0); [] if r is a single
     request, None if r is an arrival thinned away (see `expand`)."""
-    share, turns_s, think_s, new_s, mean_k = cs.params(r.client)
-    if uniform(seed, r.id, "session") >= share:
+    p = cs.params(r.client)
+    if uniform(seed, r.id, "session") >= p.share:
+        if p.single is not None:
+            _remap_input(r, cs, p.single, seed)
         return []
-    if uniform(seed, r.id, "start") * mean_k >= 1.0:
+    if uniform(seed, r.id, "start") * p.mean_k >= 1.0:
         return None
-    k = int(min(MAX_TURNS, max(1, round(draw(turns_s, uniform(seed, r.id, "turns"))))))
+    if p.first is not None:
+        _remap_input(r, cs, p.first, seed)
+    k = int(min(MAX_TURNS, max(1, round(draw(p.turns, uniform(seed, r.id, "turns"))))))
     r.session, r.turn = r.id, 0
     out: list[Request] = []
     ratio = (r.reason_tokens / r.output_tokens) if r.reason_tokens and r.output_tokens else None
     t_us = int(r.t * US + 0.5)
     inp, prev_out = r.input_tokens, r.output_tokens
+    media = sum(r.images or ()) + sum(r.audio or ()) + sum(r.video or ())
+    excluded = p.history == "excluded"
     for j in range(1, k):
-        think = max(0.0, draw(think_s, uniform(seed, r.id, "think", j)))
+        think = max(0.0, draw(p.think, uniform(seed, r.id, "think", j)))
         if not think * US < end_us - t_us:  # past the window (or not finite): the session is cut
             break
         t_us += int(think * US)
-        new = _tokens(draw(new_s, uniform(seed, r.id, "new", j)))
+        new = _tokens(draw(p.new, uniform(seed, r.id, "new", j)))
         o = cs.output(r.client, r.t, uniform(seed, r.id, "out", j), r.output_tokens)
-        inp = min(MAX_TOKENS, inp + prev_out + new)
+        inp = new if excluded else min(MAX_TOKENS, inp + prev_out + new)
+        if cs.max_context is not None and inp + o + media > cs.max_context:
+            break  # the conversation no longer fits the model's context: the user starts afresh
+        extra = dict(r.extra)
+        if excluded:
+            extra["history"] = "excluded"
         nr = Request(id=f"{r.id}/{j}", t=t_us / US, client=r.client, category=r.category,
                      input_tokens=inp, output_tokens=o, session=r.id, turn=j, think_time=round(think, 6),
-                     images=r.images, audio=r.audio, video=r.video, prefix=r.prefix, extra=dict(r.extra))
+                     images=r.images, audio=r.audio, video=r.video, prefix=r.prefix, extra=extra)
         if ratio is not None:
             nr.reason_tokens = min(o, round(ratio * o))
         out.append(nr)
@@ -240,10 +293,27 @@ def session_turns(r: Request, seed: int, cs: ClientSessions, end_us: int) -> lis
     return out
 
 
-def needs_expand(s: Any) -> bool:
+def _remap_input(r: Request, cs: ClientSessions, target: LengthTable, seed: int) -> None:
+    src = cs.input_table(r.client, r.t)
+    if src is not None:
+        r.input_tokens = requantile(r.input_tokens, src, target, uniform(seed, r.id, "rank"))
+
+
+def default_sessions(plan: Any) -> SessionSpec | None:
+    """Sessions a scenario gets without a `sessions:` section: those of its fitted pools (share 0
+    for clients the pools have no session model for), None when no pool has one."""
+    for src in getattr(plan, "sources", ()):
+        si = src.pool.extra.get("session_index")
+        if si is not None and si.ndim == 2 and si.shape[0] and bool((si[:, 0] >= 0).any()):
+            return SessionSpec(share=0.0)
+    return None
+
+
+def needs_expand(s: Any, plan: Any = None) -> bool:
     """Whether `expand` changes this scenario's requests (else they pass through untouched)."""
     return (s.sessions is not None or s.system_prompt is not None
-            or (s.replay is not None and s.replay.format == "mooncake"))
+            or (s.replay is not None and s.replay.format == "mooncake")
+            or (plan is not None and default_sessions(plan) is not None))
 
 
 def mooncake_prefixes(plan: Any) -> list[list[int]] | None:
@@ -293,7 +363,7 @@ def expand(requests: Iterator[Request], plan: Any) -> Iterator[Request]:
     """The scenario's requests with system prompts and session turns (see the module docstring)."""
     s = plan.scenario
     sp: SystemPromptSpec | None = s.system_prompt
-    ss: SessionSpec | None = s.sessions
+    ss: SessionSpec | None = s.sessions if s.sessions is not None else default_sessions(plan)
     hashed = mooncake_prefixes(plan)
     if hashed is not None:
         requests = _with_hash_ids(requests, hashed)

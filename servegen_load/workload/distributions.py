@@ -8,6 +8,18 @@ separate knobs, as in ServeGen's per-window fits:
     gamma         X ~ Gamma(k, 1/k)                   CV = 1/sqrt(k)
     weibull       X ~ Weibull(k) / Gamma(1 + 1/k)     CV = sqrt(G(1+2/k)/G(1+1/k)^2 - 1)
     lognormal     X ~ exp(N(-k^2/2, k))               CV = sqrt(exp(k^2) - 1)
+    on/off        X ~ Gamma(4, L/4) w.p. p, else s Gamma(1/v^2, v^2)   CV = k   (k = the target CV)
+
+The on/off family is never stored in a pool: generation uses it for windows whose measured gap CV
+is at least `ONOFF_MIN_CV` (10). A Gamma of shape 1/CV^2 = 0.01 puts its CV in gaps so rare and
+so long that a window of a few hundred requests seldom holds one (the realised CV falls to about
+half the target); the on/off mixture puts the same second moment in a handful of "off" gaps per
+window. With f of the time spent in off gaps (`ONOFF_OFF_SHARE` = 0.95 unless `fit` chose another
+share by matching the log's count dispersion) (f = p L, (1 - p) s = 1 - f),
+the second moment p 1.25 L^2 + (1 - p) (1 + v^2) s^2 = 1 + k^2 fixes p ~ 1.25 f^2 / (1 + k^2)
+(on gaps of CV v, 1 unless `fit` chose 3 for bursts that are bursty inside): about
+1.2 n / k^2 off gaps in a window of n requests, at least one wherever k <= sqrt(n), which is the
+largest CV n gaps can show.
 
 Lengths. A `LengthTable` is a discrete distribution (sorted support, cumulative probability)
 sampled by inverse CDF. `compress` merges neighbouring atoms into bins of small mass, each
@@ -33,6 +45,7 @@ class Family(IntEnum):
     WEIBULL = 2
     EXPONENTIAL = 3
     LOGNORMAL = 4
+    ONOFF = 5  # generation only (never stored in a pool): extreme-CV windows, shape = target CV
 
     @classmethod
     def parse(cls, name: str) -> Family:
@@ -55,8 +68,34 @@ SHAPE_RANGE: dict[int, tuple[float, float]] = {
     Family.GAMMA: (1e-4, 1e6), Family.WEIBULL: (0.05, 1e4), Family.LOGNORMAL: (1e-6, 5.0)}
 
 
-def unit_mean_gaps(family: int, shape: float, n: int, rng: np.random.Generator) -> np.ndarray:
+ONOFF_MIN_CV = 10.0
+ONOFF_OFF_SHARE = 0.95
+_OFF_SHAPE = 4.0  # off gaps Gamma(4): second moment 1.25 L^2
+
+
+def onoff_params(cv: float, off_share: float = ONOFF_OFF_SHARE, on_cv: float = 1.0) -> tuple[float, float, float]:
+    """(p, L, s) of the unit-mean on/off mixture with coefficient of variation `cv`, a share
+    `off_share` of the time in off gaps and on gaps of CV `on_cv` (module doc)."""
+    f = off_share
+    c2 = 1.0 + cv * cv
+    m2 = (_OFF_SHAPE + 1.0) / _OFF_SHAPE
+    mon = 1.0 + on_cv * on_cv
+    p = m2 * f * f / c2
+    for _ in range(20):  # fixed point of p = m2 f^2 / (c2 - mon (1 - f)^2 / (1 - p)); converges in a few steps
+        p = m2 * f * f / max(c2 - mon * (1.0 - f) ** 2 / (1.0 - p), 1e-12)
+    p = min(p, 0.5)
+    return p, f / p, (1.0 - f) / (1.0 - p)
+
+
+def unit_mean_gaps(family: int, shape: float, n: int, rng: np.random.Generator,
+                   off_share: float = ONOFF_OFF_SHARE, on_cv: float = 1.0) -> np.ndarray:
     """`n` gaps of the family with mean 1 (see the module docstring for the equations)."""
+    if family == Family.ONOFF:
+        p, big, small = onoff_params(shape, off_share, on_cv)
+        off = rng.random(n) < p
+        k = 1.0 / (on_cv * on_cv)
+        on = rng.exponential(small, n) if on_cv == 1.0 else rng.gamma(k, small / k, n)
+        return np.where(off, rng.gamma(_OFF_SHAPE, big / _OFF_SHAPE, n), on)
     if family == Family.GAMMA:
         return rng.gamma(shape, 1.0 / shape, n)
     if family == Family.WEIBULL:
@@ -79,6 +118,8 @@ def family_cv(family: int, shape: float) -> float:
         return float(np.sqrt(np.expm1(shape * shape)))
     if family == Family.EXPONENTIAL:
         return 1.0
+    if family == Family.ONOFF:
+        return float(shape)
     return 0.0
 
 

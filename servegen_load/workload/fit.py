@@ -3,8 +3,10 @@
 What a fit measures, per client (after merging sparse clients, see below):
 
 - Rate windows of `window` seconds (default 600, ServeGen's): rate = requests in the window /
-  window. The last window is counted over a whole window, so generating the pool's full span
-  reproduces the log's request count.
+  window, except the last window when the log ends inside it: requests / the part of it the log
+  covers (to the end of `--range`, else to the last request plus the log's mean gap), so
+  generating the log's own span reproduces its request count (dividing by the whole window lost
+  about 1.8% of the requests of a half-hour Azure half).
 - Gap family per rate window, among exponential, Gamma, Weibull and lognormal, by maximum
   likelihood with AIC's penalty (log-likelihood minus the number of parameters: 1 for the
   exponential, 2 for the others), so the exponential is kept unless a shape earns its keep.
@@ -39,11 +41,21 @@ What a fit measures, per client (after merging sparse clients, see below):
 - `rank_corr` (optional pool array): Spearman correlation of input and output tokens over the
   client's requests (average ranks for ties; a random sample when the logs have more than
   `SPEARMAN_SAMPLE` rows, at least 5000 rows a client).
-- Sessions (with a session column): per client, turns per session, think time between turns
-  (arrival to arrival, seconds, 1 ms steps) and new input tokens per turn after the first. When
+- Sessions (with a session column): per client (`SESSION_FIELDS`), turns per session, think time
+  between turns, new input tokens per turn after the first, input tokens of first turns and of
+  requests outside sessions. Think time is **arrival to arrival**: t(turn k+1) - t(turn k), what a
+  log records (seconds, 1 ms steps); `generate` places turns that far apart and `run` keeps it
+  (a turn never leaves before the previous response ended; `dispatch.sessions`). History: when
   >= 80% of consecutive turns satisfy input_k >= input_{k-1} + output_{k-1}, the log's inputs
   include the history and new tokens = input_k - input_{k-1} - output_{k-1} (meta
-  `session_history: included`), else new tokens = input_k (`excluded`).
+  `session_history: included`), else new tokens = input_k (`excluded`: the logged prompt of a
+  later turn is its new tokens only, and generated turns are sent that way too).
+
+Arrival models (`arrival_fit`): per client, the count dispersion of the log at 1 s .. 3600 s, batches
+and clock quantisation (zero gaps, a timestamp grid) with the `tick`, `epochs` and `quantised`
+models, on/off shapes for extreme-CV windows, all chosen by simulating each candidate and matching
+the log's counts; a rate profile across days with a level (so generation can continue past the
+fitted span); and the shrinkage of noisy window rates `renewal` generation uses.
 
 Clients with fewer than `min_requests` requests (default `MIN_REQUESTS` = 50, about what is
 needed for a stable length table and a handful of fitted windows) are merged into one client
@@ -67,6 +79,8 @@ import numpy as np
 from scipy.special import digamma, gammaln, polygamma
 
 from ..errors import InputError
+from . import session_model
+from .arrival_fit import ARRIVAL_ARRAYS, fit_arrivals, group_time_order
 from .distributions import Family, LengthTable, compress
 from .logs import MEDIA, BadRows, ColumnMap, LogChunk, read_log
 from .pool import CATEGORIES, ClientPool, build_tables
@@ -75,7 +89,7 @@ MIN_REQUESTS = 50
 MIN_WINDOW_REQUESTS = 10
 OTHER = "other"
 REASON_BINS = 500
-SESSION_FIELDS = ("turns", "think_time", "new_tokens")
+SESSION_FIELDS = ("turns", "think_time", "new_tokens", "first_input", "single_input")
 CV_TOLERANCE = 1.5  # a family's implied gap CV must be within this factor of the measured CV
 MAX_CELLS = 2e7  # client x rate windows (~50 bytes each while fitting): beyond is a unit mistake
 SPEARMAN_SAMPLE = 1_000_000  # rows for the rank correlation (>= 5000 a client: standard error < 0.015)
@@ -124,7 +138,8 @@ class FitReport:
                 f"{pool.n_clients} client(s){merged}; {pool.window_start.size} windows of {pool.window:g} s, "
                 f"{self.windows_fitted} fitted ({fams or 'none'}{guard}), {self.windows_fallback} with fewer than "
                 f"{MIN_WINDOW_REQUESTS} requests use the exponential; {pool.data_start.size} data window(s) of "
-                f"{pool.data_window:g} s; category {pool.category}, fields {', '.join(pool.fields)}")
+                f"{pool.data_window:g} s; category {pool.category}, fields {', '.join(pool.fields)}"
+                + "".join("\n" + line for line in session_model.describe(pool)))
 
 
 @dataclass
@@ -295,6 +310,12 @@ def _fit(cols: _Columns, opts: FitOptions, report: FitReport) -> ClientPool:
     n_w = max(int(t.max() // W) + 1, int(np.ceil(span / W - 1e-9)))
     n_d = max(int(t.max() // D) + 1, int(np.ceil(span / D - 1e-9)))
     rate, cv, family, shape, scale = _rate_windows(t, client, n_clients, n_w, W, opts, report)
+    cover = _last_window_cover(t, span, n_w, W, opts.time_range is not None and opts.time_range[1] is not None)
+    if cover < W:  # a rate is requests per second observed: the last window is partly outside the log
+        n_last = np.rint(rate[:, -1].astype(np.float64) * W)
+        rate[:, -1] *= np.float32(W / cover)
+        few = (n_last > 0) & (n_last < max(2, opts.min_window_requests))  # exponential at the window's rate
+        scale[few, -1] = (cover / n_last[few]).astype(np.float32)  # (fitted windows' gaps are the log's own)
 
     tables: list[LengthTable] = []
     gtype = np.int32 if n_clients * n_d < 2**31 else np.int64
@@ -313,14 +334,29 @@ def _fit(cols: _Columns, opts: FitOptions, report: FitReport) -> ClientPool:
             idx[missing] = zero
         table_index[:, :, fi] = idx
 
+    def epoch_windows(tu: np.ndarray, cu: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        _, _, ef, es, _ = _rate_windows(tu, cu, n_clients, n_w, W, opts, FitReport())
+        return ef, es
+
+    arr = fit_arrivals(t, client, n_clients, last if span else float(t.max()), W, t0, cols.wall_clock, rate, cv,
+                       family, shape, epoch_windows, opts.ks_max)
+    report.notes.extend(arr.notes)
+    if arr.batch_tables:
+        arr.extra["batch_index"] = np.where(arr.extra["batch_index"] >= 0, arr.extra["batch_index"] + len(tables),
+                                            -1).astype(np.int32)
+        tables.extend(arr.batch_tables)
+
     x = values[fields[0]][0]
     sub = _per_group_sample(client, n_clients, SPEARMAN_SAMPLE)
     extra: dict[str, np.ndarray] = {
         "rank_corr": spearman_by_group(x[sub], cols.output[sub], client[sub], n_clients)}
-    meta: dict[str, Any] = {}
+    extra.update(arr.extra)
+    meta: dict[str, Any] = {"arrival": arr.meta}
     if cols.session is not None:
         sidx, share, history = _sessions(t, client, n_clients, cols, tables, opts.ks_max)
         extra.update(session_index=sidx, session_share=share)
+        _session_arrival_laws(t, client, n_clients, n_w, W, opts, cols, sidx, share, tables,
+                              (rate, cv, family, shape, scale))
         meta.update(session_fields=list(SESSION_FIELDS), session_history=history)
     flat_values, cdf, offsets = build_tables(tables)
 
@@ -335,7 +371,8 @@ def _fit(cols: _Columns, opts: FitOptions, report: FitReport) -> ClientPool:
     if cols.wall_clock:
         meta["fit"]["origin_utc"] = str(np.datetime64(round(t0 * 1e6), "us")) + "Z"
     meta["source"] = "fit"
-    meta["arrays"] = {"rank_corr": "per client: Spearman correlation of input and output tokens"}
+    meta["arrays"] = {"rank_corr": "per client: Spearman correlation of input and output tokens",
+                      **ARRIVAL_ARRAYS}
     if "session_index" in extra:
         meta["arrays"].update(session_index="per client: table ids of session_fields (-1: no sessions)",
                               session_share="per client: share of requests with a session id")
@@ -348,6 +385,18 @@ def _fit(cols: _Columns, opts: FitOptions, report: FitReport) -> ClientPool:
     )
     pool.validate("<fit>")
     return pool
+
+
+def _last_window_cover(t: np.ndarray, span: float, n_w: int, W: float, end_given: bool) -> float:
+    """Seconds of the last rate window the log covers (see the module docstring), in (0, W]."""
+    start = (n_w - 1) * W
+    if end_given:
+        end = max(span, float(t.max()))
+    else:
+        n = t.size
+        mean_gap = (float(t.max()) - float(t.min())) / (n - 1) if n > 1 else W
+        end = max(span, float(t.max()) + mean_gap)
+    return float(min(W, max(end - start, 1e-3 * W)))
 
 
 def _select(cols: _Columns, start: float, end: float | None, where: str | None = None) -> _Columns:
@@ -586,20 +635,6 @@ def _grouped_tables(v: np.ndarray, grp: np.ndarray, n_groups: int, tables: list[
     return out
 
 
-def group_time_order(group: np.ndarray, t: np.ndarray) -> np.ndarray:
-    """Indices sorting rows by (group, t). Logs are nearly time-sorted, so: a (cheap) stable sort by
-    time unless already sorted, then a stable sort by group (radix sort for 16-bit codes)."""
-    if t.size > 1 and not bool(np.all(t[1:] >= t[:-1])):
-        by_t = np.argsort(t, kind="stable")
-        return by_t[_stable_group_sort(group[by_t])]
-    return _stable_group_sort(group)
-
-
-def _stable_group_sort(group: np.ndarray) -> np.ndarray:
-    g = group.astype(np.uint16) if group.size and int(group.max()) < 65536 else group
-    return np.argsort(g, kind="stable")
-
-
 def _per_group_sample(group: np.ndarray, n_groups: int, budget: int) -> np.ndarray | slice:
     """Rows for the rank correlation: all of them when there are at most `budget`, else each group
     keeps a row with probability cap / rows (cap = max(5000, budget / groups); a fixed seed, so
@@ -664,9 +699,10 @@ def _group_ranks(v: np.ndarray, g: np.ndarray) -> np.ndarray:
 
 def _sessions(t: np.ndarray, client: np.ndarray, n_clients: int, cols: _Columns, tables: list[LengthTable],
               ks_max: float) -> tuple[np.ndarray, np.ndarray, str]:
-    """Session tables per client (turns, think time, new tokens); see the module docstring."""
+    """Session tables per client (`SESSION_FIELDS`); see the module docstring."""
     assert cols.session is not None
-    idx = np.flatnonzero(cols.session >= 0)
+    has = cols.session >= 0
+    idx = np.flatnonzero(has)
     sidx = np.full((n_clients, len(SESSION_FIELDS)), -1, dtype=np.int32)
     share = (np.bincount(client[idx], minlength=n_clients)
              / np.maximum(np.bincount(client, minlength=n_clients), 1)).astype(np.float32)
@@ -688,4 +724,51 @@ def _sessions(t: np.ndarray, client: np.ndarray, n_clients: int, cols: _Columns,
     sidx[:, 0] = _grouped_tables(turns, co[starts], n_clients, tables, ks_max)
     sidx[:, 1] = _grouped_tables(np.minimum(think_ms, 2**31 - 1), pair_client, n_clients, tables, ks_max, 1e-3)
     sidx[:, 2] = _grouped_tables(np.minimum(new_tok, 2**31 - 1), pair_client, n_clients, tables, ks_max)
+    sidx[:, 3] = _grouped_tables(inp[starts], co[starts], n_clients, tables, ks_max)
+    single = np.flatnonzero(~has)
+    sidx[:, 4] = _grouped_tables(cols.input[single], client[single], n_clients, tables, ks_max)
     return sidx, share, "included" if included else "excluded"
+
+
+def _session_arrival_laws(t: np.ndarray, client: np.ndarray, n_clients: int, n_w: int, W: float, opts: FitOptions,
+                          cols: _Columns, sidx: np.ndarray, share: np.ndarray, tables: list[LengthTable],
+                          windows: tuple[np.ndarray, ...]) -> None:
+    """Gap laws of clients with sessions, so their turns' clustering is not counted twice.
+
+    A session client's requests are a stream of *arrivals* (session starts and single requests)
+    plus the later turns each session brings (`workload.conversation`): the clustering of turns
+    is added by the session model. `generate` draws arrivals at the request rate and keeps each
+    with probability q = 1 - share + share / E[K] (the rest are the room later turns take), so the
+    kept stream is an independent thinning, whose count Fano factor is q F + (1 - q). Hence, per
+    window with enough arrivals, the law drawn is the Gamma whose CV^2 = F solves that for the
+    measured CV^2 of the arrival stream: CV_gen^2 = (CV_arr^2 - (1 - q)) / q (at least 0.01).
+    Rates stay the requests' (rate windows count every request). In place on `windows`.
+    """
+    assert cols.session is not None
+    rate, cv, family, shape, scale = windows
+    has = np.flatnonzero(cols.session >= 0)
+    o = has[np.lexsort((t[has], cols.session[has]))]
+    ss = cols.session[o]
+    later = np.zeros(t.size, dtype=bool)
+    later[o[1:][ss[1:] == ss[:-1]]] = True
+    keep = ~later
+    scratch = FitReport()
+    _, cv_a, fam_a, _, _ = _rate_windows(t[keep], client[keep], n_clients, n_w, W, opts, scratch)
+    for c in range(n_clients):
+        tid = int(sidx[c, 0])
+        if tid < 0:
+            continue
+        mean_k = max(1.0, float(tables[tid].mean()))
+        q = 1.0 - float(share[c]) + float(share[c]) / mean_k
+        renewal = np.isin(family[c], [int(Family.EXPONENTIAL), int(Family.GAMMA), int(Family.WEIBULL),
+                                      int(Family.LOGNORMAL)])  # other arrival models are left as chosen
+        fitted = (fam_a[c] != int(Family.NONE)) & renewal & (rate[c] > 0)
+        if q >= 0.999 or not fitted.any():
+            continue
+        cv2 = np.maximum((np.square(cv_a[c].astype(np.float64)) - (1.0 - q)) / q, 0.01)
+        k = np.clip(1.0 / cv2, 1e-3, 1e4)
+        mean_gap = 1.0 / np.maximum(rate[c].astype(np.float64), 1e-300)
+        family[c] = np.where(fitted, int(Family.GAMMA), family[c])
+        shape[c] = np.where(fitted, k, shape[c])
+        scale[c] = np.where(fitted, mean_gap / k, scale[c])
+        cv[c] = np.where(fitted, np.sqrt(1.0 / k), cv[c])

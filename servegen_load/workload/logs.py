@@ -52,15 +52,20 @@ import orjson
 from numpy.lib.stride_tricks import sliding_window_view
 
 from ..errors import InputError
+from ..formats import REQUESTS_FORMAT, RESULTS_FORMAT
 
 FORMATS = ("auto", "azure", "mooncake", "csv", "jsonl", "requests", "results")
 MEDIA = ("image_count", "image_tokens", "audio_count", "audio_tokens", "video_count", "video_tokens")
 ROLES = ("time", "client", "session", "input", "output", "reason", *MEDIA)
 TIME_UNITS = ("auto", "s", "ms", "us", "ns", "iso")
-REQUESTS_FORMAT = "servegen-load/requests/v1"
-RESULTS_FORMAT = "servegen-load/results/v1"
 MAX_EXAMPLES = 5
+_UNIT_WORDS = {"s": "s", "sec": "s", "secs": "s", "second": "s", "seconds": "s", "ms": "ms", "msec": "ms",
+               "millis": "ms", "milliseconds": "ms", "us": "us", "usec": "us", "micros": "us",
+               "microseconds": "us", "ns": "ns", "nsec": "ns", "nanos": "ns", "nanoseconds": "ns"}
+_UNIT_IN_NAME = re.compile(r"(?:^|[_\-. (\[])(" + "|".join(sorted(_UNIT_WORDS, key=len, reverse=True))
+                           + r")\)?\]?$")
 MAX_ABS_TIME = 1e11  # seconds (epoch: year 5138): a numeric time beyond is a wrong unit or garbage
+MOONCAKE_KEYS = ("timestamp", "input_length", "output_length", "hash_ids")
 _PAD = 256  # zero bytes after a CSV block; fields longer than this take the slow slicing path
 _REQUIRED = ("time", "input", "output")  # a row missing one of these (when mapped) is bad
 
@@ -172,6 +177,16 @@ class LogChunk:
     media: dict[str, np.ndarray] = field(default_factory=dict)
     rows: int = 0          # rows read (good + bad)
     bad: BadRows = field(default_factory=BadRows)
+    roles: dict[str, str] = field(default_factory=dict)  # role -> the column read for it
+    time_unit: str = ""    # the unit the time column was read in (s, ms, us, ns, iso)
+    unit_reason: str = ""  # why: given, epoch by magnitude, the column's name, fractional values
+
+    def describe(self) -> str:
+        """What was read: format, time column and unit (and why), the other roles' columns."""
+        t = self.roles.get("time", "?")
+        unit = f"{self.time_unit}" + (f", {self.unit_reason}" if self.unit_reason else "")
+        others = ", ".join(f"{r} {c!r}" for r, c in self.roles.items() if r != "time")
+        return f"{self.fmt}: time {t!r} ({unit}){'; ' + others if others else ''}"
 
     def __len__(self) -> int:
         return int(self.t.size)
@@ -184,6 +199,7 @@ class LogChunk:
             has_client=self.has_client, reason=None if self.reason is None else self.reason[keep],
             session=None if self.session is None else self.session[keep],
             media={k: v[keep] for k, v in self.media.items()}, rows=self.rows, bad=self.bad,
+            roles=self.roles, time_unit=self.time_unit, unit_reason=self.unit_reason,
         )
 
     def time_range(self, start: float | None = None, end: float | None = None) -> LogChunk:
@@ -267,7 +283,8 @@ def concat(chunks: Iterable[LogChunk]) -> LogChunk:
         output=cat("output"), clients=list(last.clients), origin=first.origin, wall_clock=first.wall_clock,
         has_client=first.has_client, reason=None if first.reason is None else cat("reason"),
         session=None if first.session is None else cat("session"), media=media,
-        rows=sum(c.rows for c in every), bad=bad,
+        rows=sum(c.rows for c in every), bad=bad, roles=first.roles, time_unit=first.time_unit,
+        unit_reason=first.unit_reason,
     )
 
 
@@ -289,8 +306,10 @@ def warn_bad_rows(chunk: LogChunk, stream: IO[str] | None = None) -> None:
 def detect_format(path: str | Path) -> str:
     """Guess the format from the first non-blank line.
 
-    A JSON object line: `requests`/`results` by its `format` key, `mooncake` when it has
-    timestamp + input_length + output_length, else `jsonl`. Otherwise CSV: `azure` when the
+    A JSON object line: `requests`/`results` by its `format` key, `mooncake` when it has every
+    key of Mooncake's trace (`MOONCAKE_KEYS`, hash_ids included: a JSONL log with timestamp,
+    input_length and output_length in seconds must not be read as Mooncake's milliseconds),
+    else `jsonl`. Otherwise CSV: `azure` when the
     header has TIMESTAMP, ContextTokens and GeneratedTokens, else `csv`.
     """
     p = Path(path)
@@ -319,7 +338,7 @@ def detect_format(path: str | Path) -> str:
                 return "requests"
             if obj.get("format") == RESULTS_FORMAT:
                 return "results"
-            if {"timestamp", "input_length", "output_length"} <= obj.keys():
+            if set(MOONCAKE_KEYS) <= obj.keys():  # every key: a log that only shares a few is jsonl
                 return "mooncake"
         return "jsonl"
     header = {h.strip().strip('"') for h in first.decode("utf-8", "replace").split(",")}
@@ -382,6 +401,7 @@ class _Converter:
     def __init__(self, path: str, fmt: str, cols: ColumnMap, roles: dict[str, str]) -> None:
         self.path, self.fmt, self.cols, self.roles = path, fmt, cols, roles
         self.time_unit = cols.time_unit
+        self.unit_reason = "given" if cols.time_unit != "auto" else ""
         self.origin: float | None = None
         self.origin_ns: int | None = None
         self.wall_clock = False
@@ -439,7 +459,8 @@ class _Converter:
             clients=list(self.clients), origin=self.origin or 0.0, wall_clock=self.wall_clock,
             has_client=self.has_client, reason=col("reason") if "reason" in self.roles else None,
             session=None if session is None else sel(session),
-            media={k: col(k) for k in MEDIA if k in self.roles}, rows=rows, bad=bad,
+            media={k: col(k) for k in MEDIA if k in self.roles}, rows=rows, bad=bad, roles=dict(self.roles),
+            time_unit=self.time_unit, unit_reason=self.unit_reason,
         )
 
     # -- time
@@ -452,9 +473,7 @@ class _Converter:
             if np.mean(nonnum | np.isnan(vals)) > 0.5:
                 unit = "iso"
             else:
-                finite = vals[np.isfinite(vals)]
-                mag = float(np.median(np.abs(finite))) if finite.size else 0.0  # a garbage row cannot decide
-                unit = "ns" if mag > 1e17 else "us" if mag > 1e14 else "ms" if mag > 1e11 else "s"
+                unit = self._numeric_unit(vals[np.isfinite(vals)], _decimal_points(v))
             self.time_unit = unit
         if unit == "iso":
             ns, badm = _iso_ns(v)
@@ -475,6 +494,34 @@ class _Converter:
             self.origin = float(vals[np.argmax(~badm)]) * scale
             self.wall_clock = self.fmt not in ("requests", "results") and abs(self.origin) > 1e8
         return vals * scale - (self.origin or 0.0)
+
+    def _numeric_unit(self, finite: np.ndarray, decimals: bool = False) -> str:
+        """The unit of numeric times, or an InputError naming --time-unit when it is ambiguous.
+
+        Epoch times are told apart by magnitude (the median: a garbage row cannot decide):
+        1e8..1e11 seconds (1973..5138), then ms, us, ns. Relative times (smaller) are ambiguous
+        (a 7-day log in seconds and a 10-minute log in ms look alike): a unit in the column's
+        name decides (`t_ms`, `time_s`, `elapsed_us`, `offset_seconds`...); fractional values,
+        or values written with a decimal point (`12.0`), are seconds (ms, us and ns logs count
+        whole units); else the log needs --time-unit.
+        """
+        mag = float(np.median(np.abs(finite))) if finite.size else 0.0
+        if mag >= 1e8:
+            self.unit_reason = "epoch, by magnitude"
+            return "ns" if mag > 1e17 else "us" if mag > 1e14 else "ms" if mag > 1e11 else "s"
+        name = self.roles.get("time", "")
+        m = _UNIT_IN_NAME.search(name.lower())
+        if m:
+            self.unit_reason = f"relative, unit from the column name {name!r}"
+            return _UNIT_WORDS[m.group(1)]
+        if decimals or (finite.size and bool(np.any(finite != np.floor(finite)))):
+            self.unit_reason = "relative, fractional values"
+            return "s"
+        if finite.size < 2 or float(finite.max()) == float(finite.min()):
+            self.unit_reason = "relative, one instant"  # no durations: the unit changes nothing
+            return "s"
+        raise InputError(f"{name}: relative whole-number times (not epoch), so their unit is ambiguous "
+                         "(seconds? milliseconds?): give --time-unit s, ms, us or ns", path=self.path)
 
     # -- codes
 
@@ -533,6 +580,14 @@ def _numeric(v: Any) -> tuple[np.ndarray, np.ndarray]:
         except (ValueError, OverflowError):
             bad[i] = True
     return out, bad
+
+
+def _decimal_points(v: Any) -> bool:
+    """Whether numeric times were written as decimals (`12.5`, `12.0`; JSON floats)."""
+    if isinstance(v, np.ndarray) and v.dtype.kind in "SU":
+        dot = b"." if v.dtype.kind == "S" else "."
+        return bool(np.any(np.char.find(v[:1000], dot) >= 0))
+    return any(isinstance(x, float) for x in list(v)[:1000])
 
 
 def _iso_ns(v: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -837,6 +892,8 @@ class _JsonReader:
             return vals
         if role == "time" and vals and isinstance(vals[0], str):
             try:
+                if any(type(x) is bool for x in vals):  # numpy would read true as 1.0
+                    raise TypeError
                 return np.array(vals, dtype=np.float64)
             except (ValueError, TypeError):
                 return np.array(["" if x is None else str(x) for x in vals])

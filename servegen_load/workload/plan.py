@@ -18,10 +18,12 @@ import numpy as np
 
 from ..errors import InputError
 from ..scenario import BaselineSpec, ClientFilter, LengthFrom, PoolEntry, Scenario, load_scenario
+from . import continuation
 from .arrivals import weibull_shape_for_cv
-from .distributions import Family, LengthTable
+from .distributions import ONOFF_MIN_CV, Family, LengthTable
 from .lengths import MODALITIES, TableSet, fixed_table, input_field, mixture
 from .pool import SHIPPED, ClientPool, load_pool
+from .replay import ReplayPlan, load_replay
 
 CATEGORIES = ("language", "multimodal", "reason")
 
@@ -44,6 +46,9 @@ class Source:
     target_cv: np.ndarray      # (C, K) CV of the family/shape used
     dwin: np.ndarray           # (K,) data window of each segment
     pwin: np.ndarray           # (K,) pool rate window of each segment (-1: none)
+    batches: BatchModel | None = None  # fitted pools with batched clients (workload.arrival_fit)
+    off_share: np.ndarray | None = None  # (C,) on/off share of extreme-CV windows chosen by `fit`
+    on_cv: np.ndarray | None = None      # (C,) CV of the gaps inside those bursts
 
     @property
     def expected(self) -> np.ndarray:
@@ -63,6 +68,50 @@ class Source:
         w = np.zeros(self.pool.table_index.shape[:2])
         w[self.idx] = self.dw_weights()
         return aggregate_tables(self.pool, w)
+
+
+@dataclass
+class BatchModel:
+    """Per selected client: arrival model (0 renewal, 1 tick, 2 epochs, 3 quantised; `arrival_fit`) and its
+    parameters in run time."""
+
+    model: np.ndarray          # (C,) int8
+    period: np.ndarray         # (C,) run-time seconds
+    phase: np.ndarray          # (C,) run-time seconds of the first tick at or after 0
+    dispersion: np.ndarray     # (C,)
+    mean: np.ndarray           # (C,) mean batch size
+    sizes: list[LengthTable | None]
+    family: np.ndarray         # (C, K) epoch gap family
+    shape: np.ndarray          # (C, K)
+    quantum_shape: np.ndarray  # (C,) Gamma shape of the quantised model's renewal process
+
+
+def _batch_model(pool: ClientPool, sel: np.ndarray, wsafe: np.ndarray, valid: np.ndarray, p0: float,
+                 time_scale: float) -> BatchModel | None:
+    model = pool.extra.get("arrival_model")
+    if model is None or model.shape != (pool.n_clients,) or not np.any(model[sel] > 0):
+        return None
+    x = pool.extra
+    period = x["batch_period"][sel].astype(np.float64)
+    phase = np.where(period > 0, np.mod(x["batch_phase"][sel] - p0, np.where(period > 0, period, 1.0)), 0.0)
+    sizes: list[LengthTable | None] = []
+    for c in sel:
+        b = int(x["batch_index"][c])
+        sizes.append(None if b < 0 else LengthTable(pool.values[pool.offsets[b]:pool.offsets[b + 1]].astype(np.float64),
+                                                    pool.cdf[pool.offsets[b]:pool.offsets[b + 1]].astype(np.float64)))
+    ef = x.get("epoch_family")
+    fam = (np.where(valid[None, :], ef[sel][:, wsafe], Family.NONE).astype(np.int8) if ef is not None
+           else np.zeros((sel.size, wsafe.size), dtype=np.int8))
+    es = x.get("epoch_shape")
+    shp = es[sel][:, wsafe].astype(np.float64) if es is not None else np.ones((sel.size, wsafe.size))
+    m = model[sel].astype(np.int8)
+    m = np.where((m == 2) & (np.array([t is None for t in sizes]) | (ef is None)), 0, m).astype(np.int8)
+    qs = x["quantum_shape"][sel].astype(np.float64) if "quantum_shape" in x else np.ones(sel.size)
+    m = np.where((m == 3) & ~(period > 0), 0, m).astype(np.int8)
+    return BatchModel(model=m, period=period / time_scale, phase=phase / time_scale,
+                      dispersion=x["batch_dispersion"][sel].astype(np.float64),
+                      mean=x["batch_mean"][sel].astype(np.float64), sizes=sizes, family=fam, shape=shp,
+                      quantum_shape=qs)
 
 
 def aggregate_tables(pool: ClientPool, w: np.ndarray) -> dict[str, LengthTable]:
@@ -90,17 +139,6 @@ class BaselinePlan:
     rate: float
     client: str
     options: list[tuple[float, str, TableSet]]   # (weight, category, tables)
-
-
-@dataclass
-class ReplayPlan:
-    t: np.ndarray              # run-time seconds, sorted
-    inp: np.ndarray
-    out: np.ndarray
-    client: np.ndarray         # int index into names
-    names: list[str]
-    category: str
-    warning: str | None = None  # skipped rows of the trace, printed once the plan is accepted
 
 
 @dataclass
@@ -256,11 +294,14 @@ def _source(s: Scenario, e: PoolEntry, i: int, where: str) -> Source:
     pool = get_pool(s, e.pool, "pool" if where == "pool" else f"{where}.pool")
     p0 = s.pool_start()
     p1 = p0 + float(s.duration or 0.0)
+    if continuation.has_profile(pool) and (s.arrival == "renewal" or p1 > pool.span + 1e-9):
+        pool = continuation.view(pool, p1, shrink=s.arrival == "renewal")  # fitted: shrunk, continued
     lo, hi = float(pool.window_start[0]) if pool.window_start.size else 0.0, pool.span
     if p0 < lo - 1e-9 or p1 > hi + 1e-9:
         days = hi / 86400.0
         raise InputError(f"window {p0:g}..{p1:g} s of pool time lies outside pool {pool.name}'s span "
-                         f"{lo:g}..{hi:g} s ({days:g} days); adjust start/day/duration", path=s.path,
+                         f"{lo:g}..{hi:g} s ({days:g} days); adjust start/day/duration (pools made by `fit` now "
+                         "continue past their span)", path=s.path,
                          field="duration" if p0 < hi else "start")
     pedges, wi, dw = _segments(pool, p0, p1)
     valid = wi >= 0
@@ -286,12 +327,20 @@ def _source(s: Scenario, e: PoolEntry, i: int, where: str) -> Source:
     if s.gap_cv == "measured":
         wb = (fam == Family.WEIBULL) & (pcv > 0) & np.isfinite(pcv)
         shape = np.where(wb, weibull_shape_for_cv(np.where(wb, pcv, 1.0)), shape)
+    lim = pool.extra["onoff_cv"][sel].astype(np.float64)[:, None] if "onoff_cv" in pool.extra else ONOFF_MIN_CV
+    extreme = (fam != Family.NONE) & np.isfinite(pcv) & (pcv >= lim)
+    if extreme.any():  # on/off gaps realise an extreme CV at the window's count (workload.distributions)
+        fam = np.where(extreme, Family.ONOFF, fam).astype(np.int8)
+        shape = np.where(extreme, pcv, shape)
     target = _family_cv(fam, shape)
     return Source(
         label=label, pool=pool, category=pool.category, idx=sel,
         names=[f"{label}:{local_id(pool, pool.clients[c])}" for c in sel],
         edges=(pedges - p0) / s.time_scale, pool_edges=pedges, rate=rate, family=fam, shape=shape,
         pool_cv=pcv, target_cv=target, dwin=dw, pwin=wi,
+        batches=_batch_model(pool, sel, wsafe, valid, p0, s.time_scale),
+        off_share=pool.extra["onoff_share"][sel].astype(np.float64) if "onoff_share" in pool.extra else None,
+        on_cv=pool.extra["onoff_on_cv"][sel].astype(np.float64) if "onoff_on_cv" in pool.extra else None,
     )
 
 
@@ -307,6 +356,7 @@ def _family_cv(fam: np.ndarray, shape: np.ndarray) -> np.ndarray:
     out = np.where(fam == Family.WEIBULL, wcv, out)
     out = np.where(fam == Family.LOGNORMAL, lcv, out)
     out = np.where(fam == Family.EXPONENTIAL, 1.0, out)
+    out = np.where(fam == Family.ONOFF, k, out)
     return out
 
 
@@ -443,11 +493,9 @@ def _baseline(s: Scenario, spec: BaselineSpec, kind: str) -> tuple[BaselinePlan,
 # --- replay ---
 
 def _replay(s: Scenario) -> ReplayPlan:
-    from . import replay as rp
-
     spec = s.replay
     assert spec is not None
-    return rp.load_replay(s, spec)
+    return load_replay(s, spec)
 
 
 def resolve(s: Scenario) -> Plan:

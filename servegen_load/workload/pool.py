@@ -16,6 +16,12 @@ length tables flattened into `values`/`cdf` with `offsets` and a `table_index` o
 Clients without length data (ServeGen's missing dataset files) point at the pool's
 rate-weighted mixture tables for the same data window and are listed in `meta.fallback`.
 
+Pools made by `fit` also carry its arrival models, their evidence and the rate profile
+(`workload.arrival_fit.ARRIVAL_ARRAYS` lists them: arrival_model, arrival_score, fano_obs,
+batch_*, quantum_shape, onoff_*, profile, level, rate_shrink, epoch_family/epoch_shape) with
+`meta.arrival` (scales, profile kind and clock, origin); the format name stays v1 because every
+one of them is optional: a pool without them generates as before, and older readers ignore them.
+
 Optional arrays (`ClientPool.extra`; a pool without them loads fine, readers must check): pools
 made by `fit` add `rank_corr` float32 (clients,), the Spearman correlation of input (text) and
 output tokens per client (NaN: undefined); and with session ids `session_index` int32
@@ -38,9 +44,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
+from ..formats import POOL_FORMAT
 from .distributions import SHAPE_RANGE, Family, LengthTable
 
-POOL_FORMAT = "servegen-load/pool/v1"
 SHIPPED = ("m-large", "m-small", "mm-image", "deepseek-r1")
 CATEGORIES = ("language", "multimodal", "reason")
 MAX_VALUE = 2**31 - 1  # a length table's largest value: token counts are int32 in logs and requests
@@ -190,10 +196,53 @@ class ClientPool:
         rc = self.extra.get("rank_corr")
         if rc is not None and (rc.shape != (c,) or rc.dtype.kind != "f"):
             raise bad(f"expected {c} floats (one per client), got {rc.dtype} {rc.shape}", "rank_corr")
+        self._validate_arrivals(bad, c, w, n_tables)
         si = self.extra.get("session_index")
         if si is not None and (si.shape[:1] != (c,) or si.dtype.kind not in "iu"
                                or (si.size and (int(si.min()) < -1 or int(si.max()) >= n_tables))):
             raise bad(f"expected table ids in -1..{n_tables - 1}, one row per client", "session_index")
+
+    def _validate_arrivals(self, bad: Any, c: int, w: int, n_tables: int) -> None:
+        """The optional arrays of `workload.arrival_fit` (fitted pools), when present."""
+        shapes = {"arrival_model": (c,), "zero_gap_share": (c,), "batch_period": (c,), "batch_phase": (c,),
+                  "batch_dispersion": (c,), "batch_mean": (c,), "batch_index": (c,), "quantum_shape": (c,),
+                  "level": (c,), "rate_shrink": (c,), "rate_signal_var": (c,), "rate_noise": (c,), "onoff_share": (c,), "onoff_cv": (c,), "onoff_on_cv": (c,),
+                  "profile": (c, 168), "epoch_family": (c, w), "epoch_shape": (c, w)}
+        for name, shape in shapes.items():
+            a = self.extra.get(name)
+            if a is not None and a.shape != shape:
+                raise bad(f"expected shape {shape}, got {a.shape}", name)
+        x = self.extra
+        if "arrival_model" in x and x["arrival_model"].size and not (
+                int(x["arrival_model"].min()) >= 0 and int(x["arrival_model"].max()) <= 3):
+            raise bad("expected arrival model codes 0..3", "arrival_model")
+        bi = x.get("batch_index")
+        if bi is not None and bi.size and (int(bi.min()) < -1 or int(bi.max()) >= n_tables):
+            raise bad(f"expected table ids in -1..{n_tables - 1}", "batch_index")
+        for name, lo, hi in (("batch_period", 0.0, 1e9), ("batch_dispersion", 0.0, 1e9), ("batch_mean", 0.0, 1e9),
+                             ("quantum_shape", 1e-6, 1e6), ("level", 0.0, 1e12), ("rate_shrink", 0.0, 1.0),
+                             ("rate_signal_var", 0.0, 1e24), ("rate_noise", 0.0, 1e12),
+                             ("onoff_share", 0.0, 0.999), ("onoff_cv", 0.0, 1e6), ("onoff_on_cv", 0.01, 100.0)):
+            a = x.get(name)
+            if a is not None and a.size and not (np.all(np.isfinite(a)) and a.min() >= lo and a.max() <= hi):
+                raise bad(f"expected finite values in [{lo:g}, {hi:g}]", name)
+        es = x.get("epoch_shape")
+        ef = x.get("epoch_family")
+        if ef is not None and ef.size and (int(ef.min()) < 0 or int(ef.max()) > Family.LOGNORMAL):
+            raise bad("expected gap family codes 0..4", "epoch_family")
+        if es is not None and ef is not None:
+            for fam, (lo, hi) in SHAPE_RANGE.items():
+                sh = es[ef == fam]
+                if sh.size and not (float(sh.min()) >= lo and float(sh.max()) <= hi):
+                    raise bad(f"{Family(fam).name.lower()} windows need a shape in [{lo:g}, {hi:g}]", "epoch_shape")
+        p = x.get("profile")
+        if p is not None and np.any(p[np.isfinite(p)] < 0):
+            raise bad("expected rates >= 0 (NaN: never seen)", "profile")
+        am = self.meta.get("arrival")
+        if am is not None and (not isinstance(am, dict) or not all(
+                isinstance(am.get(k, 0.0), int | float) and not isinstance(am.get(k, 0.0), bool)
+                for k in ("origin", "span"))):
+            raise bad("expected a mapping with numeric origin and span", "arrival")
 
     def save(self, path: str | Path) -> None:
         from ..atomic import atomic_write

@@ -8,12 +8,24 @@ mapped to run time (trace time - start) / time_scale. Token counts are kept as l
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from ..errors import InputError
 from ..scenario import ReplaySpec, Scenario
+
+
+@dataclass
+class ReplayPlan:
+    t: np.ndarray              # run-time seconds, sorted
+    inp: np.ndarray
+    out: np.ndarray
+    client: np.ndarray         # int index into names
+    names: list[str]
+    category: str
+    warning: str | None = None  # skipped rows of the trace, printed once the plan is accepted
 
 # our field names (and the logs module's role names) -> ColumnMap role
 _ROLE = {"t": "time", "time": "time", "timestamp": "time", "input_tokens": "input", "input": "input",
@@ -38,7 +50,6 @@ def column_map(spec: ReplaySpec, path: str | None) -> Any:
 
 def load_replay(s: Scenario, spec: ReplaySpec) -> Any:
     from .logs import bad_rows_warning, load_log
-    from .plan import ReplayPlan
 
     path = s.resolve_path(spec.path)
     if not path.exists():

@@ -1,15 +1,16 @@
-"""`run --ray [ADDRESS]`: one Ray actor per client shard, across a cluster, one results file.
+"""`run --ray [ADDRESS]`: one Ray actor per shard, across a cluster, one results file.
 
 Flow: the driver (where `servegen-load run` was typed) connects to the cluster, creates one actor
 per shard with the SPREAD strategy (so shards land on different machines when there are several),
 and waits until every actor is *ready* (it has opened its shard and generated its first requests:
 the barrier). Only then does it pick the common start instant, `RAY_LEAD_S` in the future (or the
 `--start-at` given), and start them all. Each actor runs the ordinary dispatcher
-(`dispatch.runner.Runner`) on its node, writing its shard's results to a local temporary file; the
+(`dispatch.runner.Runner`, configured by `run.local.engine_config` from the
+shard's `RunSpec`) on its node, writing its shard's results to a local temporary file; the
 driver polls the actors every `POLL_S` and receives the new complete lines in batches, appends them
 to a per-shard file on the driver's disk, and when all are done merges them into `--output`,
-sorted by scheduled time, and prints one summary. Shards are client shards (`run --shard i/N`),
-so the union is the single-process workload; all actors share t = 0 through their nodes' wall
+sorted by scheduled time, and prints one summary. Shards are those of `run --workers` (by client, or by request for
+fewer clients than shards), so the union is the single-process workload; all actors share t = 0 through their nodes' wall
 clocks (keep the nodes NTP-synchronised; skew adds to send lag).
 
 How many shards: `--workers N` (N actors); `--workers auto` (the schedule's busiest second over
@@ -20,9 +21,12 @@ Requirements on the nodes: servegen-load (same version, with this extra) importa
 workers, and SOURCE readable at the same path on every node (a shared filesystem, the container
 image, or a Ray `runtime_env`); the driver checks it on each actor before starting and names the
 node that cannot read it. Without `--endpoint` the embedded simulator runs beside the driver,
-which only a single-node cluster can reach, so a multi-node cluster needs `--endpoint`. The API key
-(from `--api-key-file` or `OPENAI_API_KEY` on the driver) travels to the actors in the `run` call's
-arguments, in memory; it is never written to results or logs.
+which only a single-node cluster can reach, so a multi-node cluster needs `--endpoint`. Each actor receives
+the driver's `RunSpec` with the endpoint, model, family and content salt pinned (`target.pinned_spec`:
+every content option, one salt for all shards) and resolves its own token model from it, as a
+`--workers` child does. The API key (from `--api-key-file` or `OPENAI_API_KEY` on the driver)
+travels to the actors in the `run` call's arguments, in memory; it is never written to results
+or logs.
 
 Metrics: with `--metrics-port P` actor i serves its own `/metrics` on its node at
 `--metrics-host`:P+i (P = 0: a free port each). The driver prints every `host:port` and writes them
@@ -42,7 +46,6 @@ request.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import shutil
 import signal
@@ -53,30 +56,31 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from .workers import merged_header, missing_lines, summarize_run, validate
+from .spec import RunSpec
 
 RAY_LEAD_S = 2.0       # from the ready barrier to t = 0: the run() calls reach the actors well within it
 POLL_S = 0.5           # how often the driver collects result lines
 BATCH_BYTES = 4 << 20  # at most this much of results per poll and actor
 READY_TIMEOUT_S = 300.0
+PROGRESS_S = 10.0
 
 
 class ShardActor:
     """One shard on one node (made a Ray actor by `_actor_class`; plain class for readability)."""
 
-    def __init__(self, source: str, index: int, n: int, duration: float | None) -> None:
-        self.source = source
+    def __init__(self, spec: RunSpec, index: int, n: int) -> None:
+        self.spec = spec
         self.index, self.n = index, n
-        self.duration = duration
         self.dir = Path(tempfile.mkdtemp(prefix=f"servegen-shard-{index}-"))
         self.part = self.dir / "part.jsonl"
         self.offset = 0
         self.finished = False
         self.runner: Any = None
         self.task: Any = None
+        self.loop: Any = None
         self.stop_requested = 0
-        self.requests: Any = None
-        self.info: dict[str, Any] = {}
+        self.opened: Any = None
+        self.metrics_port: int | None = None
 
     def prepare(self, metrics_port: int | None, metrics_host: str) -> dict[str, Any]:
         """Open the shard and make its first requests (the barrier); where this actor runs."""
@@ -84,19 +88,20 @@ class ShardActor:
         import os
         import socket
 
-        from ..dispatch.command import open_source
+        from .local import open_for
 
         host = socket.gethostname()
         try:
             ip = socket.gethostbyname(host)
         except OSError:
             ip = "127.0.0.1"
-        if not Path(self.source).exists():
+        if not Path(self.spec.source).exists():
             raise InputError(f"not readable on node {host} ({ip}): SOURCE must be at the same path on every node",
-                             path=self.source)
-        reqs, self.info = open_source(self.source, f"{self.index}/{self.n}")
+                             path=self.spec.source)
+        self.opened = open_for(self.spec, validate=False)
+        reqs = self.opened.requests
         first = next(reqs, None)  # generation of the first block happens now, not after t = 0
-        self.requests = iter(()) if first is None else itertools.chain([first], reqs)
+        self.opened.requests = iter(()) if first is None else itertools.chain([first], reqs)
         port = None
         if metrics_port is not None:
             port = metrics_port + self.index if metrics_port else _free_port(metrics_host)
@@ -104,30 +109,24 @@ class ShardActor:
         return {"host": host, "ip": ip, "pid": os.getpid(), "metrics_port": port,
                 "metrics_host": ip if metrics_host in ("0.0.0.0", "::") else metrics_host}
 
-    def run(self, start_at: float, cfg: dict[str, Any]) -> dict[str, Any]:
+    def run(self, start_at: float, api_key: str | None, argv: list[str]) -> dict[str, Any]:
         """Run the shard with t = 0 at `start_at` (unix); returns the outcome's counts."""
         import asyncio
+        import dataclasses
 
-        from ..dispatch.limits import Timeouts
-        from ..dispatch.runner import RunConfig, Runner
-        from ..payload import PayloadOptions
+        from ..dispatch.runner import Runner
+        from .local import engine_config
+        from .target import resolve_target
 
-        push = cfg.pop("pushgateway", None)
-        rc = RunConfig(endpoint=cfg["endpoint"], model=cfg["model"], output=self.part, api=cfg["api"],
-                       api_key=cfg.get("api_key"), payload=PayloadOptions(server_family=cfg["family"]),
-                       max_concurrency=cfg.get("max_concurrency"), timeouts=Timeouts(**cfg["timeouts"]),
-                       duration=self.duration, transport=cfg["transport"],
-                       metrics_port=self.metrics_port if (self.metrics_port is not None or not push) else 0,
-                       metrics_host=cfg["metrics_host"] if self.metrics_port is not None else "127.0.0.1",
-                       metrics_linger=cfg.get("metrics_linger", 0.0), pushgateway=None, progress="off",
-                       total_hint=self.duration or self.info.get("duration_hint"), handle_signals=False,
-                       start_at=start_at, retries=cfg.get("retries", 0),
-                       retry_max_wait=cfg.get("retry_max_wait", 10.0), insecure=cfg.get("insecure", False),
-                       header={"source": self.info.get("source"), "source_kind": self.info.get("source_kind"),
-                               "argv": cfg.get("argv", []), "shard": f"{self.index}/{self.n}",
-                               "start_at": start_at, "started_unix": start_at,
-                               **({"seed": self.info["seed"]} if "seed" in self.info else {})})
-        self.runner = Runner(self.requests, rc)
+        spec = self.spec.replace(start_at=start_at)
+        push = spec.pushgateway
+        with contextlib.ExitStack() as stack:
+            target = resolve_target(spec, stack, api_key=api_key)
+        cfg = engine_config(spec, target, self.opened, argv, self.part, handle_signals=False,
+                            metrics_port=self.metrics_port if (self.metrics_port is not None or not push) else 0)
+        cfg = dataclasses.replace(cfg, pushgateway=None, progress="off",
+                                  metrics_host=spec.metrics_host if self.metrics_port is not None else "127.0.0.1")
+        self.runner = Runner(self.opened.requests, cfg)
 
         async def main() -> Any:
             self.task = asyncio.current_task()
@@ -149,11 +148,11 @@ class ShardActor:
         finally:
             self.finished = True
         if push and self.runner.metrics is not None:
-            from prometheus_client import push_to_gateway
+            from ..metrics.prometheus import push_bounded, push_text
 
-            with contextlib.suppress(OSError):
-                push_to_gateway(push, job="servegen-load", registry=self.runner.metrics.registry,
-                                grouping_key={"shard": f"{self.index}-of-{self.n}"})
+            push_bounded(lambda: push_text(push, self.runner.metrics.render().decode(), timeout=self.spec.push_timeout,
+                                           grouping={"shard": f"{self.index}-of-{self.n}"}),
+                         push, self.spec.push_timeout)  # a silent gateway must not hold the actor
         return {"started": True, "interrupted": outcome.interrupted, "incomplete": outcome.incomplete,
                 "scheduled": outcome.scheduled, "by_status": outcome.by_status,
                 "input_error": None if outcome.input_error is None else str(outcome.input_error)}
@@ -162,7 +161,7 @@ class ShardActor:
         """Like SIGINT to a single run (a second call abandons the drain)."""
         self.stop_requested += 1
         r = self.runner
-        loop = getattr(self, "loop", None)
+        loop = self.loop
         if r is None or loop is None:
             return
         if getattr(r, "_finished", None) is not None:  # the run is set up: the runner's own stop
@@ -223,96 +222,97 @@ def connect(ray: Any, address: str) -> bool:
     return False
 
 
-def shard_count(ray: Any, kw: dict[str, Any], source: str) -> int:
-    """--workers N, auto (capped by the cluster's CPUs), or one per alive node."""
-    from . import workers as w
+def shard_count(ray: Any, spec: RunSpec) -> tuple[int, int, int]:
+    """(shards, total requests, clients): --workers N, auto (capped by the cluster's CPUs), or one
+    per alive node."""
+    from .workers import resolve_workers, schedule_shape
 
     cpus = int(ray.cluster_resources().get("CPU", 1))
-    spec = kw.get("workers")
-    if spec is None:
-        return max(1, sum(1 for n in ray.nodes() if n.get("Alive")))
-    if str(spec).strip().lower() == "auto":
-        peak, _ = w.peak_rate_1s(source, kw.get("duration"))
-        want = max(1, -(-int(peak) // int(w.PROCESS_RATE)))
-        n = min(want, cpus)
-        print(f"servegen-load: --ray --workers auto: busiest second {peak:.0f} req/s -> {want} actor(s); "
-              f"cluster CPUs {cpus} -> {n}", file=sys.stderr)
-        if want > cpus:
-            print(f"servegen-load: WARNING: the cluster cannot hold the schedule's peak ({want} actors, {cpus} CPUs); "
-                  "expect send lag", file=sys.stderr)
-        return n
-    n = w.resolve_workers(str(spec), source, kw.get("duration"), local_sim=False)
+    if spec.workers is None:
+        _, total, clients = schedule_shape(spec)
+        return max(1, sum(1 for n in ray.nodes() if n.get("Alive"))), total, clients
+    n, total, clients = resolve_workers(spec, local_sim=False, cpus=cpus)
     if n > cpus:
         raise InputError(f"{n} actors need {n} CPUs; the cluster has {cpus}", field="--workers")
-    return n
+    return n, total, clients
 
 
-def ray_run_command(source: str, output: str, **kw: Any) -> int:
+def shipped_specs(spec: RunSpec, target: Any, n: int, clients: int, start: float) -> list[RunSpec]:
+    """The spec each actor receives (what `tests/test_run_spec.py` compares with the workers')."""
+    from .target import pinned_spec
+    from .workers import shard_specs
+
+    pinned = pinned_spec(spec, target).replace(metrics_port=None, metrics_linger=0.0)
+    return [s.replace(output="-", pushgateway=spec.pushgateway, metrics_host=spec.metrics_host)
+            for s in shard_specs(spec, pinned, n, clients, start)]
+
+
+def ray_run(spec: RunSpec, outputs: Any, argv: list[str]) -> int:
     """`run --ray`: see the module docstring."""
     try:
-        import ray
+        import ray as ray_module
     except ImportError:
         raise InputError("--ray needs Ray: pip install 'servegen-load[ray]'", field="--ray") from None
-    from ..dispatch.command import open_source
-    from .workers import resolve_target
+    ray: Any = ray_module
+    from .fill_in import check_source_ids
+    from .local import open_for
+    from .target import api_key_of, resolve_target
 
-    validate(kw)
-    open_source(source)
-    out = Path(output)
-    started = connect(ray, kw["ray"])
+    api_key_of(spec)
+    open_for(spec)
+    check_source_ids(spec.source)  # shards are merged by id: duplicates refused before anything is sent
+    out = Path(outputs.readback if outputs is not None else spec.output)
+    address = spec.ray or "local"
+    started = connect(ray, address)
     try:
         with contextlib.ExitStack() as stack:
-            if kw.get("endpoint") is None and (kw["ray"].startswith("ray://") or
-                                               sum(1 for n in ray.nodes() if n.get("Alive")) > 1):
+            if spec.endpoint is None and (address.startswith("ray://") or
+                                          sum(1 for n in ray.nodes() if n.get("Alive")) > 1):
                 raise InputError("a Ray cluster's actors cannot reach the embedded simulator: give --endpoint",
                                  field="--ray")
-            n = shard_count(ray, kw, source)
-            endpoint, model, family, api_key = resolve_target(kw, stack)
-            return _drive(ray, source, out, n, endpoint, model, family, api_key, kw)
+            n, _, clients = shard_count(ray, spec)
+            target = resolve_target(spec, stack)
+            return _drive(ray, spec, target, out, outputs, n, clients, argv)
     finally:
         if started:
             ray.shutdown()
 
 
-def _drive(ray: Any, source: str, out: Path, n: int, endpoint: str, model: str, family: str,
-           api_key: str | None, kw: dict[str, Any]) -> int:
+def _drive(ray: Any, spec: RunSpec, target: Any, out: Path, outputs: Any, n: int, clients: int,
+           argv: list[str]) -> int:
     from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
-    from ..dispatch.endpoint import scrub
+    from .target import safe_argv
 
+    start_hint = spec.start_at if spec.start_at is not None else time.time() + RAY_LEAD_S
+    specs = shipped_specs(spec, target, n, clients, start_hint)
     Actor = _actor_class(ray)
-    actors = [Actor.options(scheduling_strategy="SPREAD").remote(source, i, n, kw.get("duration"))
-              for i in range(n)]
-    parts_dir = Path(tempfile.mkdtemp(prefix=f".{out.name}.parts-", dir=out.parent if out.parent.exists() else None))
+    actors = [Actor.options(scheduling_strategy="SPREAD").remote(s, i, n) for i, s in enumerate(specs)]
+    from .workers import parts_home
+
+    parts_dir = Path(tempfile.mkdtemp(prefix=f".{Path(spec.output).name}.parts-", dir=parts_home(spec, outputs)))
     parts = [parts_dir / f"part-{i}.jsonl" for i in range(n)]
     sinks = [p.open("wb") for p in parts]
     failed: dict[int, str] = {}
     try:
         try:
-            where = ray.get([a.prepare.remote(kw.get("metrics_port"), kw.get("metrics_host") or "127.0.0.1")
-                             for a in actors], timeout=READY_TIMEOUT_S)
+            where = ray.get([a.prepare.remote(spec.metrics_port, spec.metrics_host) for a in actors],
+                            timeout=READY_TIMEOUT_S)
         except GetTimeoutError:
             raise InputError(f"the {n} shard actors were not all ready after {READY_TIMEOUT_S:.0f} s "
                              "(not enough free CPUs in the cluster?)", field="--ray") from None
         except RayTaskError as e:
-            cause = e.as_instanceof_cause()
+            cause = e.as_instanceof_cause()  # type: ignore[no-untyped-call]
             if isinstance(cause, InputError):
                 raise InputError(str(cause)) from None
             raise
         nodes = {x["ip"] for x in where}
         print(f"servegen-load: {n} shard actors ready on {len(nodes)} node(s)", file=sys.stderr)
-        if kw.get("metrics_port") is not None:
-            _write_targets(out, where, n)
-        start = kw["start_at"] if kw.get("start_at") is not None else time.time() + RAY_LEAD_S
-        cfg = {"endpoint": endpoint, "model": model, "api": kw["api"], "api_key": api_key, "family": family,
-               "max_concurrency": None if kw.get("max_concurrency") is None else -(-kw["max_concurrency"] // n),
-               "timeouts": dataclasses.asdict(kw["timeouts"]), "transport": kw["transport"],
-               "retries": kw.get("retries", 0), "retry_max_wait": kw.get("retry_max_wait", 10.0),
-               "insecure": kw.get("insecure", False),
-               "metrics_host": kw.get("metrics_host") or "127.0.0.1", "metrics_linger": kw.get("metrics_linger", 0.0),
-               "pushgateway": kw.get("pushgateway"),
-               "argv": [scrub(a, api_key) for a in (kw.get("argv") or sys.argv)]}
-        runs = {a.run.remote(start, dict(cfg)): i for i, a in enumerate(actors)}
+        if spec.metrics_port is not None:
+            _write_targets(out if outputs is None or outputs.copy is None else Path(spec.output), where, n)
+        start = spec.start_at if spec.start_at is not None else time.time() + RAY_LEAD_S
+        shown = safe_argv(argv, target.api_key)
+        runs = {a.run.remote(start, target.api_key, shown): i for i, a in enumerate(actors)}
         print(f"servegen-load: t = 0 at {start:.3f} (in {start - time.time():.1f} s)", file=sys.stderr)
         outcomes: dict[int, dict[str, Any]] = {}
         received: list[int] = []
@@ -331,8 +331,8 @@ def _drive(ray: Any, source: str, out: Path, n: int, endpoint: str, model: str, 
                         try:
                             outcomes[i] = ray.get(r)
                         except (RayActorError, RayTaskError) as e:
-                            outcomes[i] = {"started": False, "failed": True}
-                            failed[i] = str(e).strip().splitlines()[-1][:300] if str(e).strip() else type(e).__name__
+                            outcomes[i] = {"started": False, "failed": True, "ended": time.time()}
+                            failed[i] = _last_line(e)
                             drained.add(i)
                 else:
                     time.sleep(POLL_S / 5)
@@ -347,8 +347,8 @@ def _drive(ray: Any, source: str, out: Path, n: int, endpoint: str, model: str, 
                     try:
                         data, done = ray.get(ref)
                     except (RayActorError, RayTaskError) as e:
-                        failed.setdefault(i, str(e).strip().splitlines()[-1][:300] if str(e).strip() else "actor died")
-                        outcomes.setdefault(i, {"started": False, "failed": True})
+                        failed.setdefault(i, _last_line(e) or "actor died")
+                        outcomes.setdefault(i, {"started": False, "failed": True, "ended": time.time()})
                         drained.add(i)
                         continue
                     if data:
@@ -356,7 +356,7 @@ def _drive(ray: Any, source: str, out: Path, n: int, endpoint: str, model: str, 
                         lines += data.count(b"\n")
                     if done and i in outcomes:
                         drained.add(i)
-                if kw.get("progress", "auto") != "off" and time.monotonic() - last_note > 10:
+                if spec.progress != "off" and time.monotonic() - last_note > PROGRESS_S:
                     last_note = time.monotonic()
                     print(f"servegen-load: t = {time.time() - start:.0f} s, {lines} result lines from {n} shards",
                           file=sys.stderr)
@@ -369,38 +369,42 @@ def _drive(ray: Any, source: str, out: Path, n: int, endpoint: str, model: str, 
                 with contextlib.suppress(Exception):
                     ray.kill(a)
         interrupted = bool(received) or any(o.get("interrupted") for o in outcomes.values())
-        return _finish(source, out, parts, parts_dir, n, start, outcomes, failed, endpoint, model, api_key, kw,
+        return _finish(spec, specs, target, out, outputs, parts, parts_dir, start, outcomes, failed, argv,
                        interrupted)
     finally:
         for f in sinks:
             f.close()
 
 
-def _finish(source: str, out: Path, parts: list[Path], parts_dir: Path, n: int, start: float,
-            outcomes: dict[int, dict[str, Any]], failed: dict[int, str], endpoint: str, model: str,
-            api_key: str | None, kw: dict[str, Any], interrupted: bool) -> int:
-    from .merge import merge_results
+def _last_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[-1][:300] if text else type(e).__name__
 
+
+def _finish(spec: RunSpec, specs: list[RunSpec], target: Any, out: Path, outputs: Any, parts: list[Path],
+            parts_dir: Path, start: float, outcomes: dict[int, dict[str, Any]], failed: dict[int, str],
+            argv: list[str], interrupted: bool) -> int:
+    from .finish import finish_merged
+    from .workers import missing_lines, result_ids
+
+    n = len(parts)
     present = [p for p in parts if p.exists() and p.stat().st_size > 0]
     lost = [i for i in range(n) if not outcomes.get(i, {}).get("started") or i in failed]
     extra: list[bytes] = []
     if lost:
-        from .workers import result_ids
-
         have: set[str] = set()
         for p in present:
             have |= result_ids(p)
         for i in lost:
-            extra.extend(missing_lines(source, f"{i}/{n}", kw.get("duration"), have,
-                                       f"shard actor {i}/{n} stopped before this request was due"))
-    header = merged_header(present, {"ray": kw["ray"], "workers": n, "start_at": start, "started_unix": start,
-                                     "source": source, "endpoint": endpoint, "model": model},
-                           kw.get("argv"), api_key)
-    merge_results(present, out, header, extra)
+            ended = outcomes.get(i, {}).get("ended")
+            extra.extend(missing_lines(specs[i], have, f"shard actor {i}/{n}", None,
+                                       None if ended is None else ended - start))
+    code = finish_merged(spec, present, out, outputs, extra, argv, target,
+                         {"ray": spec.ray, "workers": n, "start_at": start, "started_unix": start}, interrupted,
+                         keep=parts_dir)
     for i, why in sorted(failed.items()):
         print(f"servegen-load: shard actor {i}/{n} failed: {why}", file=sys.stderr)
     errors = [o["input_error"] for o in outcomes.values() if o.get("input_error")]
-    code = summarize_run(out, kw["lag_threshold"], kw.get("summary_json"), interrupted)
     if errors:
         print(f"servegen-load: error: {errors[0]}", file=sys.stderr)
         return 2
@@ -415,7 +419,7 @@ def _write_targets(out: Path, where: list[dict[str, Any]], n: int) -> None:
     """`OUTPUT.prom-targets.json`: the actors' /metrics as a Prometheus file_sd target list."""
     from ..atomic import atomic_write
 
-    targets = [{"targets": [f"{x['metrics_host']}:{x['metrics_port']}"],
+    targets: list[dict[str, Any]] = [{"targets": [f"{x['metrics_host']}:{x['metrics_port']}"],
                 "labels": {"job": "servegen-load", "shard": f"{i}/{n}", "node": x["host"]}}
                for i, x in enumerate(where)]
     path = out.with_name(out.name + ".prom-targets.json")

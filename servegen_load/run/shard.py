@@ -4,11 +4,13 @@ Sharding is by client, so a client's sessions stay in one process and the N shar
 A scenario is sharded by the generator itself (`workload.compose`, clients dealt by expected
 traffic); a requests file is dealt the same way (`assign_shards`) with each client's request count
 in the file as its traffic, so every shard of the same file computes the same assignment alone.
+A workload with fewer clients than shards (a `naive:` baseline, a replay without a client
+column: one client) is split by request instead (`by_request`): request k goes to shard k mod N,
+so no worker idles while "N workers started" is printed.
 
 `--start-at` is a wall-clock instant (unix seconds) because that is the only clock separate
-processes and machines share. It is converted to the monotonic clock once, when the run starts
-its clock (`monotonic_at`); after that only `perf_counter` paces, so a wall-clock step (NTP)
-mid-run does not shift the schedule. An instant already past is still t = 0: the shard starts at
+processes and machines share; the engine converts it to its monotonic clock once
+(`dispatch.clock.monotonic_at`). An instant already past is still t = 0: the shard starts at
 once, everything already due goes out immediately and the lateness shows as send lag, so the
 shards stay aligned instead of each starting its own clock.
 """
@@ -16,37 +18,17 @@ shards stay aligned instead of each starting its own clock.
 from __future__ import annotations
 
 import asyncio
-import math
+import os
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import orjson
-
-from ..errors import InputError
-from ..requests import Request
+from ..requests import Request, iter_requests
 
 SETUP_LEAD_S = 2.0  # the runner wakes this long before a future start instant to connect and prefill
-
-
-def parse_start_at(value: float | None) -> float | None:
-    """Validate `--start-at` (unix seconds)."""
-    if value is None:
-        return None
-    if not math.isfinite(value) or value <= 0:
-        raise InputError(f"expected a unix timestamp in seconds, got {value!r}", field="--start-at")
-    if value > 1e11:
-        raise InputError(f"expected seconds since 1970, got {value:g} (milliseconds?)", field="--start-at")
-    return float(value)
-
-
-def monotonic_at(unix_ts: float) -> float:
-    """The `perf_counter` reading that corresponds to wall-clock instant `unix_ts` (taken once)."""
-    p1 = time.perf_counter()
-    wall = time.time()
-    p2 = time.perf_counter()
-    return (p1 + p2) / 2 + (unix_ts - wall)
+SNAPSHOT_ENV = "SERVEGEN_LOAD_METRICS_SNAPSHOT"
+BY_REQUEST = "r"  # a shard spec "i/Nr": split by request (see the module docstring)
 
 
 async def sleep_until_setup(unix_ts: float, lead: float = SETUP_LEAD_S) -> None:
@@ -62,21 +44,10 @@ async def sleep_until_setup(unix_ts: float, lead: float = SETUP_LEAD_S) -> None:
 
 
 def client_counts(path: str | Path) -> dict[str, int]:
-    """Requests per client in a requests file (one pass; only the `client` field is used)."""
+    """Requests per client in a requests file (one validating pass)."""
     counts: dict[str, int] = {}
-    p = Path(path)
-    with p.open("rb") as fh:
-        fh.readline()
-        for n, raw in enumerate(fh, start=2):
-            if not raw.strip():
-                continue
-            try:
-                c = orjson.loads(raw).get("client")
-            except (orjson.JSONDecodeError, AttributeError):
-                raise InputError("expected a JSON object per line", path=str(p), line=n) from None
-            if not isinstance(c, str):
-                raise InputError("expected a client name", path=str(p), line=n, field="client")
-            counts[c] = counts.get(c, 0) + 1
+    for r in iter_requests(path):
+        counts[r.client] = counts.get(r.client, 0) + 1
     return counts
 
 
@@ -92,18 +63,21 @@ def file_shard_clients(path: str | Path, shard: tuple[int, int]) -> set[str]:
 
 def iter_file_shard(path: str | Path, shard: tuple[int, int]) -> Iterator[Request]:
     """The requests of shard i/N of a requests file, in file order (validated as `iter_requests`)."""
-    from ..requests import iter_requests
-
     mine = file_shard_clients(path, shard)
     return (r for r in iter_requests(path) if r.client in mine)
 
 
-SNAPSHOT_ENV = "SERVEGEN_LOAD_METRICS_SNAPSHOT"
+def by_request(reqs: Iterator[Request], i: int, n: int) -> Iterator[Request]:
+    """Request k of the stream goes to shard k mod n (sessions stay whole: a session's turns
+    follow its first turn's shard)."""
+    owner: dict[str, int] = {}
+    for k, r in enumerate(reqs):
+        j = owner.setdefault(r.session, k % n) if r.session is not None else k % n
+        if j == i:
+            yield r
 
 
 def snapshot_path() -> Path | None:
     """Where a worker of `run --workers` writes its final /metrics text (set by the parent only)."""
-    import os
-
     v = os.environ.get(SNAPSHOT_ENV)
     return Path(v) if v else None

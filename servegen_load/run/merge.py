@@ -21,7 +21,7 @@ import numpy as np
 import orjson
 
 from ..errors import InputError
-from ..results import RESULTS_FORMAT
+from ..formats import RESULTS_FORMAT
 
 
 def check_unique_ids(ids: np.ndarray, file_index: np.ndarray, paths: Sequence[str]) -> None:
@@ -146,3 +146,28 @@ def merge_results(parts: Sequence[str | os.PathLike[str]], out: str | os.PathLik
                 m.close()
         for fh in files:
             fh.close()
+
+
+def merged_header(parts: Sequence[Path], extra: dict[str, Any], argv: list[str]) -> dict[str, Any]:
+    """The first readable part's header (endpoint, model, timeouts, ...) with the scale-out fields
+    (`extra`; the parts' own endpoint and model win, they are the normalised values) and the
+    parent's command line (already without secrets)."""
+    import contextlib
+
+    head: dict[str, Any] = {}
+    for p in parts:
+        with contextlib.suppress(OSError, ValueError), p.open("rb") as fh:
+            d = orjson.loads(fh.readline())
+            if isinstance(d, dict):
+                head = d
+                break
+    head.pop("format", None)
+    head.pop("shard", None)
+    head.pop("shard_by", None)
+    for k, v in extra.items():
+        if k in ("endpoint", "model"):
+            head.setdefault(k, v)
+        else:
+            head[k] = v
+    head["argv"] = argv
+    return head

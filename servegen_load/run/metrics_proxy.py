@@ -20,7 +20,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from ..metrics.prometheus import CONTENT_TYPE, serve_text
+from ..metrics.prometheus import push_text as push_text  # re-exported: one Pushgateway client
+from ..metrics.prometheus import serve_text
 
 
 def parse_text(text: str) -> tuple[list[str], dict[str, list[str]], dict[str, dict[str, float]]]:
@@ -123,17 +124,3 @@ class WorkerMetrics:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
-
-
-def push_text(gateway: str, text: str, job: str = "servegen-load", grouping: dict[str, str] | None = None) -> None:
-    """PUT an exposition to a Pushgateway group (what `push_to_gateway` does, from text)."""
-    from urllib.parse import quote
-
-    url = gateway if "://" in gateway else "http://" + gateway
-    path = f"/metrics/job/{quote(job, safe='')}"
-    for k, v in (grouping or {}).items():
-        path += f"/{quote(k, safe='')}/{quote(v, safe='')}"
-    req = urllib.request.Request(url.rstrip("/") + path, data=text.encode(), method="PUT",
-                                 headers={"Content-Type": CONTENT_TYPE})
-    with urllib.request.urlopen(req, timeout=10) as r:
-        r.read()

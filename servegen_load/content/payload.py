@@ -21,7 +21,8 @@ it, never the send path). What it writes:
 
 Sessions: turn k's body is built from the session's earlier turns, kept here (sizes and keys
 only, never text) from the moment their own bodies were built; a request's `input_tokens` and
-media lists describe the whole prompt, history included (see `workload.conversation`).
+media lists describe the whole prompt, history included (see `workload.conversation`); a turn
+marked `history: excluded` (its log counted only the new tokens) is sent without the history.
 """
 
 from __future__ import annotations
@@ -34,9 +35,9 @@ from typing import Any, Literal
 
 import orjson
 
-from .content.media import IMAGE_PATCH, MediaCache
-from .content.prompts import BLOCK_TOKENS, Lexicons, TokenModel, approx_model, digest64
-from .requests import Request
+from ..requests import Request
+from .media import IMAGE_PATCH, MediaCache
+from .prompts import BLOCK_TOKENS, Lexicons, TokenModel, approx_model, digest64
 
 Api = Literal["chat", "completions"]
 PromptFormat = Literal["auto", "ids", "text"]
@@ -95,8 +96,9 @@ class Content:
 
     # --- structure ---
     def _session(self, r: Request) -> tuple[_Session, int]:
-        """The session state for `r` (a fresh one for a request without a session) and its turn."""
-        if r.session is None:
+        """The session state for `r` (a fresh one for a request without a session, or for a turn whose
+        log counted only its new tokens: `history: excluded`, see `workload.conversation`) and its turn."""
+        if r.session is None or r.extra.get("history") == "excluded":
             return _Session(r.id, r.prefix or [], 0), 0
         j = r.turn or 0
         st = self.sessions.get(r.session)

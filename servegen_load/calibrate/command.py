@@ -1,0 +1,222 @@
+"""`servegen-load calibrate`: fit a twin of an endpoint, and check it against the real thing.
+
+    calibrate --endpoint URL -o mine.yaml        probe (a minute or two), fit, write the preset
+    calibrate --from probe/*.jsonl -o mine.yaml  fit results files already measured
+    calibrate --check --preset mine.yaml --endpoint URL SCENARIO
+                                                 replay SCENARIO on both; predicted vs measured
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError
+from .fit import NAMES, Fit
+
+LABELS = {"request_overhead_s": "request overhead", "step_base_s": "step base t0",
+          "prefill_token_s": "prefill per token a_p", "decode_seq_s": "decode per sequence a_d",
+          "context_token_s": "per context token a_c", "prefill_attention_s": "prefill attention a_q",
+          "batch_context_s": "batch x context a_bc"}
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _fmt_s(v: float) -> str:
+    a = abs(v)
+    if a >= 1e-3:
+        return f"{v * 1e3:.3f} ms"
+    if a >= 1e-6:
+        return f"{v * 1e6:.3f} us"
+    return f"{v * 1e9:.3f} ns"
+
+
+def format_fit(fit: Fit, params: Any, sources: dict[str, str]) -> str:
+    lines = ["parameter                       value          +- stderr     (rel)"]
+    for k in NAMES:
+        v, se = fit.values[k], fit.stderr[k]
+        rel = f"{se / v:6.1%}" if v > 0 else "   -  "
+        lines.append(f"  {LABELS[k]:28s} {_fmt_s(v):>14s} +- {_fmt_s(se):>12s}  {rel}")
+    for k in ("max_num_seqs", "max_num_batched_tokens", "kv_cache_tokens", "max_model_len", "prefix_cache_tokens"):
+        lines.append(f"  {k:28s} {getattr(params, k):>14,d}    ({sources.get(k, '')})")
+    lines.append(f"  {'block_size':28s} {params.block_size:>14,d}")
+    lines.append(f"residuals (relative; {fit.rows_used} rows used, {fit.rows_dropped} outliers dropped):")
+    for kind, r in fit.residuals.items():
+        lines.append(f"  {kind:5s} rows {r['rows']:6d}: median {r['median']:+.1%}, p90 |err| {r['p90_abs']:.1%}, "
+                     f"rms {r['rms']:.1%}")
+    for n in fit.notes:
+        lines.append(f"  note: {n}")
+    return "\n".join(lines)
+
+
+def calibrate(*, endpoint: str | None, inputs: list[str], output: str, model: str | None,
+              server_family: str | None, api_key: str | None, probe_dir: str | None,
+              max_concurrency: int, probe_output: int, probe_max_prompt: int = 2048) -> dict[str, Any]:
+    """Probe (or read) timings, fit the engine model, write the preset; the preset document."""
+    from ..results import read_results
+    from .fit import cache_block, fit_results
+    from .preset import build_params, preset_doc, write_preset
+    from .probe import CACHE_SHARED, run_probe, server_limits
+
+    if (endpoint is None) == (not inputs):
+        raise InputError("give either --endpoint URL (probe it) or --from RESULTS... (fit measured results)")
+    if max_concurrency < 2:
+        raise InputError("expected at least 2", field="--probe-concurrency")
+    if probe_output < 4:
+        raise InputError("expected at least 4 tokens", field="--probe-output")
+    if probe_max_prompt < 64:
+        raise InputError("expected at least 64 tokens", field="--probe-max-prompt")
+    limits: dict[str, Any] = {}
+    shared = None
+    tmp = None
+    t0 = time.perf_counter()
+    try:
+        if endpoint is not None:
+            limits = server_limits(endpoint, api_key)
+            if limits:
+                _log(f"calibrate: the server says {', '.join(f'{k}={v}' for k, v in limits.items() if k != 'source')}")
+            if probe_dir is None:
+                tmp = tempfile.TemporaryDirectory(prefix="servegen-calibrate-")
+                probe_dir = tmp.name
+            family = server_family or "vllm"
+            paths = run_probe(endpoint, model, family, Path(probe_dir),
+                              api_key=api_key, max_model_len=int(limits.get("max_model_len") or 4096),
+                              max_concurrency=max_concurrency, output=probe_output, max_prompt=probe_max_prompt,
+                              log=_log)
+            inputs = [str(p) for p in paths]
+            shared = min(CACHE_SHARED, max(64, min(int(limits.get("max_model_len") or 4096) - probe_output - 8,
+                                                   probe_max_prompt)) // 2)
+            _log(f"calibrate: probe took {time.perf_counter() - t0:.1f} s"
+                 + (f"; results kept in {probe_dir}" if tmp is None else ""))
+        res = read_results(*inputs)
+        headers = res.headers
+        if model is None:
+            model = next((h.get("model") for h in headers if h.get("model")), None) or "calibrated"
+        fit, rows = fit_results(res, int(limits.get("max_num_batched_tokens") or 2048))
+        cache = cache_block(rows.cached, shared)
+        params, sources = build_params(fit, limits, model, cache=cache)
+        doc = preset_doc(params, fit, sources, endpoint=endpoint, inputs=inputs if tmp is None else [])
+        write_preset(output, doc)
+        print(f"calibrated engine model of {endpoint or f'{len(inputs)} results file(s)'} "
+              f"({res.n} requests) -> {output}")
+        print(format_fit(fit, params, sources))
+        sat = params.saturation_rate(1000, 200)
+        print(f"saturation at 1000 prompt / 200 output tokens: {sat:.3g} req/s; "
+              f"`servegen-load plan SCENARIO --preset {output} --slo ...` plans it in virtual time")
+        return doc
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+
+
+# --- check: the twin against the real endpoint on a held-out scenario ---
+
+METRICS = ("ttft", "tpot", "e2e")
+PCTS = (50, 90, 99)
+
+
+def percentiles(res: Any) -> dict[str, dict[int, float | None]]:
+    from ..metrics.stats import summarize
+
+    s = summarize(res)
+    out: dict[str, dict[int, float | None]] = {}
+    for m in METRICS:
+        d = s["latency"][m]
+        out[m] = {p: d.get(f"p{p}") for p in PCTS}
+    return out
+
+
+def check(*, preset: str, endpoint: str, scenario: str, model: str | None, server_family: str | None,
+          api_key: str | None, results: str | None, slos: Any = None, step_duration: float = 20.0,
+          warmup: float = 3.0, max_steps: int = 8) -> dict[str, Any]:
+    """Replay `scenario` on the endpoint and on the twin; print predicted vs measured."""
+    from ..results import read_results
+    from ..run import run
+    from ..run.spec import RunSpec
+    from ..sim.config import build_config
+    from ..sim.virtual import simulate_requests
+    from ..workload.compose import iter_scenario_requests
+
+    params = build_config(preset).params
+    tmp = None
+    if results is None:
+        tmp = tempfile.TemporaryDirectory(prefix="servegen-check-")
+        results = str(Path(tmp.name) / "measured.jsonl")
+    try:
+        with contextlib.redirect_stdout(sys.stderr):  # the run's own summary: ours is the table below
+            spec = RunSpec.build(source=scenario, output=results, endpoint=endpoint, model=model, api="completions",
+                                 server_family=server_family or "vllm", timeout_total=900.0, timeout_idle=300.0,
+                                 progress="off")
+            code = run(spec, ["calibrate", "--check"])
+        if code not in (0, None):
+            raise InputError(f"the measured run failed (exit {code})")
+        measured = read_results(results)
+        twin = simulate_requests(params, list(iter_scenario_requests(scenario)))
+        m, p = percentiles(measured), percentiles(twin)
+        doc: dict[str, Any] = {"preset": preset, "endpoint": endpoint, "scenario": scenario,
+                               "measured": m, "predicted": p, "error": {}}
+        print(f"twin {preset} vs {endpoint} on {scenario} ({measured.n} requests)")
+        print(f"  {'metric':10s} {'measured':>10s} {'predicted':>10s} {'error':>8s}")
+        for k in METRICS:
+            doc["error"][k] = {}
+            for q in PCTS:
+                a, b = m[k][q], p[k][q]
+                err = (b / a - 1) if a and b is not None else None
+                doc["error"][k][q] = err
+                print(f"  {k + '_p' + str(q):10s} {_ms(a):>10s} {_ms(b):>10s} "
+                      f"{'-' if err is None else f'{err:+.1%}':>8s}")
+        if slos is not None and slos.slos:
+            doc["capacity"] = check_capacity(preset, endpoint, scenario, model, server_family, api_key, slos,
+                                             step_duration, warmup, max_steps)
+        return doc
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+
+
+def _ms(v: float | None) -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v * 1e3:.1f} ms"
+
+
+def check_capacity(preset: str, endpoint: str, scenario: str, model: str | None, server_family: str | None,
+                   api_key: str | None, slos: Any, step_duration: float, warmup: float,
+                   max_steps: int) -> dict[str, Any]:
+    """The same capacity search on the twin (virtual time) and on the endpoint (real time)."""
+    from ..plan import PlanOptions, plan_capacity
+
+    base = dict(step_duration=step_duration, warmup=warmup, tolerance=0.05, max_steps=max_steps, api="completions")
+    t = time.perf_counter()
+    twin = plan_capacity(scenario, slos, PlanOptions(**base, preset=preset, clock="virtual"))  # type: ignore[arg-type]
+    t_twin = time.perf_counter() - t
+    t = time.perf_counter()
+    real = plan_capacity(scenario, slos, PlanOptions(**base, endpoint=endpoint, model=model,  # type: ignore[arg-type]
+                                                     server_family=server_family or "vllm", api_key=api_key))
+    t_real = time.perf_counter() - t
+    out: dict[str, Any] = {}
+    print(f"  {'capacity':28s} {'measured':>10s} {'predicted':>10s} {'error':>8s}")
+    for key, label in (("capacity", "max sustainable rate"), ("knee", "knee (saturation)")):
+        a = real["plan"][key]["rate"]
+        b = twin["plan"][key]["rate"]
+        err = (b / a - 1) if a and b else None
+        out[key] = {"measured": a, "predicted": b, "error": err}
+        print(f"  {label:28s} {_rate(a):>10s} {_rate(b):>10s} {'-' if err is None else f'{err:+.1%}':>8s}")
+    print(f"  plan took {t_real:.0f} s against the endpoint, {t_twin:.2f} s against the twin")
+    out["seconds"] = {"measured": t_real, "predicted": t_twin}
+    return out
+
+
+def _rate(v: float | None) -> str:
+    return "-" if v is None else f"{v:.3g}/s"
+
+
+def relative_errors(doc: dict[str, Any]) -> np.ndarray:
+    return np.array([e for k in doc["error"].values() for e in k.values() if e is not None])

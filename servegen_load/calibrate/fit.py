@@ -1,0 +1,333 @@
+"""The engine model's step costs, fitted to measured per-chunk and per-request timings.
+
+The simulator's engine (`sim.engine`) says a step lasts ``dt = t0 + a_p·P + a_d·B + a_c·C`` and
+every decoding sequence gets one token per step. A results file does not show the steps, but every sequence decoding in a step gets one token
+in it, so over any stretch (a, b] of one request's decode (``SEGMENT`` chunks of it):
+
+    b - a = Σ_steps dt = t0·S + a_p·ΣP + a_d·ΣB + a_c·ΣC
+
+- S = the request's own decode tokens in (a, b] (one per step);
+- ΣB = decode tokens of *all* requests in (a, b] (each is one sequence in one step);
+- ΣC = Σ over those tokens of the context they read (prompt + tokens before them);
+- ΣP = uncached prompt tokens of the requests whose first token came in (a, b] (their
+  prefill ran in those steps).
+
+Tokens are counted from `usage` and placed on the chunk times evenly (a server may send a token
+as no chunk, e.g. an incomplete UTF-8 byte, and several chunks may arrive in one read), so the
+sums are exact at a request's ends and interpolated inside; ΣB and ΣC come for every row at once
+from prefix sums over all chunk events sorted by time.
+
+A request alone on the server (nothing else in flight between its send and its first token)
+adds a row for its TTFT: ``ttft = o + t0·⌈Pu/M⌉ + a_p·Pu`` (o: `request_overhead_s`, HTTP and
+tokenization outside the engine loop; M: the step token budget). Host noise shows up as long
+gaps, never short ones: step rows are fitted on relative errors, TTFT rows on absolute ones
+(`weights`), bounded at zero (`scipy.optimize.lsq_linear`), then refitted without rows further
+than 4 robust sigmas (MAD) from their kind's median residual, then reweighted towards an L1 fit
+(`_robust`: a busy host adds a long tail of slow steps that least squares would chase). Standard errors come from the covariance s²·(XᵀWX)⁻¹ of the final
+fit with its final weights (approximate after reweighting; a parameter at its zero bound gets the
+same formula: read both as orders of magnitude).
+
+Limits: `max_num_seqs` is the most sequences ever seen decoding together (99.5th percentile of
+B) when more requests than that were in flight at once (the limit was reached), else not
+identified. KV capacity, model length and step budget are not identifiable from latencies
+unless the probe fills them; the caller takes them from the server where it says them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError
+from ..results import Results
+
+NAMES = ("request_overhead_s", "step_base_s", "prefill_token_s", "decode_seq_s", "context_token_s",
+         "prefill_attention_s", "batch_context_s")
+EXTRA = ("prefill_attention_s", "batch_context_s")  # kept only when they earn their keep (`fit_rows`)
+MIN_ROWS = 20
+SEGMENT = 8
+ISOLATION_SLACK = 0.002  # a request sent as the previous one ended (--max-concurrency 1) is alone
+EXTRA_GAIN = 0.10
+
+
+@dataclass
+class Rows:
+    """Regression rows: y (seconds), X (one column per name in NAMES), kind (0 ttft, 1 step)."""
+
+    y: np.ndarray
+    x: np.ndarray
+    kind: np.ndarray
+    max_decoding: int = 0
+    max_in_flight: int = 0
+    cached: list[tuple[float, float]] = field(default_factory=list)  # (prompt, cached) of ok rows
+
+
+@dataclass
+class Fit:
+    """Fitted parameters, their standard errors and the residuals of the fit."""
+
+    values: dict[str, float]
+    stderr: dict[str, float]
+    residuals: dict[str, dict[str, float]]  # per row kind: n, median, p90 |rel|, rms rel
+    rows_used: int
+    rows_dropped: int
+    max_num_seqs: int | None
+    max_decoding: int
+    max_in_flight: int
+    notes: list[str]
+    scale: float = 0.0  # median |relative residual| over all rows: the fit's robust error scale
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"values": self.values, "stderr": self.stderr, "residuals": self.residuals,
+                "rows_used": self.rows_used, "rows_dropped": self.rows_dropped,
+                "max_num_seqs": self.max_num_seqs, "max_decoding": self.max_decoding,
+                "max_in_flight": self.max_in_flight, "notes": self.notes}
+
+
+def _sorted_sums(keys: np.ndarray, *vals: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+    order = np.argsort(keys, kind="stable")
+    sums = []
+    for v in vals:
+        cs = np.zeros(len(keys) + 1)
+        np.cumsum(v[order], out=cs[1:])
+        sums.append(cs)
+    return keys[order], sums
+
+
+def rows_of(res: Results, step_budget: int = 2048, segment: int = SEGMENT) -> Rows:
+    """Regression rows of every results file in `res` (each file is its own timeline)."""
+    ys: list[np.ndarray] = []
+    xs: list[np.ndarray] = []
+    kinds: list[np.ndarray] = []
+    max_dec = 0
+    max_fl = 0
+    cached: list[tuple[float, float]] = []
+    c = res.cols
+    for f in np.unique(res.file_index) if res.n else []:
+        sel = np.flatnonzero((res.file_index == f) & (c["status"] == "ok") & np.isfinite(c["first_token"])
+                             & np.isfinite(c["last_token"]) & np.isfinite(c["sent"]))
+        if not len(sel):
+            continue
+        sent, first, last = c["sent"][sel], c["first_token"][sel], c["last_token"][sel]
+        media = np.nan_to_num(c["media_tokens"][sel])
+        prompt = np.where(np.isfinite(c["prompt_tokens"][sel]), c["prompt_tokens"][sel],
+                          c["input_tokens"][sel] + media)
+        prompt = np.nan_to_num(prompt)
+        cach = np.nan_to_num(c["cached_tokens"][sel])
+        counts = res.chunk_counts[sel]
+        ntok = np.where(np.isfinite(c["completion_tokens"][sel]), c["completion_tokens"][sel], counts)
+        cached += list(zip(prompt.tolist(), cach.tolist(), strict=True))
+        # each request's decode tokens (after the first) spread evenly over its chunks after the
+        # first; a request with one chunk emits them all at its last token
+        starts = res.chunk_offsets[:-1][sel]
+        ev_t: list[np.ndarray] = []
+        ev_d: list[np.ndarray] = []
+        ev_h: list[np.ndarray] = []
+        seg_rows: list[tuple[int, np.ndarray, np.ndarray]] = []  # (request, chunk times, decode count)
+        for i in range(len(sel)):
+            n_c = int(counts[i])
+            dec = max(0.0, ntok[i] - 1)
+            if n_c >= 2:
+                tt = res.chunk_times[starts[i]:starts[i] + n_c] + first[i]
+                d = np.arange(n_c) * (dec / (n_c - 1))
+            else:
+                tt = np.array([first[i], last[i]])
+                d = np.array([0.0, dec])
+            h = prompt[i] * d + d * (d + 1) / 2  # Σ_{k<=d} (P + k): context read by those steps
+            ev_t.append(tt[1:])
+            ev_d.append(np.diff(d))
+            ev_h.append(np.diff(h))
+            if dec >= 1:
+                seg_rows.append((i, tt, d))
+        t_all = np.concatenate(ev_t) if ev_t else np.zeros(0)
+        order = np.argsort(t_all, kind="stable")
+        t_sorted = t_all[order]
+        d_cum = np.concatenate([[0.0], np.cumsum(np.concatenate(ev_d)[order])]) if ev_t else np.zeros(1)
+        h_cum = np.concatenate([[0.0], np.cumsum(np.concatenate(ev_h)[order])]) if ev_t else np.zeros(1)
+        pu_all = np.maximum(prompt - cach, 1.0)
+        f_sorted, (fU, fQ) = _sorted_sums(first, prompt - cach, pu_all * (cach + pu_all / 2))
+        l_sorted = np.sort(last)
+
+        def at(cum: np.ndarray, t: np.ndarray, ts: np.ndarray = t_sorted) -> np.ndarray:
+            return cum[np.searchsorted(ts, t, side="right")]
+
+        # in flight at once: sends against completions (the concurrency the server was offered)
+        ev = np.concatenate([np.stack([sent, np.ones_like(sent)], 1), np.stack([last, -np.ones_like(last)], 1)])
+        ev = ev[np.lexsort((ev[:, 1], ev[:, 0]))]
+        max_fl = max(max_fl, int(np.cumsum(ev[:, 1]).max()))
+        # decode segments: `segment` chunks of one request; every step in them had it decoding
+        a_l, b_l, own_l = [], [], []
+        for _i, tt, d in seg_rows:
+            cut = np.unique(np.r_[np.arange(0, len(tt) - 1, segment), len(tt) - 1])
+            a_l.append(tt[cut[:-1]])
+            b_l.append(tt[cut[1:]])
+            own_l.append(np.diff(d[cut]))
+        if a_l:
+            a, b, own = np.concatenate(a_l), np.concatenate(b_l), np.concatenate(own_l)
+            y = b - a
+            keep = (y > 0) & (own >= 0.5)
+            a, b, own, y = a[keep], b[keep], own[keep], y[keep]
+            ia, ib = np.searchsorted(f_sorted, a, side="right"), np.searchsorted(f_sorted, b, side="right")
+            pf, q = fU[ib] - fU[ia], fQ[ib] - fQ[ia]
+            bsum = at(d_cum, b) - at(d_cum, a)
+            csum = at(h_cum, b) - at(h_cum, a)
+            x = np.stack([np.zeros_like(y), own, pf, bsum, csum, q, bsum * csum / own], 1)
+            ys.append(y)
+            xs.append(x)
+            kinds.append(np.ones(len(y), dtype=np.int8))
+            m = (a + b) / 2
+            bsz = np.searchsorted(f_sorted, m, side="right") - np.searchsorted(l_sorted, m, side="left")
+            if len(bsz):
+                max_dec = max(max_dec, int(np.rint(np.percentile(bsz, 99.5))))
+        # isolated TTFT rows: nothing else in flight between send and first token
+        for i in range(len(sel)):
+            others = (sent < first[i]) & (last > sent[i] + ISOLATION_SLACK)
+            others[i] = False
+            if others.any():
+                continue
+            pu = max(1.0, prompt[i] - cach[i])
+            ys.append(np.array([first[i] - sent[i]]))
+            xs.append(np.array([[1.0, np.ceil(pu / step_budget), pu, 0.0, 0.0, pu * (cach[i] + pu / 2), 0.0]]))
+            kinds.append(np.zeros(1, dtype=np.int8))
+    if not ys:
+        return Rows(np.zeros(0), np.zeros((0, len(NAMES))), np.zeros(0, dtype=np.int8), max_dec, max_fl, cached)
+    return Rows(np.concatenate(ys), np.concatenate(xs), np.concatenate(kinds), max_dec, max_fl, cached)
+
+
+def weights(y: np.ndarray, kind: np.ndarray) -> np.ndarray:
+    """Step rows: relative errors (host noise scales with the step). TTFT rows: absolute errors
+    (a few ms of jitter whatever the prompt), on the scale of the median TTFT, and the group
+    weighted up to count as much as the step rows (there are far fewer of them)."""
+    w = 1.0 / y
+    t = kind == 0
+    if t.any() and (~t).any():
+        w[t] = np.sqrt((~t).sum() / t.sum()) / float(np.median(y[t]))
+    return w
+
+
+def _robust(y: np.ndarray, x: np.ndarray, w: np.ndarray, beta: np.ndarray, iters: int = 8) -> np.ndarray:
+    """Weights of an L1 fit by iteratively reweighted least squares: a row's weight shrinks with
+    its (weighted) residual, so the fit follows the typical row, not the tail a busy host adds."""
+    w0 = w
+    for _ in range(iters):
+        r = np.abs((y - x @ beta) * w0)
+        scale = float(np.median(r)) or 1e-9
+        w = w0 / np.sqrt(np.maximum(r, 0.1 * scale))
+        beta = _solve(y, x, w)
+    return w
+
+
+def _solve(y: np.ndarray, x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    from scipy.optimize import lsq_linear
+
+    return lsq_linear(x * w[:, None], y * w, bounds=(0.0, np.inf), method="bvls").x
+
+
+def fit_rows(rows: Rows) -> Fit:
+    """Weighted, bounded, outlier-trimmed least squares of the step model (see the module doc).
+
+    The two extra terms (quadratic prefill attention, batch x context) are fitted too, and kept
+    only when they cut the robust residual scale of the rows by more than `EXTRA_GAIN`: a
+    server that does not show them (vLLM, the simulator) keeps the plain four-term model.
+    """
+    y, x, kind = rows.y, rows.x, rows.kind
+    ok = np.isfinite(y) & (y > 0) & np.isfinite(x).all(1)
+    y, x, kind = y[ok], x[ok], kind[ok]
+    if len(y) < MIN_ROWS:
+        raise InputError(f"only {len(y)} usable timings (need {MIN_ROWS}): streamed results with several "
+                         "chunks per request are needed")
+    base = [j for j in range(x.shape[1]) if np.any(x[:, j] != 0) and NAMES[j] not in EXTRA]
+    full = [j for j in range(x.shape[1]) if np.any(x[:, j] != 0)]
+    f0 = _fit_subset(y, x, kind, base, rows)
+    if full == base:
+        return f0
+    f1 = _fit_subset(y, x, kind, full, rows)
+    if f1.scale < (1 - EXTRA_GAIN) * f0.scale:
+        f1.notes.append(f"extra terms kept: residual scale {f0.scale:.1%} -> {f1.scale:.1%}")
+        return f1
+    f0.notes.append(f"extra terms not kept: residual scale {f0.scale:.1%} -> {f1.scale:.1%} with them")
+    return f0
+
+
+def _fit_subset(y: np.ndarray, x: np.ndarray, kind: np.ndarray, active: list[int], rows: Rows) -> Fit:
+    notes: list[str] = []
+    for j in range(x.shape[1]):
+        if j not in active and NAMES[j] not in EXTRA:
+            notes.append(f"{NAMES[j]}: not identifiable from these timings (set to 0)")
+    xa = x[:, active]
+    w = weights(y, kind)
+    beta = _solve(y, xa, w)
+    keep = np.ones(len(y), dtype=bool)
+    for k in (0, 1):  # trim each kind on its own robust scale
+        m = kind == k
+        if m.sum() < 5:
+            continue
+        r = (y[m] - xa[m] @ beta) * w[m]
+        med = float(np.median(r))
+        mad = 1.4826 * float(np.median(np.abs(r - med))) or 1e-9
+        keep[m] = np.abs(r - med) <= 4 * mad
+    if keep.sum() < MIN_ROWS:
+        keep[:] = True
+    w = weights(y[keep], kind[keep])
+    beta = _solve(y[keep], xa[keep], w)
+    yk, xk = y[keep], xa[keep]
+    w = _robust(yk, xk, w, beta)
+    beta = _solve(yk, xk, w)
+    r_k = (yk - xk @ beta) * w
+    dof = max(1, len(yk) - len(active))
+    s2 = float((r_k ** 2).sum() / dof)
+    xw = xk * w[:, None]
+    cov = s2 * np.linalg.pinv(xw.T @ xw)
+    values = dict.fromkeys(NAMES, 0.0)
+    stderr = dict.fromkeys(NAMES, 0.0)
+    for pos, j in enumerate(active):
+        values[NAMES[j]] = float(beta[pos])
+        stderr[NAMES[j]] = float(np.sqrt(max(cov[pos, pos], 0.0)))
+    residuals: dict[str, dict[str, float]] = {}
+    rel_all = (y - xa @ beta) / y
+    for k, label in ((0, "ttft"), (1, "step")):
+        r = rel_all[kind == k]
+        if len(r):
+            residuals[label] = {"rows": len(r), "median": float(np.median(r)),
+                                "p90_abs": float(np.percentile(np.abs(r), 90)),
+                                "rms": float(np.sqrt(np.mean(r[np.abs(r) <= 1] ** 2))) if (np.abs(r) <= 1).any() else 1.0}
+    reached = rows.max_in_flight > rows.max_decoding + 1
+    max_seqs = rows.max_decoding if reached and rows.max_decoding >= 1 else None
+    if not reached:
+        notes.append(f"max_num_seqs: not reached ({rows.max_in_flight} requests in flight, "
+                     f"{rows.max_decoding} decoding together)")
+    scale = float(np.median(np.abs(rel_all)))
+    return Fit(values, stderr, residuals, int(keep.sum()), int((~keep).sum()), max_seqs, rows.max_decoding,
+               rows.max_in_flight, notes, scale)
+
+
+def fit_results(res: Results, step_budget: int = 2048) -> tuple[Fit, Rows]:
+    rows = rows_of(res, step_budget)
+    return fit_rows(rows), rows
+
+
+def cache_block(prompt_cached: list[tuple[float, float]], shared: int | None = None) -> tuple[bool | None, int | None]:
+    """(caching seen?, block size) from the cached-token counts the server reported.
+
+    With a known shared prefix length, the block is the smallest power of two b with
+    ⌊shared/b⌋·b = cached (vLLM: 16; llama.cpp: any length, 1); else the largest power of two
+    dividing every positive count, at most 16.
+    """
+    hits = [int(cached) for _, cached in prompt_cached if cached and cached > 0]
+    if not hits:
+        return (False if shared else None), None
+    if shared:
+        best = max(hits)
+        for e in range(0, 9):
+            b = 1 << e
+            if (shared // b) * b == best:
+                return True, b
+    g = 0
+    for h in hits:
+        g = int(np.gcd(g, h))
+    b = 1
+    while b < 16 and g % (b * 2) == 0:
+        b *= 2
+    return True, b

@@ -1,0 +1,173 @@
+"""The calibration probe: a short, bounded set of runs whose shapes separate the step costs.
+
+Each term of ``dt = t0 + a_p·P + a_d·B + a_c·C`` needs its own lever, so the probe is a few
+small runs (one results file each, kept for `calibrate --from`):
+
+- `prefill`: requests one at a time (one run each), prompts from 16 tokens to about the
+  model length, 2 output tokens: isolated TTFTs give t0 + a_p·P and the request overhead;
+- `burst-cN-short`/`-long`: N requests sent at once (N = 1, 2, 4, ... up to `max_concurrency`),
+  short (32) or long prompts, `output` tokens each: decode steps at batch sizes 1..N, at two
+  context lengths (separates a_d from a_c), with prefills of later arrivals inside decode steps
+  (a_p under batching) and, past the server's slot count, queueing (the batch limit);
+- `cache`: three requests sharing a prefix (`CACHE_SHARED` tokens, not a multiple of 16), one
+  at a time: the cached-token counts the server reports say whether it caches and in what blocks.
+
+Every request asks for an exact output (`ignore_eos` and friends per server family) and, on
+`/v1/completions` with token-id prompts, an exact prompt length. The probe's size is fixed by
+these counts (a minute or two on a 2-core CPU with a tiny model; seconds on a GPU), and every
+run has a total timeout.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..requests import Request
+
+CACHE_SHARED = 200
+
+
+@dataclass
+class Phase:
+    name: str
+    requests: list[Request]
+    max_concurrency: int | None = None
+    prefix_block: int = 512
+
+
+def design(max_model_len: int = 4096, max_concurrency: int = 16, output: int = 48,
+           max_prompt: int = 2048) -> list[Phase]:
+    """The probe's runs (see the module doc); prompts are clipped to `max_prompt` and the model
+    length; the long bursts use half of `max_prompt`."""
+    room = max(64, min(max_model_len - output - 8, max_prompt))
+    lens = sorted({min(x, room) for x in (16, 64, 256, 512, 1024, 1536, 2048)})
+    long_prompt = max(64, max_prompt // 2)
+    phases = [Phase("prefill", [Request(f"pf{i}-{L}", 0.0, "probe", "language", L, 2)
+                                for i, L in enumerate(lens * 2)], max_concurrency=1)]
+    long_p = min(long_prompt, room)
+    levels: list[int] = []
+    c = 1
+    while c < max_concurrency:
+        levels.append(c)
+        c *= 2
+    levels.append(max_concurrency)
+    for c in levels:
+        for tag, L in (("short", 32), ("long", long_p)):
+            phases.append(Phase(f"burst-c{c}-{tag}",
+                                [Request(f"b{c}{tag[0]}{i}", 0.0, "probe", "language", L, output) for i in range(c)]))
+    shared = min(CACHE_SHARED, room // 2)
+    phases.append(Phase("cache", [Request(f"cache{i}", 0.0, "probe", "language", shared + 64, 4, prefix=[1])
+                                  for i in range(3)], max_concurrency=1, prefix_block=shared))
+    return phases
+
+
+def run_probe(endpoint: str, model: str | None, family: str, outdir: Path, *, api_key: str | None = None,
+              max_model_len: int = 4096, max_concurrency: int = 16, output: int = 48, max_prompt: int = 2048,
+              log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True)) -> list[Path]:
+    """Run every phase against `endpoint`; the results files, one per phase."""
+    import asyncio
+
+    from ..dispatch.endpoint import Endpoint, discover_model
+    from ..dispatch.limits import Timeouts
+    from ..dispatch.runner import RunConfig, run
+    from ..run.target import target_for
+
+    if model is None:
+        model = asyncio.run(discover_model(Endpoint.parse(endpoint), api_key))
+    outdir.mkdir(parents=True, exist_ok=True)
+    paths: list[Path] = []
+    payloads: dict[int, Any] = {}
+    for n_phase, ph in enumerate(design(max_model_len, max_concurrency, output, max_prompt), start=1):
+        if ph.prefix_block not in payloads:
+            tg = target_for(endpoint, model, family, "completions", api_key, prefix_block=ph.prefix_block)
+            payloads[ph.prefix_block] = (tg.payload, tg.content)
+        payload, content_header = payloads[ph.prefix_block]
+        # one at a time = one run per request: a fresh connection each (a server may close a
+        # keep-alive connection after a streamed response, and a reused dead one fails)
+        groups = [[r] for r in ph.requests] if ph.max_concurrency == 1 else [ph.requests]
+        bad: dict[str, int] = {}
+        for k, group in enumerate(groups):
+            suffix = f"-{k + 1:02d}" if len(groups) > 1 else ""
+            out = outdir / f"probe-{n_phase:02d}-{ph.name}{suffix}.jsonl"
+            cfg = RunConfig(endpoint=endpoint, model=model, output=out, api="completions", api_key=api_key,
+                            payload=payload, progress="off", timeouts=Timeouts(10.0, 120.0, 300.0),
+                            header={"source": "calibrate-probe", "source_kind": "calibrate-probe", "phase": ph.name,
+                                    "content": content_header})
+            outcome = run(iter(group), cfg)
+            if outcome.interrupted:
+                raise KeyboardInterrupt
+            for st, v in outcome.by_status.items():
+                if st != "ok" and v:
+                    bad[st] = bad.get(st, 0) + v
+            paths.append(out)
+        log(f"calibrate: probe {ph.name}: {len(ph.requests)} requests"
+            + (f" ({', '.join(f'{v} {k}' for k, v in bad.items())})" if bad else ""))
+    return paths
+
+
+def server_limits(endpoint: str, api_key: str | None = None) -> dict[str, Any]:
+    """What the server says about its limits: llama.cpp /props (slots, context per slot), vLLM
+    /v1/models (max_model_len) and /metrics (`vllm:cache_config_info`: KV blocks and block size).
+    Missing endpoints are simply absent from the answer."""
+    import json
+    import urllib.request
+
+    base = endpoint.rstrip("/")
+    if base.endswith("/v1"):
+        base = base[:-3]
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+    def get(path: str) -> bytes | None:
+        try:
+            req = urllib.request.Request(base + path, headers=headers)
+            with urllib.request.urlopen(req, timeout=5) as r:
+                return r.read() if r.status == 200 else None
+        except (OSError, ValueError):
+            return None
+
+    out: dict[str, Any] = {}
+    body = get("/props")
+    if body:
+        try:
+            props = json.loads(body)
+            slots = props.get("total_slots")
+            n_ctx = (props.get("default_generation_settings") or {}).get("n_ctx")
+            if slots:
+                out["max_num_seqs"] = int(slots)
+                out["source"] = "llama.cpp /props"
+            if n_ctx:
+                out["max_model_len"] = int(n_ctx)
+                out["kv_cache_tokens"] = int(n_ctx) * int(slots or 1)
+                out["max_num_batched_tokens"] = max(2048, int(slots or 1))  # llama.cpp n_batch default
+        except (ValueError, TypeError, AttributeError):
+            pass
+    body = get("/v1/models")
+    if body:
+        try:
+            for m in json.loads(body).get("data") or []:
+                if m.get("max_model_len"):
+                    out["max_model_len"] = int(m["max_model_len"])
+                    out.setdefault("source", "vLLM /v1/models, /metrics")
+                    break
+        except (ValueError, TypeError, AttributeError):
+            pass
+    body = get("/metrics")
+    if body:
+        for line in body.decode(errors="replace").splitlines():
+            if line.startswith("vllm:cache_config_info{"):
+                labels = dict(kv.split("=", 1) for kv in line[line.index("{") + 1:line.rindex("}")].split(",") if "=" in kv)
+                try:
+                    blocks = int(labels.get("num_gpu_blocks", '"0"').strip('"') or 0)
+                    bs = int(labels.get("block_size", '"16"').strip('"') or 16)
+                except ValueError:
+                    continue
+                if blocks:
+                    out["kv_cache_tokens"] = blocks * bs
+                out["block_size"] = bs
+                if labels.get("enable_prefix_caching", '"True"').strip('"') == "False":
+                    out["prefix_caching"] = False
+    return out

@@ -1,0 +1,115 @@
+"""One run in this process: spec -> target -> engine -> summary -> exit code.
+
+Everything that can be wrong with the input is found before anything is started: the outputs
+(`outputs.run_outputs`: writable, not an input, locked), the source (every line of a requests
+file, the scenario file and its pools), the API key file. Only then is the simulator started or
+the endpoint contacted (`run.target`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..dispatch.limits import Limits, Timeouts
+from ..dispatch.runner import RunConfig
+from ..formats import EXIT_STORAGE
+from .finish import check_slos, exit_code, publish_summary, run_header
+from .source import Opened, open_source
+from .spec import RunSpec
+from .target import Target, api_key_of, resolve_target, safe_argv
+
+
+def timeouts(spec: RunSpec) -> Timeouts:
+    return Timeouts(spec.timeout_connect, spec.timeout_first_token, spec.timeout_total, spec.timeout_idle)
+
+
+def open_for(spec: RunSpec, *, validate: bool = True) -> Opened:
+    """The spec's requests (its shard, rate, duration and count applied)."""
+    shard = spec.shard if spec.shard_by == "client" else None
+    opened = open_source(spec.source, shard, rate=spec.rate, duration=spec.duration, count=spec.count,
+                         validate=validate)
+    if spec.shard is not None and spec.shard_by == "request":
+        from .shard import by_request
+
+        i, n = (int(x) for x in spec.shard.split("/"))
+        opened.requests = by_request(opened.requests, i, n)
+    return opened
+
+
+def engine_config(spec: RunSpec, target: Target, opened: Opened, argv: list[str], output: Path, *,
+                  results_copy: Path | None = None, handle_signals: bool = True,
+                  metrics_port: int | None = None) -> RunConfig:
+    """The engine's configuration for one spec: the only place a `RunConfig` is made from options."""
+    from .shard import sleep_until_setup, snapshot_path
+
+    start_at = spec.start_at
+
+    async def before_start() -> None:
+        if start_at is not None:
+            await sleep_until_setup(start_at)
+
+    info = opened.info
+    header: dict[str, Any] = {"source": info["source"], "source_kind": info["source_kind"],
+                              "content": target.content, "argv": safe_argv(argv, target.api_key)}
+    if "seed" in info:
+        header["seed"] = info["seed"]
+    if "intended" in info:  # report hook: what the scenario meant to schedule (metrics.render prints it)
+        header["intended"] = info["intended"]
+    if spec.shard is not None:
+        header["shard"] = spec.shard
+    if start_at is not None:
+        header.update(start_at=start_at, started_unix=start_at)
+    if spec.rate is not None:
+        header["rate"] = spec.rate
+    if spec.count is not None:
+        header["count"] = spec.count
+    return RunConfig(
+        endpoint=target.endpoint, model=target.model, output=output, api=spec.api, api_key=target.api_key,
+        payload=target.payload, max_concurrency=spec.max_concurrency, timeouts=timeouts(spec),
+        duration=spec.duration, transport=spec.transport,
+        metrics_port=spec.metrics_port if metrics_port is None else metrics_port, metrics_host=spec.metrics_host,
+        metrics_linger=spec.metrics_linger, pushgateway=spec.pushgateway, push_timeout=spec.push_timeout,
+        progress=spec.progress,
+        total_hint=spec.duration or info.get("duration_hint"), header=header, handle_signals=handle_signals,
+        start_at=start_at, before_start=before_start, metrics_snapshot=snapshot_path(),
+        retries=spec.retries, retry_max_wait=spec.retry_max_wait, insecure=spec.insecure, results_copy=results_copy,
+        limits=Limits(max_event_bytes=spec.max_event_bytes, max_prompt_tokens=spec.max_prompt_tokens))
+
+
+def run_local(spec: RunSpec, outputs: Any, argv: list[str]) -> int:
+    """Run the spec here (see the module docstring); the exit code."""
+    from ..dispatch.runner import run
+    from ..results import read_results
+
+    api_key_of(spec)  # an unreadable key file is input, named before anything starts
+    opened = open_for(spec)  # validates every line of a requests file now
+    with contextlib.ExitStack() as stack:
+        target = resolve_target(spec, stack)
+        cfg = engine_config(spec, target, opened, argv, Path(spec.output),
+                            results_copy=outputs.copy if outputs is not None else None)
+        try:
+            outcome = run(opened.requests, cfg)
+        except OSError as e:  # the results header could not be written (-o /dev/full): nothing was sent
+            if e.filename != str(cfg.output):
+                raise
+            print(f"servegen-load: error: cannot write results to {e.filename}: {e.strerror}", file=sys.stderr)
+            return EXIT_STORAGE
+    if outcome.storage_error is not None:
+        err = outcome.storage_error
+        print(f"servegen-load: error: cannot write results to {err.filename}: {err.strerror}; stopped dispatching "
+              f"(the file holds {outcome.written} whole result lines; later results are missing)", file=sys.stderr)
+        return EXIT_STORAGE
+    readback = outputs.readback if outputs is not None else outcome.output
+    res = read_results(readback)
+    with outputs.text() if outputs is not None else contextlib.nullcontext():
+        summary = publish_summary(res, spec, run_header(spec, target.endpoint, target.model))
+        if outcome.incomplete:
+            print("servegen-load: WARNING: stopped twice: requests after the interruption point have no result line",
+                  file=sys.stderr)
+        if outcome.input_error is not None:  # results hold every request before the bad input
+            raise outcome.input_error
+        holds = outcome.interrupted or check_slos(spec, Path(readback), opened.info.get("slo", []))
+    return exit_code(summary, spec, target.endpoint, interrupted=outcome.interrupted, slos_hold=holds)

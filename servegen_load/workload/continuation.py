@@ -1,0 +1,147 @@
+"""A fitted pool's windows as generation uses them: shrunk towards its rate profile, continued past its span.
+
+Pools made by `fit` carry a rate profile (`profile`, per hour of week), a `level` and a shrinkage
+factor B per client (`arrival_fit`). `view(pool, end, shrink)` returns a pool whose rate
+windows cover [0, end):
+
+- inside the fitted span, with `shrink` (renewal mode), r'_w = p_w + B_w (r_w - p_w)
+  (`arrival_fit.shrunk_rates`): the window's count noise is not generated a second time around
+  a rate that already holds it;
+  `servegen` mode (fixed counts) keeps the raw rates;
+- past the span, window w takes a source window s: the latest fitted window at the same phase
+  of the profile's period (the same hour of the week with a weekly profile; the same time of day,
+  and day type when weekdays and weekends were told apart, otherwise), or cyclically the fitted
+  windows in order when the log is shorter than that period. Its rate is the profile at w's own
+  wall-clock phase plus the source's shrunk deviation, r_w = p_w + (r'_s - p_s) (>= 0), and its
+  gap family and shape are the source's. Where the profile never saw w's phase (a log shorter
+  than a day), p_w = p_s: the fitted windows are replayed, shrunk, in their own order. So the level and the daily and weekly cycles follow the
+  profile, and burstiness at every scale (within and across windows) that of the fitted log.
+- windows with a rate but no fitted family (a quiet window lifted by the profile) take the
+  client's busiest window's family; data windows past the span take the latest fitted one at
+  the same time of day, and a client's missing length tables the nearest one it has.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from .arrival_fit import DAY, WEEK, profile_at, shrunk_rates, window_cover
+from .distributions import Family
+from .pool import ClientPool
+
+_VIEWS: dict[tuple[int, int, bool], tuple[ClientPool, ClientPool]] = {}
+_WINDOWED = ("epoch_family", "epoch_shape")
+
+
+def has_profile(pool: ClientPool) -> bool:
+    return all(k in pool.extra for k in ("profile", "level", "rate_shrink")) and isinstance(
+        pool.meta.get("arrival"), dict)
+
+
+def view(pool: ClientPool, end: float, shrink: bool) -> ClientPool:
+    """The pool's windows for generation up to pool time `end` (see the module docstring)."""
+    W = pool.window
+    n0 = pool.window_start.size
+    n1 = max(n0, int(np.ceil(end / W - 1e-9)))
+    key = (id(pool), n1, shrink)
+    hit = _VIEWS.get(key)
+    if hit is not None and hit[0] is pool:
+        return hit[1]
+    meta = pool.meta["arrival"]
+    wall = meta.get("profile_clock") == "utc"
+    origin = float(meta.get("origin", 0.0))
+    kind = str(meta.get("profile_kind", "day"))
+    level = pool.extra["level"].astype(np.float64)
+    prof_src = pool.extra["profile"]
+    starts = np.arange(n1, dtype=np.float64) * W
+    src = _sources(n0, n1, W, origin, kind, wall)
+    p_src = profile_at(prof_src, level, origin + starts[src] + 0.5 * W, wall)
+    p_new = profile_at(prof_src, np.full(level.shape, np.nan), origin + starts + 0.5 * W, wall)
+    prof = np.where(np.isfinite(p_new), p_new, p_src)
+    r_src = pool.rate.astype(np.float64)
+    if shrink and "rate_signal_var" in pool.extra:
+        covered = window_cover(n0, W, float(meta.get("span", n0 * W)))
+        p_fit = profile_at(prof_src, level, origin + starts[:n0] + 0.5 * W, wall)
+        gain = pool.extra.get("rate_noise", np.zeros(pool.n_clients)).astype(np.float64)[:, None]
+        g = np.where(gain > 0, gain, np.maximum(pool.cv.astype(np.float64), 1.0) ** 2)
+        r_src = shrunk_rates(r_src, p_fit, pool.extra["rate_signal_var"].astype(np.float64), g, covered)
+    elif shrink:
+        B = pool.extra["rate_shrink"].astype(np.float64)[:, None]
+        r_src = p_src[:, :n0] + B * (r_src - p_src[:, :n0])
+    rate = np.maximum(prof + (r_src[:, src] - p_src), 0.0)
+    fam = pool.family[:, src].copy()
+    shape = pool.shape[:, src].copy()
+    cv = pool.cv[:, src].copy()
+    scale = pool.scale[:, src].copy()
+    extra = dict(pool.extra)
+    for k in _WINDOWED:
+        if k in extra:
+            extra[k] = extra[k][:, src].copy()
+    busiest = np.argmax(pool.rate, axis=1)
+    lift = (rate > 0) & (fam == Family.NONE)
+    if lift.any():
+        ci = np.nonzero(lift)[0]
+        wb = busiest[ci]
+        fam[lift] = pool.family[ci, wb]
+        shape[lift], cv[lift], scale[lift] = pool.shape[ci, wb], pool.cv[ci, wb], pool.scale[ci, wb]
+        for k in _WINDOWED:
+            if k in extra:
+                extra[k][lift] = pool.extra[k][ci, wb]
+        dead = lift & (fam == Family.NONE)  # a client with no fitted window at all
+        rate[dead] = 0.0
+    data_start, table_index = _data_windows(pool, float(n1 * W))
+    out = replace(pool, window_start=starts, rate=rate.astype(np.float32), family=fam, shape=shape, cv=cv,
+                  scale=scale, data_start=data_start, table_index=table_index, extra=extra)
+    _VIEWS[key] = (pool, out)
+    return out
+
+
+def _sources(n0: int, n1: int, W: float, origin: float, kind: str, wall: bool) -> np.ndarray:
+    """Source window of every window 0..n1-1 (itself inside the span; module docstring past it)."""
+    src = np.arange(n1)
+    if n1 == n0:
+        return src
+    w = np.arange(n0, n1)
+    period = WEEK if kind == "week" else DAY
+    step = round(period / W)
+    if abs(step * W - period) < 1e-6 and step <= n0:
+        back = np.ceil((w - n0 + 1) / step).astype(np.int64)
+        s = w - back * step
+        if kind == "day+weekend" and wall:
+            def weekend(i: np.ndarray) -> np.ndarray:
+                return ((np.floor((origin + (i + 0.5) * W) / DAY).astype(np.int64) + 3) % 7) >= 5
+            want = weekend(w)
+            for _ in range(7):  # step back a day at a time until the day type matches (if seen)
+                bad = (weekend(s) != want) & (s - step >= 0)
+                if not bad.any():
+                    break
+                s = np.where(bad, s - step, s)
+        src[n0:] = s
+    else:
+        src[n0:] = (w - n0) % n0
+    return src
+
+
+def _data_windows(pool: ClientPool, end: float) -> tuple[np.ndarray, np.ndarray]:
+    D = pool.data_window
+    d0 = pool.data_start.size
+    d1 = max(d0, int(np.ceil(end / D - 1e-9)))
+    starts = np.arange(d1, dtype=np.float64) * D
+    if d1 > d0 and np.allclose(pool.data_start, starts[:d0]):
+        src = np.arange(d1)
+        step = round(DAY / D)
+        for d in range(d0, d1):
+            s = d - step if step >= 1 and abs(step * D - DAY) < 1e-6 else d0 - 1
+            src[d] = src[s] if 0 <= s < d else d0 - 1
+        ti = pool.table_index[:, src, :].copy()
+    else:
+        starts, ti = pool.data_start.astype(np.float64), pool.table_index.copy()
+    # a client's missing tables: the nearest earlier one it has, else the nearest later one
+    for direction in (1, -1):
+        rng = range(1, ti.shape[1]) if direction == 1 else range(ti.shape[1] - 2, -1, -1)
+        for d in rng:
+            miss = ti[:, d, :] < 0
+            ti[:, d, :][miss] = ti[:, d - direction, :][miss]
+    return starts, ti
