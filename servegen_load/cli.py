@@ -352,6 +352,7 @@ def run_cmd(
     shard: str | None = typer.Option(None, "--shard", help="i/N: send only shard i (0-based) of N, split by client (merge the N results files with `report`)."),
     shard_by: str = typer.Option("client", "--shard-by", help="How --shard splits: client, or request (request k to shard k mod N; --workers/--ray pick it when there are fewer clients than shards)."),
     start_at: float | None = typer.Option(None, "--start-at", help="Unix time (s) of t = 0, shared by all shards; already past: start at once, lateness shows as send lag."),
+    start_barrier: bool = typer.Option(False, "--start-barrier", help="When set up (source read, connections open), write `ready` to stdout and read t = 0 (unix s) from a line of stdin: how --workers starts its processes together; end of input: exit 130, nothing sent."),
     workers: str | None = typer.Option(None, "--workers", help="N or auto: run N processes (one shard each, common start), merge into one results file and summary."),
     ray: str | None = typer.Option(None, "--ray", help="[ADDRESS] One Ray actor per shard (needs the `ray` extra). ADDRESS: auto (RAY_ADDRESS / running cluster), ray://host:port, host:port; bare --ray: a local cluster. Shards: --workers N, else the cluster's CPUs."),
     # --- request content (servegen_load/content, payload) ---
@@ -454,6 +455,7 @@ def gate_cmd(
     warmup: float = typer.Option(0.0, "--warmup", help="Exclude requests scheduled in the first S seconds (both sides)."),
     as_json: bool = typer.Option(False, "--json", help="Print the checks as JSON."),
     lag_threshold_ms: float = typer.Option(10.0, "--lag-threshold-ms", help="Send lag p99 above this means the client fell behind."),
+    merge_unrelated: bool = typer.Option(False, "--merge-unrelated", help="Merge results files of different runs (refused by default)."),
 ) -> None:
     """Check SLOs and regressions: exit 0 when all hold, 1 when one fails, 2 on bad input."""
     from .gate import DEFAULT_METRICS, print_gate, run_gate
@@ -462,7 +464,8 @@ def gate_cmd(
     slos = build_slos(slo, slo_file, request_slo)
     g = run_gate(results, slos, baseline=baseline, max_regression=parse_fraction(max_regression, "--max-regression"),
                  warmup=warmup, metrics=tuple(metric) or DEFAULT_METRICS,
-                 confidence=parse_fraction(confidence, "--confidence"), lag_threshold=lag_threshold_ms / 1e3)
+                 confidence=parse_fraction(confidence, "--confidence"), lag_threshold=lag_threshold_ms / 1e3,
+                 merge_unrelated=merge_unrelated)
     print_gate(g, as_json=as_json)
     if g.exit_code:
         sys.exit(g.exit_code)

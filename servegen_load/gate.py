@@ -224,7 +224,8 @@ class GateResult:
 
 def run_gate(paths: list[str], slos: SLOSet, *, baseline: str | None = None, max_regression: float = 0.10,
              warmup: float = 0.0, metrics: tuple[str, ...] = DEFAULT_METRICS, confidence: float = 0.95,
-             lag_threshold: float = stats.DEFAULT_LAG_THRESHOLD) -> GateResult:
+             lag_threshold: float = stats.DEFAULT_LAG_THRESHOLD,
+             merge_unrelated: bool = False) -> GateResult:
     """Evaluate the SLOs and (with a baseline) the regression checks on the merged results."""
     if not slos and slos.request is None and baseline is None:
         raise InputError("nothing to check: give --slo/--slo-file, --request-slo and/or --baseline")
@@ -236,8 +237,11 @@ def run_gate(paths: list[str], slos: SLOSet, *, baseline: str | None = None, max
         parse_metric(m)
     res = read_results(*paths)
     if len(paths) > 1:  # shards merge only if disjoint (a file given twice would double-count)
+        from .report.related import check_related
         from .run.merge import check_unique_ids
 
+        if not merge_unrelated:
+            check_related(res.headers, res.paths)
         check_unique_ids(res["id"], res.file_index, res.paths)
     res = after_warmup(res, warmup)
     out = GateResult(n_requests=res.n, warmup=warmup, confidence=confidence)

@@ -10,8 +10,10 @@ from __future__ import annotations
 import collections
 import itertools
 import json
+import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -199,10 +201,40 @@ def test_retry_after_is_honoured_and_capped(max_wait: float, lo: float, hi: floa
     assert len(waited) >= 5 and all(lo <= t <= hi for t in waited), waited
 
 
-def test_connect_errors_are_retried_then_reported(tmp_path: Path) -> None:
+def _dies_after_one_connection() -> tuple[int, threading.Thread]:
+    """A port that accepts the start-up reachability check, then refuses every connection."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def serve() -> None:
+        with listener:
+            listener.settimeout(60)
+            conn, _ = listener.accept()
+            conn.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return port, thread
+
+
+def test_a_dead_endpoint_is_named_before_anything_is_sent(tmp_path: Path) -> None:
     src = write_requests(tmp_path / "req.jsonl", make_requests([0.05 * i for i in range(5)]))
     out = tmp_path / "res.jsonl"
-    r = run_cli(src, out, f"http://127.0.0.1:{free_port()}", "--retries", "2", "--retry-max-wait", "0.05")
+    port = free_port()
+    r = run_cli(src, out, f"http://127.0.0.1:{port}")
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip() == (f"servegen-load: error: --endpoint: connection refused at "
+                                f"http://127.0.0.1:{port}: is the server running?")
+    assert not out.exists()
+
+
+def test_connect_errors_are_retried_then_reported(tmp_path: Path) -> None:
+    """The server goes away after the start-up check: every request is a `connect_error`."""
+    src = write_requests(tmp_path / "req.jsonl", make_requests([0.05 * i for i in range(5)]))
+    out = tmp_path / "res.jsonl"
+    port, thread = _dies_after_one_connection()
+    r = run_cli(src, out, f"http://127.0.0.1:{port}", "--retries", "2", "--retry-max-wait", "0.05")
+    thread.join(5)
     assert r.returncode == 3, r.stderr  # not one request succeeded
     assert "could not connect" in r.stderr and "no request succeeded" in r.stderr
     _, lines = read_lines(out)

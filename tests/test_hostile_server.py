@@ -186,6 +186,9 @@ class Hostile:
                 await send(_chunk(big[i:i + 16384]))
             await _until_closed(reader)
             return False
+        if mode == "closeafter":  # a whole valid answer, then a close (llama.cpp does this after streams)
+            await send(HEAD + b"".join(good + [_chunk(e) for e in TAIL]) + b"0\r\n\r\n")
+            return False
         if mode == "cut":  # two tokens, then a clean close mid-stream
             await send(HEAD + b"".join(good[:2]))
             return False
@@ -371,6 +374,28 @@ def test_a_request_the_server_worked_on_is_never_resent_unasked(hostile: Hostile
     lines = _run(hostile, "dropafterwork", tmp_path, transport)
     _all(lines, "disconnect", "closed by server")
     assert all(d["attempts"] == 1 and d["retries"] == 0 and d["first_token"] is None for d in lines)
+
+
+@pytest.mark.parametrize("transport", ["raw"])  # aiohttp's pool reuses at once: docs/reliability.md
+def test_a_server_that_closes_after_each_answer_loses_no_request(hostile: Hostile, tmp_path: Path,
+                                                                 transport: str) -> None:
+    """Back-to-back requests (one at a time, all due at once) to a server that closes every
+    connection right after a complete answer while its head allows keep-alive (llama.cpp's
+    server does this after every stream): the next request must never be written to the closing
+    connection (that would be a `disconnect` the server did not cause, or a hidden resend). This
+    server is a thread of the test process, so its close comes late (it waits for the GIL)."""
+    n = 12
+    out = tmp_path / f"closeafter-{transport}.jsonl"
+    before = hostile.received["closeafter"]
+    config = RunConfig(endpoint=f"{hostile.url}/closeafter", model="m", output=out, api="completions",
+                       progress="off", handle_signals=False, transport=transport, timeouts=FAST,
+                       max_concurrency=1)
+    run(make_requests([0.0] * n, output_tokens=TOKENS), config)
+    _, lines = read_lines(out)
+    assert len(lines) == n
+    _all_ok = [d for d in lines if d["status"] == "ok" and d["attempts"] == 1]
+    assert len(_all_ok) == n, [d["error"] for d in lines]
+    assert hostile.received["closeafter"] - before == n
 
 
 def test_with_retries_a_stale_connection_drop_is_retried_and_recorded(hostile: Hostile, tmp_path: Path) -> None:

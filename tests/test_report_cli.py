@@ -147,6 +147,9 @@ def test_unrelated_runs_are_not_merged_unless_asked(tmp_path: Path) -> None:
     assert p.returncode == 2 and "from another run" in p.stderr and "--merge-unrelated" in p.stderr
     assert p.stderr.count("\n") == 1
     assert summary(str(a), str(b), "--merge-unrelated")["requests"]["scheduled"] == 10
+    g = cli("gate", str(a), str(b), "--slo", "error_rate<=1%")
+    assert g.returncode == 2 and "from another run" in g.stderr
+    assert cli("gate", str(a), str(b), "--slo", "error_rate<=1%", "--merge-unrelated").returncode == 0
     # shards of one run (a common --start-at) merge without asking
     s0 = write(tmp_path / "s0.jsonl", [row(i, i * 0.5) for i in range(5)], start_at=1.8e9, shard="0/2")
     s1 = write(tmp_path / "s1.jsonl", [row(10 + i, i * 0.5) for i in range(5)], start_at=1.8e9, shard="1/2")

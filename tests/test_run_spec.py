@@ -59,8 +59,10 @@ def test_every_option_survives_the_worker_command_line(tmp_path: Path) -> None:
     spec = every_option(tmp_path)
     default = RunSpec(source="", output="")
     unset = {f for f in RunSpec.model_fields if getattr(spec, f) == getattr(default, f)}
-    assert unset == {"sim_preset", "workers", "ray"}, "give the new field a non-default value above"
+    assert unset == {"sim_preset", "workers", "ray", "start_barrier"}, "give the new field a non-default value above"
     assert parse_run_argv(spec.to_argv()) == spec  # what a `--workers` child parses is what the parent has
+    barrier = spec.replace(start_at=None, start_barrier=True)  # excludes --start-at
+    assert parse_run_argv(barrier.to_argv()) == barrier
     assert pickle.loads(pickle.dumps(spec)) == spec  # what a Ray actor receives
     with pytest.raises(Exception, match="--max-concurrency"):
         spec.replace(max_concurrency=0)

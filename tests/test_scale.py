@@ -49,17 +49,30 @@ def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]
     return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout)
 
 
-def run_shards(source: Path, url: str, n: int, tmp_path: Path, lead: float = 5.0) -> list[Path]:
-    """The N shards as N concurrent processes sharing one --start-at, as the Indexed Job runs them."""
-    start = time.time() + lead
+def run_shards(source: Path, url: str, n: int, tmp_path: Path) -> list[Path]:
+    """The N shards as N concurrent processes started together by the ready barrier, driven as any
+    orchestrator would: each says `ready` on stdout when set up; then all get one t = 0 on stdin."""
     outs = [tmp_path / f"shard-{i}.jsonl" for i in range(n)]
     procs = [subprocess.Popen([*CLI, "run", str(source), "-o", str(o), "--endpoint", url, "--progress", "off",
-                               "--shard", f"{i}/{n}", "--start-at", f"{start:.6f}"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                               "--shard", f"{i}/{n}", "--start-barrier"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
              for i, o in enumerate(outs)]
-    for p in procs:
-        _, err = p.communicate(timeout=60)
-        assert p.returncode == 0, err
+    try:
+        for p in procs:
+            assert p.stdout is not None and p.stdout.readline() == b"ready\n", p.stderr
+        start = time.time() + 0.5
+        for p in procs:
+            assert p.stdin is not None
+            p.stdin.write(f"{start:.6f}\n".encode())
+            p.stdin.flush()
+        for p in procs:
+            _, err = p.communicate(timeout=60)
+            assert p.returncode == 0, err
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
     for o in outs:
         head, _ = read(o)
         assert head["start_at"] == pytest.approx(start) and head["started_unix"] == pytest.approx(start)
@@ -99,7 +112,7 @@ def test_shards_union_is_the_unsharded_run(fake_server, tmp_path: Path, kind: st
 def test_report_refuses_a_shard_given_twice(fake_server, tmp_path: Path) -> None:
     reqs = make_requests(poisson_times(10, 40, seed=1), clients=["a", "b"])
     source = write_requests(tmp_path / "reqs.jsonl", reqs)
-    parts = run_shards(source, fake_server.url, 2, tmp_path, lead=4.0)
+    parts = run_shards(source, fake_server.url, 2, tmp_path)
     r = run_cli("report", str(parts[0]), str(parts[1]), str(parts[0]))
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
     assert "is in both" in r.stderr and str(parts[0]) in r.stderr

@@ -156,6 +156,11 @@ class AiohttpTransport:
         try:
             await call(self.session, self.url, self.headers, f, self.api_key,  # type: ignore[arg-type]
                        self.max_event_bytes)
+            if f.status == "ok":
+                # One loop turn before the slot frees: a server that closes right after its answer
+                # has its FIN read by then, so aiohttp's pool drops that connection instead of
+                # handing it to the next request (which would end as a `disconnect` we caused).
+                await asyncio.sleep(0)
         except asyncio.CancelledError:
             f.fail("cancelled", "cancelled")
         except Exception as e:  # never a result without a true status

@@ -30,7 +30,9 @@ closes without a byte of answer may have been read and worked on (nothing on the
 idle-timeout race from a crash after work), so it ends as `disconnect` (`Flight.stale`) and is
 re-sent only under `--retries` (dispatch.retry), as a recorded attempt. To keep that race rare,
 a connection idle for more than `IDLE_REUSE_S` is closed instead of reused (servers' keep-alive
-timeouts are 5 s and up: uvicorn, llama.cpp, Node).
+timeouts are 5 s and up: uvicorn, llama.cpp, Node); a finished connection is reusable only
+`PARK_S` after its answer, and never once the server is seen closing right after its answers
+(llama.cpp does after every stream, while its head says `Keep-Alive`).
 
 Garbage ends a request at once as `protocol_error`, with the connection dropped: a status line
 that is not HTTP/1.x, bad or contradictory framing (a chunk-size line that is not hex or does not
@@ -65,6 +67,8 @@ _MAX_ERR_BODY = 2048
 _MAX_INTERIM = 16  # 1xx responses before the final one
 SPARE_CONNECTIONS = 16
 IDLE_REUSE_S = 2.0  # an idle connection older than this is closed, not reused (see the module doc)
+CLOSES_AFTER_S = 0.5  # closed by the server this soon after an answer: it closes after every answer
+PARK_S = 0.05  # a connection is reusable this long after its answer ended (see `_complete`)
 _chunk_size = re.compile(rb"([0-9a-fA-F]{1,15})[ \t]*(?:;[^\r\n]*)?").fullmatch
 
 # The token-chunk fast path (`data_received`) in one comparison. A read of n bytes that is one
@@ -97,6 +101,44 @@ def _plain(mid: bytes) -> bool:
     return True
 
 
+_HEX = [b"%x" % _n for _n in range(_FAST_MAX + 1)]
+
+
+def _template_chunks(data: bytes, f: Flight, t: float) -> int:
+    """Take the whole template token chunks a read starts with; the bytes they fill.
+
+    Why: a read carries several chunks when the loop ran late, and then each chunk must cost no
+    more than alone, or falling behind feeds itself. One split at the CRLFs gives size line and
+    data of every chunk (chunk data of an event holds no CRLF: JSON has no raw CR or LF), so
+    each costs a table lookup, a join and a compare, with the acceptance of `data_received`: the
+    size line is the data's length in lowercase hex, the data is template prefix + plain token
+    text + template suffix. The first chunk that is anything else stops it; the caller's strict
+    loop goes on from there.
+    """
+    parts = data.split(b"\r\n")
+    pre = f.tpl_pre
+    suf = f.tpl_suf[:-2]  # the suffix without the chunk's CRLF: the split removed it
+    lp, ls = len(pre), len(suf)  # type: ignore[arg-type]
+    last = len(parts) - 1  # parts[last] follows the last CRLF: not a whole chunk's data
+    chunks = f.chunks
+    k = pos = 0
+    while k + 1 < last:
+        size_line = parts[k]
+        d = parts[k + 1]
+        n = len(d)
+        if n > _FAST_MAX or _HEX[n] != size_line:
+            break
+        mid = d[lp:n - ls]
+        if not ((mid in _PLAIN or _plain(mid)) and _join((pre, mid, suf)) == d):  # type: ignore[arg-type]
+            break
+        chunks.append(t)
+        pos += len(size_line) + n + 4
+        k += 2
+    if pos:
+        f.last_token = t
+    return pos
+
+
 class _Conn(asyncio.Protocol):
     """One keep-alive connection; carries at most one flight at a time."""
 
@@ -115,6 +157,7 @@ class _Conn(asyncio.Protocol):
         "rbuf",
         "rem",
         "reused",
+        "served",
         "state",
         "tr",
     )
@@ -131,6 +174,7 @@ class _Conn(asyncio.Protocol):
         self.ok = False
         self.got = False
         self.reused = False
+        self.served = False  # has carried a complete answer
         self.alive = False
         self.errbody = b""
         self.idle_since = 0.0
@@ -197,6 +241,11 @@ class _Conn(asyncio.Protocol):
         self.alive = False
         f = self.flight
         if f is None:
+            if self.served and perf_counter() - self.idle_since < CLOSES_AFTER_S:
+                # Closed by the server right after an answer, with no idle timeout behind it
+                # (llama.cpp does this after every stream while it says `Keep-Alive`): reusing
+                # its connections would race that close, so this transport stops reusing them.
+                self.owner.reuse = False
             return
         self.flight = None
         if self.state == _UNTIL_CLOSE and (exc is None or f.done):
@@ -338,7 +387,7 @@ class _Conn(asyncio.Protocol):
         """
         f = self.flight
         if self.ok and not self.rbuf and not self.rem and f is not None and not f.sse_buf:
-            pos = 0
+            pos = _template_chunks(data, f, t) if f.tpl_pre is not None else 0
             n = len(data)
             find = data.find
             while pos < n:
@@ -356,16 +405,14 @@ class _Conn(asyncio.Protocol):
                 if size == 0 or e + 2 > n:
                     break
                 pre = f.tpl_pre
-                if pre is not None:
+                if pre is not None:  # template + plain token text, as in `data_received`
                     suf = f.tpl_suf
-                    j = e + 2 - len(suf)
-                    if data.startswith(pre, s) and data.startswith(suf, j):
-                        mid = data[s + len(pre):j]
-                        if mid and plain_text(mid) is None:
-                            f.chunks.append(t)
-                            f.last_token = t
-                            pos = e + 2
-                            continue
+                    mid = data[s + len(pre):e + 2 - len(suf)]
+                    if (mid in _PLAIN or _plain(mid)) and _join((pre, mid, suf)) == data[s:e + 2]:
+                        f.chunks.append(t)
+                        f.last_token = t
+                        pos = e + 2
+                        continue
                 if data[e - 2:e + 2] != b"\n\n\r\n" or data[s:s + 6] != b"data: ":
                     break
                 payload = data[s + 6:e - 2]
@@ -461,14 +508,25 @@ class _Conn(asyncio.Protocol):
         f = self.flight
         self.flight = None
         self.state = _IDLE
-        if self.keep and self.alive:
-            self.idle_since = perf_counter()
-            self.owner.idle.append(self)
+        self.idle_since = perf_counter()
+        self.served = True
+        if self.keep and self.alive and self.owner.reuse:
+            # Parked PARK_S later: a server that closes right after its last byte (even one
+            # descheduled between its write and its close) has its FIN read by then
+            # (`connection_lost` above), so no request is ever written into that close.
+            asyncio.get_running_loop().call_later(PARK_S, self._park)
         elif self.tr is not None:
             self.alive = False
             self.tr.close()
         if f is not None:
             self._end(f)
+
+    def _park(self) -> None:
+        if self.alive and self.flight is None and self.owner.reuse:
+            self.owner.idle.append(self)
+        elif self.tr is not None and self.flight is None:
+            self.alive = False
+            self.tr.close()
 
     def _end(self, f: Flight) -> None:
         if not self.ok:
@@ -518,6 +576,7 @@ class RawTransport:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._factory = functools.partial(_Conn, self)
         self.spare = SPARE_CONNECTIONS
+        self.reuse = True  # False once the server is seen closing right after its answers
         self._spare_pending = 0
         self._spare_tasks: set[asyncio.Task[None]] = set()
         self._spare_backoff_until = 0.0

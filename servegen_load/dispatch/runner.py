@@ -99,6 +99,9 @@ class RunConfig:
     start_at: float | None = None
     # awaited before the transport opens (e.g. sleep until shortly before `start_at`)
     before_start: Callable[[], Awaitable[None]] | None = None
+    # awaited once set up (connections open, look-ahead filled), just before t = 0 is fixed; returns
+    # t = 0 as a unix instant: the ready barrier of a run over several processes (`run.barrier`)
+    start_gate: Callable[[], Awaitable[float]] | None = None
     metrics_snapshot: Path | None = None  # the final /metrics text is written here (a parent may sum them)
     # reliability hooks (see dispatch.retry, docs/reliability.md)
     retries: int = 0  # --retries: re-sends of a 429/503/connect failure before any token (0: never)
@@ -487,6 +490,7 @@ class Runner:
             self.metrics = LoadMetrics(self._top_clients())
             if cfg.metrics_port is not None:
                 metrics_port = self.metrics.serve(cfg.metrics_port, cfg.metrics_host)
+        start_at = cfg.start_at if cfg.start_gate is None else await cfg.start_gate()
         header = {"endpoint": endpoint.url, "model": cfg.model, "api": cfg.api,
                   "started_unix": time.time(), "transport": self.transport.name,
                   "server_family": cfg.payload.server_family, "max_concurrency": cfg.max_concurrency,
@@ -498,6 +502,8 @@ class Runner:
                              "max_prompt_tokens": cfg.limits.max_prompt_tokens,
                              "max_request_bytes": cfg.limits.max_request_bytes},
                   **cfg.header}
+        if cfg.start_gate is not None:
+            header.update(start_at=start_at, started_unix=start_at)
         self.sink = ResultSink(cfg.output, header, copy=cfg.results_copy)
         self.progress = Progress(cfg.progress)
         self.timer = make_timer(loop, self._on_timer)
@@ -511,10 +517,10 @@ class Runner:
         # Objects alive now (imports, look-ahead) are never garbage: keep the collector off them.
         gc.collect()
         gc.freeze()
-        if cfg.start_at is None:
+        if start_at is None:
             self.t0 = perf_counter() + 0.005
         else:  # the shared wall-clock instant, on the monotonic clock once
-            self.t0 = monotonic_at(cfg.start_at)
+            self.t0 = monotonic_at(start_at)
         if self.la:
             self.next_due = self.t0 + self.la[0].t_rel
             self.timer.arm(self.next_due)

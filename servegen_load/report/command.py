@@ -18,6 +18,7 @@ from typing import Any
 
 from ..errors import InputError
 from ..formats import CAPACITY_FORMAT
+from .related import check_related
 
 
 def detect(path: str) -> str:
@@ -43,26 +44,6 @@ def summary_json(summary: dict[str, Any], samples: dict[str, Any]) -> str:
     body = json.dumps(summary, indent=2)
     assert body.endswith("\n}")
     return body[:-2] + ',\n  "samples": ' + json.dumps(samples, separators=(",", ":")) + "\n}"
-
-
-def run_identity(head: dict[str, Any]) -> tuple[Any, ...]:
-    """What makes two results files parts of one run: its `run_id` when the header has one, else
-    the source and the common start (`start_at` shared by shards and workers, else the start)."""
-    if head.get("run_id"):
-        return ("run_id", head["run_id"])
-    start = head.get("start_at") if head.get("start_at") is not None else head.get("started_unix")
-    return ("source", Path(str(head.get("source"))).name, start)
-
-
-def check_related(headers: list[dict[str, Any]], paths: list[str]) -> None:
-    """Refuse to merge results of different runs (their rates and percentiles would mean nothing)."""
-    if len(paths) < 2:
-        return
-    first = run_identity(headers[0])
-    for h, p in zip(headers[1:], paths[1:], strict=True):
-        if run_identity(h) != first:
-            raise InputError(f"{p} is from another run than {paths[0]} (different run id, source or start); "
-                             "pass --merge-unrelated to merge them anyway")
 
 
 def report_command(paths: list[str], *, as_json: bool, output: str | None, lag_threshold: float,

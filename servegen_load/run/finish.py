@@ -26,8 +26,8 @@ def run_header(spec: RunSpec, endpoint: str, model: str) -> str:
 
 
 def publish_summary(results: Any, spec: RunSpec, header: str | None = None) -> dict[str, Any]:
-    """Summarize results, print the summary (under `header`), write `--summary-json`, warn when
-    the client fell behind."""
+    """Summarize results, print the summary (under `header`), write `--summary-json`. A client
+    that fell behind is said once, by the summary's own warnings (`metrics.stats`)."""
     from ..metrics.render import print_summary
     from ..metrics.stats import summarize
 
@@ -40,10 +40,6 @@ def publish_summary(results: Any, spec: RunSpec, header: str | None = None) -> d
 
         with atomic_write(spec.summary_json) as fh:
             json.dump(summary, fh, indent=2)
-    if summary["fidelity"]["fell_behind"]:
-        print(f"servegen-load: WARNING: the client fell behind its schedule (send lag p99 "
-              f"{summary['latency']['send_lag']['p99'] * 1e3:.1f} ms > {spec.lag_threshold_ms:g} ms); "
-              "results understate the scheduled load", file=sys.stderr)
     return summary
 
 

@@ -15,7 +15,8 @@ from typing import Any
 
 from ..dispatch.limits import Limits, Timeouts
 from ..dispatch.runner import RunConfig
-from ..formats import EXIT_STORAGE
+from ..formats import EXIT_INTERRUPTED, EXIT_STORAGE
+from .barrier import StartWithdrawn
 from .finish import check_slos, exit_code, publish_summary, run_header
 from .source import Opened, open_source
 from .spec import RunSpec
@@ -43,6 +44,7 @@ def engine_config(spec: RunSpec, target: Target, opened: Opened, argv: list[str]
                   results_copy: Path | None = None, handle_signals: bool = True,
                   metrics_port: int | None = None) -> RunConfig:
     """The engine's configuration for one spec: the only place a `RunConfig` is made from options."""
+    from .barrier import stdin_gate
     from .shard import sleep_until_setup, snapshot_path
 
     start_at = spec.start_at
@@ -75,6 +77,7 @@ def engine_config(spec: RunSpec, target: Target, opened: Opened, argv: list[str]
         progress=spec.progress,
         total_hint=spec.duration or info.get("duration_hint"), header=header, handle_signals=handle_signals,
         start_at=start_at, before_start=before_start, metrics_snapshot=snapshot_path(),
+        start_gate=stdin_gate if spec.start_barrier else None,
         retries=spec.retries, retry_max_wait=spec.retry_max_wait, insecure=spec.insecure, results_copy=results_copy,
         limits=Limits(max_event_bytes=spec.max_event_bytes, max_prompt_tokens=spec.max_prompt_tokens))
 
@@ -92,6 +95,10 @@ def run_local(spec: RunSpec, outputs: Any, argv: list[str]) -> int:
                             results_copy=outputs.copy if outputs is not None else None)
         try:
             outcome = run(opened.requests, cfg)
+        except StartWithdrawn:  # --start-barrier: the coordinator gave up before t = 0
+            print("servegen-load: the start was withdrawn (end of stdin before t = 0): nothing was sent",
+                  file=sys.stderr)
+            return EXIT_INTERRUPTED
         except OSError as e:  # the results header could not be written (-o /dev/full): nothing was sent
             if e.filename != str(cfg.output):
                 raise

@@ -86,6 +86,7 @@ class RunSpec(BaseModel):
     shard: str | None = None
     shard_by: Literal["client", "request"] = "client"
     start_at: float | None = None
+    start_barrier: bool = False
     workers: str | None = None
     ray: str | None = None
 
@@ -219,6 +220,9 @@ class RunSpec(BaseModel):
         if spec.shard is not None and (spec.workers is not None or spec.ray is not None):
             raise InputError("--shard selects one shard for this process; it does not combine with --workers/--ray",
                              field="--shard")
+        if spec.start_barrier and (spec.start_at is not None or spec.output == "-" or spec.scaled_out):
+            raise InputError("waits for t = 0 on stdin and says `ready` on stdout: not with --start-at, -o - "
+                             "or --workers/--ray", field="--start-barrier")
         if spec.endpoint is not None and spec.sim_preset is not None:
             raise InputError("applies to the embedded simulator only (no --endpoint)", field="--sim-preset")
         return spec

@@ -5,10 +5,12 @@ second (see `PROCESS_RATE`) it falls behind its schedule, which the send lag sho
 each send one shard, so N cores share the schedule.
 
 How: the parent resolves the target once (embedded simulator, model name, content salt:
-`target.pinned_spec`), picks a start instant slightly in the future (`start_lead`), and starts N
-children `servegen-load run SOURCE --shard i/N --start-at T -o PARTS/part-i.jsonl ...` whose
-arguments are the pinned spec written as argv (`RunSpec.to_argv`), so each child parses a spec
-equal to the parent's but for its shard. Shards are by client, or by request when the workload
+`target.pinned_spec`) and starts N children `servegen-load run SOURCE --shard i/N --start-barrier
+-o PARTS/part-i.jsonl ...` whose arguments are the pinned spec written as argv (`RunSpec.to_argv`),
+so each child parses a spec equal to the parent's but for its shard. Each child does all its
+start-up (imports, its shard, connections) and says `ready`; when all have, the parent picks one
+t = 0 a moment ahead and gives it to all (`barrier`), so no guessed lead can be too short on a
+busy machine. (`--start-at T` given: the children get T instead, and no barrier.) Shards are by client, or by request when the workload
 has fewer clients than workers (`shard.by_request`). Children run in their own sessions (a
 terminal's Ctrl-C reaches only the parent, which forwards exactly one signal per signal it gets,
 so the children drain once). While they run, the parent prints one progress line every few
@@ -59,12 +61,6 @@ def cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         return os.cpu_count() or 1
-
-
-def start_lead(n: int, ncores: int) -> float:
-    """Seconds between now and the shared start: worker start-up (interpreter, imports, first
-    block, connections) takes ~1.5 s alone and grows when workers outnumber cores."""
-    return 3.0 + 1.0 * max(0, math.ceil(n / max(ncores, 1)) - 1)
 
 
 # --- how many workers, split how ---
@@ -141,15 +137,16 @@ def resolve_workers(spec: RunSpec, local_sim: bool, cpus: int | None = None) -> 
     return n, total, clients
 
 
-def shard_specs(spec: RunSpec, pinned: RunSpec, n: int, clients: int, start: float) -> list[RunSpec]:
-    """The spec of each of n shards: the pinned spec with its shard, the common start, a share of
-    `--max-concurrency`, and `--count` as a time cut (shards cannot count a global order)."""
+def shard_specs(spec: RunSpec, pinned: RunSpec, n: int, clients: int, start: float | None) -> list[RunSpec]:
+    """The spec of each of n shards: the pinned spec with its shard, the common start (None: the
+    ready barrier picks it), a share of `--max-concurrency`, and `--count` as a time cut (shards
+    cannot count a global order)."""
     from .source import count_cut
 
     by = "client" if clients >= n else "request"
     if by == "request":
         print(f"servegen-load: {clients} client(s) for {n} workers: splitting by request", file=sys.stderr)
-    common: dict[str, Any] = {"start_at": start, "shard_by": by}
+    common: dict[str, Any] = {"start_at": start, "start_barrier": start is None, "shard_by": by}
     if spec.max_concurrency is not None:
         per = math.ceil(spec.max_concurrency / n)
         common["max_concurrency"] = per
@@ -211,13 +208,12 @@ def workers_run(spec: RunSpec, outputs: Any, argv: list[str]) -> int:
     with contextlib.ExitStack() as stack:
         n, total, clients = resolve_workers(spec, spec.endpoint is None)
         target = resolve_target(spec, stack, note=" (shared by all workers)")
-        start = spec.start_at if spec.start_at is not None else time.time() + start_lead(n, cores())
         parts = Path(tempfile.mkdtemp(prefix=f".{Path(spec.output).name}.parts-", dir=parts_home(spec, outputs)))
         private = spec.metrics_port is not None or spec.pushgateway is not None
         pinned = pinned_spec(spec, target).replace(metrics_port=None, pushgateway=None, metrics_linger=0.0)
         workers = [Worker(i, s.replace(output=str(parts / f"part-{i}.jsonl")), parts / f"part-{i}.stderr",
                           parts / f"metrics-{i}.txt", _free_port() if private else None)
-                   for i, s in enumerate(shard_specs(spec, pinned, n, clients, start))]
+                   for i, s in enumerate(shard_specs(spec, pinned, n, clients, spec.start_at))]
         for w in workers:
             if w.port is not None:
                 w.spec = w.spec.replace(metrics_port=w.port, metrics_host="127.0.0.1")
@@ -231,7 +227,7 @@ def workers_run(spec: RunSpec, outputs: Any, argv: list[str]) -> int:
                 stack.callback(agg.stop)
                 print(f"servegen-load: /metrics of all {n} workers at http://{spec.metrics_host}:{bound}/metrics",
                       file=sys.stderr)
-        interrupted, failed = supervise(workers, start, total, spec.progress != "off")
+        interrupted, failed, start = supervise(workers, spec.start_at, total, spec.progress != "off")
         code = finish_workers(spec, workers, out, outputs, argv, target, start, interrupted, failed)
         if agg is not None:
             final = agg.text()
@@ -281,8 +277,9 @@ def spawn(w: Worker) -> subprocess.Popen[bytes]:
         env[SNAPSHOT_ENV] = str(w.snapshot)
     root = str(Path(__file__).resolve().parents[2])  # the same package, even when run from a checkout
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    pipe = subprocess.PIPE if w.spec.start_barrier else subprocess.DEVNULL  # the ready barrier's channel
     with w.err.open("wb") as err:
-        return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, env=env,
+        return subprocess.Popen(cmd, stdin=pipe, stdout=pipe, stderr=err, env=env,
                                 start_new_session=True, preexec_fn=_pdeathsig if sys.platform == "linux" else None)
 
 
@@ -300,46 +297,25 @@ def lines_written(workers: list[Worker]) -> int:
     return n
 
 
-def supervise(workers: list[Worker], start_at: float, total: int, progress: bool) -> tuple[bool, list[Worker]]:
-    """Start the workers and wait for them; forward SIGINT/SIGTERM (one per signal received);
-    a progress line every `PROGRESS_S`. Returns (interrupted, workers that failed). A failing
-    worker stops the others."""
+def supervise(workers: list[Worker], start_at: float | None, total: int,
+              progress: bool) -> tuple[bool, list[Worker], float]:
+    """Start the workers, hold them at the ready barrier (`barrier`) unless `start_at` is given, and
+    wait for them; forward SIGINT/SIGTERM (one per signal received); a progress line every
+    `PROGRESS_S`. Returns (interrupted, workers that failed, t = 0). A failing worker stops the others."""
     received: list[int] = []
-    forwarded = 0
     old = {s: signal.signal(s, lambda sig, _f: received.append(sig)) for s in (signal.SIGINT, signal.SIGTERM)}
     failed: list[Worker] = []
     n = len(workers)
     try:
         for w in workers:
             w.proc = spawn(w)
-        lead = start_at - time.time()
-        when = f"in {lead:.1f} s" if lead >= 0 else f"{-lead:.1f} s ago"
-        print(f"servegen-load: {n} workers started; t = 0 at {start_at:.3f} ({when})", file=sys.stderr)
-        last_note = time.monotonic()
-        while any(w.rc is None for w in workers):
-            for w in workers:
-                if w.rc is None and w.proc is not None:
-                    with contextlib.suppress(subprocess.TimeoutExpired):
-                        w.rc = w.proc.wait(timeout=0.05)
-                        w.ended = time.time()
-                        stopped = w.rc in (-signal.SIGINT, -signal.SIGTERM) and bool(received)  # by our signal
-                        if w.rc not in (0, EXIT_INTERRUPTED) and not stopped:
-                            failed.append(w)
-            if failed and forwarded == 0:
-                received.append(signal.SIGTERM)  # one worker failed: stop the rest, keep what they did
-            while forwarded < len(received):
-                sig = received[forwarded]
-                forwarded += 1
-                for w in workers:
-                    if w.rc is None and w.proc is not None:
-                        with contextlib.suppress(ProcessLookupError):
-                            w.proc.send_signal(sig)
-            if progress and time.monotonic() - last_note >= PROGRESS_S and time.time() > start_at:
-                last_note = time.monotonic()
-                done = lines_written(workers)
-                running = sum(1 for w in workers if w.rc is None)
-                print(f"servegen-load: t = {time.time() - start_at:.0f} s: {done} of {total} results "
-                      f"({100 * done / max(total, 1):.0f}%), {running} of {n} workers running", file=sys.stderr)
+        if start_at is None:
+            start_at = _barrier(workers, received)
+        else:
+            lead = start_at - time.time()
+            when = f"in {lead:.1f} s" if lead >= 0 else f"{-lead:.1f} s ago"
+            print(f"servegen-load: {n} workers started; t = 0 at {start_at:.3f} ({when})", file=sys.stderr)
+        _wait(workers, received, failed, start_at, total, progress)
     finally:
         for w in workers:  # only if the wait itself failed: never leave a worker behind
             if w.proc is not None and w.proc.poll() is None and w.rc is None:
@@ -350,7 +326,70 @@ def supervise(workers: list[Worker], start_at: float, total: int, progress: bool
         for s, h in old.items():
             signal.signal(s, h)
     interrupted = bool(received) and not failed
-    return interrupted or any(w.rc == EXIT_INTERRUPTED for w in workers), failed
+    return interrupted or any(w.rc == EXIT_INTERRUPTED for w in workers), failed, start_at
+
+
+def _barrier(workers: list[Worker], received: list[int]) -> float:
+    """Wait for every worker's `ready`, then give them all one t = 0; on a signal, a worker that
+    ended first or the timeout, withdraw the start (they exit having sent nothing) and return now."""
+    from .barrier import READY_TIMEOUT_S, await_ready, choose_start, release
+
+    procs = [w.proc for w in workers if w.proc is not None]
+    t_spawn = time.monotonic()
+    ready = await_ready(procs, received)
+    if len(ready) < len(procs):
+        release(procs, None)
+        if not received and all(p.poll() is None for p in procs):
+            print(f"servegen-load: {len(procs) - len(ready)} of {len(procs)} workers not ready after "
+                  f"{READY_TIMEOUT_S:.0f} s: stopping", file=sys.stderr)
+            received.append(signal.SIGTERM)
+        return time.time()
+    start = choose_start()
+    release(procs, start)
+    print(f"servegen-load: {len(procs)} workers ready after {time.monotonic() - t_spawn:.1f} s; "
+          f"t = 0 at {start:.3f}", file=sys.stderr)
+    return start
+
+
+def _wait(workers: list[Worker], received: list[int], failed: list[Worker], start_at: float, total: int,
+          progress: bool) -> None:
+    """Until every worker has exited: collect exit codes, forward signals, print progress."""
+    from .barrier import drain
+
+    forwarded = 0
+    n = len(workers)
+    last_note = time.monotonic()
+    procs = [w.proc for w in workers if w.proc is not None]
+    while any(w.rc is None for w in workers):
+        drain(procs)
+        for w in workers:
+            if w.rc is None and w.proc is not None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    w.rc = w.proc.wait(timeout=0.05)
+                    w.ended = time.time()
+                    stopped = w.rc in (-signal.SIGINT, -signal.SIGTERM) and bool(received)  # by our signal
+                    if w.rc not in (0, EXIT_INTERRUPTED) and not stopped:
+                        failed.append(w)
+        if failed and forwarded == 0:
+            received.append(signal.SIGTERM)  # one worker failed: stop the rest, keep what they did
+        while forwarded < len(received):
+            sig = received[forwarded]
+            forwarded += 1
+            for w in workers:
+                if w.rc is None and w.proc is not None:
+                    with contextlib.suppress(ProcessLookupError):
+                        w.proc.send_signal(sig)
+        if progress and time.monotonic() - last_note >= PROGRESS_S and time.time() > start_at:
+            last_note = time.monotonic()
+            done = lines_written(workers)
+            running = sum(1 for w in workers if w.rc is None)
+            print(f"servegen-load: t = {time.time() - start_at:.0f} s: {done} of {total} results "
+                  f"({100 * done / max(total, 1):.0f}%), {running} of {n} workers running", file=sys.stderr)
+    for p in procs:
+        for f in (p.stdin, p.stdout):
+            if f is not None:
+                with contextlib.suppress(OSError):
+                    f.close()
 
 
 def stderr_tail(w: Worker) -> str:

@@ -41,8 +41,11 @@ import numpy as np
 
 from ..requests import read_header
 from .distributions import LengthTable, ks_distance
+from .request_scan import Block
+from .stream_stats import IntCounts, Lengths, WindowGaps, modes_from_hist, quantiles
 
 MODS = (("image", "images"), ("audio", "audio"), ("video", "video"))
+MODS_ORDER = tuple(m for m, _ in MODS)
 MIN_CV_REQUESTS = 10
 CV_CHECK_REQUESTS = 200
 COUNT_CHECK_EXPECTED = 100.0
@@ -182,49 +185,88 @@ def _cvs_by_window(t: np.ndarray, client: np.ndarray, win: np.ndarray, min_n: in
     return c[firsts][ok], w[firsts][ok], cnt[ok], cv[ok]
 
 
+class StatsAcc:
+    """`request_stats` folded block by block (`stream_stats`): bounded memory whatever the file size."""
+
+    def __init__(self, dur: float, window: float = 600.0, buckets: int = 48) -> None:
+        self.dur = dur
+        self.window = window
+        self.nb = max(1, min(buckets, int(np.ceil(dur)) or 1))
+        self.width = dur / self.nb if dur > 0 else 1.0
+        self.hist = np.zeros(self.nb, dtype=np.int64)
+        self.per_client = np.zeros(0, dtype=np.int64)
+        self.n = 0
+        self.gaps = WindowGaps(MIN_CV_REQUESTS)
+        self.cats: dict[int, Lengths] = {}
+        self.mods: list[str] = []
+
+    def add(self, b: Block) -> None:
+        if len(b) == 0:
+            return
+        self.n += len(b)
+        self.add_times(b.t)
+        pc = np.bincount(b.client)
+        if pc.size > self.per_client.size:
+            self.per_client = np.concatenate([self.per_client, np.zeros(pc.size - self.per_client.size, np.int64)])
+        self.per_client[:pc.size] += pc
+        self.gaps.add(b.t, b.client, np.floor(b.t / self.window).astype(np.int64))
+        cats = np.unique(b.category)
+        for ci in cats.tolist():
+            self.cats.setdefault(ci, Lengths()).add(b, None if cats.size == 1 else b.category == ci)
+        self.mods += [m for m in b.mm if m not in self.mods]
+
+    def add_times(self, t: np.ndarray) -> None:
+        self.hist += np.bincount(np.clip(t / self.width, 0, self.nb - 1).astype(np.int64), minlength=self.nb)
+
+    def result(self, header: dict[str, Any], clients: list[str], categories: list[str]) -> dict[str, Any]:
+        n, dur = self.n, self.dur
+        ranked = np.sort(self.per_client)[::-1]
+        top = {f"top{k}": round(float(ranked[:k].sum() / n), 4) if n else None for k in (1, 5, 10)}
+        _, _, cnt, cv = self.gaps.finish()
+        cvq = _wq(cv, cnt.astype(np.float64), (0.1, 0.5, 0.9))
+        lengths: dict[str, dict[str, Any]] = {}
+        for ci, cat in enumerate(categories):
+            acc = self.cats.get(ci) or Lengths()
+            acc.finish(self.mods)
+            e: dict[str, Any] = {"requests": acc.rows, "input_tokens": quantiles(*acc.inp.table()),
+                                 "output_tokens": quantiles(*acc.out.table())}
+            if acc.share is not None:
+                e["reason_tokens"] = quantiles(*acc.reason.table())
+                e["reason_share"] = acc.share.stats()
+            for m in MODS_ORDER:
+                if m in acc.mm and m in self.mods:
+                    e[f"{m}_count"] = quantiles(*acc.mm[m][0].table())
+                    e[f"{m}_tokens"] = quantiles(*acc.mm[m][1].table())
+            lengths[cat] = e
+        return {
+            "requests": n,
+            "clients": int((self.per_client > 0).sum()),
+            "duration_s": round(dur, 3),
+            "mean_rate": round(n / dur, 4) if dur > 0 else None,
+            "rate_curve": {"bucket_s": round(self.width, 3),
+                           "rates": [round(float(h) / self.width, 4) for h in self.hist]},
+            "cv": {"window_s": self.window, "client_windows": int(cv.size), "p10": cvq[0], "p50": cvq[1],
+                   "p90": cvq[2]},
+            "top_share": top,
+            "lengths": lengths,
+            "header": {k: header.get(k) for k in ("seed", "scenario_digest", "source", "shard", "kind", "arrival")
+                       if k in header},
+        }
+
+
+def _duration(header: dict[str, Any], last_t: float) -> float:
+    return float(header.get("duration") or last_t) or last_t
+
+
+def _as_block(cols: Columns) -> Block:
+    return Block(cols.t, cols.client, cols.k, cols.category, cols.inp, cols.out, cols.reason, dict(cols.mm))
+
+
 def request_stats(cols: Columns, window: float = 600.0, buckets: int = 48) -> dict[str, Any]:
-    """Inspection statistics of a requests file (see the module docstring)."""
-    n = len(cols)
-    dur = float(cols.header.get("duration") or (cols.t[-1] if n else 0.0)) or (float(cols.t[-1]) if n else 0.0)
-    per_client = np.bincount(cols.client, minlength=len(cols.clients)) if n else np.zeros(0, np.int64)
-    ranked = np.sort(per_client)[::-1]
-    top = {f"top{k}": round(float(ranked[:k].sum() / n), 4) if n else None for k in (1, 5, 10)}
-    nb = max(1, min(buckets, int(np.ceil(dur)) or 1))
-    width = dur / nb if dur > 0 else 1.0
-    hist = np.bincount(np.clip(cols.t / width, 0, nb - 1).astype(np.int64), minlength=nb) if n else np.zeros(nb)
-    _, _, cnt, cv = _cvs_by_window(cols.t, cols.client, np.floor(cols.t / window).astype(np.int64), MIN_CV_REQUESTS)
-    cvq = _wq(cv, cnt.astype(np.float64), (0.1, 0.5, 0.9))
-    lengths: dict[str, dict[str, Any]] = {}
-    for ci, cat in enumerate(cols.categories):
-        sel = cols.category == ci
-        e: dict[str, Any] = {"requests": int(sel.sum()), "input_tokens": _q(cols.inp[sel]),
-                             "output_tokens": _q(cols.out[sel])}
-        r = cols.reason[sel]
-        if np.any(r >= 0):
-            rs = r >= 0
-            e["reason_tokens"] = _q(r[rs])
-            e["reason_share"] = _q(r[rs] / np.maximum(cols.out[sel][rs], 1))
-            e["reason_share"]["modes"] = _modes(r[rs] / np.maximum(cols.out[sel][rs], 1))
-        for m, (counts, items) in cols.mm.items():
-            csel = counts[sel]
-            off = np.concatenate([[0], np.cumsum(counts)])
-            rows = np.flatnonzero(sel)
-            it = items[_ragged(off[:-1][rows], counts[rows])] if rows.size else items[:0]
-            e[f"{m}_count"] = _q(csel)
-            e[f"{m}_tokens"] = _q(it)
-        lengths[cat] = e
-    return {
-        "requests": n,
-        "clients": int((per_client > 0).sum()),
-        "duration_s": round(dur, 3),
-        "mean_rate": round(n / dur, 4) if dur > 0 else None,
-        "rate_curve": {"bucket_s": round(width, 3), "rates": [round(float(h) / width, 4) for h in hist]},
-        "cv": {"window_s": window, "client_windows": int(cv.size), "p10": cvq[0], "p50": cvq[1], "p90": cvq[2]},
-        "top_share": top,
-        "lengths": lengths,
-        "header": {k: cols.header.get(k) for k in ("seed", "scenario_digest", "source", "shard", "kind", "arrival")
-                   if k in cols.header},
-    }
+    """Inspection statistics of requests held in columns (see the module docstring)."""
+    acc = StatsAcc(_duration(cols.header, float(cols.t[-1]) if len(cols) else 0.0), window, buckets)
+    acc.add(_as_block(cols))
+    return acc.result(cols.header, cols.clients, cols.categories)
 
 
 def _ragged(starts: np.ndarray, lens: np.ndarray) -> np.ndarray:
@@ -238,29 +280,24 @@ def _modes(x: np.ndarray, bins: int = 50) -> list[float]:
     """Centres of the local maxima of a 50-bin histogram on [0, 1] holding >= 2% of the mass."""
     if x.size == 0:
         return []
-    h, e = np.histogram(np.clip(x, 0, 1), bins=bins, range=(0.0, 1.0))
-    hs = np.convolve(h, np.ones(3) / 3, mode="same")
-    out = []
-    for i in range(bins):
-        left = hs[i - 1] if i > 0 else -1
-        right = hs[i + 1] if i < bins - 1 else -1
-        if hs[i] > left and hs[i] >= right and h[max(0, i - 1):i + 2].sum() >= 0.02 * x.size:
-            out.append(round(float(0.5 * (e[i] + e[i + 1])), 3))
-    return out
+    h, _ = np.histogram(np.clip(x, 0, 1), bins=bins, range=(0.0, 1.0))
+    return modes_from_hist(h)
 
 
 # --- fidelity against a scenario ---
 
+def _ks_counts(vals: np.ndarray, cnts: np.ndarray, table: LengthTable) -> float:
+    """KS distance between counted samples and a discrete table."""
+    if int(cnts.sum()) == 0:
+        return float("nan")
+    return ks_distance(LengthTable.from_pmf(vals.astype(np.float64), cnts.astype(np.float64)), table)
+
+
 def _ks_samples(x: np.ndarray, table: LengthTable) -> float:
     """KS distance between the empirical distribution of integer samples and a discrete table."""
-    if x.size == 0:
-        return float("nan")
-    x = np.asarray(x)
-    if x.dtype.kind in "iu" and int(x.min()) >= 0 and int(x.max()) < 1 << 24:  # counting beats sorting
-        cnt = np.bincount(x)
-        vals = np.flatnonzero(cnt)
-        return ks_distance(LengthTable.from_pmf(vals.astype(np.float64), cnt[vals].astype(np.float64)), table)
-    return ks_distance(LengthTable.from_samples(x), table)
+    ic = IntCounts()
+    ic.add(np.asarray(x))
+    return _ks_counts(*ic.table(), table)
 
 
 def _clip_table(t: LengthTable, lo: float) -> LengthTable:
@@ -269,149 +306,224 @@ def _clip_table(t: LengthTable, lo: float) -> LengthTable:
     return LengthTable.from_pmf(np.maximum(np.rint(t.values), lo), pmf)
 
 
-def fidelity(cols: Columns, scenario: Any) -> dict[str, Any]:
-    """Realised vs target for a requests file made from `scenario` (see the module docstring)."""
-    from ..scenario import Scenario, load_scenario, scenario_digest
-    from .compose import prepare
+def resolve_scenario(scenario: Any, header: dict[str, Any]) -> Any:
+    """The scenario as the file was generated from it (the header's seed, duration and shard)."""
+    from ..scenario import Scenario, load_scenario
 
     s = scenario if isinstance(scenario, Scenario) else load_scenario(scenario)
-    h = cols.header
     over: dict[str, Any] = {}
-    if h.get("seed") is not None and h["seed"] != s.seed:
-        over["seed"] = int(h["seed"])
-    if h.get("scenario_duration") is not None:
-        over["duration"] = float(h["scenario_duration"])
-    if over:
-        s = s.with_overrides(**over)
-    gen = prepare(s, shard=h.get("shard"))
-    plan = gen.plan
-    digest = scenario_digest(s)
-    out: dict[str, Any] = {"scenario": s.path, "kind": s.kind, "digest_match": h.get("scenario_digest") == digest}
-    name_code = {n: i for i, n in enumerate(cols.clients)}
-    members = {gen.names[g] for g in gen.members}
-    extra = sorted(set(cols.clients) - set(gen.names))
-    out["unknown_clients"] = extra[:10]
-    n_exp_total = sum(e for n, e, _ in plan.client_table() if n in members)
-    out["total"] = {"expected": round(n_exp_total, 1), "observed": len(cols)}
+    if header.get("seed") is not None and header["seed"] != s.seed:
+        over["seed"] = int(header["seed"])
+    if header.get("scenario_duration") is not None:
+        over["duration"] = float(header["scenario_duration"])
+    return s.with_overrides(**over) if over else s
 
-    if s.kind == "realistic":
-        rows_counts, rows_cv, rows_len = [], [], []
-        d_num = d_pois = 0.0
-        dof = 0
-        max_dev = 0.0
-        var_total = 0.0
-        for src in plan.sources:
-            ids = np.array([name_code.get(nm, -1) for nm in src.names])
-            inside = np.array([nm in members for nm in src.names])
-            exp = src.expected
-            local = np.full(len(cols.clients), -1, dtype=np.int64)
-            for i, c in enumerate(ids):
-                if c >= 0:
-                    local[c] = i
-            lc = local[cols.client]
+
+class FidelityAcc:
+    """`fidelity` folded block by block: per source, counts per client x segment, gap CVs per
+    client-window (`WindowGaps`) and length counts; memory bounded by the plan, not the file."""
+
+    def __init__(self, scenario: Any, header: dict[str, Any]) -> None:
+        from .compose import prepare
+
+        self.s = resolve_scenario(scenario, header)
+        self.header = header
+        self.gen = prepare(self.s, shard=header.get("shard"))
+        self.plan = self.gen.plan
+        self.n = 0
+        self.realistic = self.s.kind == "realistic"
+        srcs = self.plan.sources if self.realistic else []
+        self.names = [{nm: i for i, nm in enumerate(src.names)} for src in srcs]
+        self.local = [np.zeros(0, dtype=np.int64) for _ in srcs]
+        self.obs = [np.zeros(src.expected.shape, dtype=np.int64) for src in srcs]
+        self.gaps = [WindowGaps(CV_CHECK_REQUESTS) for _ in srcs]
+        self.lengths = [Lengths() for _ in srcs]
+        self.all_gaps = WindowGaps(2)
+        self.all_lengths = Lengths()
+        self.mods: list[str] = []
+
+    def add(self, b: Block, clients: list[str]) -> None:
+        if len(b) == 0:
+            return
+        self.n += len(b)
+        self.mods += [m for m in b.mm if m not in self.mods]
+        if not self.realistic:
+            if self.plan.baseline is not None:
+                self.all_gaps.add(b.t, b.client, np.zeros(len(b), dtype=np.int64))
+                self.all_lengths.add(b)
+            return
+        for i, src in enumerate(self.plan.sources):
+            loc = self.local[i]
+            if loc.size < len(clients):
+                ext = np.array([self.names[i].get(nm, -1) for nm in clients[loc.size:]], dtype=np.int64)
+                loc = self.local[i] = np.concatenate([loc, ext])
+            lc = loc[b.client]
             m = lc >= 0
-            t, lcl = cols.t[m], lc[m]
-            seg = np.clip(np.searchsorted(src.edges, t, side="right") - 1, 0, exp.shape[1] - 1)
-            obs = np.bincount(lcl * exp.shape[1] + seg, minlength=exp.size).reshape(exp.shape).astype(exp.dtype)
-            e, o = exp[inside], obs[inside]
-            c2 = np.maximum(src.target_cv[inside], 1e-6) ** 2
-            if s.arrival == "servegen":
-                c2 = np.zeros_like(c2)
-            big = e >= COUNT_CHECK_EXPECTED
-            if s.arrival == "renewal":
-                d_num += float(((o - e) ** 2 / np.where(big, c2 * e, 1.0))[big].sum())
-            d_pois += float(((o - e) ** 2 / np.where(big, e, 1.0))[big].sum())
-            dof += int(big.sum())
-            var_total += float((np.where(c2 > 0, c2, 0.0) * e).sum())
-            if e.size:
-                max_dev = max(max_dev, float(np.abs(o - e).max()))
-            rows_counts.append({"pool": src.label, "client_windows": int((e > 0).sum()),
-                                "checked": int(big.sum()), "expected": round(float(e.sum()), 1),
-                                "observed": int(o.sum())})
-            # gap CV per client-window
-            cl, w, _cnt, cv = window_cvs(t, lcl, src.edges, CV_CHECK_REQUESTS)
-            if cv.size:
-                tgt = src.target_cv[cl, w]
-                pcv = src.pool_cv[cl, w]
-                r1, r2 = cv / np.maximum(tgt, 1e-9), cv / np.maximum(pcv, 1e-9)
-                rows_cv.append({"pool": src.label, "client_windows": int(cv.size),
-                                "median_ratio_target": round(float(np.median(r1)), 4),
-                                "within15_target": round(float(np.mean(np.abs(r1 - 1) <= 0.15)), 4),
-                                "median_ratio_pool_cv": round(float(np.median(r2)), 4),
-                                "within15_pool_cv": round(float(np.mean(np.abs(r2 - 1) <= 0.15)), 4),
-                                "realised_cv_p50": round(float(np.median(cv)), 4),
-                                "target_cv_p50": round(float(np.median(tgt)), 4)})
-            # lengths
-            agg = src.aggregate()
-            cm = m.copy()
-            rows_len += _length_rows(cols, cm, agg, src.label)
-        out["counts"] = {
-            "arrival": s.arrival,
-            "dispersion": round(d_num / dof, 4) if dof and s.arrival == "renewal" else None,
-            "dispersion_poisson": round(d_pois / dof, 4) if dof else None,
-            "dof": dof,
-            "max_abs_deviation": round(max_dev, 3),
-            "total_z": round((len(cols) - n_exp_total) / np.sqrt(var_total), 3) if var_total > 0 else None,
-            "pools": rows_counts,
-        }
-        out["gap_cv"] = rows_cv
-        out["lengths"] = rows_len
-    elif plan.baseline is not None:
-        bp = plan.baseline
-        e = bp.rate * plan.duration if bp.client in members else 0.0
-        out["counts"] = {"expected": round(e, 1), "observed": len(cols),
-                         "z": round((len(cols) - e) / np.sqrt(e), 3) if bp.kind == "naive" and e > 0 else None}
-        if len(bp.options) == 1:
-            out["lengths"] = _length_rows(cols, np.ones(len(cols), dtype=bool), bp.options[0][2].tables, bp.client)
+            t, lcl = b.t[m], lc[m]
+            nseg = self.obs[i].shape[1]
+            seg = np.clip(np.searchsorted(src.edges, t, side="right") - 1, 0, nseg - 1)
+            self.obs[i] += np.bincount(lcl * nseg + seg, minlength=self.obs[i].size).reshape(self.obs[i].shape)
+            win = np.clip(np.searchsorted(src.edges, t, side="right") - 1, 0, src.edges.size - 2)
+            self.gaps[i].add(t, lcl, win)
+            self.lengths[i].add(b, m)
+
+    def result(self, clients: list[str]) -> dict[str, Any]:
+        from ..scenario import scenario_digest
+
+        s, gen, plan, n = self.s, self.gen, self.plan, self.n
+        out: dict[str, Any] = {"scenario": s.path, "kind": s.kind,
+                               "digest_match": self.header.get("scenario_digest") == scenario_digest(s)}
+        members = {gen.names[g] for g in gen.members}
+        out["unknown_clients"] = sorted(set(clients) - set(gen.names))[:10]
+        n_exp_total = sum(e for nm, e, _ in plan.client_table() if nm in members)
+        out["total"] = {"expected": round(n_exp_total, 1), "observed": n}
+        if self.realistic:
+            rows_counts, rows_cv, rows_len = [], [], []
+            d_num = d_pois = 0.0
+            dof = 0
+            max_dev = 0.0
+            var_total = 0.0
+            for i, src in enumerate(plan.sources):
+                inside = np.array([nm in members for nm in src.names], dtype=bool)
+                exp = src.expected
+                e, o = exp[inside], self.obs[i][inside].astype(exp.dtype)
+                c2 = np.maximum(src.target_cv[inside], 1e-6) ** 2
+                if s.arrival == "servegen":
+                    c2 = np.zeros_like(c2)
+                big = e >= COUNT_CHECK_EXPECTED
+                if s.arrival == "renewal":
+                    d_num += float(((o - e) ** 2 / np.where(big, c2 * e, 1.0))[big].sum())
+                d_pois += float(((o - e) ** 2 / np.where(big, e, 1.0))[big].sum())
+                dof += int(big.sum())
+                var_total += float((np.where(c2 > 0, c2, 0.0) * e).sum())
+                if e.size:
+                    max_dev = max(max_dev, float(np.abs(o - e).max()))
+                rows_counts.append({"pool": src.label, "client_windows": int((e > 0).sum()),
+                                    "checked": int(big.sum()), "expected": round(float(e.sum()), 1),
+                                    "observed": int(o.sum())})
+                cl, w, _cnt, cv = self.gaps[i].finish()
+                if cv.size:
+                    tgt = src.target_cv[cl, w]
+                    pcv = src.pool_cv[cl, w]
+                    r1, r2 = cv / np.maximum(tgt, 1e-9), cv / np.maximum(pcv, 1e-9)
+                    rows_cv.append({"pool": src.label, "client_windows": int(cv.size),
+                                    "median_ratio_target": round(float(np.median(r1)), 4),
+                                    "within15_target": round(float(np.mean(np.abs(r1 - 1) <= 0.15)), 4),
+                                    "median_ratio_pool_cv": round(float(np.median(r2)), 4),
+                                    "within15_pool_cv": round(float(np.mean(np.abs(r2 - 1) <= 0.15)), 4),
+                                    "realised_cv_p50": round(float(np.median(cv)), 4),
+                                    "target_cv_p50": round(float(np.median(tgt)), 4)})
+                rows_len += _length_rows(self.lengths[i], self.mods, src.aggregate(), src.label)
+            out["counts"] = {
+                "arrival": s.arrival,
+                "dispersion": round(d_num / dof, 4) if dof and s.arrival == "renewal" else None,
+                "dispersion_poisson": round(d_pois / dof, 4) if dof else None,
+                "dof": dof,
+                "max_abs_deviation": round(max_dev, 3),
+                "total_z": round((n - n_exp_total) / np.sqrt(var_total), 3) if var_total > 0 else None,
+                "pools": rows_counts,
+            }
+            out["gap_cv"] = rows_cv
+            out["lengths"] = rows_len
+        elif plan.baseline is not None:
+            bp = plan.baseline
+            e = bp.rate * plan.duration if bp.client in members else 0.0
+            out["counts"] = {"expected": round(e, 1), "observed": n,
+                             "z": round((n - e) / np.sqrt(e), 3) if bp.kind == "naive" and e > 0 else None}
+            out["lengths"] = (_length_rows(self.all_lengths, self.mods, bp.options[0][2].tables, bp.client)
+                              if len(bp.options) == 1 else [])
+            _, _, _cnt, cv = self.all_gaps.finish()
+            out["gap_cv"] = [{"realised": round(float(cv[0]), 4) if cv.size else None,
+                              "target": 1.0 if bp.kind == "naive" else 0.0}]
         else:
+            out["counts"] = {"expected": round(n_exp_total, 1), "observed": n}
             out["lengths"] = []
-        _, _, _cnt, cv = window_cvs(cols.t, cols.client, np.array([0.0, max(plan.duration, 1e-9)]), 2)
-        out["gap_cv"] = [{"realised": round(float(cv[0]), 4) if cv.size else None,
-                          "target": 1.0 if bp.kind == "naive" else 0.0}]
-    else:
-        out["counts"] = {"expected": round(n_exp_total, 1), "observed": len(cols)}
-        out["lengths"] = []
-        out["gap_cv"] = []
-    return out
+            out["gap_cv"] = []
+        return out
 
 
-def _length_rows(cols: Columns, mask: np.ndarray, tables: dict[str, LengthTable], label: str) -> list[dict[str, Any]]:
+def fidelity(cols: Columns, scenario: Any) -> dict[str, Any]:
+    """Realised vs target for requests held in columns, made from `scenario` (module docstring)."""
+    acc = FidelityAcc(scenario, cols.header)
+    acc.add(_as_block(cols), cols.clients)
+    return acc.result(cols.clients)
+
+
+def _length_rows(acc: Lengths, mods: list[str], tables: dict[str, LengthTable], label: str) -> list[dict[str, Any]]:
     rows = []
+    acc.finish(mods)
     f_in = "input_tokens" if "input_tokens" in tables else "text_tokens"
-    pairs = [("input_tokens", cols.inp[mask], tables.get(f_in), 1.0),
-             ("output_tokens", cols.out[mask], tables.get("output_tokens"), 1.0)]
+    pairs = [("input_tokens", acc.inp, tables.get(f_in), 1.0), ("output_tokens", acc.out, tables.get("output_tokens"), 1.0)]
     if "reason_ratio" in tables:
-        r = cols.reason[mask]
-        o = cols.out[mask]
-        ok = r >= 0
-        share = r[ok] / np.maximum(o[ok], 1)
-        t = tables["reason_ratio"]
-        rows.append({"pool": label, "field": "reason_share", "ks": round(_ks_cont(share, t), 4),
-                     "n": int(ok.sum()), "note": "after rounding to whole tokens"})
-    for m, (counts, items) in cols.mm.items():
+        sh = acc.share
+        ks = _ks_counts(*sh.table(), tables["reason_ratio"]) if sh is not None else float("nan")
+        rows.append({"pool": label, "field": "reason_share", "ks": round(ks, 4),
+                     "n": sh.n if sh is not None else 0, "note": "after rounding to whole tokens"})
+    for m in MODS_ORDER:
+        if m not in acc.mm or m not in mods:
+            continue
+        counts, items = acc.mm[m]
         if f"{m}_count" in tables:
-            pairs.append((f"{m}_count", counts[mask], tables[f"{m}_count"], 0.0))
-        if f"{m}_tokens" in tables and items.size:
-            off = np.concatenate([[0], np.cumsum(counts)])
-            rws = np.flatnonzero(mask)
-            pairs.append((f"{m}_tokens", items[_ragged(off[:-1][rws], counts[rws])], tables[f"{m}_tokens"], 1.0))
+            pairs.append((f"{m}_count", counts, tables[f"{m}_count"], 0.0))
+        if f"{m}_tokens" in tables and items.n:
+            pairs.append((f"{m}_tokens", items, tables[f"{m}_tokens"], 1.0))
     for name, x, tab, lo in pairs:
         if tab is None:
             continue
-        rows.append({"pool": label, "field": name, "ks": round(_ks_samples(x, _clip_table(tab, lo)), 4),
-                     "n": int(x.size)})
+        rows.append({"pool": label, "field": name, "ks": round(_ks_counts(*x.table(), _clip_table(tab, lo)), 4),
+                     "n": x.n})
     return rows
 
 
-def _ks_cont(x: np.ndarray, t: LengthTable) -> float:
-    if x.size == 0:
-        return float("nan")
-    xs = np.sort(x)
-    emp = LengthTable.from_samples(xs)
-    return ks_distance(emp, t)
-
-
 # --- entry point and rendering ---
+
+def _last_t(path: Path) -> float:
+    """`t` of the file's last non-empty line (the largest: files are time-ordered), 0 if unreadable."""
+    import orjson
+
+    with path.open("rb") as fh:
+        fh.seek(0, 2)
+        size = fh.tell()
+        fh.seek(max(0, size - (1 << 16)))
+        tail = fh.read()
+    for raw in reversed(tail.split(b"\n")):
+        if raw.strip():
+            try:
+                d = orjson.loads(raw)
+                return float(d["t"]) if isinstance(d, dict) and "t" in d else 0.0
+            except (orjson.JSONDecodeError, TypeError, ValueError):
+                return 0.0
+    return 0.0
+
+
+def scan_requests(path: str | Path, scenario: Any = None) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """(statistics, fidelity or None) of a requests file in one streaming pass (`request_scan`
+    blocks folded into `StatsAcc` / `FidelityAcc`): memory does not grow with the file."""
+    from .request_scan import RequestScanner
+
+    p = Path(path)
+    head = read_header(p)
+    window = 600.0
+    fid = None
+    if scenario is not None:
+        fid = FidelityAcc(scenario, head)  # a bad scenario fails before the file is read
+        if fid.realistic:
+            window = 600.0 / fid.s.time_scale
+    guess = _last_t(p)
+    acc = StatsAcc(_duration(head, guess), window)
+    sc = RequestScanner(p)
+    for b in sc.blocks():
+        acc.add(b)
+        if fid is not None:
+            fid.add(b, sc.clients)
+    if acc.n and sc.last_t != guess and not head.get("duration"):  # the tail was not a request line
+        redo = StatsAcc(_duration(head, sc.last_t), window)
+        for b in RequestScanner(p).blocks():
+            redo.add_times(b.t)
+        acc.dur, acc.nb, acc.width, acc.hist = redo.dur, redo.nb, redo.width, redo.hist
+    stats = acc.result(head, sc.clients, sc.categories)
+    return stats, (fid.result(sc.clients) if fid is not None else None)
+
 
 def inspect_requests(path: str | Path, scenario: Any = None, as_json: bool = False,
                      file: Any = None) -> dict[str, Any]:
@@ -419,17 +531,7 @@ def inspect_requests(path: str | Path, scenario: Any = None, as_json: bool = Fal
 
     Prints rich tables on a terminal, plain text otherwise, JSON with `as_json`; returns the dict.
     """
-    cols = read_columns(path)
-    window = 600.0
-    fid = None
-    if scenario is not None:
-        from ..scenario import Scenario, load_scenario
-
-        sc = scenario if isinstance(scenario, Scenario) else load_scenario(scenario)
-        if sc.kind == "realistic":
-            window = 600.0 / sc.time_scale
-        fid = fidelity(cols, sc)
-    stats = request_stats(cols, window=window)
+    stats, fid = scan_requests(path, scenario)
     stats["path"] = str(path)
     if fid is not None:
         stats["fidelity"] = fid
