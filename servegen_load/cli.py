@@ -202,7 +202,9 @@ def fit_cmd(
     output_column: str | None = typer.Option(None, "--output-column", help="Output (completion) token column."),
     reason_column: str | None = typer.Option(None, "--reason-column", help="Reasoning token column."),
     column: list[str] = typer.Option([], "--column", help="ROLE=NAME for any role, e.g. image_count=n_images."),  # noqa: B008
-    window: float = typer.Option(600.0, "--window", help="Rate window (s): rate and gap family per window."),
+    window: float | None = typer.Option(None, "--window", help="Rate window (s): rate and gap family per window. "
+                                        "Default 600, or 300/120/60 where a main client bursts for less and the "
+                                        "finer window matches its counts clearly better (printed, in the pool)."),
     data_window: float = typer.Option(21600.0, "--data-window", help="Length-table window (s)."),
     name: str | None = typer.Option(None, "--name", help="Pool name (default: the first log's file name)."),
     category: str | None = typer.Option(None, "--category", help="language, multimodal or reason (default: from the columns)."),

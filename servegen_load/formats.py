@@ -54,6 +54,11 @@ def first_object(head: bytes) -> dict[str, Any] | None:
     return None
 
 
+def format_kind(obj: dict[str, Any]) -> Kind | None:
+    """The kind a decoded header or document names by its `format` key (None: not one of ours)."""
+    return _BY_FORMAT.get(str(obj.get("format")))
+
+
 def sniff(path: str | Path) -> Kind:
     """What kind of file `path` is, from its first 64 KiB and its name.
 
@@ -72,7 +77,7 @@ def sniff(path: str | Path) -> Kind:
         return "pool"
     obj = first_object(head)
     if obj is not None:
-        return _BY_FORMAT.get(str(obj.get("format")), "jsonl")
+        return format_kind(obj) or "jsonl"
     stripped = head.lstrip(b"\xef\xbb\xbf \t\r\n")
     if stripped.startswith(b"{"):
         try:
@@ -82,7 +87,7 @@ def sniff(path: str | Path) -> Kind:
         if doc is None:  # a large document: its `format` key is near the top when we wrote it
             text = head.decode("utf-8", "replace")
             return next((k for f, k in _BY_FORMAT.items() if f'"format": "{f}"' in text), "json")
-        return _BY_FORMAT.get(str(doc.get("format")), "json") if isinstance(doc, dict) else "json"
+        return (format_kind(doc) or "json") if isinstance(doc, dict) else "json"
     if p.suffix.lower() in (".yaml", ".yml"):
         return "scenario"
     return "text"

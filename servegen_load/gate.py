@@ -35,7 +35,7 @@ from .formats import EXIT_FAIL, SAMPLES_FORMAT
 from .formats import EXIT_OK as EXIT_PASS
 from .metrics import stats
 from .metrics.summary import Goodput
-from .results import RESULTS_FORMAT, Results, read_results
+from .results import Results, read_results
 from .slo import Check, SLOSet, after_warmup, evaluate, format_threshold, format_value
 
 SAMPLE_ROWS = 2000
@@ -96,17 +96,17 @@ def samples_from_dict(d: dict[str, Any], where: str) -> dict[str, np.ndarray]:
 
 def load_baseline(path: str) -> dict[str, np.ndarray]:
     """Per-request latency columns of a baseline: a summary JSON with `samples`, or a results file."""
+    from .formats import sniff
+
     p = Path(path)
     try:
-        with p.open("rb") as fh:
-            first = fh.readline()
+        kind = sniff(p)
     except OSError as e:
         raise InputError(f"cannot read baseline: {e.strerror}", path=str(p)) from None
-    try:
-        head = json.loads(first)
-    except ValueError:
-        head = None
-    if isinstance(head, dict) and head.get("format") == RESULTS_FORMAT:
+    if kind in ("missing", "directory"):
+        raise InputError("cannot read baseline: " + ("no such file" if kind == "missing" else "a directory"),
+                         path=str(p))
+    if kind == "results":
         return request_latencies(read_results(p))
     try:
         doc = json.loads(p.read_text(encoding="utf-8"))

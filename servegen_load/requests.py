@@ -19,9 +19,10 @@ from .errors import InputError
 from .formats import REQUESTS_FORMAT
 
 _REQUIRED = ("id", "t", "client", "category", "input_tokens", "output_tokens")
-_INT_LISTS = ("images", "audio", "video", "prefix")
+_INT_LISTS = ("images", "audio", "video")
 MAX_TIME = 1e9              # seconds (~31 years): a later `t` is a unit mistake, not a schedule
 MAX_TOKENS = 2**31 - 1      # token counts, as the log readers accept them
+MAX_BLOCK_ID = 2**63 - 1    # prefix block ids are names, not counts: `generate` writes system blocks from 2**40
 
 @dataclass(slots=True)
 class Request:
@@ -79,6 +80,13 @@ def _count(v: Any) -> int | None:
     return None
 
 
+def _block_id(v: Any) -> bool:
+    """A prefix block id: an integer (or integral float) in 0..MAX_BLOCK_ID."""
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return False
+    return (isinstance(v, int) or v.is_integer()) and 0 <= v <= MAX_BLOCK_ID
+
+
 def _number(v: Any) -> float | None:
     """A finite number in 0..MAX_TIME (times, think times), else None."""
     if isinstance(v, bool) or not isinstance(v, int | float):
@@ -101,8 +109,8 @@ def check_request(d: Any, path: str, line: int | None) -> tuple[float, int, int,
 
     Every rule of the record, with an error naming file, line and field: required fields present;
     `id`/`client` strings (or integers), `category` a string; `t` a number in [0, MAX_TIME];
-    token counts integers in [0, MAX_TOKENS] with `reason_tokens <= output_tokens`; media and
-    prefix lists of such integers; `session` a string/integer, `turn` an integer >= 0,
+    token counts integers in [0, MAX_TOKENS] with `reason_tokens <= output_tokens`; media lists of
+    such integers; `prefix` a list of block ids in [0, MAX_BLOCK_ID]; `session` a string/integer, `turn` an integer >= 0,
     `think_time` a number >= 0.
     """
     if type(d) is dict and 6 <= len(d) <= 7:  # fast path: the lines `generate` writes (text requests)
@@ -146,6 +154,10 @@ def check_request(d: Any, path: str, line: int | None) -> tuple[float, int, int,
         v = d.get(k)
         if v is not None and (not isinstance(v, list) or not all(_count(x) is not None for x in v)):
             raise InputError(f"expected a list of integers in 0..{MAX_TOKENS}", path=path, line=line, field=k)
+    v = d.get("prefix")
+    if v is not None and (not isinstance(v, list) or not all(_block_id(x) for x in v)):
+        raise InputError(f"expected a list of block ids, integers in 0..{MAX_BLOCK_ID}", path=path, line=line,
+                         field="prefix")
     if d.get("session") is not None and _name(d["session"]) is None:
         raise InputError("expected a string", path=path, line=line, field="session")
     if d.get("turn") is not None and _count(d["turn"]) is None:
@@ -214,6 +226,11 @@ def read_header(path: str | Path) -> dict[str, Any]:
 
 def iter_requests(path: str | Path) -> Iterator[Request]:
     """Stream the requests of a file, checking order; bad lines raise InputError with their number."""
+    return (r for r, _ in iter_request_lines(path))
+
+
+def iter_request_lines(path: str | Path) -> Iterator[tuple[Request, bytes]]:
+    """`iter_requests` with each request's line as written (for byte-exact merges of shard files)."""
     p = Path(path)
     read_header(p)
     last_t = 0.0
@@ -230,4 +247,4 @@ def iter_requests(path: str | Path) -> Iterator[Request]:
             if r.t < last_t:
                 raise InputError(f"requests must be ordered by t ({r.t} < {last_t})", path=str(p), line=n, field="t")
             last_t = r.t
-            yield r
+            yield r, raw

@@ -71,7 +71,7 @@ SCRIPTS: dict[str, tuple[list[bytes], bool]] = {
         _chunk({"choices": [{"delta": {"content": "a"}}]}), _chunk({"choices": [{"delta": {"content": "b"}}]}),
         _chunk({"choices": [{"delta": {"content": 'say "hi"'}}]}), _chunk({"choices": [{"delta": {"content": ""}}]}),
         _chunk({"choices": [{"delta": {"content": "back\\"}}]}), _chunk({"choices": [{"delta": {"content": "c"}}]}),
-        _chunk({"choices": [{"delta": {"content": "d"}}], "usage": USAGE}),
+        _chunk({"choices": [{"delta": {"content": "d"}}], "usage": {**USAGE, "completion_tokens": 8}}),
         _chunk({"choices": [{"delta": {"content": "e"}}]}) + _chunk({"choices": [{"delta": {"content": "f"}}]}),
         b"data: [DONE]\n\n")], b"0\r\n\r\n"], False),
     "errorevent": ([HEAD_CHUNKED + _chunked([_text(" a"), _chunk({"error": {"message": "engine died"}})])], False),
@@ -176,7 +176,7 @@ def test_template_fast_path_counts_exactly_the_token_chunks(script_server, tmp_p
     """Each chunk its own read: plain ones take the template path, the rest are parsed; same result."""
     for d in _run_script(script_server, "template", tmp_path, api="chat"):
         assert d["status"] == "ok" and len(d["chunk_times"]) == 8, d  # a b "hi" back c d e f
-        assert d["completion_tokens"] == 3 and d["prompt_tokens"] == 7
+        assert d["completion_tokens"] == 8 and d["prompt_tokens"] == 7
 
 
 def test_reasoning_then_answer(script_server, tmp_path: Path) -> None:

@@ -728,9 +728,11 @@ def test_compare_max_distance_exits_1(tmp_path: Path) -> None:
     a, b = tmp_path / "a.csv", tmp_path / "b.csv"
     a.write_text("t,input_tokens,output_tokens\n" + "".join(f"{i},{10 + i},{5}\n" for i in range(200)))
     b.write_text("t,input_tokens,output_tokens\n" + "".join(f"{i * 3},{900 + i},{50}\n" for i in range(200)))
-    r = run_cli("compare", a, b, "--max-distance", "0.01")
+    r = run_cli("compare", a, b, "--max-distance", "0.01")  # whole-number relative times: unit unknown
+    assert r.code == 2 and "--time-unit" in r.err and "Traceback" not in r.err, r
+    r = run_cli("compare", a, b, "--time-unit", "s", "--max-distance", "0.01")
     assert r.code == 1 and "Traceback" not in r.err and "FAIL" in r.out, r
-    assert run_cli("compare", a, a, "--max-distance", "0.01").code == 0
+    assert run_cli("compare", a, a, "--time-unit", "s", "--max-distance", "0.01").code == 0
 
 
 # --------------------------------------------------------------------------- no code execution

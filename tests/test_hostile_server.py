@@ -5,7 +5,11 @@ path segment (`http://127.0.0.1:P/<mode>/v1/...`): cut streams, corrupt SSE that
 path would count as tokens (NUL, non-UTF-8, a backslash escaping the closing quote, a non-SSE line,
 a lying chunk-size line), oversized events, redirects across origins, resets after work, a reused
 connection closed after work, hangs at each stage, slow bytes, interim 1xx answers, a compressed
-body, garbage instead of HTTP, a server that never reads. Each case runs through the runner `run`
+body, garbage instead of HTTP, a server that never reads; valid but unusual streams (`VALID`: CR
+or CRLF line ends, split events and characters, comments and fields, HTTP/1.0, Content-Length,
+chunk extensions, bare-LF heads) and hostile answers (`HOSTILE`: data after [DONE], JSON or HTML
+200s, error events, usage that is no count, smuggling-shaped framing, bad header lines), absurd
+Retry-After values, keys echoed back, resets at accept, half-closes. Each case runs through the runner `run`
 uses, on both transports, and checks the accounting invariant: one line per scheduled request,
 the expected status on every line, no `ok` that the bytes did not prove, tokens counted only up to
 the corruption, one attempt per request unless --retries asked, the server saw what we say we
@@ -73,6 +77,131 @@ CORRUPT: dict[str, bytes] = {
 }
 
 
+def _ev(payload: bytes) -> bytes:
+    return b"data: " + payload + b"\n\n"
+
+
+_TEXT_EVENT = b'{"id":"c1","object":"text_completion","choices":[{"index":0,"text":"%b","finish_reason":null}]}'
+_DONE = b"data: [DONE]\n\n"
+_END = b"0\r\n\r\n"
+STREAM = GOOD + TAIL  # a whole valid stream, event by event
+
+
+def _body(events: list[bytes]) -> bytes:
+    return HEAD + b"".join(_chunk(e) for e in events) + _END
+
+
+def _split_in_two(events: list[bytes], at: int) -> list[bytes]:
+    """Every event as two chunks (each its own write), split `at` bytes into its token text."""
+    out = []
+    for e in events:
+        k = e.find(b'"text":"')
+        k = k + 8 + at if k >= 0 else len(e) // 2
+        out += [_chunk(e[:k]), _chunk(e[k:])]
+    return out
+
+
+_USAGE_LAST = _ev(b'{"id":"c1","object":"text_completion","choices":[{"index":0,"text":" c","finish_reason":"length"}],'
+                  b'"usage":{"prompt_tokens":20,"completion_tokens":3,"total_tokens":23}}')
+_SSE_LEN = b"".join(STREAM)
+_PIPELINED = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: %d\r\n\r\n%b"
+              % (len(_SSE_LEN.replace(b"20,", b"99,")), _SSE_LEN.replace(b"20,", b"99,")))
+
+
+def _whole(ctype: bytes, body: bytes) -> bytes:
+    return b"HTTP/1.1 200 OK\r\nContent-Type: %b\r\nContent-Length: %d\r\n\r\n%b" % (ctype, len(body), body)
+
+
+def _usage(v: bytes) -> bytes:
+    return b'data: {"choices":[],"usage":{"prompt_tokens":20,"completion_tokens":%b}}\n\n' % v
+
+
+# Valid but unusual streams an OpenAI-compatible server may send: each write in `parts` goes out
+# alone (a short pause between), `keep` says whether the connection stays open for the next one.
+VALID: dict[str, tuple[list[bytes], bool]] = {
+    "crlf": ([HEAD, *(_chunk(e.replace(b"\n", b"\r\n")) for e in STREAM), _END], True),
+    "cr": ([HEAD, *(_chunk(e.replace(b"\n", b"\r")) for e in STREAM), _END], True),
+    "crlf-split": ([HEAD, *(_chunk(p) for e in STREAM for p in (e.replace(b"\n", b"\r\n")[:-3],
+                                                                 e.replace(b"\n", b"\r\n")[-3:])), _END], True),
+    "multi": ([HEAD + _chunk(b"".join(STREAM)) + _END], True),  # every event in one chunk
+    "split": ([HEAD, *_split_in_two(STREAM, 1), _END], True),  # every event across two chunks and reads
+    "utf8": ([HEAD, *_split_in_two([_event(" \u00e9".encode()), _event(" \u00fc".encode()),
+                                     _event(" \u00df".encode()), *TAIL], 2), _END], True),  # a character split
+    "fields": ([HEAD, _chunk(b": ping\n\n"), _chunk(b"event: message\nid: 1\nretry: 500\n" + GOOD[0]),
+                _chunk(b": keep-alive\n\ndata:" + GOOD[1][5:]), _chunk(GOOD[2]), _chunk(USAGE),
+                _chunk(b"data:[DONE]\n\n"), _END], True),
+    "http10": ([b"HTTP/1.0 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n",
+                *STREAM], False),
+    "length": ([b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: %d\r\n\r\n" % len(_SSE_LEN),
+                *STREAM], True),
+    "usagelast": ([HEAD, *(_chunk(e) for e in (*GOOD[:2], _USAGE_LAST, _DONE)), _END], True),
+    "keepalive": ([b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\nConnection: keep-alive\r\n"
+                   b"Keep-Alive: timeout=5, max=1000\r\nTransfer-Encoding: chunked\r\n\r\n",
+                   *(_chunk(e) for e in STREAM), _END], True),
+    "chunkext": ([HEAD, *(b"%04X;ext=1;q=\"a b\"\r\n%b\r\n" % (len(e), e) for e in STREAM),
+                  b"0;last\r\nX-Checksum: 1\r\nX-Other: 2\r\n\r\n"], True),
+    "badreason": ([b"HTTP/1.1 200 Fine\tby me \x80\xff\r\n" + HEAD.split(b"\r\n", 1)[1],
+                   *(_chunk(e) for e in STREAM), _END], True),
+    "manyheaders": ([HEAD[:-2] + b"".join(b"X-H%d: v\r\n" % i for i in range(90)) + b"\r\n",
+                     *(_chunk(e) for e in STREAM), _END], True),
+    # bytes after the end of the answer (a second, unasked-for answer): this answer is whole, but
+    # the connection is out of step and must never carry another request
+    "pipejunk": ([_body(STREAM) + _PIPELINED], True),
+    "lfonly": ([HEAD.replace(b"\r\n", b"\n"), *(_chunk(e) for e in STREAM), _END], True),  # bare LF head lines
+    "obsfold": ([HEAD[:-2] + b"X-Long: a\r\n  continued\r\n\r\n", *(_chunk(e) for e in STREAM), _END], True),
+    "noreason": ([b"HTTP/1.1 200\r\n" + HEAD.split(b"\r\n", 1)[1], *(_chunk(e) for e in STREAM), _END], True),
+    # valid streams that prove less: no usage (counts unknown, not invented); no token at all
+    "nousage": ([_body([*GOOD, _DONE])], True),
+    "doneonly": ([_body([_DONE])], True),
+}
+JUNK_AFTER = _body(STREAM) + b"junk\r\n"  # a whole answer, then bytes that are no answer
+THIN = {"nousage": TOKENS, "doneonly": 0}  # `ok` streams without usage: token chunks they carry
+
+# Hostile answers, each with the status it truly is and a word of its error.
+HOSTILE: dict[str, tuple[list[bytes], str, str]] = {
+    "donetwice": ([HEAD, *(_chunk(e) for e in (*STREAM, _DONE))], "protocol_error", "after data: [DONE]"),
+    "afterdone": ([HEAD, *(_chunk(e) for e in (*STREAM, _event(b" z")))], "protocol_error", "after data: [DONE]"),
+    "json200": ([_whole(b"application/json", b'{"choices":[{"text":" a b c"}],"usage":{"completion_tokens":3}}')],
+                "protocol_error", "without data: [DONE]"),
+    "html200": ([_whole(b"text/html", b"<html>\n\n<body>Welcome to nginx!</body></html>\n")],
+                "protocol_error", "SSE field"),
+    "errevent": ([HEAD, _chunk(GOOD[0]), _chunk(_ev(b'{"error":{"message":"boom: out of KV cache","code":500}}'))],
+                 "http_error", "boom: out of KV cache"),
+    "errevent2": ([HEAD, _chunk(GOOD[0]), _chunk(b'event: error\ndata: {"message":"boom: overloaded"}\n\n')],
+                  "http_error", "boom: overloaded"),
+    "usageneg": ([_body([*GOOD, _usage(b"-3"), _DONE])], "protocol_error", "usage"),
+    "usagefloat": ([_body([*GOOD, _usage(b"3.5"), _DONE])], "protocol_error", "usage"),
+    "usagestr": ([_body([*GOOD, _usage(b'"3"'), _DONE])], "protocol_error", "usage"),
+    "usagehuge": ([_body([*GOOD, _usage(b"1" + b"0" * 30), _DONE])], "protocol_error", ""),
+    "usagefew": ([_body([*GOOD, _usage(b"1"), _DONE])], "protocol_error", "usage"),
+    "clandchunked": ([HEAD[:-2] + b"Content-Length: 40\r\n\r\n", *(_chunk(e) for e in STREAM), _END],
+                     "protocol_error", ""),
+    "bighead": ([HEAD[:-2] + b"X-Big: " + b"a" * (100 << 10) + b"\r\n\r\n"], "protocol_error", ""),
+    "badversion": ([b"HTTP/2.0 200 OK\r\n" + HEAD.split(b"\r\n", 1)[1], *(_chunk(e) for e in STREAM), _END],
+                   "protocol_error", ""),
+    "tegzip": ([HEAD.replace(b"chunked", b"gzip, chunked"), *(_chunk(e) for e in STREAM), _END],
+               "protocol_error", "gzip"),
+    "status201": ([HEAD.replace(b"200 OK", b"201 Created"), *(_chunk(e) for e in STREAM), _END], "http_error", "201"),
+    "textint": ([HEAD, *(_chunk(e) for e in (*GOOD, _ev(b'{"choices":[{"index":0,"text":5}]}')))],
+                "protocol_error", "unexpected stream event"),
+    "nocolon": ([HEAD[:-2] + b"this is not a header\r\n\r\n", *(_chunk(e) for e in STREAM), _END],
+                "protocol_error", ""),
+    "spacecolon": ([HEAD[:-2] + b"Content-Length : 5\r\n\r\n", *(_chunk(e) for e in STREAM), _END],
+                   "protocol_error", ""),  # a smuggling sign
+    "nulheader": ([HEAD[:-2] + b"X-A: a\x00b\r\n\r\n", *(_chunk(e) for e in STREAM), _END], "protocol_error", ""),
+    "interimjunk": ([b"HTTP/1.1 100 Continue\r\n\r\n", b"junk junk\r\n\r\n"], "protocol_error", ""),
+    # an error answer whose body hangs or never ends is that error, never a `timeout`
+    "e503hang": ([b"HTTP/1.1 503 Busy\r\nContent-Length: 100\r\n\r\nover"], "http_error", "HTTP 503"),
+    "e503head": ([b"HTTP/1.1 503 Busy\r\nContent-Length: 100\r\n\r\n"], "http_error", "HTTP 503"),
+    "e503big": ([b"HTTP/1.1 503 Busy\r\nTransfer-Encoding: chunked\r\n\r\n" + _chunk(b"x" * 5000)],
+                "http_error", "HTTP 503: xxx"),
+    "hdr5000": ([HEAD[:-2] + b"".join(b"X-H%d: v\r\n" % i for i in range(5000)) + b"\r\n",
+                 *(_chunk(e) for e in STREAM), _END], "protocol_error", ""),  # over 128 header lines
+    "badcode": ([b"HTTP/1.1 2x0 OK\r\n" + HEAD.split(b"\r\n", 1)[1], *(_chunk(e) for e in STREAM), _END],
+                "protocol_error", ""),
+}
+
+
 async def _until_closed(reader: asyncio.StreamReader) -> None:
     """Say nothing more until the client closes (at most 30 s)."""
     with contextlib.suppress(TimeoutError, ConnectionError):
@@ -88,6 +217,8 @@ class Hostile:
         self.received: Counter[str] = Counter()
         self.redirect_to = ""
         self.noread_port = 0
+        self.rst_port = 0
+        self.heads: dict[str, bytes] = {}
         ready = threading.Event()
         self.thread = threading.Thread(target=self._main, args=(ready,), daemon=True)
         self.thread.start()
@@ -103,9 +234,11 @@ class Hostile:
         self.port = server.sockets[0].getsockname()[1]
         noread = self.loop.run_until_complete(asyncio.start_server(self._never_read, "127.0.0.1", 0))
         self.noread_port = noread.sockets[0].getsockname()[1]
+        rst = self.loop.run_until_complete(asyncio.start_server(self._rst_at_once, "127.0.0.1", 0))
+        self.rst_port = rst.sockets[0].getsockname()[1]
         ready.set()
         self.loop.run_forever()
-        for srv in (server, noread):
+        for srv in (server, noread, rst):
             srv.close()
             self.loop.run_until_complete(srv.wait_closed())
 
@@ -114,7 +247,20 @@ class Hostile:
         await asyncio.sleep(30)
         writer.close()
 
+    async def _rst_at_once(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Accepts, then resets the connection before reading a byte."""
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()
+
     def stop(self) -> None:
+        async def cancel_handlers() -> None:  # each closes its connection while the loop still runs
+            tasks = asyncio.all_tasks() - {asyncio.current_task()}
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        asyncio.run_coroutine_threadsafe(cancel_handlers(), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
 
@@ -146,12 +292,19 @@ class Hostile:
             k, _, v = h.partition(b":")
             if k.strip().lower() == b"content-length":
                 length = int(v)
+        mode = path.strip("/").split("/")[0]
+        if mode == "early413":  # answers before the body is read (then drains it, closes)
+            writer.write(b"HTTP/1.1 413 Payload Too Large\r\nConnection: close\r\nContent-Length: 8\r\n\r\ntoo long")
+            await writer.drain()
+            self.received[mode] += 1
+            await reader.readexactly(length)
+            return None
         if length:
             await reader.readexactly(length)
-        mode = path.strip("/").split("/")[0]
         if method == b"GET":
             mode = "models-" + mode
         self.received[mode] += 1
+        self.heads[mode] = head
         return mode
 
     async def _answer(self, mode: str, served: int, reader: asyncio.StreamReader,
@@ -263,6 +416,43 @@ class Hostile:
         if mode == "tokenize":  # POST /tokenize (any prefix) cut short: http.client.IncompleteRead
             await send(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{\"tok")
             return False
+        if mode == "trailjunk":
+            await send(JUNK_AFTER)
+            return True
+        if mode in VALID:
+            parts, keep = VALID[mode]
+            await send(*parts, pause=0.005)
+            return keep
+        if mode in HOSTILE:
+            await send(*HOSTILE[mode][0], pause=0.005)
+            return True  # and then nothing (an unfinished body stays unfinished): only the bytes end it
+        if mode in ("pings", "pingmid"):  # keep-alive comments forever, never a(nother) token
+            await send(HEAD + (good[0] if mode == "pingmid" else b""))
+            for _ in range(150):  # 30 s at most
+                await send(_chunk(b": ping\n\n"), pause=0.2)
+            return False
+        if mode == "donehang":  # the whole stream, [DONE] too, but the chunked body never ends
+            await send(HEAD, *(_chunk(e) for e in STREAM))
+            await _until_closed(reader)
+            return False
+        if mode == "halfclose":  # the head and a token, then shutdown(SHUT_WR); still reading
+            await send(HEAD + good[0])
+            writer.write_eof()
+            await _until_closed(reader)
+            return False
+        if mode.startswith("r429-") or mode.startswith("r503-"):  # absurd Retry-After values
+            value = {"days": b"864000", "neg": b"-30", "date": b"Fri, 31 Dec 2100 23:59:59 GMT",
+                     "junk": b"soon, maybe", "nan": b"nan"}[mode[5:]]
+            await send(b"HTTP/1.1 %b Busy\r\nRetry-After: %b\r\nContent-Length: 4\r\n\r\nbusy"
+                       % (mode[1:4].encode(), value))
+            return True
+        if mode in ("auth401", "auth403"):  # echoes the Authorization header, raw and JSON-escaped
+            auth = next((h.split(b":", 1)[1].strip() for h in self.heads[mode].split(b"\r\n")
+                         if h.lower().startswith(b"authorization:")), b"")
+            body = b'{"error":"bad key %b", "escaped":"%b"}' % (auth, orjson.dumps(auth.decode())[1:-1].replace(b"-", b"\\u002d"))
+            await send(b"HTTP/1.1 %b No\r\nWWW-Authenticate: Bearer realm=%b\r\nContent-Length: %d\r\n\r\n%b"
+                       % (mode[4:].encode(), auth, len(body), body))
+            return True
         await send(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
         return True
 
@@ -281,11 +471,14 @@ def _run(hostile: Hostile, mode: str, tmp_path: Path, transport: str, n: int = N
     """Run n requests (one every 50 ms) against `mode`; check the accounting invariant; the lines."""
     out = tmp_path / f"{mode}-{transport}.jsonl"
     before = hostile.received[mode]
-    base = f"http://127.0.0.1:{hostile.noread_port}" if mode == "noread" else hostile.url
+    input_tokens = cfg.pop("input_tokens", 20)
+    port = {"noread": hostile.noread_port, "rstaccept": hostile.rst_port}.get(mode, hostile.port)
+    base = f"http://127.0.0.1:{port}"
     config = RunConfig(endpoint=f"{base}/{mode}", model="m", output=out, api="completions",
                        progress="off", handle_signals=False, transport=transport,
                        timeouts=cfg.pop("timeouts", FAST), **cfg)
-    reqs = make_requests([0.05 * i for i in range(n)], output_tokens=TOKENS)
+    reqs = make_requests([0.0 if cfg.get("max_concurrency") else 0.05 * i for i in range(n)], output_tokens=TOKENS,
+                         input_tokens=input_tokens)
     outcome = run(reqs, config)
     _, lines = read_lines(out)
     assert sorted(d["id"] for d in lines) == sorted(r.id for r in reqs), lines  # one line each
@@ -293,9 +486,12 @@ def _run(hostile: Hostile, mode: str, tmp_path: Path, transport: str, n: int = N
     for d in lines:
         assert d["status"] is not None and (d["status"] == "ok") == (d["error"] is None), d
         assert d["attempts"] == d["retries"] + (1 if d["sent"] is not None else 0), d
-        if d["status"] == "ok":  # the bytes proved it: every token and the usage were read
+        if d["status"] == "ok" and mode in THIN:  # what the bytes carried, nothing invented
+            assert len(d["chunk_times"]) == THIN[mode] and d["completion_tokens"] is None, d
+        elif d["status"] == "ok":  # the bytes proved it: every token and the usage were read
             assert len(d["chunk_times"]) == TOKENS and d["completion_tokens"] == TOKENS, d
-    if mode != "noread":  # the server read exactly the attempts we recorded
+            assert d["prompt_tokens"] == 20, d  # this request's answer, not another one's
+    if mode not in ("noread", "rstaccept"):  # the server read exactly the attempts we recorded
         assert hostile.received[mode] - before == sum(d["attempts"] for d in lines), (mode, lines)
     return lines
 
@@ -329,6 +525,103 @@ def test_corrupt_stream_ends_promptly_as_protocol_error(hostile: Hostile, tmp_pa
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize("mode", sorted(VALID))
+def test_valid_but_unusual_streams_are_ok_with_exact_counts(hostile: Hostile, tmp_path: Path, transport: str,
+                                                            mode: str) -> None:
+    """CRLF or CR line ends, several events per chunk, events and UTF-8 characters split across
+    chunks and reads, comments and `event:`/`id:`/`retry:` fields, HTTP/1.0 until close, a
+    Content-Length body, usage in the last content chunk, chunk extensions, upper-case hex and
+    trailers, a garbled reason phrase, many headers: all `ok` with every token. Bytes after the end
+    of an answer (a second answer nobody asked for): that answer is `ok`, and the next request
+    (one at a time, so the connection would be reused) never takes the stray answer for its own."""
+    lines = _run(hostile, mode, tmp_path, transport, n=4 if mode.endswith("junk") else N,
+                 **({"max_concurrency": 1} if mode.endswith("junk") else {}))
+    for d in lines:
+        assert d["status"] == "ok" and d["attempts"] == 1, (mode, d)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize("mode", sorted(HOSTILE))
+def test_hostile_answers_have_their_true_status(hostile: Hostile, tmp_path: Path, transport: str, mode: str) -> None:
+    """Data after `[DONE]`, a JSON or HTML 200, an `error` event in a 200 stream, usage that is no
+    count (negative, fractional, a string, past 64 bits, fewer tokens than token chunks), both
+    Content-Length and chunked, a 100 KiB header line, HTTP/2.0 or a non-numeric code on the
+    status line: each ends at once (the server then hangs) with its true status."""
+    _parts, status, text = HOSTILE[mode]
+    lines = _run(hostile, mode, tmp_path, transport)
+    _all(lines, status, text)
+    assert all(len(d["chunk_times"]) <= TOKENS for d in lines)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_junk_after_a_whole_answer_never_reaches_the_next_request(hostile: Hostile, tmp_path: Path,
+                                                                   transport: str) -> None:
+    """A whole answer, then `junk` in the same write; one request at a time. The raw transport
+    keeps the answer (`ok`: its bytes proved it) and drops the connection; aiohttp's parser
+    rejects the read as a whole (`protocol_error` "Bad status line"). Either way no request
+    ever reads the junk as its own answer."""
+    lines = _run(hostile, "trailjunk", tmp_path, transport, n=4, max_concurrency=1)
+    for d in lines:
+        if transport == "raw":
+            assert d["status"] == "ok", d
+        else:
+            assert d["status"] == "protocol_error" and "junk" in d["error"], d
+        assert d["attempts"] == 1, d
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_an_answer_before_the_body_was_read_is_that_answer(hostile: Hostile, tmp_path: Path, transport: str) -> None:
+    """A 413 sent after the head of a large request, before its body was read: `http_error` 413
+    with the server's words, not a write failure reported as `disconnect`."""
+    lines = _run(hostile, "early413", tmp_path, transport, input_tokens=200_000)
+    _all(lines, "http_error", "too long")
+    assert all(d["http_status"] == 413 for d in lines)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_half_close_after_the_head_is_a_disconnect(hostile: Hostile, tmp_path: Path, transport: str) -> None:
+    """Head and one token, then shutdown(SHUT_WR) while still reading: the body ended early."""
+    lines = _run(hostile, "halfclose", tmp_path, transport)
+    _all(lines, "disconnect", "")
+    assert all(len(d["chunk_times"]) == 1 for d in lines)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_reset_at_accept_is_never_ok_nor_counted_as_sent_twice(hostile: Hostile, tmp_path: Path,
+                                                               transport: str) -> None:
+    """Accepted, then RST before a byte is read: `disconnect` when the request was written first,
+    `connect_error` (attempts 0, `sent` null) when the reset came during connection set-up."""
+    for d in _run(hostile, "rstaccept", tmp_path, transport):
+        assert d["status"] in ("disconnect", "connect_error") and not d["chunk_times"], d
+        assert d["attempts"] == (d["status"] == "disconnect"), d
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize("mode", ["r429-days", "r429-neg", "r503-date", "r503-junk", "r429-nan"])
+def test_absurd_retry_after_is_capped_and_every_attempt_recorded(hostile: Hostile, tmp_path: Path,
+                                                                 transport: str, mode: str) -> None:
+    """--retries 2 with Retry-After of ten days, negative, a date in 2100, junk or `nan`: the wait
+    is capped by --retry-max-wait (the run would outlast the test otherwise), each retry recorded."""
+    lines = _run(hostile, mode, tmp_path, transport, retries=2, retry_max_wait=0.05)
+    for d in lines:
+        assert d["status"] == "http_error" and d["http_status"] == int(mode[1:4]), d
+        assert d["attempts"] == 3 and d["retries"] == 2, d
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize("mode", ["auth401", "auth403"])
+def test_a_rejected_key_echoed_back_never_reaches_the_results(hostile: Hostile, tmp_path: Path, transport: str,
+                                                              mode: str) -> None:
+    key = "sk-hostile-echo-1234567890"
+    lines = _run(hostile, mode, tmp_path, transport, api_key=key)
+    for d in lines:
+        assert d["status"] == "http_error" and d["http_status"] == int(mode[4:]), d
+        assert "bad key" in d["error"], d
+    text = (tmp_path / f"{mode}-{transport}.jsonl").read_text()
+    assert key not in text and key.replace("-", "\\u002d") not in text and "1234567890" not in text
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
 def test_an_oversized_event_is_cut_at_the_cap(hostile: Hostile, tmp_path: Path, transport: str) -> None:
     lines = _run(hostile, "bigevent", tmp_path, transport, limits=Limits(max_event_bytes=256 << 10))
     _all(lines, "protocol_error", "over 262144 bytes")
@@ -343,6 +636,9 @@ def test_an_oversized_event_is_cut_at_the_cap(hostile: Hostile, tmp_path: Path, 
     ("noread", "timeout", "no first token within 1.5s"),
     ("hangmid", "timeout", "no token for 1s"),
     ("hangbody", "timeout", "no first token"),
+    ("pings", "timeout", "no first token within 1.5s"),  # comments are no tokens
+    ("donehang", "timeout", "did not end within 1s of its data: [DONE]"),
+    ("pingmid", "timeout", "no token for 1s"),
     ("gzip", "protocol_error", "compressed"),
     ("garbage", "protocol_error", ""),
     ("twolengths", "protocol_error", ""),

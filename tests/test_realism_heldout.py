@@ -241,3 +241,99 @@ def test_fitted_length_correlation_is_the_default(tmp_path: Path, given: float |
     i, o = np.concatenate([x.inp for x in b]), np.concatenate([x.out for x in b])
     rho = spearmanr(i, o).statistic
     assert abs(rho - (want if given is None else 0.0)) < 0.08
+
+
+def test_an_outage_is_history_not_traffic_to_continue(tmp_path: Path) -> None:
+    """0.5 req/s with nothing at all for 2.5 h in the middle of the fitted part: `fit` says so, and
+    the continuation neither replays the silence nor averages it into the level."""
+    import io
+
+    rng = np.random.default_rng(8)
+
+    def rate(x: np.ndarray) -> np.ndarray:
+        return np.where((x >= 7200) & (x < 16200), 0.0, 0.5)
+
+    t = _renewal(rate, 8 * 3600.0, 1.5, rng)
+    _write(tmp_path / "outage.csv", MONDAY + 4.0 + t, rng)
+    split, end = 6 * 3600.0, 8 * 3600.0
+    notes = io.StringIO()
+    pool, _ = fit_logs([tmp_path / "outage.csv"], options=FitOptions(time_range=(0.0, split)), stream=notes)
+    pool.save(tmp_path / "pool.npz")
+    assert "an outage" in notes.getvalue() and "2 h to 4.5 h" in notes.getvalue()
+    lt = _log_times(tmp_path / "outage.csv")
+    gen = _times(tmp_path, {"pool": "pool.npz", "start": split, "duration": end - split, "seed": 4})
+    real = lt[(lt >= split) & (lt < end)] - split
+    assert abs(gen.size / real.size - 1.0) <= 0.1, (gen.size, real.size)  # the level of the service when up
+    assert np.bincount((gen // 600).astype(np.int64), minlength=12).min() > 0.5 * real.size / 12  # no silence
+    for s in (10.0, 60.0):
+        fg, fr = counts_stats(gen, end - split, s)[0], counts_stats(real, end - split, s)[0]
+        assert abs(fg / fr - 1.0) <= 1.0 / 3.0, (s, fg, fr)
+
+
+def test_poisson_arrivals_fit_as_poisson(tmp_path: Path) -> None:
+    """Plain Poisson traffic: the fit picks renewal with gap CV ~1 and is never worse than Poisson."""
+    rng = np.random.default_rng(9)
+    t = np.cumsum(rng.exponential(0.5, 4 * 3600 * 2))
+    _write(tmp_path / "p.csv", MONDAY + 1.0 + t[t < 4 * 3600.0], rng)
+    pool = _fit(tmp_path / "p.csv", tmp_path, 7200.0)
+    assert int(pool.extra["arrival_model"][0]) == 0
+    w = pool.rate[0] > 0
+    assert abs(float(np.average(pool.cv[0][w], weights=pool.rate[0][w])) - 1.0) < 0.1
+    rows = _heldout(tmp_path, tmp_path / "p.csv", 7200.0, 4 * 3600.0)
+    assert rows and all(r.kept and r.verdict != "LOSES" for r in rows), [(r.scale, r.gen, r.real) for r in rows]
+    assert all(abs(r.gen[0] - 1.0) < 0.25 for r in rows)
+
+
+@pytest.mark.parametrize("seed", [10])
+def test_burstgpt_models_are_clients_with_their_own_burstiness(tmp_path: Path, seed: int) -> None:
+    """A BurstGPT-layout log (whole-second Timestamp) mixing ChatGPT (CV 1.5) and GPT-4 (CV 3): read
+    as two clients in seconds (6 h, not 6 s or 250 days), burstiness kept and Poisson beaten at 1..60 s."""
+    rng = np.random.default_rng(seed)
+    evs = []
+    for model, r, cv in (("ChatGPT", 1.0, 1.5), ("GPT-4", 0.3, 3.0)):
+        evs += [(int(x), model) for x in _renewal(lambda x, r=r: np.full_like(x, r), 6 * 3600.0, cv, rng)]
+    evs.sort()
+    log = tmp_path / "BurstGPT_1.csv"
+    log.write_text("Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type\n" + "".join(
+        f"{x},{m},{100 + i % 900},{i % 300},{100 + i % 900 + i % 300},Conversation log\n"
+        for i, (x, m) in enumerate(evs)))
+    pool, _ = fit_logs([log], options=FitOptions(time_range=(0.0, 3 * 3600.0)), stream=open("/dev/null", "w"))  # noqa: SIM115
+    pool.save(tmp_path / "pool.npz")
+    assert sorted(pool.clients) == ["ChatGPT", "GPT-4"]
+    rows = _heldout(tmp_path, log, 3 * 3600.0, 6 * 3600.0)
+    assert [r.scale for r in rows] == [1.0, 10.0, 60.0]
+    for r in rows:
+        assert r.kept and r.verdict in ("beats", "tie"), (r.scale, r.fit, r.gen, r.real, r.poisson)
+
+
+def test_fit_chooses_a_shorter_window_for_storms_shorter_than_it(tmp_path: Path) -> None:
+    """1 req/s with 4-minute storms at 10x, off the 600 s grid: at the default window the counts'
+    dispersion is half the log's at 10 s and 60 s; without --window, fit refits at a finer window,
+    keeps it because it matches the fitted part's counts, says so, and the continuation keeps the
+    burstiness of the part it was fitted on."""
+    from servegen_load.workload.arrival_fit import describe
+
+    rng = np.random.default_rng(21)
+
+    def storm(x: np.ndarray) -> np.ndarray:
+        return 1.0 + 9.0 * (((x >= 5470) & (x < 5710)) | ((x >= 16330) & (x < 16570)))
+
+    _write(tmp_path / "storm.csv", MONDAY + 2.0 + _renewal(storm, 6 * 3600.0, 1.0, rng, step=10.0), rng)
+    pool = _fit(tmp_path / "storm.csv", tmp_path, 3 * 3600.0)
+    choice = pool.meta["fit"]["window_choice"]
+    assert choice["auto"] and pool.window < 600.0 and choice["window"] == pool.window, choice
+    assert choice["scores"][f"{pool.window:g}"] <= 0.7 * choice["scores"]["600"], choice
+    assert any(line.startswith("rate window: ") for line in describe(pool)["lines"])
+    rows = {r.scale: r for r in _heldout(tmp_path, tmp_path / "storm.csv", 3 * 3600.0, 6 * 3600.0)}
+    for s in (10.0, 60.0):
+        assert abs(rows[s].gen[0] / rows[s].fit[0] - 1.0) <= 1.0 / 3.0, (s, rows[s].fit, rows[s].gen)
+
+
+def test_a_forced_or_fitting_window_stays(tmp_path: Path) -> None:
+    """Poisson traffic matches at 600 s: no refit; --window forces its window and is recorded as forced."""
+    rng = np.random.default_rng(22)
+    _write(tmp_path / "p.csv", MONDAY + 1.0 + _renewal(lambda x: np.full_like(x, 1.0), 4 * 3600.0, 1.0, rng), rng)
+    pool = _fit(tmp_path / "p.csv", tmp_path, 7200.0)
+    assert pool.window == 600.0 and pool.meta["fit"]["window_choice"]["auto"]
+    forced, _ = fit_logs([tmp_path / "p.csv"], options=FitOptions(window=300.0), stream=open("/dev/null", "w"))  # noqa: SIM115
+    assert forced.window == 300.0 and not forced.meta["fit"]["window_choice"]["auto"]

@@ -134,6 +134,19 @@ def test_start_at_in_the_past_keeps_times_relative_to_it(fake_server, tmp_path: 
     assert by_id["r2"]["sent"] - by_id["r2"]["scheduled"] < 0.1   # still in the future: on time
 
 
+def test_start_barrier_withdrawn_or_garbled_sends_nothing(fake_server, tmp_path: Path) -> None:
+    """End of stdin before t = 0 (the coordinator gave up): exit 130, nothing sent; a line that is
+    not a unix time: exit 2, one line."""
+    source = write_requests(tmp_path / "reqs.jsonl", make_requests([0.0, 0.1], clients=["a"]))
+    for stdin, code, word in ((b"", 130, "withdrawn"), (b"soon\n", 2, "--start-barrier")):
+        out = tmp_path / "o.jsonl"
+        r = subprocess.run([*CLI, "run", str(source), "-o", str(out), "--endpoint", fake_server.url, "--progress",
+                            "off", "--tokenizer", "words", "--start-barrier"], input=stdin, capture_output=True, timeout=60)
+        assert r.stdout == b"ready\n" and r.returncode == code, r.stderr
+        assert word in r.stderr.decode().splitlines()[-1]
+        assert not out.exists()  # the engine never reached t = 0 (the results file is opened there)
+
+
 def test_bad_shard_and_start_at_are_one_line(tmp_path: Path) -> None:
     source = write_requests(tmp_path / "reqs.jsonl", make_requests([0.0]))
     for flag, value, word in (("--shard", "3/3", "--shard"), ("--shard", "x", "--shard"),
@@ -199,6 +212,9 @@ def test_workers_send_the_single_process_schedule(fake_server, tmp_path: Path) -
             p.wait()
     assert p.returncode == 0, err
     assert head["workers"] == 2 and "shard" not in head and head["started_unix"] == head["start_at"]
+    assert "2 workers ready after" in err  # t = 0 chosen by the ready barrier, not a guessed lead
+    lags = sorted(d["sent"] - d["scheduled"] for d in merged)
+    assert lags[len(lags) // 2] < 0.05
     assert schedule(merged) == schedule(read(single)[1])
     sched = [d["scheduled"] for d in merged]
     assert sched == sorted(sched) and len(merged) == 80

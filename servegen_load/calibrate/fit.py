@@ -61,7 +61,7 @@ class Rows:
     kind: np.ndarray
     max_decoding: int = 0
     max_in_flight: int = 0
-    cached: list[tuple[float, float]] = field(default_factory=list)  # (prompt, cached) of ok rows
+    cached: list[tuple[float, float | None]] = field(default_factory=list)  # (prompt, cached or None) of ok rows
 
 
 @dataclass
@@ -118,7 +118,9 @@ def rows_of(res: Results, step_budget: int = 2048, segment: int = SEGMENT) -> Ro
         cach = np.nan_to_num(c["cached_tokens"][sel])
         counts = res.chunk_counts[sel]
         ntok = np.where(np.isfinite(c["completion_tokens"][sel]), c["completion_tokens"][sel], counts)
-        cached += list(zip(prompt.tolist(), cach.tolist(), strict=True))
+        reported = np.isfinite(c["cached_tokens"][sel])  # vLLM says nothing without --enable-prompt-tokens-details
+        cached += [(float(pr), float(ca) if rep else None)
+                   for pr, ca, rep in zip(prompt.tolist(), cach.tolist(), reported.tolist(), strict=True)]
         # each request's decode tokens (after the first) spread evenly over its chunks after the
         # first; a request with one chunk emits them all at its last token
         starts = res.chunk_offsets[:-1][sel]
@@ -308,13 +310,16 @@ def fit_results(res: Results, step_budget: int = 2048) -> tuple[Fit, Rows]:
     return fit_rows(rows), rows
 
 
-def cache_block(prompt_cached: list[tuple[float, float]], shared: int | None = None) -> tuple[bool | None, int | None]:
-    """(caching seen?, block size) from the cached-token counts the server reported.
+def cache_block(prompt_cached: list[tuple[float, float | None]], shared: int | None = None) -> tuple[bool | None, int | None]:
+    """(caching seen?, block size) from the cached-token counts the server reported (None: it
+    never reported any, so caching is not known).
 
     With a known shared prefix length, the block is the smallest power of two b with
     ⌊shared/b⌋·b = cached (vLLM: 16; llama.cpp: any length, 1); else the largest power of two
     dividing every positive count, at most 16.
     """
+    if all(cached is None for _, cached in prompt_cached):
+        return None, None  # the server never said: unknown
     hits = [int(cached) for _, cached in prompt_cached if cached and cached > 0]
     if not hits:
         return (False if shared else None), None

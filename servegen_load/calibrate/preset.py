@@ -46,12 +46,14 @@ def build_params(fit: Fit, limits: dict[str, Any], model: str, *, cache: tuple[b
     src["max_num_batched_tokens"] = ("llama.cpp n_batch default" if limits.get("max_num_batched_tokens")
                                      else "not reported: 2048 assumed")
     caching, block = cache
-    if limits.get("prefix_caching") is False:
-        caching = False
+    if limits.get("prefix_caching") is not None and caching is None:
+        caching = bool(limits["prefix_caching"])  # the server's word where the timings are silent
     block = int(limits.get("block_size") or block or 16)
     if caching is None:
         caching = True
-        src["prefix_cache_tokens"] = "no shared prefixes in the timings: caching assumed on (the servers' default)"
+        src["prefix_cache_tokens"] = "no cached-token counts: caching assumed on (the servers' default)"
+    elif cache[0] is None:
+        src["prefix_cache_tokens"] = f"the server's configuration (enable_prefix_caching={caching})"
     else:
         src["prefix_cache_tokens"] = "cached tokens reported by the server" if caching else "no cached tokens reported"
     v = fit.values

@@ -168,6 +168,7 @@ def server_limits(endpoint: str, api_key: str | None = None) -> dict[str, Any]:
                 if blocks:
                     out["kv_cache_tokens"] = blocks * bs
                 out["block_size"] = bs
-                if labels.get("enable_prefix_caching", '"True"').strip('"') == "False":
-                    out["prefix_caching"] = False
+                flag = labels.get("enable_prefix_caching", "").strip('"')
+                if flag in ("True", "False"):
+                    out["prefix_caching"] = flag == "True"
     return out

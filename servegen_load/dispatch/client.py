@@ -44,6 +44,10 @@ async def call(session: aiohttp.ClientSession, url: str, headers: dict[str, str]
         f.sent = perf_counter()
         async with session.post(url, data=f.wire, headers=headers, allow_redirects=False) as resp:
             f.http_status = resp.status
+            if resp.version[0] != 1:  # aiohttp takes any "HTTP/x.y" status line; the raw transport does not
+                f.fail("protocol_error", f"bad status line: HTTP/{resp.version[0]}.{resp.version[1]} on an HTTP/1.1 connection")
+                resp.close()
+                return
             if resp.status != 200:
                 f.retry_after = resp.headers.get("Retry-After")  # read by dispatch.retry (429/503)
                 body = (await resp.content.read(_MAX_ERR_BODY)).decode("utf-8", "replace").strip()
@@ -51,6 +55,11 @@ async def call(session: aiohttp.ClientSession, url: str, headers: dict[str, str]
                     body = (f"redirect to {resp.headers.get('Location', '')[:200]} not followed "
                             f"(give the final URL as --endpoint); {body}")
                 f.fail("http_error", scrub(f"HTTP {resp.status}: {body}", api_key))
+                return
+            te = resp.headers.get("Transfer-Encoding", "chunked").strip().lower()
+            if te not in ("chunked", "identity"):  # aiohttp reads "gzip, chunked" as plain chunked
+                f.fail("protocol_error", f"unsupported Transfer-Encoding: {te[:40]}")
+                resp.close()
                 return
             coding = resp.headers.get("Content-Encoding", "").strip().lower()
             if coding and coding != "identity":
@@ -74,6 +83,7 @@ async def call(session: aiohttp.ClientSession, url: str, headers: dict[str, str]
                 f.fail("protocol_error", "stream ended without data: [DONE]")
     except aiohttp.ClientConnectorError as e:
         f.sent = None
+        f.attempts -= 1  # nothing was written: there was no connection
         f.fail("connect_error", scrub(f"cannot connect: {e.os_error.strerror or e}", api_key))
     except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError, aiohttp.ClientOSError,
             ConnectionError) as e:  # ClientOSError: a reset before the response head (reset_before_first_byte)
@@ -178,6 +188,9 @@ class AiohttpTransport:
 
     def _end_flight(self, f: Flight, status: str, error: str) -> None:
         task = self.active.get(f)
+        if status == "timeout" and f.http_status is not None and f.http_status != 200:
+            # an error answer whose body never came is that error, not a timeout (--retries reads it)
+            status, error = "http_error", f"HTTP {f.http_status} (body unfinished: {error})"
         f.fail(status, error)
         self.finish(f)
         if task is not None:

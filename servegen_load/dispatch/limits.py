@@ -45,7 +45,8 @@ class Timeouts:
             elif now - s > total:
                 late.append((f, f"response not complete within {total:g}s"))
             elif f.last_token is not None and now - f.last_token > idle:
-                late.append((f, f"no token for {idle:g}s after the last one (stalled stream)"))
+                late.append((f, f"response did not end within {idle:g}s of its data: [DONE]" if f.done
+                             else f"no token for {idle:g}s after the last one (stalled stream)"))
         return late
 
 

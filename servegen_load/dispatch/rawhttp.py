@@ -11,11 +11,15 @@ The per-chunk path, cheapest first:
 1. `data_received`: the read is one chunk holding one plain token event of this stream that
    matches the stream's template (`stream.learn_template`: same bytes around the token text as
    an earlier chunk), its size line says exactly its length and its token text is plain
-   printable ASCII (`stream.plain_text`): append the timestamp, nothing else. About 1 µs of
-   Python per chunk. Fast is never lenient: what this path takes, a full parse would accept.
-2. `_chunked` fast loop: whole chunks with one `data:` event each; template match per chunk, or
-   one orjson parse (`stream.take_data`, about 2 µs in all). Reads carrying several chunks (the
-   loop ran late) stay on this path, so falling behind never makes a chunk dearer.
+   printable ASCII (`stream.plain_text`): append the timestamp, nothing else. One lookup, one
+   join and one compare (`_HEADS`): about 0.5 µs of Python per chunk, 6.6k instructions with the
+   call (was 10.7k with find/startswith/endswith; `benchmarks/client_cost.py`). Fast is never
+   lenient: what this path takes, a full parse would accept (tests/test_fast_path.py).
+2. `_chunked` fast loop: reads carrying several chunks (the loop ran late) first go through
+   `_template_chunks` (one split, then a lookup and a compare per chunk: 7.8k instructions per
+   chunk at eight per read, was 12.5k), so falling behind does not make a chunk dearer; then
+   whole chunks with one `data:` event each, template match or one orjson parse
+   (`stream.take_data`, about 2 µs in all).
 3. The general path: split chunks, several events per chunk, CRLF events, comments.
 
 Connections: a keep-alive pool (LIFO, unbounded: one socket per in-flight request). Before the
@@ -65,10 +69,14 @@ _MAX_SIZE_LINE = 1024  # a chunk-size line (hex size and extensions)
 _MAX_TRAILERS = 64 * 1024
 _MAX_ERR_BODY = 2048
 _MAX_INTERIM = 16  # 1xx responses before the final one
+_MAX_HEADERS = 128  # header lines of one head (aiohttp's limit too)
 SPARE_CONNECTIONS = 16
 IDLE_REUSE_S = 2.0  # an idle connection older than this is closed, not reused (see the module doc)
 CLOSES_AFTER_S = 0.5  # closed by the server this soon after an answer: it closes after every answer
 PARK_S = 0.05  # a connection is reusable this long after its answer ended (see `_complete`)
+# A header line: a token name right before its colon (no space: a smuggling sign), a value
+# without control bytes but HTAB (RFC 9110 5.5); what aiohttp's parser also demands.
+_header_line = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+:[^\x00-\x08\x0a-\x1f\x7f]*").fullmatch
 _chunk_size = re.compile(rb"([0-9a-fA-F]{1,15})[ \t]*(?:;[^\r\n]*)?").fullmatch
 
 # The token-chunk fast path (`data_received`) in one comparison. A read of n bytes that is one
@@ -291,14 +299,21 @@ class _Conn(asyncio.Protocol):
                 self._protocol_error("answer is not HTTP: " + repr(bytes(buf[:40]))[2:-1])
                 return
             i = buf.find(b"\r\n\r\n")
+            end = 4
+            j = buf.find(b"\n\n", 0, i if i >= 0 else len(buf))
+            if j >= 0:  # bare LF line ends (RFC 9112 2.2 lets a recipient take them; aiohttp does)
+                i, end = j, 2
             if i < 0:
                 if len(buf) > _MAX_HEAD:
                     self._protocol_error("response head over 64 KiB")
                 else:
                     self.rbuf = buf
                 return
+            if i > _MAX_HEAD:
+                self._protocol_error("response head over 64 KiB")
+                return
             self.rbuf = b""
-            lines = buf[:i].split(b"\r\n")
+            lines = buf[:i].split(b"\r\n") if end == 4 else buf[:i].replace(b"\r\n", b"\n").split(b"\n")
             try:
                 ver, code_s = lines[0].split(b" ", 2)[:2]
                 code = int(code_s) if code_s.isdigit() and len(code_s) == 3 else -1
@@ -307,7 +322,7 @@ class _Conn(asyncio.Protocol):
             if code < 100 or ver not in (b"HTTP/1.1", b"HTTP/1.0"):
                 self._protocol_error("bad status line: " + lines[0][:60].decode("latin-1"))
                 return
-            buf = buf[i + 4:]
+            buf = buf[i + end:]
             if code >= 200:
                 break
             interim += 1
@@ -317,6 +332,9 @@ class _Conn(asyncio.Protocol):
                 return
             if not buf:  # interim response: the real head follows
                 return
+        if len(lines) > _MAX_HEADERS + 1:
+            self._protocol_error(f"over {_MAX_HEADERS} header lines")
+            return
         rest = buf
         f.http_status = code
         chunked = False
@@ -325,6 +343,9 @@ class _Conn(asyncio.Protocol):
         coding = b""
         location = b""
         for line in lines[1:]:
+            if _header_line(line) is None and line[:1] not in (b" ", b"\t"):  # obs-fold lines pass
+                self._protocol_error("bad header line: " + repr(bytes(line[:60]))[2:-1])
+                return
             k, _, v = line.partition(b":")
             k = k.strip().lower()
             if k == b"transfer-encoding":
@@ -348,6 +369,9 @@ class _Conn(asyncio.Protocol):
                 coding = v.strip().lower()
             elif k == b"location":
                 location = v.strip()
+        if chunked and length >= 0:  # RFC 9112 6.3: a smuggling sign, to be handled as an error
+            self._protocol_error("both Content-Length and Transfer-Encoding: chunked")
+            return
         self.keep = keep
         self.ok = code == 200
         if self.ok and coding and coding != b"identity":
@@ -365,6 +389,8 @@ class _Conn(asyncio.Protocol):
             self.state = _LENGTH
             self.rem = length
             if length == 0:
+                if rest:  # bytes after an empty answer: the connection is out of step
+                    self.keep = False
                 self._complete()
             elif rest:
                 self._length(rest, t)
@@ -464,13 +490,16 @@ class _Conn(asyncio.Protocol):
                 return
             size = int(m.group(1), 16)
             if size == 0:  # last chunk; then optional trailers and an empty line
-                if buf[i + 2:i + 4] != b"\r\n" and buf.find(b"\r\n\r\n", i) < 0:
+                end = i + 4 if buf[i + 2:i + 4] == b"\r\n" else buf.find(b"\r\n\r\n", i) + 4
+                if end < 4:
                     if n - pos > _MAX_TRAILERS:
                         self._protocol_error("chunked trailers over 64 KiB")
                         return
                     self.rbuf = buf[pos:]
                     break
                 self.rem = 0
+                if end < n:  # bytes after the answer (nobody asked): the connection is out of step
+                    self.keep = False
                 if parts:
                     self._payload(parts[0] if len(parts) == 1 else b"".join(parts), t)
                 self._complete()
@@ -485,6 +514,8 @@ class _Conn(asyncio.Protocol):
         self.got = True
         n = len(data)
         if n >= self.rem:
+            if n > self.rem:  # bytes after the answer (nobody asked): the connection is out of step
+                self.keep = False
             if self.rem:
                 self._payload(data[:self.rem] if n > self.rem else data, t)
             self.rem = 0
@@ -503,6 +534,13 @@ class _Conn(asyncio.Protocol):
                 self._protocol_error("")
         elif len(self.errbody) < _MAX_ERR_BODY:
             self.errbody += data[:_MAX_ERR_BODY]
+            if len(self.errbody) >= _MAX_ERR_BODY:  # the status is known: no need to read a huge body
+                self.flight = None
+                self.alive = False
+                if self.tr is not None:
+                    self.tr.abort()
+                if f is not None:
+                    self._end(f)
 
     def _complete(self) -> None:
         f = self.flight
@@ -712,6 +750,10 @@ class RawTransport:
 
     def _end_flight(self, f: Flight, status: str, error: str) -> None:
         c = f.conn
+        if status == "timeout" and c is not None and f.http_status is not None and f.http_status != 200:
+            # an error answer whose body never finished is that error, not a timeout (--retries reads it)
+            body = c.errbody[:300].decode("utf-8", "replace").strip()
+            status, error = "http_error", scrub(f"HTTP {f.http_status}: {body} (body unfinished: {error})", self.api_key)
         if c is not None:
             c.flight = None
             c.alive = False

@@ -110,7 +110,8 @@ def feed_sse(f: Flight, data: bytes, t: float, cap: int = MAX_EVENT_BYTES) -> No
     pend = f.sse_buf
     if pend:
         joint = pend[-2:] + data
-        if b"\n\n" not in joint and b"\n\r\n" not in joint:  # the event is still incomplete
+        # an event ends at a blank line: LF LF, CR CR, or LF CR (CRLF CRLF, LF CRLF, CRLF CR)
+        if b"\n\n" not in joint and b"\n\r" not in joint and b"\r\r" not in joint:  # still incomplete
             if len(pend) + len(data) > cap:
                 _too_big(f, cap)
                 return
@@ -122,8 +123,8 @@ def feed_sse(f: Flight, data: bytes, t: float, cap: int = MAX_EVENT_BYTES) -> No
         buf = bytes(pend) + data
     else:
         buf = data
-    if b"\r" in buf:  # CRLF servers; a lone trailing \r waits for its \n in the next read
-        buf = buf.replace(b"\r\n", b"\n")
+    if b"\r" in buf:  # CRLF or CR line ends (SSE allows both; a trailing CR may be half a CRLF: see below)
+        buf = buf.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
     start = 0
     while True:
         end = buf.find(b"\n\n", start)
@@ -148,7 +149,7 @@ def feed_sse(f: Flight, data: bytes, t: float, cap: int = MAX_EVENT_BYTES) -> No
         if len(buf) - start > cap:
             _too_big(f, cap)
             return
-        f.sse_buf = buf[start:]
+        f.sse_buf = buf[start:] if data[-1:] != b"\r" else buf[start:-1] + b"\r"  # the LF may follow
     else:
         f.sse_buf = b""
 
@@ -196,8 +197,12 @@ def on_data(f: Flight, payload: bytes, t: float) -> None:
 
 def take_data(f: Flight, payload: bytes, t: float) -> bool:
     """`on_data` without the verdict: False (and nothing recorded) when the payload is not JSON."""
+    if f.done:  # nothing may follow [DONE] (the transports' template paths are off after it)
+        f.fail("protocol_error", "stream data after data: [DONE]: " + payload[:80].decode("utf-8", "replace"))
+        return True
     if payload[:1] == b"[" and payload.strip() == b"[DONE]":
         f.done = True
+        f.tpl_pre = None  # every later event is parsed, and so refused
         return True
     try:
         obj = _loads(payload)
@@ -222,16 +227,27 @@ def _take(f: Flight, obj: dict[str, Any], payload: bytes, t: float) -> None:
             answer = c0.get("text")
             token = bool(answer)
             key = _TEXT
+            kind: type = str
         else:
-            answer = delta.get("content") or delta.get("tool_calls")
+            answer = delta.get("content")
+            kind = str
+            if not answer:
+                answer = delta.get("tool_calls")
+                kind = list
             key = _CONTENT
             token = bool(answer)
             if not token:
                 if delta.get("reasoning_content"):
-                    token, key = True, _REASONING_CONTENT
+                    token, key, kind = True, _REASONING_CONTENT, str
+                    if type(delta["reasoning_content"]) is not str:
+                        raise TypeError
                 elif delta.get("reasoning"):
-                    token, key = True, _REASONING
+                    token, key, kind = True, _REASONING, str
+                    if type(delta["reasoning"]) is not str:
+                        raise TypeError
         if token:
+            if answer and type(answer) is not kind:  # `"text": 5` is no token: a corrupt event
+                raise TypeError
             if f.first_token is None:
                 f.first_token = t
             f.chunks.append(t)
@@ -291,20 +307,44 @@ def learn_template(f: Flight, payload: bytes, key: bytes) -> None:
     f.tpl_key = key
 
 
-def _int_or_none(v: Any) -> int | None:
-    return v if type(v) is int else None
+_MAX_COUNT = 2**31 - 1  # no answer or prompt has this many tokens: a larger "count" is garbage
+
+
+class _NotACount(ValueError):
+    pass
+
+
+def _int_or_none(v: Any, name: str = "") -> int | None:
+    """A token count, or None when absent (null); anything else is no count (`_NotACount`)."""
+    if type(v) is int and 0 <= v <= _MAX_COUNT:
+        return v
+    if v is None:
+        return None
+    raise _NotACount(f"usage.{name} is not a token count: {str(v)[:40]}")
 
 
 def _take_usage(f: Flight, usage: Any) -> None:
+    """Read `usage`, strictly: the counts a report is built on are never a guess.
+
+    A negative, fractional, string or absurd count, or fewer completion tokens than token chunks
+    already seen (each chunk carries at least one token; `continuous_usage_stats` sends running
+    totals, which keep this true), is a `protocol_error`.
+    """
     if not isinstance(usage, dict):
         return
-    f.prompt_tokens = _int_or_none(usage.get("prompt_tokens"))
-    f.completion_tokens = _int_or_none(usage.get("completion_tokens"))
-    details = usage.get("completion_tokens_details")
-    if isinstance(details, dict):
-        f.reasoning_tokens = _int_or_none(details.get("reasoning_tokens"))
-    if f.reasoning_tokens is None:
-        f.reasoning_tokens = _int_or_none(usage.get("reasoning_tokens"))
-    pdet = usage.get("prompt_tokens_details")
-    if isinstance(pdet, dict):
-        f.cached_tokens = _int_or_none(pdet.get("cached_tokens"))
+    try:
+        f.prompt_tokens = _int_or_none(usage.get("prompt_tokens"), "prompt_tokens")
+        f.completion_tokens = ct = _int_or_none(usage.get("completion_tokens"), "completion_tokens")
+        details = usage.get("completion_tokens_details")
+        if isinstance(details, dict):
+            f.reasoning_tokens = _int_or_none(details.get("reasoning_tokens"), "reasoning_tokens")
+        if f.reasoning_tokens is None:
+            f.reasoning_tokens = _int_or_none(usage.get("reasoning_tokens"), "reasoning_tokens")
+        pdet = usage.get("prompt_tokens_details")
+        if isinstance(pdet, dict):
+            f.cached_tokens = _int_or_none(pdet.get("cached_tokens"), "cached_tokens")
+    except _NotACount as e:
+        f.fail("protocol_error", str(e))
+        return
+    if ct is not None and ct < len(f.chunks):
+        f.fail("protocol_error", f"usage.completion_tokens is {ct}, but {len(f.chunks)} token chunks arrived")

@@ -2,9 +2,11 @@
 
 Flow: the driver (where `servegen-load run` was typed) connects to the cluster, creates one actor
 per shard with the SPREAD strategy (so shards land on different machines when there are several),
-and waits until every actor is *ready* (it has opened its shard and generated its first requests:
-the barrier). Only then does it pick the common start instant, `RAY_LEAD_S` in the future (or the
-`--start-at` given), and start them all. Each actor runs the ordinary dispatcher
+and holds them at a ready barrier, as `run --workers` holds its processes (`barrier`): each actor
+opens its shard and generates its first requests (`prepare`), then its engine resolves the target,
+opens connections and fills its look-ahead, and waits (`wait_set_up`). Only when all are set up
+does the driver pick the common start instant, `RAY_LEAD_S` ahead, and give it to all (`go`);
+a `--start-at` given replaces the barrier's second half. Each actor runs the ordinary dispatcher
 (`dispatch.runner.Runner`, configured by `run.local.engine_config` from the
 shard's `RunSpec`) on its node, writing its shard's results to a local temporary file; the
 driver polls the actors every `POLL_S` and receives the new complete lines in batches, appends them
@@ -51,17 +53,18 @@ import shutil
 import signal
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from .barrier import READY_TIMEOUT_S, choose_start
 from .spec import RunSpec
 
-RAY_LEAD_S = 2.0       # from the ready barrier to t = 0: the run() calls reach the actors well within it
+RAY_LEAD_S = 1.0       # from the last actor set up to t = 0: the go() calls reach every node well within it
 POLL_S = 0.5           # how often the driver collects result lines
 BATCH_BYTES = 4 << 20  # at most this much of results per poll and actor
-READY_TIMEOUT_S = 300.0
 PROGRESS_S = 10.0
 
 
@@ -81,6 +84,10 @@ class ShardActor:
         self.stop_requested = 0
         self.opened: Any = None
         self.metrics_port: int | None = None
+        self.set_up = threading.Event()  # the engine is set up and waits for t = 0 (`start_gate`)
+        self.lock = threading.Lock()
+        self.start: Any = None  # the future `go` resolves with t = 0
+        self.go_at: float | None = None
 
     def prepare(self, metrics_port: int | None, metrics_host: str) -> dict[str, Any]:
         """Open the shard and make its first requests (the barrier); where this actor runs."""
@@ -109,8 +116,9 @@ class ShardActor:
         return {"host": host, "ip": ip, "pid": os.getpid(), "metrics_port": port,
                 "metrics_host": ip if metrics_host in ("0.0.0.0", "::") else metrics_host}
 
-    def run(self, start_at: float, api_key: str | None, argv: list[str]) -> dict[str, Any]:
-        """Run the shard with t = 0 at `start_at` (unix); returns the outcome's counts."""
+    def run(self, start_at: float | None, api_key: str | None, argv: list[str]) -> dict[str, Any]:
+        """Run the shard with t = 0 at `start_at` (unix), or (None) at the instant `go` gives once
+        the engine is set up (`wait_set_up`: the ready barrier); returns the outcome's counts."""
         import asyncio
         import dataclasses
 
@@ -125,7 +133,8 @@ class ShardActor:
         cfg = engine_config(spec, target, self.opened, argv, self.part, handle_signals=False,
                             metrics_port=self.metrics_port if (self.metrics_port is not None or not push) else 0)
         cfg = dataclasses.replace(cfg, pushgateway=None, progress="off",
-                                  metrics_host=spec.metrics_host if self.metrics_port is not None else "127.0.0.1")
+                                  metrics_host=spec.metrics_host if self.metrics_port is not None else "127.0.0.1",
+                                  start_gate=self._gate if start_at is None else None)
         self.runner = Runner(self.opened.requests, cfg)
 
         async def main() -> Any:
@@ -156,6 +165,26 @@ class ShardActor:
         return {"started": True, "interrupted": outcome.interrupted, "incomplete": outcome.incomplete,
                 "scheduled": outcome.scheduled, "by_status": outcome.by_status,
                 "input_error": None if outcome.input_error is None else str(outcome.input_error)}
+
+    async def _gate(self) -> float:
+        with self.lock:
+            self.start = self.loop.create_future()
+            if self.go_at is not None:
+                self.start.set_result(self.go_at)
+        self.set_up.set()
+        return float(await self.start)
+
+    def wait_set_up(self, timeout: float) -> bool:
+        """True once the engine is set up and waits for `go` (False: not within `timeout`)."""
+        return self.set_up.wait(timeout)
+
+    def go(self, start_at: float) -> None:
+        """t = 0 for the run at the barrier (or about to reach it)."""
+        with self.lock:
+            self.go_at = start_at
+            fut, loop = self.start, self.loop
+        if fut is not None and loop is not None:
+            loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result(start_at))
 
     def stop(self) -> None:
         """Like SIGINT to a single run (a second call abandons the drain)."""
@@ -310,15 +339,15 @@ def _drive(ray: Any, spec: RunSpec, target: Any, out: Path, outputs: Any, n: int
         print(f"servegen-load: {n} shard actors ready on {len(nodes)} node(s)", file=sys.stderr)
         if spec.metrics_port is not None:
             _write_targets(out if outputs is None or outputs.copy is None else Path(spec.output), where, n)
-        start = spec.start_at if spec.start_at is not None else time.time() + RAY_LEAD_S
         shown = safe_argv(argv, target.api_key)
-        runs = {a.run.remote(start, target.api_key, shown): i for i, a in enumerate(actors)}
-        print(f"servegen-load: t = 0 at {start:.3f} (in {start - time.time():.1f} s)", file=sys.stderr)
+        runs = {a.run.remote(spec.start_at, target.api_key, shown): i for i, a in enumerate(actors)}
         outcomes: dict[int, dict[str, Any]] = {}
         received: list[int] = []
         forwarded = 0
         drained: set[int] = set()
         old = {s: signal.signal(s, lambda sig, _f: received.append(sig)) for s in (signal.SIGINT, signal.SIGTERM)}
+        start = spec.start_at if spec.start_at is not None else _release(ray, actors, list(runs), received)
+        print(f"servegen-load: t = 0 at {start:.3f} (in {start - time.time():.1f} s)", file=sys.stderr)
         last_note = time.monotonic()
         lines = 0
         try:
@@ -374,6 +403,22 @@ def _drive(ray: Any, spec: RunSpec, target: Any, out: Path, outputs: Any, n: int
     finally:
         for f in sinks:
             f.close()
+
+
+def _release(ray: Any, actors: list[Any], runs: list[Any], received: list[int]) -> float:
+    """The ready barrier's second half: wait until every actor's engine is set up (connections
+    open, look-ahead filled; a run that ended already does not hold the others, nor does a signal),
+    then give all one t = 0 `RAY_LEAD_S` ahead."""
+    pending = [a.wait_set_up.remote(READY_TIMEOUT_S) for a in actors]
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while pending and not received and time.monotonic() < deadline:
+        _, pending = ray.wait(pending, num_returns=len(pending), timeout=POLL_S)
+        if ray.wait(runs, num_returns=1, timeout=0)[0]:
+            break
+    start = choose_start(RAY_LEAD_S)
+    for a in actors:
+        a.go.remote(start)
+    return start
 
 
 def _last_line(e: BaseException) -> str:

@@ -65,6 +65,7 @@ BATCH_ZERO_SHARE = 0.2
 MIN_BATCH_REQUESTS = 200
 SIM_BUDGET = 1_000_000  # requests simulated for model scores per fit (about half a second)
 DENSE_BINS = 20_000_000  # client x bin cells counted densely (160 MB at most) rather than sorted
+FANO_FLOOR = 0.1  # Fano factors below are one "near deterministic" value to `score`
 GOOD_SCORE = 0.1  # a default that matches the log's counts this well is kept without alternatives
 HOUR, DAY, WEEK = 3600.0, 86400.0, 604800.0
 EPOCH_DOW = 3  # 1970-01-01 was a Thursday (Monday = 0)
@@ -146,11 +147,13 @@ def fano_of(t: np.ndarray, span: float, scales: list[float]) -> np.ndarray:
 
 
 def score(f_sim: np.ndarray, f_obs: np.ndarray) -> float:
-    """Mean |log ratio| of Fano factors over the scales both define."""
+    """Mean |log ratio| of Fano factors over the scales both define. Factors below `FANO_FLOOR` count as
+    that floor: near-deterministic counts (a cron job's 3 requests every minute: F = 0) differ from a
+    model's F = 0.02 by a huge ratio a server never sees."""
     ok = np.isfinite(f_sim) & np.isfinite(f_obs)
     if not ok.any():
         return float("nan")
-    return float(np.mean(np.abs(np.log(np.maximum(f_sim[ok], 1e-3) / np.maximum(f_obs[ok], 1e-3)))))
+    return float(np.mean(np.abs(np.log(np.maximum(f_sim[ok], FANO_FLOOR) / np.maximum(f_obs[ok], FANO_FLOOR)))))
 
 
 def rate_profile(t: np.ndarray, client: np.ndarray, n_clients: int, origin: float, span: float,
@@ -190,14 +193,16 @@ def profile_at(profile: np.ndarray, level: np.ndarray, abs_t: np.ndarray, wall_c
 
 def fit_arrivals(t: np.ndarray, client: np.ndarray, n_clients: int, span: float, W: float, origin: float,
                  wall_clock: bool, rate: np.ndarray, cv: np.ndarray, family: np.ndarray, shape: np.ndarray,
-                 epoch_windows: Any, ks_max: float) -> ArrivalFit:
+                 epoch_windows: Any, ks_max: float, scales: list[float] | None = None) -> ArrivalFit:
     """Arrival models, evidence, profile and shrinkage (module docstring). `t` is pool time;
-    `epoch_windows(t, client)` fits per-window gap families to distinct timestamps (fit's own)."""
+    `epoch_windows(t, client)` fits per-window gap families to distinct timestamps (fit's own).
+    `scales`: those the models are scored at (default `scales_for(span, W)`); fits of one log at
+    different windows are compared on the same scales."""
     notes: list[str] = []
     n_w = rate.shape[1]
     level = (np.bincount(client, minlength=n_clients) / max(span, W)).astype(np.float32)
     profile, kind = rate_profile(t, client, n_clients, origin, span, wall_clock)
-    scales = scales_for(span, W)
+    scales = scales_for(span, W) if scales is None else list(scales)
     fano, _ = fano_by_client(t, client, n_clients, span, scales)
 
     order = group_time_order(client, t)
@@ -407,7 +412,8 @@ def _tick_dispersion(tc: np.ndarray, period: float, phase: float, rate: np.ndarr
     w = np.clip((tt // W).astype(np.int64), 0, rate.size - 1)
     m = rate[w] * period
     sm = float(m.sum())
-    return float(np.clip(((n - m) ** 2).sum() / sm, 0.05, 1e6)) if sm > 0 else 1.0
+    # 0 allowed: clockwork batches (a cron job's fixed count each period) are drawn with the least variance
+    return float(np.clip(((n - m) ** 2).sum() / sm, 0.0, 1e6)) if sm > 0 else 1.0
 
 
 def group_time_order(group: np.ndarray, t: np.ndarray) -> np.ndarray:
@@ -437,6 +443,9 @@ def describe(pool: Any, top: int = 10) -> dict[str, Any] | None:
     lines = [f"arrival models: {', '.join(f'{m} {n}' for m, n in counts.items())} client(s); rate profile "
              f"{meta.get('profile_kind')} ({meta.get('profile_clock')} clock), scored at "
              f"{', '.join(f'{s:g} s' for s in scales)} (score = mean |log Fano ratio|, simulated vs log)"]
+    choice = (pool.meta.get("fit") or {}).get("window_choice")
+    if isinstance(choice, dict) and choice.get("line"):
+        lines.append(f"rate window: {choice['line']}")
     rows = []
     for c in np.argsort(-reqs, kind="stable")[:top]:
         m = int(model[c])
@@ -460,4 +469,5 @@ def describe(pool: Any, top: int = 10) -> dict[str, Any] | None:
                      "rate_shrink": float(x["rate_shrink"][c])})
         lines.append(f"  {pool.clients[c]}: {MODELS[m]}{extra}; zero gaps {float(x['zero_gap_share'][c]):.0%}; "
                      f"log Fano {fano or '-'}; scores {ev or '-'}; window-rate shrink {float(x['rate_shrink'][c]):.2f}{on}")
-    return {"models": counts, "profile": meta.get("profile_kind"), "scales": scales, "clients": rows, "lines": lines}
+    return {"models": counts, "profile": meta.get("profile_kind"), "scales": scales, "clients": rows, "lines": lines,
+            "window_choice": choice if isinstance(choice, dict) else None}

@@ -535,14 +535,13 @@ def merge_requests(paths: list[str | Path]) -> Iterator[bytes]:
     """Merge shard files by the generation order (t, client, k) into one body (header lines dropped)."""
     import heapq
 
+    from ..requests import iter_request_lines
+
     def keyed(p: str | Path) -> Iterator[tuple[float, str, int, int, bytes]]:
-        with open(p, "rb") as fh:
-            fh.readline()
-            for line in fh:
-                d = orjson.loads(line)
-                c, _, k = d["id"].rpartition("#")
-                k, _, turn = k.partition("/")  # session turns are "<client>#<k>/<turn>" (workload.conversation)
-                yield d["t"], c, int(k), int(turn or 0), line
+        for r, line in iter_request_lines(p):
+            c, _, k = r.id.rpartition("#")
+            k, _, turn = k.partition("/")  # session turns are "<client>#<k>/<turn>" (workload.conversation)
+            yield r.t, c, int(k), int(turn or 0), line
 
     for _, _, _, _, line in heapq.merge(*(keyed(p) for p in paths)):
         yield line

@@ -16,6 +16,11 @@ windows cover [0, end):
   gap family and shape are the source's. Where the profile never saw w's phase (a log shorter
   than a day), p_w = p_s: the fitted windows are replayed, shrunk, in their own order. So the level and the daily and weekly cycles follow the
   profile, and burstiness at every scale (within and across windows) that of the fitted log.
+- outages (`outage_windows`: at least `OUTAGE_MIN` seconds in which no client sent anything,
+  between windows whose rate predicts at least `OUTAGE_EXPECTED` requests there) are a service or
+  its log being down, not traffic: past the span no window takes one as its source (the latest
+  window at the same phase that was up, else the nearest fitted window that was up). Inside the
+  fitted span they stay, as history.
 - windows with a rate but no fitted family (a quiet window lifted by the profile) take the
   client's busiest window's family; data windows past the span take the latest fitted one at
   the same time of day, and a client's missing length tables the nearest one it has.
@@ -33,6 +38,39 @@ from .pool import ClientPool
 
 _VIEWS: dict[tuple[int, int, bool], tuple[ClientPool, ClientPool]] = {}
 _WINDOWED = ("epoch_family", "epoch_shape")
+OUTAGE_MIN = 1800.0  # seconds of silence from every client before it can be an outage
+OUTAGE_EXPECTED = 100.0  # requests the neighbouring windows' rate predicts over the silence
+OUTAGE_EDGE = 0.05  # a window next to the silence below this share of the rate around is part of it
+
+
+def outage_windows(rate: np.ndarray, W: float) -> np.ndarray:
+    """Windows (bool, per window) in runs of total silence that the traffic around them makes implausible.
+
+    A run of windows where every client's rate is 0, lasting >= `OUTAGE_MIN` seconds, whose
+    flanking windows' mean total rate (those that exist, up to 3 each side) times its length
+    exceeds `OUTAGE_EXPECTED` (Poisson odds of such a silence: e^-100), with the windows next to
+    it that hold under `OUTAGE_EDGE` of that rate (it began or ended inside them). A quiet night of a
+    low-rate service, or an on/off client's off time, does not qualify: the rate around it is low.
+    """
+    total = np.asarray(rate, dtype=np.float64).sum(axis=0)
+    n = total.size
+    out = np.zeros(n, dtype=bool)
+    zero = np.concatenate([[False], total <= 0, [False]])
+    starts = np.flatnonzero(zero[1:] & ~zero[:-1])
+    ends = np.flatnonzero(~zero[1:] & zero[:-1])  # exclusive
+    for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
+        if (b - a) * W < OUTAGE_MIN:
+            continue
+        around = np.concatenate([total[max(0, a - 3):a], total[b:b + 3]])
+        ref = float(around.mean()) if around.size else 0.0
+        if ref * (b - a) * W >= OUTAGE_EXPECTED:
+            # the windows where it began and ended hold a few stragglers: part of the outage too
+            while a > 0 and total[a - 1] < OUTAGE_EDGE * ref:
+                a -= 1
+            while b < n and total[b] < OUTAGE_EDGE * ref:
+                b += 1
+            out[a:b] = True
+    return out
 
 
 def has_profile(pool: ClientPool) -> bool:
@@ -56,7 +94,7 @@ def view(pool: ClientPool, end: float, shrink: bool) -> ClientPool:
     level = pool.extra["level"].astype(np.float64)
     prof_src = pool.extra["profile"]
     starts = np.arange(n1, dtype=np.float64) * W
-    src = _sources(n0, n1, W, origin, kind, wall)
+    src = _sources(n0, n1, W, origin, kind, wall, outage_windows(pool.rate, W))
     p_src = profile_at(prof_src, level, origin + starts[src] + 0.5 * W, wall)
     p_new = profile_at(prof_src, np.full(level.shape, np.nan), origin + starts + 0.5 * W, wall)
     prof = np.where(np.isfinite(p_new), p_new, p_src)
@@ -98,11 +136,15 @@ def view(pool: ClientPool, end: float, shrink: bool) -> ClientPool:
     return out
 
 
-def _sources(n0: int, n1: int, W: float, origin: float, kind: str, wall: bool) -> np.ndarray:
-    """Source window of every window 0..n1-1 (itself inside the span; module docstring past it)."""
+def _sources(n0: int, n1: int, W: float, origin: float, kind: str, wall: bool,
+             down: np.ndarray | None = None) -> np.ndarray:
+    """Source window of every window 0..n1-1 (itself inside the span; module docstring past it);
+    `down` marks fitted windows that are outages (never a source past the span)."""
     src = np.arange(n1)
     if n1 == n0:
         return src
+    down = np.zeros(n0, dtype=bool) if down is None or down.all() else down
+    up = np.flatnonzero(~down)
     w = np.arange(n0, n1)
     period = WEEK if kind == "week" else DAY
     step = round(period / W)
@@ -118,9 +160,16 @@ def _sources(n0: int, n1: int, W: float, origin: float, kind: str, wall: bool) -
                 if not bad.any():
                     break
                 s = np.where(bad, s - step, s)
+        for _ in range(n0 // step + 1):  # an outage: the same phase a period earlier, while there is one
+            bad = down[s] & (s - step >= 0)
+            if not bad.any():
+                break
+            s = np.where(bad, s - step, s)
+        if down[s].any():  # no period was up at that phase: the nearest window that was
+            s = np.where(down[s], up[np.clip(np.searchsorted(up, s), 0, up.size - 1)], s)
         src[n0:] = s
     else:
-        src[n0:] = (w - n0) % n0
+        src[n0:] = up[(w - n0) % up.size]
     return src
 
 

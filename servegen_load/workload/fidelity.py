@@ -1,5 +1,10 @@
 """Statistics measured on a requests file, and its fidelity to the scenario it came from.
 
+`scan_requests(path, scenario)` is what `inspect REQUESTS [--scenario]` runs: one streaming pass
+that folds `request_scan` blocks into `StatsAcc` and `FidelityAcc` (`stream_stats` accumulators), so
+memory does not grow with the file; `request_stats(cols)` and `fidelity(cols, scenario)` put columns
+already in memory through the same accumulators.
+
 `request_stats(cols)` gives the same statistics `inspect` shows for a pool, measured on requests:
 clients, rate curve, per-client gap CV quantiles, top-1/5/10 shares, length quantiles per
 category. Definitions:
@@ -117,13 +122,6 @@ def _wq(x: np.ndarray, w: np.ndarray, qs: tuple[float, ...]) -> list[float | Non
     c = np.cumsum(w[o])
     c /= c[-1]
     return [round(float(x[o][min(int(np.searchsorted(c, q)), x.size - 1)]), 4) for q in qs]
-
-
-def _q(x: np.ndarray) -> dict[str, float | None]:
-    if x.size == 0:
-        return {"p50": None, "p90": None, "p99": None, "mean": None}
-    p = np.quantile(x, (0.5, 0.9, 0.99), method="inverted_cdf")
-    return {"p50": float(p[0]), "p90": float(p[1]), "p99": float(p[2]), "mean": round(float(x.mean()), 4)}
 
 
 def window_cvs(t: np.ndarray, client: np.ndarray, edges: np.ndarray, min_n: int = MIN_CV_REQUESTS
@@ -269,13 +267,6 @@ def request_stats(cols: Columns, window: float = 600.0, buckets: int = 48) -> di
     return acc.result(cols.header, cols.clients, cols.categories)
 
 
-def _ragged(starts: np.ndarray, lens: np.ndarray) -> np.ndarray:
-    total = int(lens.sum())
-    if total == 0:
-        return np.zeros(0, dtype=np.int64)
-    return np.repeat(starts - (np.cumsum(lens) - lens), lens) + np.arange(total)
-
-
 def _modes(x: np.ndarray, bins: int = 50) -> list[float]:
     """Centres of the local maxima of a 50-bin histogram on [0, 1] holding >= 2% of the mass."""
     if x.size == 0:
@@ -363,8 +354,7 @@ class FidelityAcc:
             nseg = self.obs[i].shape[1]
             seg = np.clip(np.searchsorted(src.edges, t, side="right") - 1, 0, nseg - 1)
             self.obs[i] += np.bincount(lcl * nseg + seg, minlength=self.obs[i].size).reshape(self.obs[i].shape)
-            win = np.clip(np.searchsorted(src.edges, t, side="right") - 1, 0, src.edges.size - 2)
-            self.gaps[i].add(t, lcl, win)
+            self.gaps[i].add(t, lcl, seg)  # segments are the windows of the gap CVs (nseg = edges.size - 1)
             self.lengths[i].add(b, m)
 
     def result(self, clients: list[str]) -> dict[str, Any]:

@@ -69,9 +69,10 @@ logs are merged on their absolute times (wall clock when they have one).
 
 from __future__ import annotations
 
+import copy
 import sys
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -81,6 +82,7 @@ from scipy.special import digamma, gammaln, polygamma
 from ..errors import InputError
 from . import session_model
 from .arrival_fit import ARRIVAL_ARRAYS, fit_arrivals, group_time_order
+from .continuation import outage_windows
 from .distributions import Family, LengthTable, compress
 from .logs import MEDIA, BadRows, ColumnMap, LogChunk, read_log
 from .pool import CATEGORIES, ClientPool, build_tables
@@ -100,7 +102,7 @@ _LOG2PI = float(np.log(2.0 * np.pi))
 class FitOptions:
     """Knobs of `fit_chunks` (the CLI's options, same names)."""
 
-    window: float = 600.0
+    window: float | None = None  # None: DEFAULT_WINDOW, or a finer one where it fits clearly better (`_fit_auto`)
     data_window: float = 21600.0
     name: str | None = None
     category: str | None = None
@@ -142,6 +144,38 @@ class FitReport:
                 + "".join("\n" + line for line in session_model.describe(pool)))
 
 
+MISFIT_SCORE = 0.3  # mean |log Fano ratio| (simulated vs log) from which the chosen model misses the counts
+DEFAULT_WINDOW = 600.0  # ServeGen's
+FINER_WINDOWS = (300.0, 120.0, 60.0)  # tried when a main client's counts miss at the default
+AUTO_MIN_REQUESTS = 20  # mean requests a window a refined client keeps (rate noise ~ 1/sqrt(20) = 22%)
+AUTO_MAX_CELLS = 100_000  # client x windows of a refined pool (~22 bytes each: about 2 MB of arrays)
+SCORE_NOISE = 0.05  # scores closer than this are one (each is one simulation of the fitted span)
+CLEARLY_BETTER = 0.7  # a finer window is kept when the missing clients' score falls at least this much
+
+
+def _shape_notes(rate: np.ndarray, W: float, extra: dict[str, np.ndarray], n_req_by_client: np.ndarray,
+                 names: list[str], suggest: bool = True) -> list[str]:
+    """Notes on structure the windows cannot hold: outages (never replayed past the span) and count
+    dispersion the chosen arrival model misses (bursts shorter than the window: a shorter --window)."""
+    notes = []
+    down = outage_windows(rate, W)
+    if down.any():
+        edges = np.flatnonzero(np.diff(np.concatenate([[0], down.astype(np.int8), [0]])))
+        runs = ", ".join(f"{a * W / 3600:.4g} h to {b * W / 3600:.4g} h" for a, b in zip(edges[::2], edges[1::2],
+                                                                                         strict=True))
+        notes.append(f"no request at all from {runs} after the first request, where the traffic around predicts "
+                     "hundreds: an outage (of the service or its log), kept as history inside the fitted span but "
+                     "never replayed past it")
+    if suggest and W > 60:  # (without --window, `_fit_auto` tries the shorter windows itself)
+        bad, chosen = _misfits(extra, n_req_by_client)
+        if bad.size:
+            who = ", ".join(f"{names[c]} ({float(chosen[c]):.2f})" for c in bad[:5])
+            notes.append(f"the best arrival model misses the log's count dispersion for {who} (mean |log Fano "
+                         f"ratio|, simulated vs log): if it bursts for less than the {W:g} s --window, a shorter "
+                         "one (--window 60) follows the bursts; without --window, fit tries it itself")
+    return notes
+
+
 @dataclass
 class GapFit:
     """Per-group fit results (arrays over groups; see `fit_gaps`)."""
@@ -166,12 +200,22 @@ def fit_logs(paths: Sequence[str | Path], fmt: str = "auto", columns: ColumnMap 
     if opts.name is None:
         opts = FitOptions(**{**opts.__dict__, "name": Path(str(paths[0])).stem if paths else "fitted"})
 
+    out = stream or sys.stderr
+    read_as: list[str] = []  # what was detected, so a wrong guess is seen; printed once the fit worked
+    # (bad input stays one error line)
+
     def chunks() -> Iterable[LogChunk]:
         for p in paths:
-            yield from read_log(p, fmt, columns, chunk_rows)
+            said = False
+            for c in read_log(p, fmt, columns, chunk_rows):
+                if not said and len(c):
+                    read_as.append(f"servegen-load: {p}: read as {c.describe()}")
+                    said = True
+                yield c
 
     pool, report = fit_chunks(chunks(), opts)
-    out = stream or sys.stderr
+    for line in read_as:
+        print(line, file=out)
     for path, bad in report.bad_by_file.items():
         print(f"servegen-load: warning: {path}: skipped {bad.count} bad row(s) ({bad.describe()})", file=out)
     for note in report.notes:
@@ -182,9 +226,9 @@ def fit_logs(paths: Sequence[str | Path], fmt: str = "auto", columns: ColumnMap 
 def fit_chunks(chunks: Iterable[LogChunk], options: FitOptions | None = None) -> tuple[ClientPool, FitReport]:
     """Fit a pool from log chunks (one or several logs; see the module docstring)."""
     opts = options or FitOptions()
-    if not opts.window > 0 or not opts.data_window > 0:
+    if (opts.window is not None and not opts.window > 0) or not opts.data_window > 0:
         raise InputError("--window and --data-window must be positive")
-    if opts.data_window < opts.window:
+    if opts.data_window < (opts.window or DEFAULT_WINDOW):
         raise InputError("--data-window must be at least --window")
     if not 0 < opts.ks_max < 0.5:  # nan too: `compress` would never meet its bound
         raise InputError(f"expected 0 < ks_max < 0.5, got {opts.ks_max}", field="--ks-max")
@@ -192,7 +236,98 @@ def fit_chunks(chunks: Iterable[LogChunk], options: FitOptions | None = None) ->
         raise InputError(f"expected a category among {', '.join(CATEGORIES)}, got {opts.category!r}")
     report = FitReport()
     cols = _collect(chunks, report)
-    return _fit(cols, opts, report), report
+    if opts.window is None:
+        return _fit_auto(cols, opts, report)
+    pool = _fit(cols, opts, report)
+    pool.meta["fit"]["window_choice"] = {"auto": False, "window": float(opts.window),
+                                         "line": f"{opts.window:g} s (--window)"}
+    return pool, report
+
+
+def _misfits(extra: dict[str, np.ndarray], n_req: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(main renewal clients whose best arrival model misses the log's counts, every client's chosen score).
+
+    Main: >= 5% of the requests. Renewal only: batch models miss near-zero Fano factors of
+    clockwork clients by a large log ratio that no window length would change."""
+    scores, model = extra.get("arrival_score"), extra.get("arrival_model")
+    if scores is None or model is None:
+        return np.zeros(0, dtype=np.int64), np.full(n_req.size, np.nan)
+    chosen = scores[np.arange(scores.shape[0]), model.astype(np.int64)].astype(np.float64)
+    share = n_req / max(int(n_req.sum()), 1)
+    bad = np.flatnonzero(np.isfinite(chosen) & (chosen > MISFIT_SCORE) & (share >= 0.05) & (model == 0))
+    return bad, chosen
+
+
+def _fit_auto(cols: _Columns, opts: FitOptions, report: FitReport) -> tuple[ClientPool, FitReport]:
+    """Fit at `DEFAULT_WINDOW`; where a main client's counts miss (score > `MISFIT_SCORE`: it bursts for
+    less than the window), refit at each finer window of `FINER_WINDOWS` the data supports (the
+    missing clients keep >= `AUTO_MIN_REQUESTS` requests a window on average, the pool stays within
+    `AUTO_MAX_CELLS` client-windows) and keep the refit whose scores, on the same scales and the same
+    (fitted) log, are clearly better: the missing clients' request-weighted score at most
+    `CLEARLY_BETTER` times the default's and every client's weighted score no worse. A high score
+    alone never changes the window (a dominant tenant may score 0.4 at 600 s and hold its burstiness)."""
+    t_orig = cols.t.copy() if opts.time_range is None else None  # `_fit` shifts cols.t in place
+
+    def attempt(W: float, scales: list[float] | None) -> tuple[ClientPool, FitReport]:
+        if t_orig is not None:
+            cols.t = t_orig.copy()
+        rep = copy.deepcopy(report)
+        return _fit(cols, replace(opts, window=W), rep, scales=scales, suggest=False), rep
+
+    pool, rep = attempt(DEFAULT_WINDOW, None)
+    n_req = pool.requests_per_client().astype(np.float64)
+    bad, chosen = _misfits(pool.extra, n_req)
+    choice: dict[str, Any] = {"auto": True, "window": DEFAULT_WINDOW, "default": DEFAULT_WINDOW}
+    if bad.size == 0:
+        choice["line"] = f"{DEFAULT_WINDOW:g} s (default; the arrival models match every main client's counts)"
+        pool.meta["fit"]["window_choice"] = choice
+        return pool, rep
+    scales = [float(x) for x in pool.meta["arrival"]["scales"]]
+    span = float(pool.meta["arrival"]["span"])
+    names = ", ".join(pool.clients[c] for c in bad[:3]) + (f" and {bad.size - 3} more" if bad.size > 3 else "")
+
+    def weighted(ch: np.ndarray, who: np.ndarray) -> float:
+        ok = who[np.isfinite(ch[who])]
+        return float(np.average(ch[ok], weights=n_req[ok])) if ok.size and n_req[ok].sum() > 0 else float("nan")
+
+    every = np.flatnonzero(np.isfinite(chosen))
+    base_bad, base_all = weighted(chosen, bad), weighted(chosen, every)
+    tried = {f"{DEFAULT_WINDOW:g}": round(base_bad, 3)}
+    skipped: dict[str, str] = {}
+    kept: list[tuple[float, ClientPool, FitReport]] = []
+    for W in FINER_WINDOWS:
+        n_w = int(np.ceil(max(span, W) / W))
+        per_window = float(n_req[bad].min()) * W / max(span, W)
+        if pool.n_clients * n_w > AUTO_MAX_CELLS:
+            skipped[f"{W:g}"] = f"{pool.n_clients * n_w} client-windows > {AUTO_MAX_CELLS}"
+            continue
+        if per_window < AUTO_MIN_REQUESTS:
+            skipped[f"{W:g}"] = f"{per_window:.3g} requests a window < {AUTO_MIN_REQUESTS}"
+            continue
+        p2, r2 = attempt(W, scales)
+        _, ch2 = _misfits(p2.extra, n_req)
+        w_bad, w_all = weighted(ch2, bad), weighted(ch2, every)
+        tried[f"{W:g}"] = round(w_bad, 3)
+        if w_bad <= CLEARLY_BETTER * base_bad and w_all <= base_all:
+            kept.append((w_all, p2, r2))
+    # the coarsest kept window whose score is within simulation noise of the best (fewer, steadier rates)
+    best = next((k for k in kept if k[0] <= min(x[0] for x in kept) + SCORE_NOISE), None)
+    ev = ", ".join(f"{w} s {v:.2f}" for w, v in tried.items())
+    skip = "".join(f"; {w} s not tried: {why}" for w, why in skipped.items())
+    if best is not None:
+        pool, rep = best[1], best[2]
+        choice["window"] = float(pool.window)
+        head = (f"{pool.window:g} s: at {DEFAULT_WINDOW:g} s the arrival model misses the count dispersion of {names}, "
+                f"which bursts for less than the window; its score ")
+    else:
+        head = (f"{DEFAULT_WINDOW:g} s: the arrival model misses the count dispersion of {names}, and no finer window "
+                f"fits its counts clearly better; its score ")
+    choice["line"] = (f"{head}(mean |log Fano ratio| at {', '.join(f'{x:g}' for x in scales)} s) by window: {ev}"
+                      f"{skip}")
+    choice.update(scores=tried, skipped=skipped, clients=[pool.clients[c] for c in bad.tolist()], scales=scales)
+    rep.notes.append(f"rate window {choice['line']}")
+    pool.meta["fit"]["window_choice"] = choice
+    return pool, rep
 
 
 # --------------------------------------------------------------------------- reading
@@ -279,7 +414,8 @@ def _collect(chunks: Iterable[LogChunk], report: FitReport) -> _Columns:
 # --------------------------------------------------------------------------- fitting
 
 
-def _fit(cols: _Columns, opts: FitOptions, report: FitReport) -> ClientPool:
+def _fit(cols: _Columns, opts: FitOptions, report: FitReport, scales: list[float] | None = None,
+         suggest: bool = True) -> ClientPool:
     where = ", ".join(report.files) or None  # errors name the log(s)
     if not np.any(cols.input >= 0) or not np.any(cols.output >= 0):
         raise InputError("fit needs input and output token counts: name the columns with --input-column and "
@@ -301,7 +437,7 @@ def _fit(cols: _Columns, opts: FitOptions, report: FitReport) -> ClientPool:
     n_clients = len(names)
     category, fields, values = _fields(cols, opts)
 
-    W, D = float(opts.window), float(opts.data_window)
+    W, D = float(opts.window or DEFAULT_WINDOW), float(opts.data_window)
     last = max(float(t.max()), span)
     if not last / W * n_clients <= MAX_CELLS:
         raise InputError(f"{n_clients} client(s) over {last:.4g} s in windows of {W:g} s would need "
@@ -339,8 +475,10 @@ def _fit(cols: _Columns, opts: FitOptions, report: FitReport) -> ClientPool:
         return ef, es
 
     arr = fit_arrivals(t, client, n_clients, last if span else float(t.max()), W, t0, cols.wall_clock, rate, cv,
-                       family, shape, epoch_windows, opts.ks_max)
+                       family, shape, epoch_windows, opts.ks_max, scales=scales)
     report.notes.extend(arr.notes)
+    report.notes.extend(_shape_notes(rate, W, arr.extra, n_req_by_client=np.bincount(client, minlength=n_clients),
+                                     names=list(names), suggest=suggest))
     if arr.batch_tables:
         arr.extra["batch_index"] = np.where(arr.extra["batch_index"] >= 0, arr.extra["batch_index"] + len(tables),
                                             -1).astype(np.int32)

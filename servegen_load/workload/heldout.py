@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import orjson
 
 from .arrival_fit import MIN_BINS, SCALES
 
@@ -114,13 +113,10 @@ def hourly_correlation(gen_t: np.ndarray, real_t: np.ndarray, span: float) -> fl
 
 
 def request_times(path: str | Path) -> np.ndarray:
-    """Request times (s) of a requests JSONL file written by `generate` (header line skipped)."""
-    out = []
-    with open(path, "rb") as fh:
-        fh.readline()
-        for line in fh:
-            out.append(orjson.loads(line)["t"])
-    return np.asarray(out, dtype=np.float64)
+    """Request times (s) of a requests file (`requests.iter_requests`: a bad line names itself)."""
+    from ..requests import iter_requests
+
+    return np.fromiter((r.t for r in iter_requests(path)), dtype=np.float64)
 
 
 def format_rows(rows: list[Row]) -> list[str]:

@@ -6,6 +6,8 @@ Python object per row, so a 10-million-row log costs about 30 bytes a row in mem
 
     azure     Azure LLM inference trace 2023 CSV: TIMESTAMP (wall clock), ContextTokens, GeneratedTokens
     mooncake  Mooncake JSONL: timestamp (ms), input_length, output_length (hash_ids ignored)
+    burstgpt  BurstGPT CSV: Timestamp (seconds from the trace's start), Model (read as the client:
+              each model is a service with its own rate and lengths), Request tokens, Response tokens
     csv       any CSV/TSV with a header; columns named by `ColumnMap` or guessed from common names
     jsonl     one JSON object per line; same column mapping as csv
     requests  this package's requests files (header format servegen-load/requests/v1)
@@ -52,9 +54,9 @@ import orjson
 from numpy.lib.stride_tricks import sliding_window_view
 
 from ..errors import InputError
-from ..formats import REQUESTS_FORMAT, RESULTS_FORMAT
+from ..formats import REQUESTS_FORMAT, RESULTS_FORMAT, first_object, format_kind
 
-FORMATS = ("auto", "azure", "mooncake", "csv", "jsonl", "requests", "results")
+FORMATS = ("auto", "azure", "mooncake", "burstgpt", "csv", "jsonl", "requests", "results")
 MEDIA = ("image_count", "image_tokens", "audio_count", "audio_tokens", "video_count", "video_tokens")
 ROLES = ("time", "client", "session", "input", "output", "reason", *MEDIA)
 TIME_UNITS = ("auto", "s", "ms", "us", "ns", "iso")
@@ -66,6 +68,8 @@ _UNIT_IN_NAME = re.compile(r"(?:^|[_\-. (\[])(" + "|".join(sorted(_UNIT_WORDS, k
                            + r")\)?\]?$")
 MAX_ABS_TIME = 1e11  # seconds (epoch: year 5138): a numeric time beyond is a wrong unit or garbage
 MOONCAKE_KEYS = ("timestamp", "input_length", "output_length", "hash_ids")
+AZURE_COLUMNS = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
+BURSTGPT_COLUMNS = ("Timestamp", "Model", "Request tokens", "Response tokens")
 _PAD = 256  # zero bytes after a CSV block; fields longer than this take the slow slicing path
 _REQUIRED = ("time", "input", "output")  # a row missing one of these (when mapped) is bad
 
@@ -76,9 +80,9 @@ GUESSES: dict[str, tuple[str, ...]] = {
     "client": ("client", "client_id", "tenant", "tenant_id", "customer", "customer_id", "user", "user_id",
                "api_key", "api_key_id", "app", "app_id"),
     "session": ("session", "session_id", "conversation", "conversation_id", "chat_id", "thread_id"),
-    "input": ("input_tokens", "prompt_tokens", "input_length", "contexttokens", "context_tokens",
+    "input": ("input_tokens", "prompt_tokens", "request_tokens", "input_length", "contexttokens", "context_tokens",
               "num_prompt_tokens", "input_len", "prompt_len", "text_tokens"),
-    "output": ("output_tokens", "completion_tokens", "output_length", "generatedtokens", "generated_tokens",
+    "output": ("output_tokens", "completion_tokens", "response_tokens", "output_length", "generatedtokens", "generated_tokens",
                "num_completion_tokens", "output_len", "completion_len"),
     "reason": ("reason_tokens", "reasoning_tokens", "thinking_tokens"),
     **{m: (m, m.replace("_count", "s") if m.endswith("_count") else m, f"num_{m.split('_')[0]}s")
@@ -117,6 +121,9 @@ _NONE = ColumnMap(**{r: "" for r in ROLES if r != "time"})
 PRESETS: dict[str, ColumnMap] = {
     "azure": replace(_NONE, time="TIMESTAMP", time_unit="iso", input="ContextTokens", output="GeneratedTokens"),
     "mooncake": replace(_NONE, time="timestamp", time_unit="ms", input="input_length", output="output_length"),
+    # session guessed: later BurstGPT releases add a `Session ID` column
+    "burstgpt": replace(_NONE, time="Timestamp", time_unit="s", client="Model", session=None, input="Request tokens",
+                        output="Response tokens"),
     "requests": replace(_NONE, time="t", time_unit="s", client="client", session="session", input="input_tokens",
                         output="output_tokens", reason="reason_tokens", image_count="images",
                         image_tokens="images", audio_count="audio", audio_tokens="audio", video_count="video",
@@ -245,7 +252,7 @@ def read_log(path: str | Path, fmt: str = "auto", columns: ColumnMap | None = No
     if cols.time_unit not in TIME_UNITS:
         raise InputError(f"unknown time unit {cols.time_unit!r}; expected one of {', '.join(TIME_UNITS)}",
                          path=str(p))
-    reader = _CsvReader(p, fmt, cols, chunk_rows) if fmt in ("azure", "csv") else \
+    reader = _CsvReader(p, fmt, cols, chunk_rows) if fmt in ("azure", "burstgpt", "csv") else \
         _JsonReader(p, fmt, cols, chunk_rows)
     try:
         yield from reader.chunks()
@@ -309,8 +316,8 @@ def detect_format(path: str | Path) -> str:
     A JSON object line: `requests`/`results` by its `format` key, `mooncake` when it has every
     key of Mooncake's trace (`MOONCAKE_KEYS`, hash_ids included: a JSONL log with timestamp,
     input_length and output_length in seconds must not be read as Mooncake's milliseconds),
-    else `jsonl`. Otherwise CSV: `azure` when the
-    header has TIMESTAMP, ContextTokens and GeneratedTokens, else `csv`.
+    else `jsonl`. Otherwise CSV: `azure` when the header has every column of `AZURE_COLUMNS`
+    (the 2023 and 2024 traces), `burstgpt` with every column of `BURSTGPT_COLUMNS`, else `csv`.
     """
     p = Path(path)
     if not p.exists():
@@ -329,21 +336,19 @@ def detect_format(path: str | Path) -> str:
     if not first:
         raise InputError("the log is empty", path=str(p))
     if first.startswith(b"{"):
-        try:
-            obj = orjson.loads(first)
-        except orjson.JSONDecodeError:
-            return "jsonl"
-        if isinstance(obj, dict):
-            if obj.get("format") == REQUESTS_FORMAT:
-                return "requests"
-            if obj.get("format") == RESULTS_FORMAT:
-                return "results"
+        obj = first_object(first)  # formats' own reading of a first line, as `sniff` does
+        if obj is not None:
+            kind = format_kind(obj)
+            if kind in ("requests", "results"):
+                return kind
             if set(MOONCAKE_KEYS) <= obj.keys():  # every key: a log that only shares a few is jsonl
                 return "mooncake"
         return "jsonl"
     header = {h.strip().strip('"') for h in first.decode("utf-8", "replace").split(",")}
-    if {"TIMESTAMP", "ContextTokens", "GeneratedTokens"} <= header:
+    if set(AZURE_COLUMNS) <= header:
         return "azure"
+    if set(BURSTGPT_COLUMNS) <= header:
+        return "burstgpt"
     return "csv"
 
 
@@ -401,7 +406,9 @@ class _Converter:
     def __init__(self, path: str, fmt: str, cols: ColumnMap, roles: dict[str, str]) -> None:
         self.path, self.fmt, self.cols, self.roles = path, fmt, cols, roles
         self.time_unit = cols.time_unit
-        self.unit_reason = "given" if cols.time_unit != "auto" else ""
+        preset = PRESETS.get(fmt)
+        self.unit_reason = "" if cols.time_unit == "auto" else \
+            f"the {fmt} format's unit" if preset is not None and preset.time_unit == cols.time_unit else "given"
         self.origin: float | None = None
         self.origin_ns: int | None = None
         self.wall_clock = False
@@ -598,6 +605,9 @@ def _iso_ns(v: Any) -> tuple[np.ndarray, np.ndarray]:
         arr = np.array(["" if x is None else str(x) for x in (v.tolist() if isinstance(v, np.ndarray) else v)],
                        dtype=str)
     n = arr.size
+    utc = b" UTC" if arr.dtype.kind == "S" else " UTC"  # SQL exports (BigQuery): "2024-05-10 00:00:01.5 UTC"
+    if n and bool(np.char.endswith(arr[:1], utc)[0]):
+        arr = np.char.replace(arr, utc, b"" if arr.dtype.kind == "S" else "")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:

@@ -222,7 +222,8 @@ class WindowGaps:
         if t.size == 0:
             return
         self._grow(int(client.max()) + 1)
-        order = np.argsort(client, kind="stable")  # time order kept inside a client: windows ascend
+        key = client.astype(np.uint16) if int(client.max()) < 1 << 16 else client  # 16 bits: a radix sort
+        order = np.argsort(key, kind="stable")  # time order kept inside a client: windows ascend
         c, w, tt = client[order].astype(np.int64), win[order].astype(np.int64), t[order]
         new = np.empty(c.size, dtype=bool)
         new[0] = True

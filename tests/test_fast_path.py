@@ -1,0 +1,111 @@
+"""The raw transport's token fast paths are as strict as the full parse, one chunk per read or many.
+
+A read that carries several token chunks (the loop ran late) goes through `rawhttp._template_chunks`
+(one split, a lookup and a compare per chunk), a read of one chunk through `data_received`'s
+comparison. Both must accept exactly what the strict reader would: here a small asyncio server on
+127.0.0.1 sends three token chunks one write each (the template is learned), then ONE write holding
+good chunks around a corruption, so the corruption sits inside a batch. Every case checks the
+status, the number of chunks counted (only those before the corruption) and that the valid
+variants (uppercase hex, escapes, non-ASCII text) are taken, not rejected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from test_dispatch_fixtures import make_requests, read_lines
+
+from servegen_load.dispatch.limits import Timeouts
+from servegen_load.dispatch.runner import RunConfig, run
+
+FAST = Timeouts(connect=2.0, first_token=2.0, total=8.0, idle=2.0)
+HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+USAGE = b'data: {"choices":[],"usage":{"prompt_tokens":20,"completion_tokens":%d}}\n\n'
+
+
+def _event(text: bytes) -> bytes:
+    return b'data: {"id":"c1","object":"text_completion","choices":[{"index":0,"text":"' + text + \
+        b'","finish_reason":null}]}\n\n'
+
+
+def _chunk(payload: bytes, size: int | None = None, hexfmt: bytes = b"%x") -> bytes:
+    return (hexfmt % (len(payload) if size is None else size)) + b"\r\n" + payload + b"\r\n"
+
+
+GOOD = [_chunk(_event(b" w%d" % i)) for i in range(4)]
+# (batch written in one go after three learned chunks, expected status, chunks counted in all)
+CASES: dict[str, tuple[bytes, str, int]] = {
+    "clean": (b"".join(GOOD * 2), "ok", 3 + 8),
+    "uppercase_hex": (b"".join(GOOD) + _chunk(_event(b" up"), hexfmt=b"%X") + GOOD[0], "ok", 3 + 6),
+    "escaped_and_unicode": (GOOD[0] + _chunk(_event(b'\\" \\u00e9')) + _chunk(_event(" é".encode())) + GOOD[1],
+                            "ok", 3 + 4),
+    "nul": (b"".join(GOOD) + _chunk(_event(b" a\x00b")) + GOOD[0], "protocol_error", 3 + 4),
+    "non_utf8": (b"".join(GOOD) + _chunk(_event(b" \xff\xfe")) + GOOD[0], "protocol_error", 3 + 4),
+    "size_lie": (b"".join(GOOD[:2]) + _chunk(_event(b" lie"), size=len(_event(b" lie")) + 1) + GOOD[0],
+                 "protocol_error", 3 + 2),
+    "escaped_close_quote": (b"".join(GOOD[:3]) + _chunk(_event(b" x\\")) + GOOD[0], "protocol_error", 3 + 3),
+    "not_sse": (GOOD[0] + _chunk(b"garbage line\n\n") + GOOD[1], "protocol_error", 3 + 1),
+}
+
+
+class Server:
+    """Answers every request of case `mode` (the first path segment) with its bytes."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.port = 0
+        ready = threading.Event()
+        self.thread = threading.Thread(target=self._main, args=(ready,), daemon=True)
+        self.thread.start()
+        assert ready.wait(10)
+
+    def _main(self, ready: threading.Event) -> None:
+        asyncio.set_event_loop(self.loop)
+        srv = self.loop.run_until_complete(asyncio.start_server(self._serve, "127.0.0.1", 0))
+        self.port = srv.sockets[0].getsockname()[1]
+        ready.set()
+        self.loop.run_forever()
+        srv.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                await reader.readexactly(length)
+                batch, _, total = CASES[head.split(b" ")[1].split(b"/")[1].decode()]
+                writer.write(HEAD)
+                for c in GOOD[:3]:  # one write each: the template is learned on the way
+                    writer.write(c)
+                    await writer.drain()
+                writer.write(batch + _chunk(USAGE % total) + _chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
+                await writer.drain()
+        writer.close()
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[Server]:
+    s = Server()
+    yield s
+    s.stop()
+
+
+@pytest.mark.parametrize("mode", list(CASES))
+def test_batched_token_chunks_are_judged_like_the_full_parse(server: Server, tmp_path: Path, mode: str) -> None:
+    out = tmp_path / f"{mode}.jsonl"
+    cfg = RunConfig(endpoint=f"http://127.0.0.1:{server.port}/{mode}", model="m", output=out, api="completions",
+                    progress="off", handle_signals=False, timeouts=FAST)
+    run(make_requests([0.0, 0.01, 0.02], output_tokens=8), cfg)
+    _, lines = read_lines(out)
+    _, status, counted = CASES[mode]
+    assert [d["status"] for d in lines] == [status] * 3, [d["error"] for d in lines]
+    assert [len(d["chunk_times"]) for d in lines] == [counted] * 3

@@ -1,0 +1,170 @@
+"""Public LLM trace formats we do not ship, written with their real column names and units.
+
+Each log is small and synthetic, but laid out as the public trace is (BurstGPT, Azure LLM
+inference 2024, Mooncake conversation / tool-agent traces, a gateway JSONL with ISO-8601
+timestamps, user and session ids, a CSV of epoch milliseconds). Every one must be read in the
+right unit, through the CLI a new user runs, or refused with one line naming the option to pass.
+The times are known, so a wrong unit (x1000) or a lost column shows up as a wrong span or a
+missing client.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from servegen_load.workload.logs import detect_format, load_log
+from servegen_load.workload.pool import load_pool
+
+SPAN = 2 * 3600.0  # seconds of every synthetic trace
+EPOCH = 1764460800.0  # 2025-11-30 00:00 UTC
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "servegen_load.cli", *args], capture_output=True, text=True,
+                          timeout=120)
+
+
+def _times(n: int = 1500, seed: int = 1) -> np.ndarray:
+    t = np.sort(np.random.default_rng(seed).uniform(0.0, SPAN, n))
+    t[0], t[-1] = 0.25, SPAN - 0.5
+    return t
+
+
+def _burstgpt(path: Path, t: np.ndarray) -> None:
+    """BurstGPT: Timestamp in whole seconds from the trace's start; Model is ChatGPT or GPT-4."""
+    rng = np.random.default_rng(2)
+    rows = ["Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type"]
+    for i, x in enumerate(t):
+        a, b = int(rng.integers(10, 3000)), int(rng.integers(0, 600))
+        rows.append(f"{int(x)},{'GPT-4' if i % 4 == 0 else 'ChatGPT'},{a},{b},{a + b},Conversation log")
+    path.write_text("\n".join(rows) + "\n")
+
+
+def _azure2024(path: Path, t: np.ndarray) -> None:
+    """Azure LLM inference 2024: wall clock with 7 fractional digits (100 ns), a space for the T."""
+    base = np.datetime64("2024-05-10T00:00:00", "ns")
+    rows = ["TIMESTAMP,ContextTokens,GeneratedTokens"]
+    for i, x in enumerate(t):
+        day, frac = str(base + np.timedelta64(round(x * 1e9), "ns")).split(".")
+        rows.append(f"{day.replace('T', ' ')}.{frac[:7]},{100 + i % 900},{1 + i % 300}")
+    path.write_text("\n".join(rows) + "\n")
+
+
+def _mooncake(path: Path, t: np.ndarray) -> None:
+    """Mooncake conversation / tool-agent traces: timestamp in ms from the start, hash_ids of 512-token blocks."""
+    path.write_text("".join(json.dumps({"timestamp": int(x * 1000), "input_length": 600 + i % 5000,
+                                        "output_length": 1 + i % 400, "hash_ids": list(range(i % 7 + 1))}) + "\n"
+                            for i, x in enumerate(t)))
+
+
+def _gateway(path: Path, t: np.ndarray) -> None:
+    """A gateway's JSONL: ISO-8601 with a Z, user and session ids, OpenAI usage names."""
+    base = np.datetime64("2026-11-30T08:00:00", "us")
+    path.write_text("".join(json.dumps({
+        "timestamp": str(base + np.timedelta64(int(x * 1e6), "us")) + "Z", "user": f"team-{i % 3}",
+        "session_id": f"s{i // 3}", "prompt_tokens": 50 + i % 700, "completion_tokens": 5 + i % 90}) + "\n"
+        for i, x in enumerate(t)))
+
+
+def _epoch_ms(path: Path, t: np.ndarray) -> None:
+    path.write_text("ts,input_tokens,output_tokens\n" + "".join(
+        f"{round((EPOCH + x) * 1000)},{100 + i % 50},{10 + i % 20}\n" for i, x in enumerate(t)))
+
+
+WRITERS = {"burstgpt.csv": (_burstgpt, "burstgpt", 1.0), "azure2024.csv": (_azure2024, "azure", 1e-6),
+           "conversation_trace.jsonl": (_mooncake, "mooncake", 1e-3), "gateway.jsonl": (_gateway, "jsonl", 1e-5),
+           "epoch_ms.csv": (_epoch_ms, "csv", 1e-3)}
+
+
+@pytest.mark.parametrize("name", list(WRITERS))
+def test_public_trace_layouts_are_read_in_their_units(tmp_path: Path, name: str) -> None:
+    """Each layout is detected and its times come back in seconds (to the file's own resolution)."""
+    write, fmt, resolution = WRITERS[name]
+    t = _times()
+    log = tmp_path / name
+    write(log, t)
+    assert detect_format(log) == fmt
+    got = load_log(log, warn=False)
+    assert got.bad.count == 0 and len(got) == t.size
+    assert np.max(np.abs(np.sort(got.t) - (t - t[0]))) <= resolution + 1.0 * (name == "burstgpt.csv")
+    if name == "burstgpt.csv":
+        assert sorted(got.clients) == ["ChatGPT", "GPT-4"]
+    if name == "gateway.jsonl":
+        assert got.wall_clock and sorted(got.clients) == ["team-0", "team-1", "team-2"]
+        assert np.unique(got.session).size == -(-t.size // 3)
+
+
+def test_burstgpt_fits_one_client_per_model_through_the_cli(tmp_path: Path) -> None:
+    """`fit` on a BurstGPT log says what it read (format, unit and why) and keeps the 2 hours and both models."""
+    log = tmp_path / "BurstGPT_1.csv"
+    _burstgpt(log, _times(3000))
+    r = cli("fit", str(log), "-o", str(tmp_path / "pool.npz"))
+    assert r.returncode == 0, r.stderr
+    assert "read as burstgpt: time 'Timestamp' (s, the burstgpt format's unit); client 'Model'" in r.stderr
+    pool = load_pool(tmp_path / "pool.npz")
+    assert sorted(pool.clients) == ["ChatGPT", "GPT-4"]
+    assert pool.span == pytest.approx(SPAN, rel=0.1)  # seconds, not a 1000x shorter or longer trace
+    # the GPT-4 share (every 4th request) survives as that client's rate
+    share = pool.requests_per_client() / pool.requests_per_client().sum()
+    assert share[pool.clients.index("GPT-4")] == pytest.approx(0.25, abs=0.02)
+
+
+def test_burstgpt_release_with_session_ids(tmp_path: Path) -> None:
+    """A BurstGPT release with `Session ID` and `Elapsed time` columns: sessions are read too."""
+    log = tmp_path / "BurstGPT_sessions.csv"
+    log.write_text("Timestamp,Session ID,Elapsed time,Model,Request tokens,Response tokens,Total tokens,Log Type\n"
+                   + "".join(f"{i * 7},{i // 3},{i % 5},ChatGPT,{100 + i},{20 + i},{120 + 2 * i},Conversation log\n"
+                             for i in range(30)))
+    got = load_log(log, warn=False)
+    assert got.fmt == "burstgpt" and got.roles["session"] == "Session ID" and got.t[-1] == 29 * 7
+    assert np.unique(got.session).size == 10
+
+
+def test_relative_whole_numbers_are_refused_with_the_option_to_pass(tmp_path: Path) -> None:
+    """BurstGPT's columns renamed by hand (so not detected): whole relative numbers could be s or ms."""
+    log = tmp_path / "renamed.csv"
+    t = _times()
+    log.write_text("timestamp,request_tokens,response_tokens\n" + "".join(f"{int(x)},100,20\n" for x in t))
+    r = cli("fit", str(log), "-o", str(tmp_path / "p.npz"))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+    assert "--time-unit" in r.stderr and "timestamp" in r.stderr
+    ok = cli("fit", str(log), "-o", str(tmp_path / "p.npz"), "--time-unit", "s")
+    assert ok.returncode == 0, ok.stderr
+    assert "input 'request_tokens', output 'response_tokens'" in ok.stderr
+    assert load_pool(tmp_path / "p.npz").span == pytest.approx(SPAN, rel=0.1)
+
+
+def test_sql_export_utc_suffix_and_offsets_are_wall_clock(tmp_path: Path) -> None:
+    """`2026-11-30 08:00:01.5 UTC` (BigQuery export) and `+02:00` offsets are read as UTC instants."""
+    log = tmp_path / "export.csv"
+    log.write_text("created_at,prompt_tokens,completion_tokens\n2026-11-30 08:00:01.5 UTC,10,2\n"
+                   "2026-11-30 08:00:04 UTC,10,2\n")
+    got = load_log(log, warn=False)
+    assert got.bad.count == 0 and got.t.tolist() == [0.0, 2.5] and got.wall_clock
+    log2 = tmp_path / "offset.jsonl"
+    log2.write_text('{"time": "2026-11-30T10:00:00+02:00", "input_tokens": 1, "output_tokens": 1}\n'
+                    '{"time": "2026-11-30T08:00:30Z", "input_tokens": 1, "output_tokens": 1}\n')
+    got2 = load_log(log2, warn=False)
+    assert got2.t.tolist() == [0.0, 30.0]
+
+
+def test_compare_reads_a_burstgpt_log_against_its_generated_continuation(tmp_path: Path) -> None:
+    """A new user's loop: fit, generate, compare; compare says how it read the log and keeps its span."""
+    log = tmp_path / "BurstGPT_1.csv"
+    _burstgpt(log, _times(2000))
+    assert cli("fit", str(log), "-o", str(tmp_path / "pool.npz")).returncode == 0
+    (tmp_path / "s.yaml").write_text(f"pool: {tmp_path / 'pool.npz'}\nstart: 0\nduration: {SPAN:g}\nseed: 1\n")
+    g = cli("generate", str(tmp_path / "s.yaml"), "-o", str(tmp_path / "gen.jsonl"))
+    assert g.returncode == 0, g.stderr
+    r = cli("compare", str(tmp_path / "gen.jsonl"), str(log), "--json")
+    assert r.returncode == 0, r.stderr
+    assert "read as burstgpt" in r.stderr
+    rows = {x["key"]: x for x in json.loads(r.stdout)["rows"]}
+    assert rows["duration"]["b"] == pytest.approx(SPAN - 1, abs=2)
+    assert rows["duration"]["a"] == pytest.approx(SPAN, rel=0.05)
