@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 from servegen_load.requests_writer import RowFormatter  # noqa: E402
 from servegen_load.scenario import parse_scenario  # noqa: E402
 from servegen_load.workload.compose import prepare  # noqa: E402
-from servegen_load.workload.plan import CATEGORIES  # noqa: E402
+from servegen_load.workload.resolve import CATEGORIES  # noqa: E402
 
 M_LARGE_RATE_20H = 317.5  # m-large's mean rate 20:00-21:00 (req/s)
 

@@ -509,8 +509,8 @@ def plan_cmd(
     from pathlib import Path
 
     from .atomic import atomic_write
+    from .capacity import PlanOptions, plan_capacity
     from .dispatch.endpoint import load_api_key
-    from .plan import PlanOptions, plan_capacity
     from .report.text import print_capacity
     from .sim.presets import parse_params
     from .slo import build_slos, parse_fraction

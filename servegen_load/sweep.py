@@ -67,10 +67,10 @@ def concurrency_sweep(scenario_path: str, levels: list[int], slos: SLOSet, opts:
                       rounds: int = DEFAULT_ROUNDS) -> dict[str, Any]:
     """Run every level against the plan's endpoint (the embedded simulator by default); the
     sweep document (`SWEEP_FORMAT`)."""
+    from .capacity import Stepper
     from .dispatch.limits import Timeouts
     from .dispatch.runner import RunConfig, run
     from .metrics.stats import summarize
-    from .plan import Stepper
     from .results import read_results
     from .run.target import fresh_payload
     from .scenario import load_scenario

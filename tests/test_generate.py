@@ -25,8 +25,8 @@ from servegen_load.workload.compose import (
     prepare,
 )
 from servegen_load.workload.distributions import Family, LengthTable
-from servegen_load.workload.plan import CATEGORIES
 from servegen_load.workload.pool import ClientPool, build_tables
+from servegen_load.workload.resolve import CATEGORIES
 
 ROOT = Path(__file__).resolve().parents[1]
 

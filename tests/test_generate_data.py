@@ -100,7 +100,7 @@ def test_length_quantiles_match_the_pool_over_a_million_requests(hour: dict) -> 
     # the mixture weighted by the requests each client actually got: in renewal mode counts vary
     # around the expected ones (extreme-CV windows by their whole CV), and the lengths' property is
     # that each request draws from its own client's table
-    from servegen_load.workload.plan import aggregate_tables
+    from servegen_load.workload.resolve import aggregate_tables
 
     src = gen.plan.sources[0]
     pos = {n: i for i, n in enumerate(src.names)}

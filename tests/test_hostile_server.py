@@ -197,6 +197,7 @@ HOSTILE: dict[str, tuple[list[bytes], str, str]] = {
                 "http_error", "HTTP 503: xxx"),
     "hdr5000": ([HEAD[:-2] + b"".join(b"X-H%d: v\r\n" % i for i in range(5000)) + b"\r\n",
                  *(_chunk(e) for e in STREAM), _END], "protocol_error", ""),  # over 128 header lines
+    "lfchunks": ([HEAD, *(b"%x\n%b\n" % (len(e), e) for e in STREAM), b"0\n\n"], "protocol_error", ""),
     "badcode": ([b"HTTP/1.1 2x0 OK\r\n" + HEAD.split(b"\r\n", 1)[1], *(_chunk(e) for e in STREAM), _END],
                 "protocol_error", ""),
 }

@@ -18,13 +18,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from servegen_load.plan import Step, mean_rate, replicas, scaled, search
+from servegen_load.capacity import Step, mean_rate, replicas, scaled, search
 from servegen_load.scenario import load_scenario
 from servegen_load.sim.engine import analytic_saturation_rate
 from servegen_load.sim.presets import get_preset
 from servegen_load.slo import Check, parse_slo
 from servegen_load.workload.compose import iter_scenario_requests, naive_of
-from servegen_load.workload.plan import resolve
+from servegen_load.workload.resolve import resolve
 
 CLI = [sys.executable, "-c", "from servegen_load.cli import main; main()"]
 SCENARIO = """\

@@ -14,7 +14,7 @@ from servegen_load.errors import InputError
 from servegen_load.scenario import load_scenario, parse_scenario, scenario_digest
 from servegen_load.workload.compose import naive_of, prepare
 from servegen_load.workload.distributions import Family
-from servegen_load.workload.plan import resolve
+from servegen_load.workload.resolve import resolve
 
 ROOT = Path(__file__).resolve().parents[1]
 

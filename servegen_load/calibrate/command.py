@@ -191,7 +191,7 @@ def check_capacity(preset: str, endpoint: str, scenario: str, model: str | None,
                    api_key: str | None, slos: Any, step_duration: float, warmup: float,
                    max_steps: int) -> dict[str, Any]:
     """The same capacity search on the twin (virtual time) and on the endpoint (real time)."""
-    from ..plan import PlanOptions, plan_capacity
+    from ..capacity import PlanOptions, plan_capacity
 
     base = dict(step_duration=step_duration, warmup=warmup, tolerance=0.05, max_steps=max_steps, api="completions")
     t = time.perf_counter()

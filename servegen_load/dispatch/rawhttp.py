@@ -479,8 +479,8 @@ class _Conn(asyncio.Protocol):
                 continue
             i = buf.find(b"\r\n", pos)
             if i < 0:
-                if n - pos > _MAX_SIZE_LINE:
-                    self._protocol_error("bad chunk size line (no end)")
+                if n - pos > _MAX_SIZE_LINE or buf.find(b"\n", pos) >= 0:  # a bare LF ends no size line
+                    self._protocol_error("bad chunk size line (no CRLF end)")
                     return
                 self.rbuf = buf[pos:]
                 break

@@ -126,6 +126,14 @@ class ShardActor:
         from .local import engine_config
         from .target import resolve_target
 
+        async def gate() -> float:  # a closure: an `async def` method would make Ray run this actor on asyncio
+            with self.lock:
+                self.start = self.loop.create_future()
+                if self.go_at is not None:
+                    self.start.set_result(self.go_at)
+            self.set_up.set()
+            return float(await self.start)
+
         spec = self.spec.replace(start_at=start_at)
         push = spec.pushgateway
         with contextlib.ExitStack() as stack:
@@ -134,7 +142,7 @@ class ShardActor:
                             metrics_port=self.metrics_port if (self.metrics_port is not None or not push) else 0)
         cfg = dataclasses.replace(cfg, pushgateway=None, progress="off",
                                   metrics_host=spec.metrics_host if self.metrics_port is not None else "127.0.0.1",
-                                  start_gate=self._gate if start_at is None else None)
+                                  start_gate=gate if start_at is None else None)
         self.runner = Runner(self.opened.requests, cfg)
 
         async def main() -> Any:
@@ -165,14 +173,6 @@ class ShardActor:
         return {"started": True, "interrupted": outcome.interrupted, "incomplete": outcome.incomplete,
                 "scheduled": outcome.scheduled, "by_status": outcome.by_status,
                 "input_error": None if outcome.input_error is None else str(outcome.input_error)}
-
-    async def _gate(self) -> float:
-        with self.lock:
-            self.start = self.loop.create_future()
-            if self.go_at is not None:
-                self.start.set_result(self.go_at)
-        self.set_up.set()
-        return float(await self.start)
 
     def wait_set_up(self, timeout: float) -> bool:
         """True once the engine is set up and waits for `go` (False: not within `timeout`)."""

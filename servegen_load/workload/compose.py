@@ -42,7 +42,7 @@ from ..requests import MAX_TIME, REQUESTS_FORMAT, Request
 from ..scenario import Scenario, load_scenario, scenario_digest
 from . import arrivals
 from .lengths import ClientTables, Lengths
-from .plan import CATEGORIES, Plan, Source, client_seed, describe_sources, resolve
+from .resolve import CATEGORIES, Resolved, Source, client_seed, describe_sources, resolve
 
 BLOCK_REQUESTS = 1 << 17
 US = 1_000_000
@@ -130,7 +130,7 @@ def _batch(t: np.ndarray, gid: int, k0: int, cat: int, ln: Lengths) -> Batch:
 
 # --- per-client streams ---
 
-def _realistic_client(plan: Plan, src: Source, ci: int, gid: int) -> Iterator[Batch]:
+def _realistic_client(plan: Resolved, src: Source, ci: int, gid: int) -> Iterator[Batch]:
     s = plan.scenario
     name = src.names[ci]
     rng_a, rng_l = client_seed(s.seed, name, 0), client_seed(s.seed, name, 1)
@@ -184,7 +184,7 @@ def client_rho(setting: float | str, src: Source, ci: int) -> float:
     return float(np.clip(v, -1.0, 1.0)) if np.isfinite(v) else 0.0
 
 
-def _baseline_client(plan: Plan, gid: int) -> Iterator[Batch]:
+def _baseline_client(plan: Resolved, gid: int) -> Iterator[Batch]:
     bp = plan.baseline
     assert bp is not None
     s = plan.scenario
@@ -213,7 +213,7 @@ def _baseline_client(plan: Plan, gid: int) -> Iterator[Batch]:
         k0 += n
 
 
-def _replay_client(plan: Plan, ci: int, gid: int) -> Iterator[Batch]:
+def _replay_client(plan: Resolved, ci: int, gid: int) -> Iterator[Batch]:
     rp = plan.replay
     assert rp is not None
     rows = np.flatnonzero(rp.client == ci)
@@ -291,7 +291,7 @@ def assign_shards(expected: list[tuple[str, float]], n: int) -> dict[str, int]:
 class Generation:
     """A resolved generation: the plan, the shard's clients and the block grid."""
 
-    plan: Plan
+    plan: Resolved
     shard: tuple[int, int] | None
     names: list[str]                 # every client of the scenario, in order (gid = index)
     members: list[int]               # gids generated in this shard
@@ -424,7 +424,7 @@ def prepare(scenario: str | Path | Scenario, shard: str | tuple[int, int] | None
     return Generation(plan, sh, names, members, block_us)
 
 
-def peak_rate(plan: Plan) -> float:
+def peak_rate(plan: Resolved) -> float:
     """An upper bound of the total rate (req/s) of the busiest segment: the sum of each source's peak."""
     peak = sum(float(src.rate.sum(axis=0).max(initial=0.0)) for src in plan.sources)
     if plan.baseline is not None:
@@ -432,7 +432,7 @@ def peak_rate(plan: Plan) -> float:
     return peak
 
 
-def _check_size(plan: Plan) -> None:
+def _check_size(plan: Resolved) -> None:
     """Refuse plans no machine can generate (a rate or duration off by orders of magnitude) with one
     line, instead of running out of memory or time: run duration, expected requests, peak rate."""
     s = plan.scenario

@@ -2,7 +2,8 @@
 
 What a fit measures, per client (after merging sparse clients, see below):
 
-- Rate windows of `window` seconds (default 600, ServeGen's): rate = requests in the window /
+- Rate windows of `window` seconds (default 600, ServeGen's, or a finer one `_fit_auto` chooses
+  where a main client bursts for less than that): rate = requests in the window /
   window, except the last window when the log ends inside it: requests / the part of it the log
   covers (to the end of `--range`, else to the last request plus the log's mean gap), so
   generating the log's own span reproduces its request count (dividing by the whole window lost

@@ -142,7 +142,7 @@ class BaselinePlan:
 
 
 @dataclass
-class Plan:
+class Resolved:
     scenario: Scenario
     duration: float            # run-time seconds
     sources: list[Source] = field(default_factory=list)
@@ -433,7 +433,7 @@ def _from_tables(s: Scenario, lf: LengthFrom, where: str) -> tuple[ClientPool, d
 
 
 def _baseline(s: Scenario, spec: BaselineSpec, kind: str) -> tuple[BaselinePlan, float]:
-    of_plan: Plan | None = None
+    of_plan: Resolved | None = None
     if spec.of is not None:
         try:
             of_s = load_scenario(s.resolve_path(spec.of)) if isinstance(spec.of, str) else spec.of
@@ -498,7 +498,7 @@ def _replay(s: Scenario) -> ReplayPlan:
     return load_replay(s, spec)
 
 
-def resolve(s: Scenario) -> Plan:
+def resolve(s: Scenario) -> Resolved:
     """The plan of a scenario (pools loaded and cached per process)."""
     if s.kind == "realistic":
         entries = s.entries()
@@ -510,16 +510,16 @@ def resolve(s: Scenario) -> Plan:
             raise InputError(f"pool {dup[0]!r} appears twice; give the entries distinct `label`s", path=s.path,
                              field="pools")
         _levels(s, entries, srcs, duration)
-        return Plan(s, duration, sources=srcs)
+        return Resolved(s, duration, sources=srcs)
     if s.kind in ("naive", "constant"):
         spec = s.naive if s.naive is not None else s.constant
         assert spec is not None
         bp, duration = _baseline(s, spec, s.kind)
-        return Plan(s, duration, baseline=bp)
+        return Resolved(s, duration, baseline=bp)
     rplan = _replay(s)
     dur = s.replay.duration / s.replay.time_scale if s.replay and s.replay.duration else (
         float(rplan.t[-1]) if rplan.t.size else 0.0)
-    return Plan(s, dur, replay=rplan)
+    return Resolved(s, dur, replay=rplan)
 
 
 def client_seed(seed: int, name: str, stream: int) -> np.random.Generator:
@@ -528,6 +528,6 @@ def client_seed(seed: int, name: str, stream: int) -> np.random.Generator:
     return np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(seed), int(stream), *words])))
 
 
-def describe_sources(plan: Plan) -> list[dict[str, Any]]:
+def describe_sources(plan: Resolved) -> list[dict[str, Any]]:
     return [{"pool": x.pool.name, "label": x.label, "category": x.category, "clients": len(x.names)}
             for x in plan.sources]

@@ -68,7 +68,7 @@ MIN_SCALE_FACTOR = 1 / 256
 
 def scaled(s: Scenario, factor: float, run_seconds: float) -> Scenario:
     """`s` with its rate multiplied by `factor` and `run_seconds` of run time (see the module doc)."""
-    from .workload.plan import resolve
+    from .workload.resolve import resolve
 
     upd: dict[str, Any] = {}
     kind = s.kind
@@ -105,7 +105,7 @@ def scaled(s: Scenario, factor: float, run_seconds: float) -> Scenario:
 
 def mean_rate(s: Scenario, t0: float = 0.0, t1: float | None = None) -> float:
     """The planned mean rate (req/s of run time) of a scenario over [t0, t1) (default: its whole run)."""
-    from .workload.plan import resolve
+    from .workload.resolve import resolve
 
     p = resolve(s)
     if t1 is None:
