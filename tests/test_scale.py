@@ -147,6 +147,15 @@ def test_start_barrier_withdrawn_or_garbled_sends_nothing(fake_server, tmp_path:
         assert not out.exists()  # the engine never reached t = 0 (the results file is opened there)
 
 
+def test_fell_behind_is_said_once(fake_server, tmp_path: Path) -> None:
+    """A run that starts 1 s late falls behind: the summary says so, and nothing repeats it."""
+    source = write_requests(tmp_path / "reqs.jsonl", make_requests([0.0, 0.1, 0.2], clients=["a"]))
+    r = run_cli("run", str(source), "-o", str(tmp_path / "o.jsonl"), "--endpoint", fake_server.url, "--progress",
+                "off", "--tokenizer", "words", "--start-at", f"{time.time() - 1.0:.6f}")
+    assert r.returncode == 0, r.stderr
+    assert (r.stdout + r.stderr).lower().count("fell behind") == 1, r.stdout + r.stderr
+
+
 def test_bad_shard_and_start_at_are_one_line(tmp_path: Path) -> None:
     source = write_requests(tmp_path / "reqs.jsonl", make_requests([0.0]))
     for flag, value, word in (("--shard", "3/3", "--shard"), ("--shard", "x", "--shard"),

@@ -170,9 +170,11 @@ def test_sessions_against_a_slow_simulator(tmp_path: Path) -> None:
             assert b["cached_tokens"] >= a["prompt_tokens"] // 16 * 16 - 16  # the history hits the cache
     firsts = np.array([r["sent"] - r["scheduled"] for r in reqs if not r.get("turn")])
     lag99 = float(np.percentile(firsts, 99))
-    print(f"first-turn send lag p50 {np.median(firsts) * 1e3:.3f} ms, p99 {lag99 * 1e3:.3f} ms; "
-          f"e2e p50 {np.median([r['last_token'] - r['sent'] for r in reqs]):.2f} s")
-    assert lag99 < 0.005  # responses take ~1 s, new sessions still leave on time
+    e2e50 = float(np.median([r["last_token"] - r["sent"] for r in reqs]))
+    print(f"first-turn send lag p50 {np.median(firsts) * 1e3:.3f} ms, p99 {lag99 * 1e3:.3f} ms; e2e p50 {e2e50:.2f} s")
+    # responses take ~1 s; new sessions still leave on time: a first turn that waited behind another
+    # session's response would be late by about a response time (a bound a busy machine cannot blur)
+    assert e2e50 > 0.5 and lag99 < 0.1 * e2e50
     s = json.loads(summary.read_text())["sessions"]
     assert s["early_turns"] == 0 and s["sessions"] == len(sessions)
     assert "0" in s["ttft_by_turn"] and "1" in s["ttft_by_turn"] and s["duration"]["p50"] > 0.5
