@@ -6,7 +6,7 @@ Every user mistake surfaces as one line on stderr and exit code 2 (see `main`).
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -154,6 +154,17 @@ def inspect_cmd(
 # --- fit / compare commands ---
 
 
+# The log-column options `fit` and `compare` share (one declaration, one meaning).
+TimeColumn = Annotated[str | None, typer.Option("--time-column", help="Time column of the log(s) (default: guessed).")]
+TimeUnit = Annotated[str, typer.Option("--time-unit", help="auto, s, ms, us, ns or iso (logs).")]
+ClientColumn = Annotated[str | None, typer.Option("--client-column", help="Client/tenant column ('' for none).")]
+SessionColumn = Annotated[str | None, typer.Option("--session-column", help="Session/conversation id column.")]
+InputColumn = Annotated[str | None, typer.Option("--input-column", help="Input (prompt) token column.")]
+OutputColumn = Annotated[str | None, typer.Option("--output-column", help="Output (completion) token column.")]
+ReasonColumn = Annotated[str | None, typer.Option("--reason-column", help="Reasoning token column.")]
+ColumnRoles = Annotated[list[str], typer.Option("--column", help="ROLE=NAME for any role, e.g. image_count=n_images.")]
+
+
 def _column_map(time_column: str | None, time_unit: str, client_column: str | None, session_column: str | None,
                 input_column: str | None, output_column: str | None, reason_column: str | None,
                 column: list[str]) -> object:
@@ -194,14 +205,14 @@ def fit_cmd(
     logs: list[str] = typer.Argument(..., help="Request logs: Azure/Mooncake traces, CSV, JSONL, requests or results files."),  # noqa: B008
     output: str = typer.Option(..., "-o", "--output", help="Pool file to write (.npz)."),
     fmt: str = typer.Option("auto", "--format", help="auto, azure, mooncake, csv, jsonl, requests, results."),
-    time_column: str | None = typer.Option(None, "--time-column", help="Time column (default: guessed)."),
-    time_unit: str = typer.Option("auto", "--time-unit", help="auto, s, ms, us, ns or iso."),
-    client_column: str | None = typer.Option(None, "--client-column", help="Client/tenant column ('' for none)."),
-    session_column: str | None = typer.Option(None, "--session-column", help="Session/conversation id column."),
-    input_column: str | None = typer.Option(None, "--input-column", help="Input (prompt) token column."),
-    output_column: str | None = typer.Option(None, "--output-column", help="Output (completion) token column."),
-    reason_column: str | None = typer.Option(None, "--reason-column", help="Reasoning token column."),
-    column: list[str] = typer.Option([], "--column", help="ROLE=NAME for any role, e.g. image_count=n_images."),  # noqa: B008
+    time_column: TimeColumn = None,
+    time_unit: TimeUnit = "auto",
+    client_column: ClientColumn = None,
+    session_column: SessionColumn = None,
+    input_column: InputColumn = None,
+    output_column: OutputColumn = None,
+    reason_column: ReasonColumn = None,
+    column: ColumnRoles = [],  # noqa: B006
     window: float | None = typer.Option(None, "--window", help="Rate window (s): rate and gap family per window. "
                                         "Default 600, or 300/120/60 where a main client bursts for less and the "
                                         "finer window matches its counts clearly better (printed, in the pool)."),
@@ -240,14 +251,14 @@ def compare_cmd(
     ignore: list[str] = typer.Option([], "--ignore", help="Row keys (globs) left out of the distance, e.g. 'rate.*'."),  # noqa: B008
     range_a: str | None = typer.Option(None, "--range-a", help="Use only START:END seconds after A's first request."),
     range_b: str | None = typer.Option(None, "--range-b", help="Use only START:END seconds after B's first request."),
-    time_column: str | None = typer.Option(None, "--time-column", help="Time column of the log(s) (default: guessed)."),
-    time_unit: str = typer.Option("auto", "--time-unit", help="auto, s, ms, us, ns or iso (logs)."),
-    client_column: str | None = typer.Option(None, "--client-column", help="Client/tenant column ('' for none)."),
-    session_column: str | None = typer.Option(None, "--session-column", help="Session/conversation id column."),
-    input_column: str | None = typer.Option(None, "--input-column", help="Input (prompt) token column."),
-    output_column: str | None = typer.Option(None, "--output-column", help="Output (completion) token column."),
-    reason_column: str | None = typer.Option(None, "--reason-column", help="Reasoning token column."),
-    column: list[str] = typer.Option([], "--column", help="ROLE=NAME for any role, e.g. image_count=n_images."),  # noqa: B008
+    time_column: TimeColumn = None,
+    time_unit: TimeUnit = "auto",
+    client_column: ClientColumn = None,
+    session_column: SessionColumn = None,
+    input_column: InputColumn = None,
+    output_column: OutputColumn = None,
+    reason_column: ReasonColumn = None,
+    column: ColumnRoles = [],  # noqa: B006
 ) -> None:
     """Realism statistics of two request streams side by side, one distance at the bottom.
 
