@@ -28,8 +28,8 @@ from typing import Any
 from servegen_load.content.payload import PayloadOptions, build_body
 from servegen_load.dispatch.endpoint import Endpoint
 from servegen_load.dispatch.limits import Timeouts
-from servegen_load.dispatch.rawhttp import RawTransport, _Conn
 from servegen_load.dispatch.stream import Flight
+from servegen_load.dispatch.transports.raw import RawTransport, _Conn
 from servegen_load.requests import Request
 from servegen_load.results import result_line
 

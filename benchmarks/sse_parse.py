@@ -17,8 +17,8 @@ import math
 import time
 import timeit
 
-from servegen_load.dispatch import rawhttp
 from servegen_load.dispatch.stream import Flight, feed_sse
+from servegen_load.dispatch.transports import raw
 from servegen_load.requests import Request
 
 
@@ -58,9 +58,9 @@ def token_chunks(n: int = 200_000) -> tuple[float, float]:
     ev = (b'data: {"id":"cmpl-1234567890","object":"text_completion","created":1700000000,"model":"m",'
           b'"choices":[{"index":0,"text":" hello","logprobs":null,"finish_reason":null}]}\n\n')
     chunk = b"%x\r\n%b\r\n" % (len(ev), ev)
-    c = rawhttp._Conn(_Owner())  # type: ignore[arg-type]
+    c = raw._Conn(_Owner())  # type: ignore[arg-type]
     f = Flight(Request("x", 0.0, "c", "k", 1, 1), b"")
-    c.flight, c.state, c.ok = f, rawhttp._CHUNKED, True
+    c.flight, c.state, c.ok = f, raw._CHUNKED, True
     c.data_received(chunk)  # learns the template
     batch = chunk * 8
 

@@ -1,6 +1,6 @@
 """The raw transport's token fast paths are as strict as the full parse, one chunk per read or many.
 
-A read that carries several token chunks (the loop ran late) goes through `rawhttp._template_chunks`
+A read that carries several token chunks (the loop ran late) goes through `transports.raw._template_chunks`
 (one split, a lookup and a compare per chunk), a read of one chunk through `data_received`'s
 comparison. Both must accept exactly what the strict reader would: here a small asyncio server on
 127.0.0.1 sends three token chunks one write each (the template is learned), then ONE write holding

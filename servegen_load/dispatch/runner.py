@@ -56,6 +56,7 @@ from .limits import Limits, Timeouts, raise_nofile_limit
 from .progress import Mode, Progress, Snapshot
 from .sessions import SessionGate
 from .stream import Flight
+from .transports.base import Transport
 
 LOOKAHEAD_S = 2.0
 LOOKAHEAD_MIN = 64
@@ -244,7 +245,7 @@ class Runner:
             try:
                 transport.submit(f)
             except Exception as e:  # a transport bug must not lose the request or stop the clock
-                transport._end_flight(f, "client_error", f"{type(e).__name__}: {e}")
+                transport.end_flight(f, "client_error", f"{type(e).__name__}: {e}")
         if la:
             self.next_due = self.t0 + la[0].t_rel
             self.timer.arm(self.next_due)
@@ -310,7 +311,7 @@ class Runner:
         try:
             self.transport.submit(f)
         except Exception as e:
-            self.transport._end_flight(f, "client_error", f"{type(e).__name__}: {e}")
+            self.transport.end_flight(f, "client_error", f"{type(e).__name__}: {e}")
 
     def _check_done(self) -> None:
         if (self.exhausted and not self.la and not self.in_flight and not self.waiting
@@ -456,11 +457,11 @@ class Runner:
         if cfg.insecure:
             endpoint = dataclasses.replace(endpoint, verify=False)
         if cfg.transport == "aiohttp":
-            from .client import AiohttpTransport
+            from .transports.aiohttp import AiohttpTransport
 
-            self.transport: Any = AiohttpTransport(endpoint, cfg.api, self, cfg.timeouts, cfg.api_key, cfg.limits)
+            self.transport: Transport = AiohttpTransport(endpoint, cfg.api, self, cfg.timeouts, cfg.api_key, cfg.limits)
         elif cfg.transport == "raw":
-            from .rawhttp import RawTransport
+            from .transports.raw import RawTransport
 
             self.transport = RawTransport(endpoint, cfg.api, self, cfg.timeouts, cfg.api_key, cfg.limits)
         else:
@@ -473,7 +474,7 @@ class Runner:
         # keep-alive connection until its 5 s idle timeout: idle connections held ahead of need
         # would make real requests wait 5 s, so against it they open only when a request needs one.
         lean = cfg.payload.server_family == "llamacpp"
-        if lean and hasattr(self.transport, "spare"):
+        if lean:
             self.transport.spare = 0
         await self.transport.open()
         # Prefill the look-ahead before the clock starts: the first second must not pay for it.

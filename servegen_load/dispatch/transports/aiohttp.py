@@ -2,7 +2,7 @@
 
 aiohttp was measured far faster than httpx for this job (httpx added about 2 s to the TTFT p50
 at 100 req/s), and it brings what the raw transport leaves out: proxies from the environment,
-compression, redirects. It is still slower per chunk than `rawhttp` (a future wake-up and a
+compression, redirects. It is still slower per chunk than `raw` (a future wake-up and a
 coroutine resume per read), so it is the fallback, not the default. Measured side by side
 against the C fake server (benchmarks/dispatch.py --transports raw,aiohttp, 10 s per rate,
 128-token streams, same machine and minute):
@@ -28,10 +28,10 @@ from time import perf_counter
 
 import aiohttp
 
-from .endpoint import Endpoint, scrub
-from .limits import MAX_EVENT_BYTES, Limits, Timeouts
-from .stream import Flight, feed_sse
-from .transport import Hooks
+from ..endpoint import Endpoint, scrub
+from ..limits import MAX_EVENT_BYTES, Limits, Timeouts
+from ..stream import Flight, feed_sse
+from .base import Hooks
 
 _MAX_ERR_BODY = 300
 
@@ -44,8 +44,9 @@ async def call(session: aiohttp.ClientSession, url: str, headers: dict[str, str]
         f.sent = perf_counter()
         async with session.post(url, data=f.wire, headers=headers, allow_redirects=False) as resp:
             f.http_status = resp.status
-            if resp.version[0] != 1:  # aiohttp takes any "HTTP/x.y" status line; the raw transport does not
-                f.fail("protocol_error", f"bad status line: HTTP/{resp.version[0]}.{resp.version[1]} on an HTTP/1.1 connection")
+            version = resp.version
+            if version is not None and version[0] != 1:  # aiohttp takes any "HTTP/x.y"; raw does not
+                f.fail("protocol_error", f"bad status line: HTTP/{version[0]}.{version[1]} on an HTTP/1.1 connection")
                 resp.close()
                 return
             if resp.status != 200:
@@ -127,6 +128,7 @@ class AiohttpTransport:
     """One task per flight over a shared `ClientSession` (connection limit off: open loop)."""
 
     name = "aiohttp"
+    spare = 0  # aiohttp's pool opens connections on demand
 
     def __init__(self, endpoint: Endpoint, api: str, hooks: Hooks, timeouts: Timeouts,
                  api_key: str | None = None, limits: Limits | None = None) -> None:
@@ -186,7 +188,7 @@ class AiohttpTransport:
         self.active.pop(f, None)
         self.hooks.on_done(f)
 
-    def _end_flight(self, f: Flight, status: str, error: str) -> None:
+    def end_flight(self, f: Flight, status: str, error: str) -> None:
         task = self.active.get(f)
         if status == "timeout" and f.http_status is not None and f.http_status != 200:
             # an error answer whose body never came is that error, not a timeout (--retries reads it)
@@ -198,14 +200,14 @@ class AiohttpTransport:
 
     def sweep(self, now: float) -> None:
         for f, msg in _framing_errors(self.active):
-            self._end_flight(f, "protocol_error", scrub(msg, self.api_key))
+            self.end_flight(f, "protocol_error", scrub(msg, self.api_key))
         late = self.timeouts.late(self.active, now)
         for f, msg in late:
-            self._end_flight(f, "timeout", msg)
+            self.end_flight(f, "timeout", msg)
 
     def cancel_all(self, reason: str) -> None:
         for f in list(self.active):
-            self._end_flight(f, "cancelled", reason)
+            self.end_flight(f, "cancelled", reason)
 
     @property
     def in_flight(self) -> int:

@@ -58,10 +58,10 @@ import socket
 import ssl
 from time import perf_counter
 
-from .endpoint import Endpoint, scrub
-from .limits import Limits, Timeouts
-from .stream import Flight, feed_sse, plain_text, take_data
-from .transport import Hooks
+from ..endpoint import Endpoint, scrub
+from ..limits import Limits, Timeouts
+from ..stream import Flight, feed_sse, plain_text, take_data
+from .base import Hooks
 
 _IDLE, _HEAD, _CHUNKED, _LENGTH, _UNTIL_CLOSE = range(5)
 _MAX_HEAD = 64 * 1024
@@ -748,7 +748,7 @@ class RawTransport:
         self.active.discard(f)
         self.hooks.on_done(f)
 
-    def _end_flight(self, f: Flight, status: str, error: str) -> None:
+    def end_flight(self, f: Flight, status: str, error: str) -> None:
         c = f.conn
         if status == "timeout" and c is not None and f.http_status is not None and f.http_status != 200:
             # an error answer whose body never finished is that error, not a timeout (--retries reads it)
@@ -768,7 +768,7 @@ class RawTransport:
     def sweep(self, now: float) -> None:
         late = self.timeouts.late(self.active, now)
         for f, msg in late:
-            self._end_flight(f, "timeout", msg)
+            self.end_flight(f, "timeout", msg)
         oldest = now - IDLE_REUSE_S
         if self.idle and (len(self.idle) > 64 or self.idle[0].idle_since < oldest):
             keep = []
@@ -783,7 +783,7 @@ class RawTransport:
 
     def cancel_all(self, reason: str) -> None:
         for f in list(self.active):
-            self._end_flight(f, "cancelled", reason)
+            self.end_flight(f, "cancelled", reason)
 
     @property
     def in_flight(self) -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from .stream import Flight
+from ..stream import Flight
 
 
 class Hooks(Protocol):
@@ -28,6 +28,7 @@ class Hooks(Protocol):
 
 class Transport(Protocol):
     name: str
+    spare: int  # idle connections kept open ahead of need (0: opened only when a request needs one)
 
     def wire(self, body: bytes) -> bytes:
         """What `Flight.wire` must hold for this transport, built ahead of the send time."""
@@ -41,6 +42,9 @@ class Transport(Protocol):
 
     def sweep(self, now: float) -> None:
         """End flights past a timeout (status `timeout`)."""
+
+    def end_flight(self, f: Flight, status: str, error: str) -> None:
+        """End one flight now with this status (its connection dropped); it is handed back once."""
 
     def cancel_all(self, reason: str) -> None:
         """End every flight now (status `cancelled`, timings kept)."""
