@@ -70,7 +70,7 @@ def concurrency_sweep(scenario_path: str, levels: list[int], slos: SLOSet, opts:
     from .capacity import Stepper
     from .dispatch.limits import Timeouts
     from .dispatch.runner import RunConfig, run
-    from .metrics.stats import summarize
+    from .metrics import stats
     from .results import read_results
     from .run.target import fresh_payload
     from .scenario import load_scenario
@@ -98,12 +98,12 @@ def concurrency_sweep(scenario_path: str, levels: list[int], slos: SLOSet, opts:
                 if outcome.interrupted:
                     raise KeyboardInterrupt
                 res = read_results(out)
-                s = summarize(res, lag_threshold=opts.lag_threshold)
-                lat, tp = s["latency"], s["throughput"]
-                level = {"concurrency": n, "requests": res.n, "ok": s["requests"]["ok"],
-                         "errors": s["requests"]["errors"], "requests_per_s": tp["requests_per_s"],
-                         "output_tokens_per_s": tp["output_tokens_per_s"],
-                         **{f"{m}_{p}": lat[m][p] for m in ("ttft", "tpot", "e2e") for p in ("p50", "p99")},
+                s = stats.summary(res, lag_threshold=opts.lag_threshold)
+                lat, tp = s.latency, s.throughput
+                level = {"concurrency": n, "requests": res.n, "ok": s.requests.ok,
+                         "errors": s.requests.errors, "requests_per_s": tp.requests_per_s,
+                         "output_tokens_per_s": tp.output_tokens_per_s,
+                         **{f"{m}_{p}": lat[m].stat(p) for m in ("ttft", "tpot", "e2e") for p in ("p50", "p99")},
                          "checks": [c.to_dict() for c in evaluate(res, slos, lag_threshold=opts.lag_threshold)],
                          "seconds": time.perf_counter() - t}
                 level["passed"] = all(c["passed"] for c in level["checks"]) and level["errors"] == 0

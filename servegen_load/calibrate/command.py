@@ -125,14 +125,10 @@ PCTS = (50, 90, 99)
 
 
 def percentiles(res: Any) -> dict[str, dict[int, float | None]]:
-    from ..metrics.stats import summarize
+    from ..metrics.stats import summary
 
-    s = summarize(res)
-    out: dict[str, dict[int, float | None]] = {}
-    for m in METRICS:
-        d = s["latency"][m]
-        out[m] = {p: d.get(f"p{p}") for p in PCTS}
-    return out
+    latency = summary(res).latency
+    return {m: {p: latency[m].stat(f"p{p}") for p in PCTS} for m in METRICS}
 
 
 def check(*, preset: str, endpoint: str, scenario: str, model: str | None, server_family: str | None,

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..formats import EXIT_FAIL, EXIT_INTERRUPTED, EXIT_NO_SUCCESS
+from ..metrics.summary import Summary
 from .spec import RunSpec
 from .target import redact
 
@@ -25,13 +26,13 @@ def run_header(spec: RunSpec, endpoint: str, model: str) -> str:
     return f"run: {spec.source} -> {out}\nendpoint: {redact(endpoint)}  model: {model}"
 
 
-def publish_summary(results: Any, spec: RunSpec, header: str | None = None) -> dict[str, Any]:
+def publish_summary(results: Any, spec: RunSpec, header: str | None = None) -> Summary:
     """Summarize results, print the summary (under `header`), write `--summary-json`. A client
     that fell behind is said once, by the summary's own warnings (`metrics.stats`)."""
+    from ..metrics import stats
     from ..metrics.render import print_summary
-    from ..metrics.stats import summarize
 
-    summary = summarize(results, lag_threshold=spec.lag_threshold)
+    summary = stats.summary(results, lag_threshold=spec.lag_threshold)
     if header:
         print(header, flush=True)
     print_summary(summary)
@@ -39,7 +40,7 @@ def publish_summary(results: Any, spec: RunSpec, header: str | None = None) -> d
         from ..atomic import atomic_write
 
         with atomic_write(spec.summary_json) as fh:
-            json.dump(summary, fh, indent=2)
+            json.dump(summary.to_dict(), fh, indent=2)
     return summary
 
 
@@ -56,20 +57,20 @@ def check_slos(spec: RunSpec, results_path: Path, extra: list[str]) -> bool:
     return g.exit_code == 0
 
 
-def exit_code(summary: dict[str, Any], spec: RunSpec, endpoint: str, *, interrupted: bool, slos_hold: bool) -> int:
+def exit_code(summary: Summary, spec: RunSpec, endpoint: str, *, interrupted: bool, slos_hold: bool) -> int:
     """The run's exit code from its summary (warnings on the way)."""
     if interrupted:
         return EXIT_INTERRUPTED
-    by = summary["requests"]["by_status"]
-    if by.get("connect_error"):
-        print(f"servegen-load: WARNING: {by['connect_error']} requests could not connect to {redact(endpoint)} "
-              "(status connect_error: refused, TLS or DNS failure; the endpoint may have gone away)",
-              file=sys.stderr)
-    if summary["requests"]["scheduled"] == 0:  # an all-dash summary must not look like a result
+    req = summary.requests
+    if req.by_status.get("connect_error"):
+        print(f"servegen-load: WARNING: {req.by_status['connect_error']} requests could not connect to "
+              f"{redact(endpoint)} (status connect_error: refused, TLS or DNS failure; the endpoint may "
+              "have gone away)", file=sys.stderr)
+    if req.scheduled == 0:  # an all-dash summary must not look like a result
         print(f"servegen-load: the source scheduled no request (check --duration/--count and the source); "
               f"exit {EXIT_FAIL}", file=sys.stderr)
         return EXIT_FAIL
-    if summary["requests"]["ok"] == 0 and summary["requests"]["errors"] > 0:
+    if req.ok == 0 and req.errors > 0:
         print(f"servegen-load: no request succeeded (exit {EXIT_NO_SUCCESS})", file=sys.stderr)
         return EXIT_NO_SUCCESS
     return 0 if slos_hold else EXIT_FAIL
