@@ -86,6 +86,7 @@ class Content:
         self.media = MediaCache(image_patch)
         self.sessions: OrderedDict[str, _Session] = OrderedDict()
         self.folded_media = 0  # media tokens sent as text on /v1/completions
+        self.shape: _Shape | None = None  # the run's constant body bytes (`build_body`)
 
     @staticmethod
     def ids_for(api: str, family: str, prompt_format: str) -> bool:
@@ -129,6 +130,8 @@ class Content:
 
     def plan(self, r: Request, api: str, ids: bool) -> tuple[_Session, bool]:
         """Decide the words of this request's new user text (appends its turn); (session, folded)."""
+        if r.session is None and not r.prefix and not (r.images or r.audio or r.video):
+            return self._plan_single(r, api, ids), False
         st, _ = self._session(r)
         new_media = self._new_media(r, st)
         m = self.model
@@ -169,6 +172,21 @@ class Content:
             self.folded_media += media_tok
         return st, folded
 
+    def _plan_single(self, r: Request, api: str, ids: bool) -> _Session:
+        """`plan` for the common request: no session, prefix or media (the general path's arithmetic
+        with its zeros taken out: a request's look-ahead work is on the event loop)."""
+        st = _Session(r.id, [], 0)
+        m = self.model
+        lex = self.lex.ids if ids else self.lex.text
+        if api == "chat":
+            fixed, overhead = 1, m.chat_overhead(False, 0)
+        else:
+            fixed, overhead = (0, m.ids_overhead) if ids else (1, m.text)
+        words = r.input_tokens - overhead - fixed - lex.nonce_len
+        out = r.output_tokens
+        st.turns.append(_Turn(self.lex.words_for(words if words > 0 else 0), [], out if out > 1 else 1))
+        return st
+
     # --- emission ---
     def messages(self, st: _Session, family: str, splices: dict[bytes, bytes]) -> list[dict[str, Any]]:
         lex = self.lex.text
@@ -195,6 +213,12 @@ class Content:
     def prompt(self, st: _Session, ids: bool) -> str:
         """The completions prompt: text, or the ids as a JSON list body (without brackets)."""
         lex = self.lex.ids if ids else self.lex.text
+        if len(st.turns) == 1 and not st.prefix_tokens:  # one turn, no prefix: the loop below, unrolled
+            w = st.turns[0].user_words
+            nonce = lex.nonce(st.key)
+            if w:
+                nonce = nonce + lex.sep + lex.filler(w)
+            return nonce if ids else self.model.lead + lex.sep + nonce
         parts = [] if ids else [self.model.lead]
         if st.prefix_tokens:
             parts.append(lex.prefix(st.prefix, st.prefix_tokens))
@@ -255,23 +279,94 @@ def intended_prompt_tokens(r: Request) -> int:
 
 
 def build_body(request: Request, api: Api, model: str, options: PayloadOptions) -> bytes:
-    """The JSON body of one streaming request; fields follow OpenAI plus the family's length forcing."""
+    """The JSON body of one streaming request; fields follow OpenAI plus the family's length forcing.
+
+    Why two paths: every field but the prompt (or messages) is the same for every request of a
+    run with the same lengths, so `_Shape` keeps those bytes, encoded once by orjson from the very
+    dict the straightforward path encodes, cut at the prompt, and only the prompt is encoded per
+    request (ids: not encoded at all). `_build_generic` is that straightforward path; the two give
+    the same bytes (tests/test_payload_splice.py), and anything unusual (odd types, `extra` that
+    touches the prompt) takes the generic one.
+    """
     family = FAMILIES.get(options.server_family)
     if family is None:
         raise ValueError(f"unknown server family {options.server_family!r}; expected one of {sorted(FAMILIES)}")
     content = options.content or default_content()
-    n_out = max(1, request.output_tokens)
-    ids = content.ids_for(api, options.server_family, options.prompt_format)
-    st, _ = content.plan(request, api, ids)
-    splices: dict[bytes, bytes] = {}
-    body: dict[str, Any] = {"model": model}
+    shape = _shape(content, api, model, options, family)
+    n_out = request.output_tokens
+    n_out = n_out if n_out > 1 else 1
+    rt = request.reason_tokens if shape.reason else None
+    if shape.head is None or type(n_out) is not int or (rt is not None and type(rt) is not int):
+        return _build_generic(request, api, model, options, family, content, shape.ids)
+    tail = shape.tails.get((n_out, rt))
+    if tail is None:
+        tail = shape.tail(n_out, rt, request)
+        if tail is None:
+            return _build_generic(request, api, model, options, family, content, shape.ids)
+    st, _ = content.plan(request, api, shape.ids)
     if api == "chat":
-        body["messages"] = content.messages(st, options.server_family, splices)
-    elif ids:
-        body["prompt"] = "@sg-prompt@"
-        splices[b'"@sg-prompt@"'] = b"[" + content.prompt(st, True).encode() + b"]"
+        splices: dict[bytes, bytes] = {}
+        mid = _dumps(content.messages(st, options.server_family, splices))
+        if splices:  # one pass over the messages, whatever the number of items
+            mid = _PLACEHOLDER.sub(lambda m: splices[m.group(0)], mid)
+    elif shape.ids:
+        return _join((shape.head, b"[", content.prompt(st, True).encode(), b"]", tail))
     else:
-        body["prompt"] = content.prompt(st, False)
+        mid = _dumps(content.prompt(st, False))
+    return _join((shape.head, mid, tail))
+
+
+_dumps = orjson.dumps
+_join = b"".join
+_SLOT = "@sg-slot@"  # stands for the prompt / messages while the constant parts are encoded
+_SLOT_B = b'"@sg-slot@"'
+_MAX_TAILS = 4096
+
+
+class _Shape:
+    """The constant bytes of a run's bodies: the head before the prompt, the tail per length."""
+
+    __slots__ = ("api", "content", "family", "head", "ids", "model", "options", "reason", "tails")
+
+    def __init__(self, content: Content, api: str, model: str, options: PayloadOptions,
+                 family: dict[str, Any]) -> None:
+        self.content, self.api, self.model, self.options, self.family = content, api, model, options, family
+        self.ids = content.ids_for(api, options.server_family, options.prompt_format)
+        self.reason = bool(family.get("x_reason_tokens"))
+        self.tails: dict[tuple[int, int | None], bytes] = {}
+        self.head: bytes | None = b""
+        if self.tail(1, None, None) is None:
+            self.head = None  # `extra` replaces the prompt or uses our marker: always the generic path
+
+    def tail(self, n_out: int, rt: int | None, request: Request | None) -> bytes | None:
+        """Encode the body dict with a marker for the prompt; keep what follows it (None: no marker)."""
+        body = _fields(self.api, self.model, self.family, self.options, n_out, rt, _SLOT)
+        raw = _dumps(body)
+        if raw.count(_SLOT_B) != 1 or raw.count(b'"@sg-') != 1:
+            return None
+        head, tail = raw.split(_SLOT_B)
+        if self.head == b"":
+            self.head = head
+        elif head != self.head:
+            return None
+        if len(self.tails) >= _MAX_TAILS:
+            self.tails.clear()
+        self.tails[(n_out, rt)] = tail
+        return tail
+
+
+def _shape(content: Content, api: str, model: str, options: PayloadOptions, family: dict[str, Any]) -> _Shape:
+    s = content.shape
+    if s is None or s.options is not options or s.api != api or s.model != model or s.family is not family:
+        s = content.shape = _Shape(content, api, model, options, family)
+    return s
+
+
+def _fields(api: str, model: str, family: dict[str, Any], options: PayloadOptions, n_out: int,
+            rt: int | None, prompt: Any) -> dict[str, Any]:
+    """The body dict, in its field order, with `prompt` as the prompt or messages."""
+    body: dict[str, Any] = {"model": model}
+    body["messages" if api == "chat" else "prompt"] = prompt
     if family.get("max_completion_tokens") and api == "chat":
         body["max_completion_tokens"] = n_out
     else:
@@ -280,13 +375,29 @@ def build_body(request: Request, api: Api, model: str, options: PayloadOptions) 
         body["ignore_eos"] = True
     if family.get("min_tokens"):
         body["min_tokens"] = n_out
-    if family.get("x_reason_tokens") and request.reason_tokens:
-        body["x_reason_tokens"] = request.reason_tokens  # the simulator thinks this many tokens first
+    if family.get("x_reason_tokens") and rt:
+        body["x_reason_tokens"] = rt  # the simulator thinks this many tokens first
     body["stream"] = True
     body["stream_options"] = {"include_usage": True}
     if options.extra:
         body.update(options.extra)
-    raw = orjson.dumps(body)
+    return body
+
+
+def _build_generic(request: Request, api: str, model: str, options: PayloadOptions, family: dict[str, Any],
+                   content: Content, ids: bool) -> bytes:
+    """The straightforward body: the whole dict through orjson, big strings spliced in after."""
+    n_out = max(1, request.output_tokens)
+    st, _ = content.plan(request, api, ids)
+    splices: dict[bytes, bytes] = {}
+    if api == "chat":
+        prompt: Any = content.messages(st, options.server_family, splices)
+    elif ids:
+        prompt = "@sg-prompt@"
+        splices[b'"@sg-prompt@"'] = b"[" + content.prompt(st, True).encode() + b"]"
+    else:
+        prompt = content.prompt(st, False)
+    raw = _dumps(_fields(api, model, family, options, n_out, request.reason_tokens, prompt))
     if splices:  # one pass over the body, whatever the number of items
         raw = _PLACEHOLDER.sub(lambda m: splices[m.group(0)], raw)
     return raw

@@ -255,9 +255,9 @@ def _take(f: Flight, obj: dict[str, Any], payload: bytes, t: float) -> None:
             if answer and not f.answer_seen:
                 f.answer_seen = True
                 f.first_answer_token = t
-            if f.tpl_left and len(obj) <= 6 and "usage" not in obj:
+            if f.tpl_left and len(obj) <= 6 and "usage" not in obj and not c0.get("finish_reason"):
                 # parsed although plain: no template yet, or it changed (role chunk first,
-                # reasoning to answer): learn this chunk's
+                # reasoning to answer): learn this chunk's (not the last one's: nothing follows it)
                 f.tpl_left -= 1
                 learn_template(f, payload, key)
     usage = obj.get("usage")
@@ -291,17 +291,20 @@ def learn_template(f: Flight, payload: bytes, key: bytes) -> None:
     if k < 0 or payload.find(key, k + 1) >= 0:
         return
     v = k + len(key)
-    j = v
-    while True:  # the value's closing quote: the first quote not escaped by a backslash
-        j = payload.find(b'"', j)
-        if j < 0:
-            return
-        b = j - 1
-        while b >= v and payload[b] == 92:
-            b -= 1
-        if (j - 1 - b) % 2 == 0:
-            break
-        j += 1
+    j = payload.find(b'"', v)
+    if j < 0:
+        return
+    if payload[j - 1] == 92:  # a backslash right before that quote: count them (payload[v - 1] is a quote)
+        while True:  # the value's closing quote: the first quote not escaped by a backslash
+            j = payload.find(b'"', j)
+            if j < 0:
+                return
+            b = j - 1
+            while b >= v and payload[b] == 92:
+                b -= 1
+            if (j - 1 - b) % 2 == 0:
+                break
+            j += 1
     f.tpl_pre = b"data: " + payload[:v]
     f.tpl_suf = payload[j:] + b"\n\n\r\n"  # as it ends a chunk of a chunked body
     f.tpl_key = key
@@ -331,6 +334,15 @@ def _take_usage(f: Flight, usage: Any) -> None:
     totals, which keep this true), is a `protocol_error`.
     """
     if not isinstance(usage, dict):
+        return
+    pt = usage.get("prompt_tokens")
+    ct = usage.get("completion_tokens")
+    if (type(pt) is int and type(ct) is int and 0 <= pt <= _MAX_COUNT and 0 <= ct <= _MAX_COUNT
+            and (len(usage) == 2 or (len(usage) == 3 and "total_tokens" in usage))):  # the usual counts only
+        f.prompt_tokens = pt
+        f.completion_tokens = ct
+        if ct < len(f.chunks):
+            f.fail("protocol_error", f"usage.completion_tokens is {ct}, but {len(f.chunks)} token chunks arrived")
         return
     try:
         f.prompt_tokens = _int_or_none(usage.get("prompt_tokens"), "prompt_tokens")

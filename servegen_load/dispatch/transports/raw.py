@@ -56,6 +56,7 @@ import functools
 import re
 import socket
 import ssl
+from collections import deque
 from time import perf_counter
 
 from ..endpoint import Endpoint, scrub
@@ -70,6 +71,10 @@ _MAX_TRAILERS = 64 * 1024
 _MAX_ERR_BODY = 2048
 _MAX_INTERIM = 16  # 1xx responses before the final one
 _MAX_HEADERS = 128  # header lines of one head (aiohttp's limit too)
+# 200 chunked heads already parsed (per transport): the same bytes get the same verdict without a
+# parse, which was a tenth of a request's Python work (benchmarks/client_cost.py).
+_HEAD_CACHE = 16
+_HEAD_CACHE_BYTES = 4096
 SPARE_CONNECTIONS = 16
 IDLE_REUSE_S = 2.0  # an idle connection older than this is closed, not reused (see the module doc)
 CLOSES_AFTER_S = 0.5  # closed by the server this soon after an answer: it closes after every answer
@@ -110,6 +115,7 @@ def _plain(mid: bytes) -> bool:
 
 
 _HEX = [b"%x" % _n for _n in range(_FAST_MAX + 1)]
+_SIZES = {h: n for n, h in enumerate(_HEX)}
 
 
 def _template_chunks(data: bytes, f: Flight, t: float) -> int:
@@ -123,6 +129,10 @@ def _template_chunks(data: bytes, f: Flight, t: float) -> int:
     text + template suffix. The first chunk that is anything else stops it; the caller's strict
     loop goes on from there.
     """
+    i = data.find(b"\r\n", 0, 12)  # the first chunk's size line, to look at its end before any split:
+    size = _SIZES.get(data[:i]) if i > 0 else None  # a read's first chunk is most often the last
+    if size is None or data[i + size - len(f.tpl_suf) + 4:i + size + 4] != f.tpl_suf:  # token's (not a match)
+        return 0
     parts = data.split(b"\r\n")
     pre = f.tpl_pre
     suf = f.tpl_suf[:-2]  # the suffix without the chunk's CRLF: the split removed it
@@ -292,6 +302,19 @@ class _Conn(asyncio.Protocol):
         if f is None:
             return
         self.got = True
+        if not self.rbuf:  # the head seen before, byte for byte: the verdict the full parse gave it
+            i = data.find(b"\r\n\r\n")
+            if 0 <= i < _HEAD_CACHE_BYTES:
+                keep = self.owner.heads.get(data[:i + 4])
+                if keep is not None:
+                    f.http_status = 200
+                    self.keep = keep
+                    self.ok = True
+                    self.state = _CHUNKED
+                    self.rem = 0
+                    if len(data) > i + 4:
+                        self._chunked(data[i + 4:], t)
+                    return
         buf = self.rbuf + data if self.rbuf else data
         interim = 0
         while True:
@@ -313,6 +336,7 @@ class _Conn(asyncio.Protocol):
                 self._protocol_error("response head over 64 KiB")
                 return
             self.rbuf = b""
+            whole = buf[:i + end]
             lines = buf[:i].split(b"\r\n") if end == 4 else buf[:i].replace(b"\r\n", b"\n").split(b"\n")
             try:
                 ver, code_s = lines[0].split(b" ", 2)[:2]
@@ -342,6 +366,7 @@ class _Conn(asyncio.Protocol):
         keep = ver == b"HTTP/1.1"
         coding = b""
         location = b""
+        plain = code == 200 and interim == 0 and end == 4 and len(whole) <= _HEAD_CACHE_BYTES
         for line in lines[1:]:
             if _header_line(line) is None and line[:1] not in (b" ", b"\t"):  # obs-fold lines pass
                 self._protocol_error("bad header line: " + repr(bytes(line[:60]))[2:-1])
@@ -365,6 +390,7 @@ class _Conn(asyncio.Protocol):
                 keep = lv == b"keep-alive" if ver != b"HTTP/1.1" else lv != b"close"
             elif k == b"retry-after":  # read by dispatch.retry (429/503)
                 f.retry_after = v.strip().decode("latin-1")
+                plain = False
             elif k == b"content-encoding":
                 coding = v.strip().lower()
             elif k == b"location":
@@ -381,6 +407,11 @@ class _Conn(asyncio.Protocol):
         if 300 <= code < 400:
             self.errbody = b"redirect to " + location[:200] + b" not followed (give the final URL as --endpoint); "
         if chunked:
+            if plain:  # remembered for `_head`'s fast path (bounded: a Date header changes each second)
+                heads = self.owner.heads
+                if len(heads) >= _HEAD_CACHE:
+                    heads.clear()
+                heads[whole] = keep
             self.state = _CHUNKED
             self.rem = 0
             if rest:
@@ -420,19 +451,28 @@ class _Conn(asyncio.Protocol):
                 i = find(b"\r\n", pos)
                 if i < 0 or i - pos > 8:
                     break
-                try:
-                    size = int(data[pos:i], 16)
-                except ValueError:
-                    break
-                if data[pos:i] != b"%x" % size:  # not plain lowercase hex: the strict path judges it
-                    break
+                size_line = data[pos:i]
+                size = _SIZES.get(size_line)  # plain lowercase hex up to _FAST_MAX, in one lookup
+                if size is None:
+                    try:
+                        size = int(size_line, 16)
+                    except ValueError:
+                        break
+                    if size_line != b"%x" % size:  # not plain lowercase hex: the strict path judges it
+                        break
                 s = i + 2
                 e = s + size
+                if size == 0 and i + 4 == n and data[s:] == b"\r\n":  # the last chunk, no trailers
+                    self.rem = 0
+                    self._complete()
+                    return
                 if size == 0 or e + 2 > n:
                     break
                 pre = f.tpl_pre
-                if pre is not None:  # template + plain token text, as in `data_received`
-                    suf = f.tpl_suf
+                suf = f.tpl_suf
+                # template + plain token text, as in `data_received` (the suffix first: it is what a
+                # stream's last token, usage and [DONE] chunks differ in, and the cheapest look)
+                if pre is not None and data[e + 2 - len(suf):e + 2] == suf:
                     mid = data[s + len(pre):e + 2 - len(suf)]
                     if (mid in _PLAIN or _plain(mid)) and _join((pre, mid, suf)) == data[s:e + 2]:
                         f.chunks.append(t)
@@ -551,8 +591,9 @@ class _Conn(asyncio.Protocol):
         if self.keep and self.alive and self.owner.reuse:
             # Parked PARK_S later: a server that closes right after its last byte (even one
             # descheduled between its write and its close) has its FIN read by then
-            # (`connection_lost` above), so no request is ever written into that close.
-            asyncio.get_running_loop().call_later(PARK_S, self._park)
+            # (`connection_lost` above), so no request is ever written into that close. A queue
+            # the transport drains when it needs a connection (`_unpark`), not a timer per answer.
+            self.owner.parked.append(self)
         elif self.tr is not None:
             self.alive = False
             self.tr.close()
@@ -601,6 +642,8 @@ class RawTransport:
         self.timeouts = timeouts
         self.api_key = api_key
         self.idle: list[_Conn] = []
+        self.parked: deque[_Conn] = deque()  # finished answers' connections, until PARK_S has passed
+        self.heads: dict[bytes, bool] = {}  # head bytes -> keep-alive, see `_head`
         self.active: set[Flight] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         head = (f"POST {endpoint.path(api)} HTTP/1.1\r\nHost: {endpoint.host_header}\r\n"
@@ -694,8 +737,17 @@ class RawTransport:
                 server_hostname=ep.host if self._ssl else None)
         return conn
 
+    def _unpark(self, now: float) -> None:
+        """Move the parked connections whose answer ended over PARK_S ago to the idle pool."""
+        parked = self.parked
+        due = now - PARK_S
+        while parked and parked[0].idle_since <= due:
+            parked.popleft()._park()
+
     def submit(self, f: Flight) -> None:
         self.active.add(f)
+        if self.parked:
+            self._unpark(perf_counter())
         idle = self.idle
         if len(idle) <= self.spare >> 1:
             self._top_up()
@@ -766,6 +818,7 @@ class RawTransport:
             task.cancel()
 
     def sweep(self, now: float) -> None:
+        self._unpark(now)
         late = self.timeouts.late(self.active, now)
         for f, msg in late:
             self.end_flight(f, "timeout", msg)
@@ -794,6 +847,10 @@ class RawTransport:
         for task in list(self._spare_tasks):
             task.cancel()
         self.cancel_all("transport closed")
+        for c in self.parked:
+            if c.tr is not None:
+                c.tr.close()
+        self.parked.clear()
         for c in self.idle:
             if c.tr is not None:
                 c.tr.close()
