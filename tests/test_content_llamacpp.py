@@ -84,5 +84,7 @@ def test_shared_prefix_is_cached(api: str, llamacpp_server: InferenceServer, tmp
     assert all(r["prompt_tokens"] == r["input_tokens"] for r in rows)
     hits = [r["cached_tokens"] for r in sorted(rows, key=lambda r: r["sent"])[1:]]
     assert all(h >= 512 for h in hits), hits  # the 512 shared tokens (one block id)
-    # never past the shared prefix (plus, on chat, the template and lead words around it): the nonce follows
-    assert all(h <= (512 if api == "completions" else 580) for h in hits), hits
+    # never past the shared prefix (plus, on chat, the template and lead words around it): the nonce
+    # follows. Two nonces start with the same token by chance (1 in the nonce alphabet's size, and
+    # this run's salt is random), so a hit may reach a token or two past the prefix, never further.
+    assert all(h <= (512 + 2 if api == "completions" else 580) for h in hits), hits
