@@ -26,7 +26,6 @@ def _flight(i: int, *, status: str = "ok", chunks: int = 3, usage: bool = True) 
     if chunks:
         f.first_token = f.first_answer_token = f.sent + 0.02
         f.chunks.extend(f.first_token + 0.005 * k for k in range(chunks))
-        f.last_token = f.chunks[-1]
     if usage:
         f.prompt_tokens, f.completion_tokens = 10, chunks
     f.status = status

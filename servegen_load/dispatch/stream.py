@@ -54,7 +54,7 @@ class Flight:
     __slots__ = (
         "answer_seen", "attempts", "cached_tokens", "chunks", "completion_tokens", "conn", "dispatched",
         "done", "error", "finished", "first_answer_token", "first_token", "handle",
-        "http_status", "last_token", "prompt_tokens", "queue_time", "reasoning_tokens", "req",
+        "http_status", "prompt_tokens", "queue_time", "reasoning_tokens", "req",
         "retries", "retry_after", "sent", "sse_buf", "stale", "status", "t_rel", "tpl_key", "tpl_left", "tpl_pre", "tpl_suf",
         "wire",
     )
@@ -67,7 +67,6 @@ class Flight:
         self.sent: float | None = None
         self.first_token: float | None = None
         self.first_answer_token: float | None = None
-        self.last_token: float | None = None
         self.queue_time: float | None = None
         self.chunks = array("d")  # perf_counter() of each token-bearing chunk
         self.prompt_tokens: int | None = None
@@ -93,6 +92,12 @@ class Flight:
         self.tpl_left = 4  # (re)learning attempts left: a stream whose chunks never repeat stops trying
         self.conn: Any = None
         self.handle: asyncio.TimerHandle | asyncio.Task[None] | None = None
+
+    @property
+    def last_token(self) -> float | None:
+        """When the last token chunk came: kept as `chunks[-1]`, not stored per chunk (hot path)."""
+        c = self.chunks
+        return c[-1] if c else None
 
     def fail(self, status: str, error: str) -> None:
         """Record the first failure only: later symptoms of the same failure say nothing new."""
@@ -251,7 +256,6 @@ def _take(f: Flight, obj: dict[str, Any], payload: bytes, t: float) -> None:
             if f.first_token is None:
                 f.first_token = t
             f.chunks.append(t)
-            f.last_token = t
             if answer and not f.answer_seen:
                 f.answer_seen = True
                 f.first_answer_token = t

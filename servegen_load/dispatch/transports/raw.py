@@ -8,19 +8,24 @@ this transport, and its send lag and TTFT error p99 were 10-40x larger from 300 
 1000 req/s it could not keep the rate.
 
 The per-chunk path, cheapest first:
-1. `data_received`: the read is one chunk holding one plain token event of this stream that
-   matches the stream's template (`stream.learn_template`: same bytes around the token text as
-   an earlier chunk), its size line says exactly its length and its token text is plain
-   printable ASCII (`stream.plain_text`): append the timestamp, nothing else. One lookup, one
-   join and one compare (`_HEADS`): about 0.5 µs of Python per chunk, 6.6k instructions with the
-   call (was 10.7k with find/startswith/endswith; `benchmarks/client_cost.py`). Fast is never
-   lenient: what this path takes, a full parse would accept (tests/test_fast_path.py).
-2. `_chunked` fast loop: reads carrying several chunks (the loop ran late) first go through
-   `_template_chunks` (one split, then a lookup and a compare per chunk: 7.8k instructions per
-   chunk at eight per read, was 12.5k), so falling behind does not make a chunk dearer; then
-   whole chunks with one `data:` event each, template match or one orjson parse
-   (`stream.take_data`, about 2 µs in all).
-3. The general path: split chunks, several events per chunk, CRLF events, comments.
+1. `data_received` with the fast path armed (`_Conn._arm`: a 200 chunked answer, nothing
+   buffered, a learned template): the read is one chunk holding one plain token event of this
+   stream that matches the stream's template (`stream.learn_template`: same bytes around the
+   token text as an earlier chunk), its size line says exactly its length and its token text is
+   plain printable ASCII (`stream.plain_text`): append the timestamp, nothing else. One lookup,
+   one join and one compare (`_HEADS`), no state checks (arming replaces them), no per-chunk
+   store but the timestamp (`Flight.last_token` is `chunks[-1]`): about 0.45 µs of Python per
+   chunk. Fast is never lenient: what this path takes, a full parse would accept
+   (tests/test_fast_path.py).
+2. `_fast_reads`: a chunk of a length not seen before, or several whole template chunks in one
+   read (the loop ran late): one split at the template suffix, then a lookup and a compare per
+   chunk, so falling behind does not make a chunk dearer (0.78/0.62/0.50 µs per chunk at 2/4/8
+   per read, was 2.4/1.5/1.2). `benchmarks/client_cost.py` under callgrind: all Python work per
+   streamed token went from 9.2k to 7.2k instructions with these two.
+3. `_chunked`'s loop, for reads mixing template chunks with others (the last read: final token,
+   usage, `[DONE]`): `_template_chunks` for the leading template chunks, then whole chunks with
+   one `data:` event each, template match or one orjson parse (`stream.take_data`, about 2 µs).
+4. The general path: split chunks, several events per chunk, CRLF events, comments.
 
 Connections: a keep-alive pool (LIFO, unbounded: one socket per in-flight request). Before the
 clock starts the runner has about the first second's worth opened (`prewarm`), and a few spares
@@ -56,6 +61,7 @@ import functools
 import re
 import socket
 import ssl
+from array import array
 from collections import deque
 from time import perf_counter
 
@@ -152,9 +158,56 @@ def _template_chunks(data: bytes, f: Flight, t: float) -> int:
         chunks.append(t)
         pos += len(size_line) + n + 4
         k += 2
-    if pos:
-        f.last_token = t
     return pos
+
+
+_Fast = tuple[dict[int, bytes], int, bytes, "array[float]", bytes]
+
+
+def _fast_reads(data: bytes, t: float, fast: _Fast) -> bool:
+    """The fast path's reads other than one chunk of a length seen before; True if taken.
+
+    One chunk of a new length: its head + prefix is remembered (at most `_HEADS_PER_CONN` per
+    connection: a hostile server may vary lengths). Several whole chunks in one read (the loop
+    ran late): split at the template suffix, then each piece must be exactly the head its length
+    allows + prefix + plain token text, the single-chunk acceptance, at about the single-chunk
+    cost per chunk, so falling behind does not make a chunk dearer. Nothing is recorded unless
+    the whole read passes; any other read goes to the strict path whole.
+    """
+    hps, _, suf, chunks, pre = fast
+    n = len(data)
+    head = _HEADS[n] if n <= _FAST_MAX else None
+    if head is not None and data[:len(head)] == head:  # else the first chunk is shorter: several
+        hp = head + pre
+        mid = data[len(hp):-len(suf)]
+        if (mid in _PLAIN or _plain(mid)) and _join((hp, mid, suf)) == data:
+            if len(hps) < _HEADS_PER_CONN:
+                hps[n] = hp
+            chunks.append(t)
+            return True
+    ls = len(suf)
+    if n > _FAST_MAX or data[n - ls:] != suf:
+        return False
+    parts = data.split(suf)
+    parts.pop()  # the empty tail after the last suffix
+    for p in parts:
+        m = len(p) + ls
+        hp = hps.get(m)  # type: ignore[assignment]
+        if hp is None:
+            head = _HEADS[m]
+            if head is None:
+                return False
+            hp = head + pre
+            if len(hps) < _HEADS_PER_CONN:
+                hps[m] = hp
+        lh = len(hp)
+        if p[:lh] != hp:
+            return False
+        mid = p[lh:]
+        if not (mid in _PLAIN or _plain(mid)):
+            return False
+    chunks.extend([t] * len(parts))
+    return True
 
 
 class _Conn(asyncio.Protocol):
@@ -163,6 +216,7 @@ class _Conn(asyncio.Protocol):
     __slots__ = (
         "alive",
         "errbody",
+        "fast",
         "flight",
         "got",
         "hooks",
@@ -198,6 +252,8 @@ class _Conn(asyncio.Protocol):
         self.idle_since = 0.0
         self.hp: dict[int, bytes] = {}  # read length -> chunk head + template prefix (fast path)
         self.hp_pre: bytes | None = None  # the template prefix `hp` was built for
+        # (hp, -len(suffix), suffix, the flight's chunk times, prefix) while the fast path is on
+        self.fast: _Fast | None = None
 
     # --- asyncio callbacks ---
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -213,36 +269,30 @@ class _Conn(asyncio.Protocol):
         hooks = self.hooks
         if t >= hooks.next_due:
             hooks.tick(t)
+        fast = self.fast
+        if fast is not None:
+            # Hottest path: one read = one chunk = one plain token event matching the stream's
+            # template (stream.learn_template): record the time, no parse. `fast` is armed only
+            # while nothing is pending (`_arm`), so there is no state to check here. The read must
+            # be exactly: the one size line its length allows (lowercase hex, as servers write it),
+            # the template prefix, plain token text, the template suffix (ends with the event's
+            # blank line and the chunk's CRLF). See `_HEADS`. Anything else takes the strict path.
+            hp = fast[0].get(len(data))
+            if hp is not None:
+                mid = data[len(hp):fast[1]]
+                if (mid in _PLAIN or _plain(mid)) and _join((hp, mid, fast[2])) == data:
+                    fast[3].append(t)
+                    return
+            elif _fast_reads(data, t, fast):
+                return
+            self.fast = None
         st = self.state
         if st == _CHUNKED:
-            # Hottest path: one read = one chunk = one plain token event matching the stream's
-            # template (stream.learn_template): record the time, no parse. Anything else falls
-            # through to the general reader.
-            f = self.flight
-            if f is not None and f.tpl_pre is not None and not self.rbuf and not self.rem:
-                # The read must be exactly: the one size line its length allows (lowercase hex,
-                # as servers write it), the template prefix, plain token text, the template
-                # suffix (ends with the event's blank line and the chunk's CRLF). See `_HEADS`.
-                pre = f.tpl_pre
-                if self.hp_pre is not pre:
-                    self.hp_pre = pre
-                    self.hp = {}
-                n = len(data)
-                hp = self.hp.get(n)
-                if hp is None and n <= _FAST_MAX and len(self.hp) < _HEADS_PER_CONN:
-                    head = _HEADS[n]
-                    if head is not None:
-                        hp = self.hp[n] = head + pre
-                if hp is not None:
-                    suf = f.tpl_suf
-                    mid = data[len(hp):n - len(suf)]
-                    if (mid in _PLAIN or _plain(mid)) and _join((hp, mid, suf)) == data:
-                        f.chunks.append(t)
-                        f.last_token = t
-                        return
             self._chunked(data, t)
+            self._arm()
         elif st == _HEAD:
             self._head(data, t)
+            self._arm()
         elif st == _LENGTH:
             self._length(data, t)
         elif st == _UNTIL_CLOSE:
@@ -252,11 +302,30 @@ class _Conn(asyncio.Protocol):
             if self.tr is not None:
                 self.tr.abort()
 
+    def _arm(self) -> None:
+        """Turn the `data_received` fast path on when nothing is pending between reads.
+
+        Nothing pending: a 200 chunked answer between chunks (no partial size line, chunk data or
+        SSE event buffered), with a learned template, before `[DONE]` and any failure. Every
+        change of that (a new flight, an end, a read that is not a template chunk) turns it off.
+        """
+        f = self.flight
+        if (f is None or self.state != _CHUNKED or not self.ok or self.rbuf or self.rem or f.sse_buf
+                or f.tpl_pre is None or f.status is not None):
+            return
+        pre = f.tpl_pre
+        if self.hp_pre is not pre:
+            self.hp_pre = pre
+            self.hp = {}
+        suf = f.tpl_suf
+        self.fast = (self.hp, -len(suf), suf, f.chunks, pre)
+
     def eof_received(self) -> bool:
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.alive = False
+        self.fast = None
         f = self.flight
         if f is None:
             if self.served and perf_counter() - self.idle_since < CLOSES_AFTER_S:
@@ -287,6 +356,7 @@ class _Conn(asyncio.Protocol):
     def start(self, f: Flight, reused: bool) -> None:
         self.flight = f
         f.conn = self
+        self.fast = None
         self.state = _HEAD
         self.rbuf = b""
         self.rem = 0
@@ -476,7 +546,6 @@ class _Conn(asyncio.Protocol):
                     mid = data[s + len(pre):e + 2 - len(suf)]
                     if (mid in _PLAIN or _plain(mid)) and _join((pre, mid, suf)) == data[s:e + 2]:
                         f.chunks.append(t)
-                        f.last_token = t
                         pos = e + 2
                         continue
                 if data[e - 2:e + 2] != b"\n\n\r\n" or data[s:s + 6] != b"data: ":
@@ -808,6 +877,7 @@ class RawTransport:
             status, error = "http_error", scrub(f"HTTP {f.http_status}: {body} (body unfinished: {error})", self.api_key)
         if c is not None:
             c.flight = None
+            c.fast = None
             c.alive = False
             if c.tr is not None:
                 c.tr.abort()
