@@ -1,7 +1,8 @@
 """The raw transport's token fast paths are as strict as the full parse, one chunk per read or many.
 
-A read that carries several token chunks (the loop ran late) goes through `transports.raw._template_chunks`
-(one split, a lookup and a compare per chunk), a read of one chunk through `data_received`'s
+A read that carries several token chunks (the loop ran late) goes through `transports.raw._fast_reads`
+(one split at the template suffix, a lookup and a compare per chunk) and, when any chunk in it is
+not a template chunk, whole through the strict loop; a read of one chunk through `data_received`'s
 comparison. Both must accept exactly what the strict reader would: here a small asyncio server on
 127.0.0.1 sends three token chunks one write each (the template is learned), then ONE write holding
 good chunks around a corruption, so the corruption sits inside a batch. Every case checks the

@@ -23,8 +23,8 @@ The per-chunk path, cheapest first:
    per read, was 2.4/1.5/1.2). `benchmarks/client_cost.py` under callgrind: all Python work per
    streamed token went from 9.2k to 7.2k instructions with these two.
 3. `_chunked`'s loop, for reads mixing template chunks with others (the last read: final token,
-   usage, `[DONE]`): `_template_chunks` for the leading template chunks, then whole chunks with
-   one `data:` event each, template match or one orjson parse (`stream.take_data`, about 2 µs).
+   usage, `[DONE]`): whole chunks with one `data:` event each, template match (about 1 µs) or
+   one orjson parse (`stream.take_data`, about 2 µs).
 4. The general path: split chunks, several events per chunk, CRLF events, comments.
 
 Connections: a keep-alive pool (LIFO, unbounded: one socket per in-flight request). Before the
@@ -120,45 +120,7 @@ def _plain(mid: bytes) -> bool:
     return True
 
 
-_HEX = [b"%x" % _n for _n in range(_FAST_MAX + 1)]
-_SIZES = {h: n for n, h in enumerate(_HEX)}
-
-
-def _template_chunks(data: bytes, f: Flight, t: float) -> int:
-    """Take the whole template token chunks a read starts with; the bytes they fill.
-
-    Why: a read carries several chunks when the loop ran late, and then each chunk must cost no
-    more than alone, or falling behind feeds itself. One split at the CRLFs gives size line and
-    data of every chunk (chunk data of an event holds no CRLF: JSON has no raw CR or LF), so
-    each costs a table lookup, a join and a compare, with the acceptance of `data_received`: the
-    size line is the data's length in lowercase hex, the data is template prefix + plain token
-    text + template suffix. The first chunk that is anything else stops it; the caller's strict
-    loop goes on from there.
-    """
-    i = data.find(b"\r\n", 0, 12)  # the first chunk's size line, to look at its end before any split:
-    size = _SIZES.get(data[:i]) if i > 0 else None  # a read's first chunk is most often the last
-    if size is None or data[i + size - len(f.tpl_suf) + 4:i + size + 4] != f.tpl_suf:  # token's (not a match)
-        return 0
-    parts = data.split(b"\r\n")
-    pre = f.tpl_pre
-    suf = f.tpl_suf[:-2]  # the suffix without the chunk's CRLF: the split removed it
-    lp, ls = len(pre), len(suf)  # type: ignore[arg-type]
-    last = len(parts) - 1  # parts[last] follows the last CRLF: not a whole chunk's data
-    chunks = f.chunks
-    k = pos = 0
-    while k + 1 < last:
-        size_line = parts[k]
-        d = parts[k + 1]
-        n = len(d)
-        if n > _FAST_MAX or _HEX[n] != size_line:
-            break
-        mid = d[lp:n - ls]
-        if not ((mid in _PLAIN or _plain(mid)) and _join((pre, mid, suf)) == d):  # type: ignore[arg-type]
-            break
-        chunks.append(t)
-        pos += len(size_line) + n + 4
-        k += 2
-    return pos
+_SIZES = {b"%x" % _n: _n for _n in range(_FAST_MAX + 1)}
 
 
 _Fast = tuple[dict[int, bytes], int, bytes, "array[float]", bytes]
@@ -514,7 +476,7 @@ class _Conn(asyncio.Protocol):
         """
         f = self.flight
         if self.ok and not self.rbuf and not self.rem and f is not None and not f.sse_buf:
-            pos = _template_chunks(data, f, t) if f.tpl_pre is not None else 0
+            pos = 0
             n = len(data)
             find = data.find
             while pos < n:
