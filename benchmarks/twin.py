@@ -95,6 +95,13 @@ def one_server(name: str, a: argparse.Namespace, work: Path) -> dict[str, Any]:
         vals = {k: [getattr(get_preset(str(p)), k) for p in presets] for k in PARAMS}
         vals["max_num_seqs"] = [get_preset(str(p)).max_num_seqs for p in presets]
         out["calibrations"] = vals
+        import yaml
+
+        terms = [(yaml.safe_load(p.read_text()).get("calibration") or {}).get("terms") for p in presets]
+        out["terms"] = terms
+        print(f"[{name}] terms kept by each calibration: "
+              + "; ".join(",".join(t or ["?"]) for t in terms)
+              + (" (the same)" if all(t == terms[0] for t in terms) else " (DIFFERENT)"))
         print(f"[{name}] stability over {len(presets)} calibrations (mean, min..max, spread = (max-min)/mean)")
         for k, v in vals.items():
             m = statistics.mean(v)

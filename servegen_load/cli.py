@@ -5,8 +5,13 @@ Every user mistake surfaces as one line on stderr and exit code 2 (see `main`).
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import TYPE_CHECKING, Annotated, Any
+
+# One BLAS thread, set before numpy loads: this package's matrices are small, and OpenBLAS's extra
+# threads spin after start-up on the core the event loop needs (0.15 s of CPU per command here).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import typer
 
@@ -571,6 +576,7 @@ def calibrate_cmd(
     probe_concurrency: int = typer.Option(16, "--probe-concurrency", help="Largest burst of the probe (set it above the server's batch limit to measure it)."),
     probe_output: int = typer.Option(48, "--probe-output", help="Output tokens of each burst request."),
     probe_max_prompt: int = typer.Option(2048, "--probe-max-prompt", help="Longest probe prompt (the long bursts use half); keep it near your traffic's long prompts."),
+    probe_budget: float = typer.Option(180.0, "--probe-budget", help="Seconds the probe may take before noisy phases stop being repeated."),
     check: bool = typer.Option(False, "--check", help="Replay SCENARIO on --endpoint and on --preset's twin; print predicted vs measured."),
     preset: str | None = typer.Option(None, "--preset", help="With --check: the calibrated preset YAML."),
     slo: list[str] = typer.Option([], "--slo", help="With --check: also plan both with these SLOs and compare capacities (repeatable)."),  # noqa: B008
@@ -607,7 +613,7 @@ def calibrate_cmd(
         doc = cal.calibrate(endpoint=endpoint, inputs=paths, output=output, model=model,
                             server_family=server_family, api_key=key, probe_dir=probe_dir,
                             max_concurrency=probe_concurrency, probe_output=probe_output,
-                            probe_max_prompt=probe_max_prompt)
+                            probe_max_prompt=probe_max_prompt, probe_budget=probe_budget)
     if as_json:
         with atomic_write(as_json) as fh:
             fh.write(json.dumps(doc, indent=2, default=str) + "\n")

@@ -41,11 +41,15 @@ def _fmt_s(v: float) -> str:
 
 
 def format_fit(fit: Fit, params: Any, sources: dict[str, str]) -> str:
-    lines = ["parameter                       value          +- stderr     (rel)"]
+    lines = ["parameter                       value          +- spread     (rel)   90% interval"]
+    kept = set(fit.selection.get("terms", NAMES))
     for k in NAMES:
         v, se = fit.values[k], fit.stderr[k]
         rel = f"{se / v:6.1%}" if v > 0 else "   -  "
-        lines.append(f"  {LABELS[k]:28s} {_fmt_s(v):>14s} +- {_fmt_s(se):>12s}  {rel}")
+        lo_hi = fit.interval.get(k)
+        tail = (f"  {_fmt_s(lo_hi[0])} .. {_fmt_s(lo_hi[1])}" if lo_hi else
+                "" if k in kept else "  (left out: see notes)")
+        lines.append(f"  {LABELS[k]:28s} {_fmt_s(v):>14s} +- {_fmt_s(se):>12s}  {rel}{tail}")
     for k in ("max_num_seqs", "max_num_batched_tokens", "kv_cache_tokens", "max_model_len", "prefix_cache_tokens"):
         lines.append(f"  {k:28s} {getattr(params, k):>14,d}    ({sources.get(k, '')})")
     lines.append(f"  {'block_size':28s} {params.block_size:>14,d}")
@@ -60,7 +64,8 @@ def format_fit(fit: Fit, params: Any, sources: dict[str, str]) -> str:
 
 def calibrate(*, endpoint: str | None, inputs: list[str], output: str, model: str | None,
               server_family: str | None, api_key: str | None, probe_dir: str | None,
-              max_concurrency: int, probe_output: int, probe_max_prompt: int = 2048) -> dict[str, Any]:
+              max_concurrency: int, probe_output: int, probe_max_prompt: int = 2048,
+              probe_budget: float = 180.0) -> dict[str, Any]:
     """Probe (or read) timings, fit the engine model, write the preset; the preset document."""
     from ..results import read_results
     from .fit import cache_block, fit_results
@@ -75,6 +80,8 @@ def calibrate(*, endpoint: str | None, inputs: list[str], output: str, model: st
         raise InputError("expected at least 4 tokens", field="--probe-output")
     if probe_max_prompt < 64:
         raise InputError("expected at least 64 tokens", field="--probe-max-prompt")
+    if not probe_budget > 0:
+        raise InputError("expected a positive number of seconds", field="--probe-budget")
     limits: dict[str, Any] = {}
     shared = None
     tmp = None
@@ -91,7 +98,7 @@ def calibrate(*, endpoint: str | None, inputs: list[str], output: str, model: st
             paths = run_probe(endpoint, model, family, Path(probe_dir),
                               api_key=api_key, max_model_len=int(limits.get("max_model_len") or 4096),
                               max_concurrency=max_concurrency, output=probe_output, max_prompt=probe_max_prompt,
-                              log=_log)
+                              budget_s=probe_budget, log=_log)
             inputs = [str(p) for p in paths]
             shared = min(CACHE_SHARED, max(64, min(int(limits.get("max_model_len") or 4096) - probe_output - 8,
                                                    probe_max_prompt)) // 2)

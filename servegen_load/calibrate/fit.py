@@ -23,9 +23,9 @@ tokenization outside the engine loop; M: the step token budget). Host noise show
 gaps, never short ones: step rows are fitted on relative errors, TTFT rows on absolute ones
 (`weights`), bounded at zero (`scipy.optimize.lsq_linear`), then refitted without rows further
 than 4 robust sigmas (MAD) from their kind's median residual, then reweighted towards an L1 fit
-(`_robust`: a busy host adds a long tail of slow steps that least squares would chase). Standard errors come from the covariance s²·(XᵀWX)⁻¹ of the final
-fit with its final weights (approximate after reweighting; a parameter at its zero bound gets the
-same formula: read both as orders of magnitude).
+(`_robust`: a busy host adds a long tail of slow steps that least squares would chase). Which
+terms are fitted, and each parameter's spread (a jackknife over probe phases, not the in-sample
+covariance, which said 1-5 % where calibrations moved 25-47 %), are `select`'s job.
 
 Limits: `max_num_seqs` is the most sequences ever seen decoding together (99.5th percentile of
 B) when more requests than that were in flight at once (the limit was reached), else not
@@ -45,11 +45,10 @@ from ..results import Results
 
 NAMES = ("request_overhead_s", "step_base_s", "prefill_token_s", "decode_seq_s", "context_token_s",
          "prefill_attention_s", "batch_context_s")
-EXTRA = ("prefill_attention_s", "batch_context_s")  # kept only when they earn their keep (`fit_rows`)
+EXTRA = ("prefill_attention_s", "batch_context_s")  # CPU-engine terms: never reported as unidentifiable
 MIN_ROWS = 20
 SEGMENT = 8
 ISOLATION_SLACK = 0.002  # a request sent as the previous one ended (--max-concurrency 1) is alone
-EXTRA_GAIN = 0.10
 
 
 @dataclass
@@ -62,6 +61,9 @@ class Rows:
     max_decoding: int = 0
     max_in_flight: int = 0
     cached: list[tuple[float, float | None]] = field(default_factory=list)  # (prompt, cached or None) of ok rows
+    phase: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int32))  # probe phase of each row
+    group: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # request of each row
+    phase_names: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -78,12 +80,15 @@ class Fit:
     max_in_flight: int
     notes: list[str]
     scale: float = 0.0  # median |relative residual| over all rows: the fit's robust error scale
+    interval: dict[str, tuple[float, float]] = field(default_factory=dict)  # value +- 1.645 spreads, per fitted term
+    selection: dict[str, Any] = field(default_factory=dict)  # terms kept, held-out error of each candidate
 
     def to_dict(self) -> dict[str, Any]:
         return {"values": self.values, "stderr": self.stderr, "residuals": self.residuals,
                 "rows_used": self.rows_used, "rows_dropped": self.rows_dropped,
                 "max_num_seqs": self.max_num_seqs, "max_decoding": self.max_decoding,
-                "max_in_flight": self.max_in_flight, "notes": self.notes}
+                "max_in_flight": self.max_in_flight, "notes": self.notes,
+                "interval": {k: list(v) for k, v in self.interval.items()}, "selection": self.selection}
 
 
 def _sorted_sums(keys: np.ndarray, *vals: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -104,12 +109,22 @@ def rows_of(res: Results, step_budget: int = 2048, segment: int = SEGMENT) -> Ro
     max_dec = 0
     max_fl = 0
     cached: list[tuple[float, float]] = []
+    phases: list[np.ndarray] = []
+    groups: list[np.ndarray] = []
+    phase_names: list[str] = []
+    n_req = 0
     c = res.cols
     for f in np.unique(res.file_index) if res.n else []:
         sel = np.flatnonzero((res.file_index == f) & (c["status"] == "ok") & np.isfinite(c["first_token"])
                              & np.isfinite(c["last_token"]) & np.isfinite(c["sent"]))
         if not len(sel):
             continue
+        name = str(res.headers[f].get("phase") or f"file {res.paths[f]}") if f < len(res.headers) else f"file {f}"
+        if name not in phase_names:
+            phase_names.append(name)
+        ph = phase_names.index(name)
+        req0 = n_req
+        n_req += len(sel)
         sent, first, last = c["sent"][sel], c["first_token"][sel], c["last_token"][sel]
         media = np.nan_to_num(c["media_tokens"][sel])
         prompt = np.where(np.isfinite(c["prompt_tokens"][sel]), c["prompt_tokens"][sel],
@@ -143,6 +158,7 @@ def rows_of(res: Results, step_budget: int = 2048, segment: int = SEGMENT) -> Ro
             ev_h.append(np.diff(h))
             if dec >= 1:
                 seg_rows.append((i, tt, d))
+        seg_req: list[np.ndarray] = []
         t_all = np.concatenate(ev_t) if ev_t else np.zeros(0)
         order = np.argsort(t_all, kind="stable")
         t_sorted = t_all[order]
@@ -161,8 +177,9 @@ def rows_of(res: Results, step_budget: int = 2048, segment: int = SEGMENT) -> Ro
         max_fl = max(max_fl, int(np.cumsum(ev[:, 1]).max()))
         # decode segments: `segment` chunks of one request; every step in them had it decoding
         a_l, b_l, own_l = [], [], []
-        for _i, tt, d in seg_rows:
+        for i_req, tt, d in seg_rows:
             cut = np.unique(np.r_[np.arange(0, len(tt) - 1, segment), len(tt) - 1])
+            seg_req.append(np.full(len(cut) - 1, req0 + i_req, dtype=np.int64))
             a_l.append(tt[cut[:-1]])
             b_l.append(tt[cut[1:]])
             own_l.append(np.diff(d[cut]))
@@ -171,6 +188,8 @@ def rows_of(res: Results, step_budget: int = 2048, segment: int = SEGMENT) -> Ro
             y = b - a
             keep = (y > 0) & (own >= 0.5)
             a, b, own, y = a[keep], b[keep], own[keep], y[keep]
+            groups.append(np.concatenate(seg_req)[keep])
+            phases.append(np.full(len(y), ph, dtype=np.int32))
             ia, ib = np.searchsorted(f_sorted, a, side="right"), np.searchsorted(f_sorted, b, side="right")
             pf, q = fU[ib] - fU[ia], fQ[ib] - fQ[ia]
             bsum = at(d_cum, b) - at(d_cum, a)
@@ -193,9 +212,12 @@ def rows_of(res: Results, step_budget: int = 2048, segment: int = SEGMENT) -> Ro
             ys.append(np.array([first[i] - sent[i]]))
             xs.append(np.array([[1.0, np.ceil(pu / step_budget), pu, 0.0, 0.0, pu * (cach[i] + pu / 2), 0.0]]))
             kinds.append(np.zeros(1, dtype=np.int8))
+            groups.append(np.array([req0 + i], dtype=np.int64))
+            phases.append(np.array([ph], dtype=np.int32))
     if not ys:
         return Rows(np.zeros(0), np.zeros((0, len(NAMES))), np.zeros(0, dtype=np.int8), max_dec, max_fl, cached)
-    return Rows(np.concatenate(ys), np.concatenate(xs), np.concatenate(kinds), max_dec, max_fl, cached)
+    return Rows(np.concatenate(ys), np.concatenate(xs), np.concatenate(kinds), max_dec, max_fl, cached,
+                np.concatenate(phases), np.concatenate(groups), phase_names)
 
 
 def weights(y: np.ndarray, kind: np.ndarray) -> np.ndarray:
@@ -228,36 +250,22 @@ def _solve(y: np.ndarray, x: np.ndarray, w: np.ndarray) -> np.ndarray:
 
 
 def fit_rows(rows: Rows) -> Fit:
-    """Weighted, bounded, outlier-trimmed least squares of the step model (see the module doc).
+    """Weighted, bounded, outlier-trimmed least squares of the step model (see the module doc),
+    on the terms `select.choose` finds the probe determines, with their spreads across phases."""
+    from .select import choose
 
-    The two extra terms (quadratic prefill attention, batch x context) are fitted too, and kept
-    only when they cut the robust residual scale of the rows by more than `EXTRA_GAIN`: a
-    server that does not show them (vLLM, the simulator) keeps the plain four-term model.
-    """
-    y, x, kind = rows.y, rows.x, rows.kind
+    y, x = rows.y, rows.x
     ok = np.isfinite(y) & (y > 0) & np.isfinite(x).all(1)
-    y, x, kind = y[ok], x[ok], kind[ok]
-    if len(y) < MIN_ROWS:
-        raise InputError(f"only {len(y)} usable timings (need {MIN_ROWS}): streamed results with several "
+    if ok.sum() < MIN_ROWS:
+        raise InputError(f"only {int(ok.sum())} usable timings (need {MIN_ROWS}): streamed results with several "
                          "chunks per request are needed")
-    base = [j for j in range(x.shape[1]) if np.any(x[:, j] != 0) and NAMES[j] not in EXTRA]
-    full = [j for j in range(x.shape[1]) if np.any(x[:, j] != 0)]
-    f0 = _fit_subset(y, x, kind, base, rows)
-    if full == base:
-        return f0
-    f1 = _fit_subset(y, x, kind, full, rows)
-    if f1.scale < (1 - EXTRA_GAIN) * f0.scale:
-        f1.notes.append(f"extra terms kept: residual scale {f0.scale:.1%} -> {f1.scale:.1%}")
-        return f1
-    f0.notes.append(f"extra terms not kept: residual scale {f0.scale:.1%} -> {f1.scale:.1%} with them")
-    return f0
+    return choose(rows, ok)
 
 
-def _fit_subset(y: np.ndarray, x: np.ndarray, kind: np.ndarray, active: list[int], rows: Rows) -> Fit:
-    notes: list[str] = []
-    for j in range(x.shape[1]):
-        if j not in active and NAMES[j] not in EXTRA:
-            notes.append(f"{NAMES[j]}: not identifiable from these timings (set to 0)")
+def core(y: np.ndarray, x: np.ndarray, kind: np.ndarray, active: list[int],
+         iters: int = 8) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(beta over `active`, rows kept, final weights): bounded weighted least squares, trimmed at
+    4 robust sigmas per row kind, then reweighted towards an L1 fit."""
     xa = x[:, active]
     w = weights(y, kind)
     beta = _solve(y, xa, w)
@@ -270,13 +278,25 @@ def _fit_subset(y: np.ndarray, x: np.ndarray, kind: np.ndarray, active: list[int
         med = float(np.median(r))
         mad = 1.4826 * float(np.median(np.abs(r - med))) or 1e-9
         keep[m] = np.abs(r - med) <= 4 * mad
-    if keep.sum() < MIN_ROWS:
+    if keep.sum() < min(MIN_ROWS, len(y)):
         keep[:] = True
     w = weights(y[keep], kind[keep])
     beta = _solve(y[keep], xa[keep], w)
+    w = _robust(y[keep], xa[keep], w, beta, iters)
+    beta = _solve(y[keep], xa[keep], w)
+    return beta, keep, w
+
+
+def summarize(y: np.ndarray, x: np.ndarray, kind: np.ndarray, active: list[int], rows: Rows,
+              notes: list[str]) -> Fit:
+    """The fit on `active` with its residuals by row kind and covariance standard errors (the
+    caller replaces these with bootstrap spreads)."""
+    for j in range(x.shape[1]):
+        if not np.any(x[:, j] != 0) and NAMES[j] not in EXTRA:
+            notes.append(f"{NAMES[j]}: not identifiable from these timings (set to 0)")
+    beta, keep, w = core(y, x, kind, active)
+    xa = x[:, active]
     yk, xk = y[keep], xa[keep]
-    w = _robust(yk, xk, w, beta)
-    beta = _solve(yk, xk, w)
     r_k = (yk - xk @ beta) * w
     dof = max(1, len(yk) - len(active))
     s2 = float((r_k ** 2).sum() / dof)

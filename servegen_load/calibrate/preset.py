@@ -73,7 +73,9 @@ def preset_doc(params: EngineParams, fit: Fit, sources: dict[str, str], *, endpo
     doc.update(params.to_dict())
     doc["calibration"] = {
         "endpoint": endpoint, "when": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "stderr": {k: fit.stderr[k] for k in NAMES}, "residuals": fit.residuals,
+        "stderr": {k: fit.stderr[k] for k in NAMES},
+        "interval_90": {k: list(v) for k, v in fit.interval.items()},
+        "terms": fit.selection.get("terms", list(NAMES)), "residuals": fit.residuals,
         "rows_used": fit.rows_used, "rows_dropped": fit.rows_dropped, "limits": sources, "notes": fit.notes,
         "results": inputs,
     }

@@ -12,6 +12,12 @@ small runs (one results file each, kept for `calibrate --from`):
 - `cache`: three requests sharing a prefix (`CACHE_SHARED` tokens, not a multiple of 16), one
   at a time: the cached-token counts the server reports say whether it caches and in what blocks.
 
+The plan (phases, requests, tokens) is logged before the first request, and the expected duration
+once the `prefill` phase has measured the server's speed. After the last phase, the phases that
+fit the full model far worse than the rest (a neighbour took the host while they ran) run once
+more, the worst first, at most `MAX_REPEATS` and only within the time budget; the repeat joins
+its phase (same `phase` header), so the fit sees both runs.
+
 Every request asks for an exact output (`ignore_eos` and friends per server family) and, on
 `/v1/completions` with token-id prompts, an exact prompt length. The probe's size is fixed by
 these counts (a minute or two on a 2-core CPU with a tiny model; seconds on a GPU), and every
@@ -20,6 +26,7 @@ run has a total timeout.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,6 +36,9 @@ from typing import Any
 from ..requests import Request
 
 CACHE_SHARED = 200
+MAX_REPEATS = 3
+REPEAT_FACTOR = 2.0
+REPEAT_FLOOR = 0.10
 
 
 @dataclass
@@ -65,11 +75,78 @@ def design(max_model_len: int = 4096, max_concurrency: int = 16, output: int = 4
     return phases
 
 
+def plan_text(phases: list[Phase]) -> str:
+    """What the probe will send, for the log line printed before it starts."""
+    n = sum(len(ph.requests) for ph in phases)
+    prompt = sum(r.input_tokens for ph in phases for r in ph.requests)
+    out = sum(r.output_tokens for ph in phases for r in ph.requests)
+    return f"{len(phases)} phases, {n} requests, {prompt:,} prompt and {out:,} output tokens"
+
+
+def estimate_seconds(phases: list[Phase], prefill_results: Path) -> float | None:
+    """The probe's duration at the speed the `prefill` phase measured (TTFT against prompt length
+    for prefill, the single-request decode gap for steps; a burst of c decodes its tokens in about
+    `output` steps, each slower with c: taken as linear, 1 + c/8, a rough figure for a log line)."""
+    import numpy as np
+
+    from ..results import read_results
+
+    try:
+        res = read_results(*sorted(prefill_results.parent.glob(prefill_results.name)))
+    except (OSError, ValueError):
+        return None
+    c = res.cols
+    ok = (c["status"] == "ok") & np.isfinite(c["first_token"]) & np.isfinite(c["last_token"])
+    if ok.sum() < 3:
+        return None
+    ttft = c["first_token"][ok] - c["sent"][ok]
+    slope, icept = np.polyfit(c["input_tokens"][ok], ttft, 1)
+    step = float(np.median(c["last_token"][ok] - c["first_token"][ok]))
+    total = 0.0
+    for ph in phases:
+        if ph.max_concurrency == 1:
+            total += sum(max(icept, 0) + max(slope, 0) * r.input_tokens + step * r.output_tokens for r in ph.requests)
+        else:
+            k = len(ph.requests)
+            total += (max(icept, 0) + max(slope, 0) * sum(r.input_tokens for r in ph.requests)
+                      + step * max(r.output_tokens for r in ph.requests) * (1 + k / 8))
+    return total
+
+
+def noisy_phases(paths: list[Path], limit: int, factor: float = REPEAT_FACTOR) -> list[str]:
+    """Phases whose rows fit the full model much worse than the probe as a whole (median |relative
+    residual| above `factor` times the overall median and above `REPEAT_FLOOR`): a neighbour took
+    the host while they ran. The worst first, at most `limit`."""
+    import numpy as np
+
+    from ..results import read_results
+    from .fit import core, rows_of
+
+    rows = rows_of(read_results(*[str(p) for p in paths]))
+    ok = np.isfinite(rows.y) & (rows.y > 0)
+    if ok.sum() < 20 or not len(rows.phase_names):
+        return []
+    y, x, kind, phase = rows.y[ok], rows.x[ok], rows.kind[ok], rows.phase[ok]
+    active = [j for j in range(x.shape[1]) if np.any(x[:, j] != 0)]
+    beta, _, _ = core(y, x, kind, active, 4)
+    rel = np.abs(y - x[:, active] @ beta) / y
+    overall = float(np.median(rel))
+    worst = []
+    for p in np.unique(phase):
+        m = float(np.median(rel[phase == p]))
+        if m > max(factor * overall, REPEAT_FLOOR) and rows.phase_names[p] != "cache":
+            worst.append((m, rows.phase_names[p]))
+    return [name for _, name in sorted(worst, reverse=True)[:limit]]
+
+
 def run_probe(endpoint: str, model: str | None, family: str, outdir: Path, *, api_key: str | None = None,
               max_model_len: int = 4096, max_concurrency: int = 16, output: int = 48, max_prompt: int = 2048,
+              budget_s: float = 180.0,
               log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True)) -> list[Path]:
-    """Run every phase against `endpoint`; the results files, one per phase."""
+    """Run every phase against `endpoint`, then repeat the noisiest phases (at most
+    `MAX_REPEATS`, while the probe stays within `budget_s`); the results files, one per run."""
     import asyncio
+    import time
 
     from ..dispatch.endpoint import Endpoint, discover_model
     from ..dispatch.limits import Timeouts
@@ -81,18 +158,28 @@ def run_probe(endpoint: str, model: str | None, family: str, outdir: Path, *, ap
     outdir.mkdir(parents=True, exist_ok=True)
     paths: list[Path] = []
     payloads: dict[int, Any] = {}
-    for n_phase, ph in enumerate(design(max_model_len, max_concurrency, output, max_prompt), start=1):
+    phases = design(max_model_len, max_concurrency, output, max_prompt)
+    took: dict[str, float] = {}
+    t_start = time.perf_counter()
+    log(f"calibrate: probe plan: {plan_text(phases)}; then up to {MAX_REPEATS} noisy phases repeated "
+        f"within a {budget_s:.0f} s budget")
+
+    def one(n_phase: int, ph: Phase, tag: str = "") -> None:
+        t = time.perf_counter()
         if ph.prefix_block not in payloads:
             tg = target_for(endpoint, model, family, "completions", api_key, prefix_block=ph.prefix_block)
             payloads[ph.prefix_block] = (tg.payload, tg.content)
         payload, content_header = payloads[ph.prefix_block]
         # one at a time = one run per request: a fresh connection each (a server may close a
         # keep-alive connection after a streamed response, and a reused dead one fails)
-        groups = [[r] for r in ph.requests] if ph.max_concurrency == 1 else [ph.requests]
+        reqs = ph.requests
+        if tag:  # new ids, so new prompts: a repeat must not hit the prefix cache its first run filled
+            reqs = [dataclasses.replace(r, id=f"{r.id}{tag}") for r in reqs]
+        groups = [[r] for r in reqs] if ph.max_concurrency == 1 else [reqs]
         bad: dict[str, int] = {}
         for k, group in enumerate(groups):
             suffix = f"-{k + 1:02d}" if len(groups) > 1 else ""
-            out = outdir / f"probe-{n_phase:02d}-{ph.name}{suffix}.jsonl"
+            out = outdir / f"probe-{n_phase:02d}-{ph.name}{tag}{suffix}.jsonl"
             cfg = RunConfig(endpoint=endpoint, model=model, output=out, api="completions", api_key=api_key,
                             payload=payload, progress="off", timeouts=Timeouts(10.0, 120.0, 300.0),
                             header={"source": "calibrate-probe", "source_kind": "calibrate-probe", "phase": ph.name,
@@ -104,8 +191,30 @@ def run_probe(endpoint: str, model: str | None, family: str, outdir: Path, *, ap
                 if st != "ok" and v:
                     bad[st] = bad.get(st, 0) + v
             paths.append(out)
-        log(f"calibrate: probe {ph.name}: {len(ph.requests)} requests"
+        took[ph.name] = time.perf_counter() - t
+        log(f"calibrate: probe {ph.name}{tag}: {len(ph.requests)} requests, {took[ph.name]:.1f} s"
             + (f" ({', '.join(f'{v} {k}' for k, v in bad.items())})" if bad else ""))
+
+    for n_phase, ph in enumerate(phases, start=1):
+        one(n_phase, ph)
+        if n_phase == 1 and ph.max_concurrency == 1:
+            est = estimate_seconds(phases[1:], outdir / f"probe-01-{ph.name}*.jsonl")
+            if est is not None:
+                log(f"calibrate: probe: about {est + took[ph.name]:.0f} s in all at the speed the prefill phase "
+                    "measured")
+    index = {ph.name: (n, ph) for n, ph in enumerate(phases, start=1)}
+    try:
+        again = noisy_phases(paths, MAX_REPEATS)
+    except ValueError:
+        again = []
+    for name in again:
+        n_phase, ph = index[name]
+        spent = time.perf_counter() - t_start
+        if spent + took[name] > budget_s:
+            log(f"calibrate: probe {name} was noisy; not repeated ({spent:.0f} s spent of a {budget_s:.0f} s budget)")
+            continue
+        log(f"calibrate: probe {name} fits much worse than the rest (a busy host?): repeating it")
+        one(n_phase, ph, "-again")
     return paths
 
 

@@ -1,0 +1,176 @@
+"""Which step-cost terms a probe actually determines, and how far each one could move.
+
+A term the timings barely constrain still takes a value in a least-squares fit, and two terms
+that trade off (a_d per decoding sequence against a_c per context token, when batch and context
+grow together) take values that swing between calibrations of the same server while the in-sample
+residuals hardly change. So the model is chosen on what matters for a twin, predicting phases it
+has not seen:
+
+1. o, t0, a_p, a_d and a_c are always fitted: every engine pays per step, per prompt token, per
+   decoding sequence and per context token read, and a probe too noisy to see one of them must
+   not turn it off (letting held-out error drop a_d or a_c too, one of three vLLM calibrations on
+   a busy host, held-out error 36-38 % for every model, kept a_d alone and predicted a 16 x 1000
+   decode step at 8.8 ms instead of 23). The terms some CPU engines add, causal prefill
+   attention a_q then llama.cpp's batch x context a_bc, come in one at a time: each of these
+   nested models is fitted with one probe phase left out and scored on that phase's rows (mean
+   relative error, each row capped at 100 %); its score is the mean over the phases;
+2. the smallest model within one standard error (of the paired per-phase difference) plus `TOL`
+   of the best one wins: a term must buy a held-out improvement larger than the phase-to-phase
+   noise. Nested models, not every subset: with all subsets, near-ties between different sets
+   of the same size flipped between three calibrations of one llama.cpp server;
+3. each parameter's spread is the jackknife over those leave-one-phase-out fits. Phases, not
+   requests, are the unit: a busy neighbour slows a whole phase at once, so resampling requests
+   (tried first) reported 3-5 % spreads on vLLM where three calibrations moved 25-40 %; the
+   phase jackknife reported 9-38 %. Terms whose held-out error does not earn them a place are
+   already out (step 2); a kept term within `Z_KEEP` spreads of zero goes if the model without it
+   predicts the held-out phases no worse (possible for a term inside the nested order), else it
+   stays and is named in the notes, as are loosely determined terms that trade off (correlated
+   beyond `TRADE_OFF` across the left-out fits): read their combined effect, not each value.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .fit import NAMES, Fit, Rows, core, summarize
+
+OPTIONAL = ("prefill_attention_s", "batch_context_s")
+Z_KEEP = 2.0  # an optional term within two jackknife spreads of zero is not determined
+TRADE_OFF = 0.9
+LOOSE = 0.2  # ... and one of the pair spreads by more than 20 % of its value
+CV_ITERS = 4
+TOL = 0.02
+Z90 = 1.645
+BLOCKS = 6
+
+
+def candidates(present: list[int]) -> list[list[int]]:
+    """The nested term sets: none, then the present optional terms added in `OPTIONAL` order."""
+    opt = [j for j in (NAMES.index(n) for n in OPTIONAL) if j in present]
+    return [opt[:k] for k in range(len(opt) + 1)]
+
+
+def held_out(y: np.ndarray, x: np.ndarray, kind: np.ndarray, phase: np.ndarray,
+             actives: list[list[int]]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Leave-one-phase-out fits of each term set: ([set, phase] mean capped relative error of the
+    left-out phase's rows, and per set the [phase, term] coefficients fitted without it)."""
+    phases = [int(p) for p in np.unique(phase)]
+    err = np.full((len(actives), len(phases)), np.nan)
+    betas = [np.full((len(phases), len(a)), np.nan) for a in actives]
+    for pi, p in enumerate(phases):
+        test = phase == p
+        train = ~test
+        if train.sum() < 10:
+            continue
+        for ci, active in enumerate(actives):
+            beta, _, _ = core(y[train], x[train], kind[train], active, CV_ITERS)
+            rel = np.abs(y[test] - x[test][:, active] @ beta) / y[test]
+            err[ci, pi] = float(np.mean(np.minimum(rel, 1.0)))
+            betas[ci][pi] = beta
+    cols = ~np.isnan(err).any(0)
+    return err[:, cols], [b[cols] for b in betas]
+
+
+def equivalent(err: np.ndarray, a: int, b: int) -> bool:
+    """Is set `a` as good as set `b` on held-out phases: its mean error above b's by at most one
+    paired standard error, plus `TOL` of b's error (a difference nobody could use)."""
+    d = err[a] - err[b]
+    n = len(d)
+    se = float(d.std(ddof=1) / np.sqrt(n)) if n > 1 else 0.0
+    return float(d.mean()) <= se + TOL * float(err[b].mean()) + 1e-12
+
+
+def pick(err: np.ndarray) -> tuple[int, int]:
+    """(chosen, best) rows of `err`: the first candidate as good as the best (`equivalent`)."""
+    best = int(np.argmin(err.mean(1)))
+    return next(ci for ci in range(len(err)) if equivalent(err, ci, best)), best
+
+
+def jackknife(betas: np.ndarray) -> np.ndarray:
+    """Spread of each coefficient from its leave-one-phase-out fits."""
+    n = len(betas)
+    return np.sqrt((n - 1) / n * ((betas - betas.mean(0)) ** 2).sum(0))
+
+
+def choose(rows: Rows, ok: np.ndarray) -> Fit:
+    """The fit on the terms the probe determines (see the module doc), with phase-jackknife spreads."""
+    y, x, kind = rows.y[ok], rows.x[ok], rows.kind[ok]
+    phase = rows.phase[ok] if len(rows.phase) == len(rows.y) else np.zeros(len(y), dtype=np.int32)
+    notes: list[str] = []
+    if len(np.unique(phase)) < 3 and len(rows.group) == len(rows.y):
+        # not a probe (e.g. one run of the user's own traffic): blocks of requests in file order
+        _, g = np.unique(rows.group[ok], return_inverse=True)
+        phase = (g * BLOCKS // max(1, int(g.max()) + 1)).astype(np.int32)
+        notes.append(f"no probe phases: {BLOCKS} blocks of requests in file order held out instead")
+    present = [j for j in range(x.shape[1]) if np.any(x[:, j] != 0)]
+    base = [j for j in present if NAMES[j] not in OPTIONAL]
+    cands = candidates(present)
+    table: list[dict[str, object]] = []
+    chosen = cands[-1]  # too few phases to hold any out: every present term
+    draws: np.ndarray | None = None
+    err = np.zeros((0, 0))
+    ci = len(cands) - 1
+    if len(np.unique(phase)) >= 3:
+        err, betas = held_out(y, x, kind, phase, [sorted(base + c) for c in cands])
+        if err.shape[1] >= 3:
+            ci, best = pick(err)
+            chosen, draws = cands[ci], betas[ci]
+            for c, e in zip(cands, err.mean(1), strict=True):
+                table.append({"terms": [NAMES[j] for j in c], "held_out_error": float(e)})
+            notes.append(f"terms chosen by leave-one-phase-out error ({err.shape[1]} phases): "
+                         f"{_terms(chosen)} {err.mean(1)[ci]:.1%} (best {_terms(cands[best])} "
+                         f"{err.mean(1)[best]:.1%}; all {err.mean(1)[-1]:.1%})")
+    if draws is None:
+        notes.append("fewer than 3 probe phases: every term fitted, no spreads")
+    active = sorted(base + chosen)
+    held: set[int] = set()
+    while draws is not None:
+        full, _, _ = core(y, x, kind, active)
+        se = jackknife(draws)
+        weak = [j for k, j in enumerate(active)
+                if NAMES[j] in OPTIONAL and full[k] <= Z_KEEP * se[k] and j not in held]
+        if not weak:
+            break
+        j = weak[0]
+        rest = [c for c in chosen if c != j]
+        if rest in cands:
+            e_rest, b_rest = err[cands.index(rest)], betas[cands.index(rest)]
+        else:
+            e_r, (b_rest,) = held_out(y, x, kind, phase, [sorted(base + rest)])
+            e_rest = e_r[0]
+        e_with = float(err[ci].mean()) if len(err) else float("nan")
+        if float(e_rest.mean()) <= e_with:
+            notes.append(f"{NAMES[j]}: within {Z_KEEP:g} spreads of 0 and no better on held-out phases "
+                         f"({e_rest.mean():.1%} without it, {e_with:.1%} with it): dropped")
+            chosen, draws, active = rest, b_rest, sorted(base + rest)
+            err = np.vstack([err, e_rest[None]])  # keep `ci` pointing at the current choice's errors
+            ci = len(err) - 1
+            continue
+        held.add(j)
+        notes.append(f"{NAMES[j]}: loosely determined (within {Z_KEEP:g} spreads of 0), kept for its "
+                     f"held-out error: {e_rest.mean():.1%} without it, {e_with:.1%} with it")
+    fit = summarize(y, x, kind, active, rows, notes)
+    fit.selection = {"terms": [NAMES[j] for j in active], "candidates": table}
+    if draws is not None:
+        se = jackknife(draws)
+        for k, j in enumerate(active):
+            v = fit.values[NAMES[j]]
+            fit.stderr[NAMES[j]] = float(se[k])
+            fit.interval[NAMES[j]] = (max(0.0, v - Z90 * float(se[k])), v + Z90 * float(se[k]))
+        if len(active) > 1:
+            with np.errstate(invalid="ignore", divide="ignore"):
+                corr = np.corrcoef(draws.T)
+            med = np.abs(draws.mean(0))
+            for a in range(len(active)):
+                for b in range(a + 1, len(active)):
+                    loose = max(se[a] / max(med[a], 1e-15), se[b] / max(med[b], 1e-15))
+                    if abs(corr[a, b]) > TRADE_OFF and loose > LOOSE:
+                        fit.notes.append(f"{NAMES[active[a]]} and {NAMES[active[b]]} trade off "
+                                         f"(correlation {corr[a, b]:+.2f} across left-out phases): "
+                                         "read their sum, not each")
+        fit.notes.append(f"spreads: jackknife over {len(draws)} leave-one-phase-out refits")
+    return fit
+
+
+def _terms(c: list[int]) -> str:
+    return "{" + ", ".join(NAMES[j] for j in c) + "}" if c else "{}"
