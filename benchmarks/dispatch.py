@@ -1,7 +1,7 @@
 """Client overhead of the `servegen-load run` command against the C fake server, beside the C reference client.
 
     python benchmarks/dispatch.py [--duration 20] [--rates 300,1000] [--repeat 1] [--contend N]
-                                  [--transports raw,aiohttp] [--api completions] [--no-tty]
+                                  [--transports raw,aiohttp] [--api completions] [--no-tty] [--floor]
 
 Why this shape: a user runs the command, not the runner API, and on a machine others share. So
 each run here is `servegen-load run REQUESTS --endpoint URL --api completions -o R` with every
@@ -12,7 +12,9 @@ unless `--no-tty`; `--summary-json` only to read the figures back), on a request
 server (TTFT 20 ms, 5 ms per token: any TTFT above 20 ms a client reports is its own error or the
 machine's) and, at each rate, runs the C reference client and then the command, alternately, in
 the same invocation. `--contend N` starts N busy processes, each pinned to one CPU, for the whole
-invocation: the same load beside both clients, as on a shared CI runner or laptop.
+invocation: the same load beside both clients, as on a shared CI runner or laptop. `--floor` adds
+`benchmarks/uvloop_floor.py` (a uvloop client that only timestamps reads): the CPU any Python
+client on uvloop starts from.
 
 Per run it prints: achieved rate, send lag p50/p99, TTFT error (reported TTFT - 20 ms) p50/p99,
 the client's CPU seconds between the server's first request and its last response (the command's
@@ -180,6 +182,17 @@ def run_ref(ref: Path, rate: float, duration: float, port: int, seed: int) -> di
             "cpu_s": d["cpu_s"]}
 
 
+def run_floor(rate: float, duration: float, port: int, seed: int) -> dict:
+    """The uvloop floor client: its CPU per token is what any Python client here starts from."""
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "uvloop_floor.py"), "--rate", str(rate),
+                          "--duration", str(duration), "--max-tokens", str(MAX_TOKENS), "--port", str(port),
+                          "--seed", str(seed)], capture_output=True, text=True, timeout=duration * 4 + 60, check=True)
+    d = json.loads(out.stdout)
+    nan = float("nan")  # timing is not what this client is for
+    return {"scheduled": d["scheduled"], "ok": d["done"], "achieved": nan, "lag_p50": nan, "lag_p99": nan,
+            "ttft_err_p50": nan, "ttft_err_p99": nan, "cpu_s": d["cpu_s"]}
+
+
 def _psi_cpu_us() -> float:
     """Total µs some task waited for a CPU (Linux PSI); the growth over a run shows contention."""
     try:
@@ -212,6 +225,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--contend", type=int, default=0, help="busy processes pinned beside the run")
     ap.add_argument("--no-tty", action="store_true", help="run the command with stderr on a pipe (plain progress)")
+    ap.add_argument("--floor", action="store_true",
+                    help="also run benchmarks/uvloop_floor.py (a do-nothing uvloop client): CPU only")
     a = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="sgl-bench-"))
@@ -243,12 +258,14 @@ def main() -> None:
             for rep in range(a.repeat):
                 seed = a.seed + rep
                 req = _make_requests(tmp, rate, a.duration, seed)
-                for client in ["ref", *transports]:
+                for client in ["ref", *(["floor"] if a.floor else []), *transports]:
                     _wait_idle(url)
                     _get(url + "/stats/reset")
                     psi0, w0 = _psi_cpu_us(), time.monotonic()
                     if client == "ref":
                         r = run_ref(ref, rate, a.duration, port, seed)
+                    elif client == "floor":
+                        r = run_floor(rate, a.duration, port, seed)
                     else:
                         r = run_ours(req, url, client, a.api, not a.no_tty, tmp, a.duration * 4 + 120)
                     r["cpu_wait"] = (_psi_cpu_us() - psi0) / 1e6 / (time.monotonic() - w0)
@@ -261,6 +278,11 @@ def main() -> None:
                           f"{r['cpu_s']:6.2f} {r['cpu_per_ktok'] * 1e3:10.3f} {r['srv_late_p99'] * 1e3:12.3f} "
                           f"{r['cpu_wait'] * 100:7.0f}%", flush=True)
         print("\nratios ours/ref (median over repeats): send lag p99, TTFT error p99, CPU per token")
+        if a.floor:
+            for rate in rates:
+                fl = float(np.median([r["cpu_per_ktok"] for x, c, r in rows if x == rate and c == "floor"]))
+                rf = float(np.median([r["cpu_per_ktok"] for x, c, r in rows if x == rate and c == "ref"]))
+                print(f"{rate:6.0f} uvloop floor client: cpu/token {fl / rf:.2f} of the reference's")
         verdicts = []
         for rate in rates:
             rmed = {k: float(np.median([r[k] for x, c, r in rows if x == rate and c == "ref"]))
