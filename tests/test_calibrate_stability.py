@@ -14,8 +14,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from servegen_load.calibrate.fit import NAMES, Rows, fit_rows, rows_of
+from servegen_load.calibrate.fit import NAMES, Rows, rows_of
 from servegen_load.calibrate.probe import design
+from servegen_load.calibrate.select import fit_rows
 from servegen_load.requests import Request
 from servegen_load.sim.engine import EngineParams
 from servegen_load.sim.presets import get_preset

@@ -68,9 +68,10 @@ def calibrate(*, endpoint: str | None, inputs: list[str], output: str, model: st
               probe_budget: float = 180.0) -> dict[str, Any]:
     """Probe (or read) timings, fit the engine model, write the preset; the preset document."""
     from ..results import read_results
-    from .fit import cache_block, fit_results
+    from .fit import cache_block
     from .preset import build_params, preset_doc, write_preset
     from .probe import CACHE_SHARED, run_probe, server_limits
+    from .select import fit_results
 
     if (endpoint is None) == (not inputs):
         raise InputError("give either --endpoint URL (probe it) or --from RESULTS... (fit measured results)")

@@ -25,7 +25,8 @@ gaps, never short ones: step rows are fitted on relative errors, TTFT rows on ab
 than 4 robust sigmas (MAD) from their kind's median residual, then reweighted towards an L1 fit
 (`_robust`: a busy host adds a long tail of slow steps that least squares would chase). Which
 terms are fitted, and each parameter's spread (a jackknife over probe phases, not the in-sample
-covariance, which said 1-5 % where calibrations moved 25-47 %), are `select`'s job.
+covariance, which said 1-5 % where calibrations moved 25-47 %), are `select`'s job, and so is
+the entry point (`select.fit_results`).
 
 Limits: `max_num_seqs` is the most sequences ever seen decoding together (99.5th percentile of
 B) when more requests than that were in flight at once (the limit was reached), else not
@@ -40,7 +41,6 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError
 from ..results import Results
 
 NAMES = ("request_overhead_s", "step_base_s", "prefill_token_s", "decode_seq_s", "context_token_s",
@@ -249,19 +249,6 @@ def _solve(y: np.ndarray, x: np.ndarray, w: np.ndarray) -> np.ndarray:
     return lsq_linear(x * w[:, None], y * w, bounds=(0.0, np.inf), method="bvls").x
 
 
-def fit_rows(rows: Rows) -> Fit:
-    """Weighted, bounded, outlier-trimmed least squares of the step model (see the module doc),
-    on the terms `select.choose` finds the probe determines, with their spreads across phases."""
-    from .select import choose
-
-    y, x = rows.y, rows.x
-    ok = np.isfinite(y) & (y > 0) & np.isfinite(x).all(1)
-    if ok.sum() < MIN_ROWS:
-        raise InputError(f"only {int(ok.sum())} usable timings (need {MIN_ROWS}): streamed results with several "
-                         "chunks per request are needed")
-    return choose(rows, ok)
-
-
 def core(y: np.ndarray, x: np.ndarray, kind: np.ndarray, active: list[int],
          iters: int = 8) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(beta over `active`, rows kept, final weights): bounded weighted least squares, trimmed at
@@ -323,11 +310,6 @@ def summarize(y: np.ndarray, x: np.ndarray, kind: np.ndarray, active: list[int],
     scale = float(np.median(np.abs(rel_all)))
     return Fit(values, stderr, residuals, int(keep.sum()), int((~keep).sum()), max_seqs, rows.max_decoding,
                rows.max_in_flight, notes, scale)
-
-
-def fit_results(res: Results, step_budget: int = 2048) -> tuple[Fit, Rows]:
-    rows = rows_of(res, step_budget)
-    return fit_rows(rows), rows
 
 
 def cache_block(prompt_cached: list[tuple[float, float | None]], shared: int | None = None) -> tuple[bool | None, int | None]:

@@ -32,7 +32,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .fit import NAMES, Fit, Rows, core, summarize
+from ..errors import InputError
+from ..results import Results
+from .fit import MIN_ROWS, NAMES, Fit, Rows, core, rows_of, summarize
 
 OPTIONAL = ("prefill_attention_s", "batch_context_s")
 Z_KEEP = 2.0  # an optional term within two jackknife spreads of zero is not determined
@@ -174,3 +176,19 @@ def choose(rows: Rows, ok: np.ndarray) -> Fit:
 
 def _terms(c: list[int]) -> str:
     return "{" + ", ".join(NAMES[j] for j in c) + "}" if c else "{}"
+
+
+def fit_rows(rows: Rows) -> Fit:
+    """Weighted, bounded, outlier-trimmed least squares of the step model (see the module doc),
+    on the terms `select.choose` finds the probe determines, with their spreads across phases."""
+    y, x = rows.y, rows.x
+    ok = np.isfinite(y) & (y > 0) & np.isfinite(x).all(1)
+    if ok.sum() < MIN_ROWS:
+        raise InputError(f"only {int(ok.sum())} usable timings (need {MIN_ROWS}): streamed results with several "
+                         "chunks per request are needed")
+    return choose(rows, ok)
+
+
+def fit_results(res: Results, step_budget: int = 2048) -> tuple[Fit, Rows]:
+    rows = rows_of(res, step_budget)
+    return fit_rows(rows), rows
