@@ -50,7 +50,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -59,6 +59,9 @@ from .formats import CAPACITY_FORMAT
 from .requests import Request
 from .scenario import Scenario, load_scenario
 from .slo import Check, SLOSet, after_warmup, evaluate, format_threshold, format_value
+
+if TYPE_CHECKING:
+    from .results import Results
 
 SATURATION_RATIO = 0.92
 MIN_SCALE_FACTOR = 1 / 256
@@ -302,12 +305,15 @@ class Stepper:
         outcome = run(_tagged(iter_scenario_requests(s), f"p{self.name[0]}{idx}"), cfg)
         if outcome.interrupted:
             raise KeyboardInterrupt
-        res = read_results(out)
+        return self._judge(idx, scale, rate, read_results(out), t, str(out) if o.results_dir else None)
+
+    def _judge(self, idx: int, scale: float, rate: float, res: Results, t: float, path: str | None) -> Step:
+        """The step's verdict from its results (real or virtual alike), recorded and logged."""
+        o = self.opts
         measured = after_warmup(res, o.warmup)
         checks = evaluate(measured, self.slos, lag_threshold=o.lag_threshold)
         offered, served, done, n = window_rates(res, o.warmup, self.run_seconds)
-        st = Step(idx, scale, rate, offered, served, done, n, checks, time.perf_counter() - t,
-                  str(out) if o.results_dir else None)
+        st = Step(idx, scale, rate, offered, served, done, n, checks, time.perf_counter() - t, path)
         self.steps.append(st)
         o.log(self._line(st))
         return st
@@ -353,14 +359,8 @@ class VirtualStepper(Stepper):
         t = time.perf_counter()
         reqs = [r for r in _tagged(iter_scenario_requests(s), f"p{self.name[0]}{idx}") if r.t < self.run_seconds]
         res = simulate_requests(self.params, reqs, chunks=self.chunks, model=self.model)
-        measured = after_warmup(res, o.warmup)
-        checks = evaluate(measured, self.slos, lag_threshold=o.lag_threshold)
-        offered, served, done, n = window_rates(res, o.warmup, self.run_seconds)
-        st = Step(idx, scale, rate, offered, served, done, n, checks, time.perf_counter() - t, None)
         self.sim_seconds += self.run_seconds
-        self.steps.append(st)
-        o.log(self._line(st))
-        return st
+        return self._judge(idx, scale, rate, res, t, None)
 
     def sim_stats(self) -> dict[str, Any] | None:
         return {"preset": self.opts.preset or "llama3-8b-h100", "time_scale": self.opts.sim_time_scale,
