@@ -44,7 +44,7 @@ class Timeouts:
                 late.append((f, f"no first token within {ft:g}s"))
             elif now - s > total:
                 late.append((f, f"response not complete within {total:g}s"))
-            elif (c := f.chunks) and now - c[-1] > idle:  # the last token chunk's time
+            elif (last := f.last_token) is not None and now - last > idle:
                 late.append((f, f"response did not end within {idle:g}s of its data: [DONE]" if f.done
                              else f"no token for {idle:g}s after the last one (stalled stream)"))
         return late
