@@ -577,6 +577,7 @@ def calibrate_cmd(
     probe_output: int = typer.Option(48, "--probe-output", help="Output tokens of each burst request."),
     probe_max_prompt: int = typer.Option(2048, "--probe-max-prompt", help="Longest probe prompt (the long bursts use half); keep it near your traffic's long prompts."),
     probe_budget: float = typer.Option(180.0, "--probe-budget", help="Seconds the probe may take before noisy phases stop being repeated."),
+    probe_steady: float = typer.Option(30.0, "--probe-steady", help="Seconds of steady open-loop load at the end of the probe (its mean step time scales the twin's step costs; 0: none)."),
     check: bool = typer.Option(False, "--check", help="Replay SCENARIO on --endpoint and on --preset's twin; print predicted vs measured."),
     preset: str | None = typer.Option(None, "--preset", help="With --check: the calibrated preset YAML."),
     slo: list[str] = typer.Option([], "--slo", help="With --check: also plan both with these SLOs and compare capacities (repeatable)."),  # noqa: B008
@@ -613,7 +614,8 @@ def calibrate_cmd(
         doc = cal.calibrate(endpoint=endpoint, inputs=paths, output=output, model=model,
                             server_family=server_family, api_key=key, probe_dir=probe_dir,
                             max_concurrency=probe_concurrency, probe_output=probe_output,
-                            probe_max_prompt=probe_max_prompt, probe_budget=probe_budget)
+                            probe_max_prompt=probe_max_prompt, probe_budget=probe_budget,
+                            probe_steady=probe_steady)
     if as_json:
         with atomic_write(as_json) as fh:
             fh.write(json.dumps(doc, indent=2, default=str) + "\n")

@@ -45,8 +45,15 @@ def test_calibrate_recovers_a_known_preset(tmp_path: Path) -> None:
     out, probe = tmp_path / "fitted.yaml", tmp_path / "probe"
     with SimProcess(str(known)) as sim:
         p = subprocess.run([*CLI, "calibrate", "--endpoint", sim.url, "--server-family", "sim",
-                            "--probe-dir", str(probe), "-o", str(out)], capture_output=True, text=True, timeout=300)
+                            "--probe-dir", str(probe), "--probe-steady", "8", "-o", str(out)],
+                           capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
+    # the steady phase ran open-loop at 60 % of the saturation rate the short phases predicted
+    # (about 35 requests in 8 s here), and its mean step set the scale
+    (steady,) = probe.glob("*-steady.jsonl")
+    sent = [json.loads(line) for line in steady.read_text().splitlines()[1:]]
+    assert 15 <= len(sent) <= 70 and all(r["status"] == "ok" for r in sent), len(sent)
+    assert "steady" in p.stderr and "step costs x" in p.stdout and "steady phase's step rows" in p.stdout
     fitted = get_preset(str(out))  # loads as a preset (the calibration block is ignored)
     for name in ("step_base_s", "prefill_token_s", "decode_seq_s", "context_token_s"):
         assert getattr(fitted, name) == pytest.approx(KNOWN[name], rel=0.20), (name, p.stdout)
@@ -56,6 +63,7 @@ def test_calibrate_recovers_a_known_preset(tmp_path: Path) -> None:
     doc = yaml.safe_load(out.read_text())
     cal = doc["calibration"]
     assert cal["stderr"]["step_base_s"] > 0 and cal["residuals"]["step"]["rows"] > 100
+    assert 0.9 <= cal["mean_scale"] <= 1.3  # the simulator keeps its step deadlines: a short tail
     assert "step base t0" in p.stdout and "residuals" in p.stdout and "+-" in p.stdout
     # the kept probe refits offline to the same model
     files = sorted(str(f) for f in probe.glob("*.jsonl"))
@@ -109,7 +117,7 @@ def test_calibrate_real_llamacpp_writes_a_loadable_preset(llamacpp_server, tmp_p
     out = tmp_path / "llama.yaml"
     p = subprocess.run([*CLI, "calibrate", "--endpoint", llamacpp_server.url, "--server-family", "llamacpp",
                         "--probe-concurrency", "10", "--probe-output", "16", "--probe-max-prompt", "512",
-                        "-o", str(out)],
+                        "--probe-steady", "5", "-o", str(out)],
                        capture_output=True, text=True, timeout=280)
     assert p.returncode == 0, p.stderr[-3000:]
     fitted = get_preset(str(out))

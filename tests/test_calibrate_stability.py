@@ -40,6 +40,11 @@ def probe_rows(params: EngineParams, seed: int, *, long_prompt: int | None = Non
                short_prompt: int = 32) -> Rows:
     """Rows of the probe's phases, each simulated on `params` slowed by its own factor.
     `long_prompt`/`short_prompt` override the bursts' prompt lengths."""
+    return merge(probe_parts(params, seed, long_prompt=long_prompt, short_prompt=short_prompt))
+
+
+def probe_parts(params: EngineParams, seed: int, *, long_prompt: int | None = None,
+                short_prompt: int = 32) -> list[Rows]:
     rng = np.random.default_rng(seed)
     parts: list[Rows] = []
     for ph in design(max_model_len=4096, max_concurrency=16, output=48, max_prompt=2048):
@@ -53,10 +58,10 @@ def probe_rows(params: EngineParams, seed: int, *, long_prompt: int | None = Non
                     for i, r in enumerate(reqs)]
         res = simulate_requests(params.scaled(float(np.exp(rng.normal(0, PHASE_NOISE)))), reqs, chunks=True)
         parts.append(rows_of(res))
-    return merge(parts)
+    return parts
 
 
-def merge(parts: list[Rows]) -> Rows:
+def merge(parts: list[Rows], names: list[str] | None = None) -> Rows:
     groups = []
     offset = 0
     for p in parts:
@@ -66,7 +71,7 @@ def merge(parts: list[Rows]) -> Rows:
                 np.concatenate([p.kind for p in parts]), max(p.max_decoding for p in parts),
                 max(p.max_in_flight for p in parts), [c for p in parts for c in p.cached],
                 np.concatenate([np.full(len(p.y), k, dtype=np.int32) for k, p in enumerate(parts)]),
-                np.concatenate(groups), [f"phase{k}" for k in range(len(parts))])
+                np.concatenate(groups), names or [f"phase{k}" for k in range(len(parts))])
 
 
 def step_time(v: dict[str, float], batch: int = 16, context: int = 1024) -> float:
@@ -129,3 +134,30 @@ def test_results_without_probe_phases_are_held_out_in_blocks() -> None:
     assert any("no probe phases" in n for n in fit.notes), fit.notes
     assert fit.selection["candidates"] and fit.stderr["step_base_s"] > 0 and fit.interval
     assert step_time(fit.values) == pytest.approx(step_time(KNOWN), rel=0.15)
+
+
+def test_step_costs_follow_the_steady_phase_mean_not_the_typical_step() -> None:
+    """Queues and capacity follow the mean step time. A steady phase (Poisson arrivals at 60 % of
+    saturation, `probe.steady_phase`) whose steps have a slow tail, a fifth of them 1.5 x (mean
+    1.1 x, median 1 x, as a host shared with the server's other processes gives), must scale the
+    fitted step costs by about 1.1; the same probe without the tail by about 1."""
+    from servegen_load.calibrate.probe import STEADY_LOAD, steady_means, steady_phase
+
+    params = known()
+    steady = steady_phase(STEADY_LOAD * params.saturation_rate(*steady_means(48, 2048)), 40.0, 48, 2048, seed=3)
+    quiet = rows_of(simulate_requests(params, steady.requests, chunks=True))
+    parts = probe_parts(params, 7)
+    names = [f"phase{k}" for k in range(len(parts))] + ["steady"]
+    plain = fit_rows(merge([*parts, quiet], names))
+    assert plain.selection["mean_scale"] == pytest.approx(1.0, abs=0.03)
+    slow = rows_of(simulate_requests(params, steady.requests, chunks=True))
+    tail = (slow.kind == 1) & (np.random.default_rng(8).random(len(slow.y)) < 0.2)
+    slow.y[tail] *= 1.5
+    fit = fit_rows(merge([*parts, slow], names))
+    assert fit.selection["mean_scale"] == pytest.approx(1.1, abs=0.03), fit.notes
+    assert any("steady phase's step rows" in n for n in fit.notes), fit.notes
+    for name in CORE:  # every step cost scaled alike: the typical step is still the engine's
+        assert fit.values[name] / plain.values[name] == pytest.approx(
+            fit.selection["mean_scale"] / plain.selection["mean_scale"], rel=0.08), name
+    assert step_time(fit.values) == pytest.approx(1.1 * step_time(KNOWN), rel=0.06)
+    assert fit.values["request_overhead_s"] == pytest.approx(plain.values["request_overhead_s"], rel=0.1)

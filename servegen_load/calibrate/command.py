@@ -65,7 +65,7 @@ def format_fit(fit: Fit, params: Any, sources: dict[str, str]) -> str:
 def calibrate(*, endpoint: str | None, inputs: list[str], output: str, model: str | None,
               server_family: str | None, api_key: str | None, probe_dir: str | None,
               max_concurrency: int, probe_output: int, probe_max_prompt: int = 2048,
-              probe_budget: float = 180.0) -> dict[str, Any]:
+              probe_budget: float = 180.0, probe_steady: float = 30.0) -> dict[str, Any]:
     """Probe (or read) timings, fit the engine model, write the preset; the preset document."""
     from ..results import read_results
     from .fit import cache_block
@@ -83,6 +83,8 @@ def calibrate(*, endpoint: str | None, inputs: list[str], output: str, model: st
         raise InputError("expected at least 64 tokens", field="--probe-max-prompt")
     if not probe_budget > 0:
         raise InputError("expected a positive number of seconds", field="--probe-budget")
+    if not probe_steady >= 0:
+        raise InputError("expected 0 (no steady phase) or more seconds", field="--probe-steady")
     limits: dict[str, Any] = {}
     shared = None
     tmp = None
@@ -99,7 +101,7 @@ def calibrate(*, endpoint: str | None, inputs: list[str], output: str, model: st
             paths = run_probe(endpoint, model, family, Path(probe_dir),
                               api_key=api_key, max_model_len=int(limits.get("max_model_len") or 4096),
                               max_concurrency=max_concurrency, output=probe_output, max_prompt=probe_max_prompt,
-                              budget_s=probe_budget, log=_log)
+                              budget_s=probe_budget, steady_s=probe_steady, limits=limits, log=_log)
             inputs = [str(p) for p in paths]
             shared = min(CACHE_SHARED, max(64, min(int(limits.get("max_model_len") or 4096) - probe_output - 8,
                                                    probe_max_prompt)) // 2)

@@ -75,7 +75,8 @@ def preset_doc(params: EngineParams, fit: Fit, sources: dict[str, str], *, endpo
         "endpoint": endpoint, "when": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "stderr": {k: fit.stderr[k] for k in NAMES},
         "interval_90": {k: list(v) for k, v in fit.interval.items()},
-        "terms": fit.selection.get("terms", list(NAMES)), "residuals": fit.residuals,
+        "terms": fit.selection.get("terms", list(NAMES)), "mean_scale": fit.selection.get("mean_scale", 1.0),
+        "residuals": fit.residuals,
         "rows_used": fit.rows_used, "rows_dropped": fit.rows_dropped, "limits": sources, "notes": fit.notes,
         "results": inputs,
     }
