@@ -75,6 +75,28 @@ def test_calibrate_recovers_a_known_preset(tmp_path: Path) -> None:
     assert get_preset(str(again)).step_base_s == pytest.approx(fitted.step_base_s, rel=0.05)
 
 
+def test_check_replays_a_scenario_on_the_endpoint_and_on_the_twin(tmp_path: Path) -> None:
+    """`calibrate --check` against the simulator serving KNOWN, with KNOWN itself as the twin: the
+    predicted latencies agree with the measured ones, and the steps line says the measured steps
+    match the twin's step model (so a real mismatch can be told from a host that changed)."""
+    known = tmp_path / "known.yaml"
+    known.write_text(yaml.safe_dump(KNOWN))
+    scen = tmp_path / "held-out.yaml"
+    scen.write_text('pool: m-large\nstart: "20:00"\nduration: 20\nrate: 1.5\nseed: 3\n')
+    out, measured = tmp_path / "check.json", tmp_path / "measured.jsonl"
+    with SimProcess(str(known)) as sim:
+        p = subprocess.run([*CLI, "calibrate", "--check", "--preset", str(known), "--endpoint", sim.url,
+                            "--server-family", "sim", str(scen), "--results", str(measured), "--json", str(out)],
+                           capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    doc = json.loads(out.read_text())
+    assert measured.exists() and "ttft_p50" in p.stdout and "decode steps against the twin" in p.stdout
+    assert abs(doc["error"]["ttft"]["50"]) < 0.25, p.stdout  # the twin has no HTTP overhead here (o = 0)
+    for metric in ("tpot", "e2e"):  # the simulator keeps its step deadlines: steps are the model's
+        assert abs(doc["error"][metric]["50"]) < 0.10 and abs(doc["error"][metric]["90"]) < 0.10, (metric, p.stdout)
+    assert doc["steps"]["rows"] > 100 and abs(doc["steps"]["median"]) < 0.10, p.stdout
+
+
 def test_calibrate_input_errors_exit_2(tmp_path: Path) -> None:
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"format": "servegen-load/results/v1"}\n')

@@ -180,6 +180,12 @@ def check(*, preset: str, endpoint: str, scenario: str, model: str | None, serve
                 doc["error"][k][q] = err
                 print(f"  {k + '_p' + str(q):10s} {_ms(a):>10s} {_ms(b):>10s} "
                       f"{'-' if err is None else f'{err:+.1%}':>8s}")
+        drift = step_drift(measured, params)
+        if drift is not None:
+            doc["steps"] = drift
+            print(f"  the measured run's decode steps against the twin's step model: median {drift['median']:+.1%}, "
+                  f"mean {drift['mean']:+.1%} ({drift['rows']} rows; the model's error on this traffic plus any "
+                  "change of the host since calibration)")
         if slos is not None and slos.slos:
             doc["capacity"] = check_capacity(preset, endpoint, scenario, model, server_family, api_key, slos,
                                              step_duration, warmup, max_steps)
@@ -187,6 +193,27 @@ def check(*, preset: str, endpoint: str, scenario: str, model: str | None, serve
     finally:
         if tmp is not None:
             tmp.cleanup()
+
+
+def step_drift(measured: Any, params: Any) -> dict[str, Any] | None:
+    """How the measured run's decode stretches compare with the twin's step model (measured /
+    predicted - 1, median and capped mean as `select.mean_scale` takes it): when the latencies
+    disagree, this says whether the steps themselves did (a host slower or faster than during
+    calibration, or traffic the model describes badly) or only the queueing."""
+    from .fit import MIN_ROWS, rows_of
+    from .select import STALL
+
+    rows = rows_of(measured, params.max_num_batched_tokens)
+    step = rows.kind == 1
+    if step.sum() < MIN_ROWS:
+        return None
+    pred = rows.x[step] @ np.array([getattr(params, n) for n in NAMES])
+    good = pred > 0
+    y, pred = rows.y[step][good], pred[good]
+    if len(y) < MIN_ROWS:
+        return None
+    return {"rows": len(y), "median": float(np.median(y / pred)) - 1,
+            "mean": float(np.minimum(y, STALL * pred).sum() / pred.sum()) - 1}
 
 
 def _ms(v: float | None) -> str:
