@@ -103,6 +103,7 @@ def test_calibrate_input_errors_exit_2(tmp_path: Path) -> None:
     for args, needle in (([], "either --endpoint"),
                          (["--from", str(bad)], "usable timings"),
                          (["--check", "--endpoint", "http://127.0.0.1:9"], "--check needs"),
+                         (["--endpoint", "http://127.0.0.1:9", "--probe-steady", "-1"], "--probe-steady"),
                          (["--from", str(tmp_path / "missing.jsonl")], "missing.jsonl")):
         p = subprocess.run([*CLI, "calibrate", *args, "-o", str(tmp_path / "x.yaml")], capture_output=True,
                            text=True, timeout=60)
