@@ -197,23 +197,21 @@ def check(*, preset: str, endpoint: str, scenario: str, model: str | None, serve
 
 def step_drift(measured: Any, params: Any) -> dict[str, Any] | None:
     """How the measured run's decode stretches compare with the twin's step model (measured /
-    predicted - 1, median and capped mean as `select.mean_scale` takes it): when the latencies
-    disagree, this says whether the steps themselves did (a host slower or faster than during
-    calibration, or traffic the model describes badly) or only the queueing."""
+    predicted - 1: median, and the capped mean `select.mean_scale` scales a fit by): when the
+    latencies disagree, this says whether the steps themselves did (a host slower or faster than
+    during calibration, or traffic the model describes badly) or only the queueing."""
     from .fit import MIN_ROWS, rows_of
-    from .select import STALL
+    from .select import mean_scale
 
+    values = {n: getattr(params, n) for n in NAMES}
     rows = rows_of(measured, params.max_num_batched_tokens)
     step = rows.kind == 1
-    if step.sum() < MIN_ROWS:
-        return None
-    pred = rows.x[step] @ np.array([getattr(params, n) for n in NAMES])
+    pred = rows.x[step] @ np.array([values[n] for n in NAMES])
     good = pred > 0
-    y, pred = rows.y[step][good], pred[good]
-    if len(y) < MIN_ROWS:
+    if good.sum() < MIN_ROWS:
         return None
-    return {"rows": len(y), "median": float(np.median(y / pred)) - 1,
-            "mean": float(np.minimum(y, STALL * pred).sum() / pred.sum()) - 1}
+    mean, _ = mean_scale(rows.y, rows.x, rows.kind, np.zeros(len(rows.y), dtype=bool), values)
+    return {"rows": int(good.sum()), "median": float(np.median(rows.y[step][good] / pred[good])) - 1, "mean": mean - 1}
 
 
 def _ms(v: float | None) -> str:
