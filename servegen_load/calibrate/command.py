@@ -201,17 +201,13 @@ def step_drift(measured: Any, params: Any) -> dict[str, Any] | None:
     latencies disagree, this says whether the steps themselves did (a host slower or faster than
     during calibration, or traffic the model describes badly) or only the queueing."""
     from .fit import MIN_ROWS, rows_of
-    from .select import mean_scale
+    from .select import capped_mean, step_rows
 
-    values = {n: getattr(params, n) for n in NAMES}
     rows = rows_of(measured, params.max_num_batched_tokens)
-    step = rows.kind == 1
-    pred = rows.x[step] @ np.array([values[n] for n in NAMES])
-    good = pred > 0
-    if good.sum() < MIN_ROWS:
+    y, pred = step_rows(rows.y, rows.x, rows.kind, {n: getattr(params, n) for n in NAMES})
+    if len(pred) < MIN_ROWS:
         return None
-    mean, _ = mean_scale(rows.y, rows.x, rows.kind, np.zeros(len(rows.y), dtype=bool), values)
-    return {"rows": int(good.sum()), "median": float(np.median(rows.y[step][good] / pred[good])) - 1, "mean": mean - 1}
+    return {"rows": len(pred), "median": float(np.median(y / pred)) - 1, "mean": capped_mean(y, pred) - 1}
 
 
 def _ms(v: float | None) -> str:

@@ -56,20 +56,28 @@ STEP_TERMS = ("step_base_s", "prefill_token_s", "decode_seq_s", "context_token_s
               "batch_context_s")
 
 
+def step_rows(y: np.ndarray, x: np.ndarray, kind: np.ndarray, values: dict[str, float],
+              mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(measured, predicted) durations of the step rows (those in `mask`) the model predicts > 0."""
+    rows = kind == 1 if mask is None else (kind == 1) & mask
+    pred = x[rows] @ np.array([values[n] for n in NAMES])
+    good = pred > 0
+    return y[rows][good], pred[good]
+
+
+def capped_mean(y: np.ndarray, pred: np.ndarray) -> float:
+    """Σ measured / Σ predicted, each row capped at `STALL` times its prediction."""
+    return float(np.minimum(y, STALL * pred).sum() / pred.sum())
+
+
 def mean_scale(y: np.ndarray, x: np.ndarray, kind: np.ndarray, steady: np.ndarray,
                values: dict[str, float]) -> tuple[float, str]:
-    """Σ measured / Σ predicted over the step rows (the steady phase's when it has `MIN_ROWS`),
-    each row capped at `STALL` times its prediction; and which rows it came from."""
-    beta = np.array([values[n] for n in NAMES])
-    step = kind == 1
-    rows, where = ((step & steady, "steady phase's step rows") if (step & steady).sum() >= MIN_ROWS
-                   else (step, "step rows (no steady phase)"))
-    pred = x[rows] @ beta
-    good = pred > 0
-    if good.sum() < MIN_ROWS:
-        return 1.0, where
-    pred = pred[good]
-    return float(np.minimum(y[rows][good], STALL * pred).sum() / pred.sum()), where
+    """`capped_mean` over the step rows (the steady phase's when it has `MIN_ROWS`); and which
+    rows it came from."""
+    use_steady = ((kind == 1) & steady).sum() >= MIN_ROWS
+    where = "steady phase's step rows" if use_steady else "step rows (no steady phase)"
+    ys, pred = step_rows(y, x, kind, values, steady if use_steady else None)
+    return (capped_mean(ys, pred) if len(pred) >= MIN_ROWS else 1.0), where
 
 
 def candidates(present: list[int]) -> list[list[int]]:
