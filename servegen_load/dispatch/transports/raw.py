@@ -12,16 +12,18 @@ The per-chunk path, cheapest first:
    buffered, a learned template): the read is one chunk holding one plain token event of this
    stream that matches the stream's template (`stream.learn_template`: same bytes around the
    token text as an earlier chunk), its size line says exactly its length and its token text is
-   plain printable ASCII (`stream.plain_text`): append the timestamp, nothing else. One lookup,
-   one join and one compare (`_HEADS`), no state checks (arming replaces them), no per-chunk
-   store but the timestamp (`Flight.last_token` is `chunks[-1]`): about 0.45 µs of Python per
-   chunk. Fast is never lenient: what this path takes, a full parse would accept
-   (tests/test_fast_path.py).
-2. `_fast_reads`: a chunk of a length not seen before, or several whole template chunks in one
-   read (the loop ran late): one split at the template suffix, then a lookup and a compare per
-   chunk, so falling behind does not make a chunk dearer (0.78/0.62/0.50 µs per chunk at 2/4/8
-   per read, was 2.4/1.5/1.2). `benchmarks/client_cost.py` under callgrind: all Python work per
-   streamed token went from 9.2k to 7.2k instructions with these two.
+   plain printable ASCII (`stream.plain_text`): append the timestamp, nothing else. One list
+   index (`_HEADS`, shared by all connections), one join and one compare, no state checks
+   (arming replaces them), no per-chunk store but the timestamp (`Flight.last_token` is
+   `chunks[-1]`): about 0.45 µs of Python per chunk. No per-connection table either: with 640
+   streams open a per-connection dict of heads was a cache miss per read, and dropping it cut
+   the client's user CPU by 8 % at 1000 req/s (it looks 3 % dearer in `benchmarks/
+   client_cost.py`, whose one connection keeps everything in cache). Fast is never lenient: what
+   this path takes, a full parse would accept (tests/test_fast_path.py).
+2. `_fast_reads`: several whole template chunks in one read (the loop ran late): one split at the
+   template suffix, then a lookup and a compare per chunk, so falling behind does not make a
+   chunk dearer (`benchmarks/client_cost.py`: 1.0/0.77/0.66 µs per token at 2/4/8 chunks per
+   read, all of a request's Python work included; 0.58 at 1).
 3. `_chunked`'s loop, for reads mixing template chunks with others (the last read: final token,
    usage, `[DONE]`): whole chunks with one `data:` event each, template match (about 1 µs) or
    one orjson parse (`stream.take_data`, about 2 µs).
@@ -41,7 +43,13 @@ re-sent only under `--retries` (dispatch.retry), as a recorded attempt. To keep 
 a connection idle for more than `IDLE_REUSE_S` is closed instead of reused (servers' keep-alive
 timeouts are 5 s and up: uvicorn, llama.cpp, Node); a finished connection is reusable only
 `PARK_S` after its answer, and never once the server is seen closing right after its answers
-(llama.cpp does after every stream, while its head says `Keep-Alive`).
+(llama.cpp does after every stream, while its head says `Keep-Alive`). Once `PROVEN_AFTER`
+connections have outlived their park, the server is taken to keep its connections and a finished
+one is reused at once, as the C reference and every pooled client do. That matters for CPU: a
+connection written to again within the kernel's delayed-ACK time (40 ms) is in TCP's interactive
+("pingpong") mode and ACKs every few token segments, while one reused after 50 ms ACKs nearly every
+segment. Measured at 1000 req/s x 128 tokens: 40 fewer segments per request and about a seventh
+less client CPU (system time).
 
 Garbage ends a request at once as `protocol_error`, with the connection dropped: a status line
 that is not HTTP/1.x, bad or contradictory framing (a chunk-size line that is not hex or does not
@@ -85,6 +93,7 @@ SPARE_CONNECTIONS = 16
 IDLE_REUSE_S = 2.0  # an idle connection older than this is closed, not reused (see the module doc)
 CLOSES_AFTER_S = 0.5  # closed by the server this soon after an answer: it closes after every answer
 PARK_S = 0.05  # a connection is reusable this long after its answer ended (see `_complete`)
+PROVEN_AFTER = 32  # connections that outlived PARK_S: from then on a finished one is reused at once
 # A header line: a token name right before its colon (no space: a smuggling sign), a value
 # without control bytes but HTAB (RFC 9110 5.5); what aiohttp's parser also demands.
 _header_line = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+:[^\x00-\x08\x0a-\x1f\x7f]*").fullmatch
@@ -103,7 +112,6 @@ for _s in range(_FAST_MAX):
     if len(_h) + _s + 2 <= _FAST_MAX:
         _HEADS[len(_h) + _s + 2] = _h
 del _s, _h
-_HEADS_PER_CONN = 64  # cached head + prefix per connection, by read length (a hostile server varies it)
 # Token texts already found plain (`stream.plain_text`): token vocabularies repeat, and a set
 # lookup costs less than a regex call. Bounded: past it, texts are checked and not remembered.
 _PLAIN: set[bytes] = set()
@@ -123,50 +131,34 @@ def _plain(mid: bytes) -> bool:
 _SIZES = {b"%x" % _n: _n for _n in range(_FAST_MAX + 1)}
 
 
-_Fast = tuple[dict[int, bytes], int, bytes, "array[float]", bytes]
+# (template prefix, its length, template suffix, minus its length, the flight's chunk times)
+_Fast = tuple[bytes, int, bytes, int, "array[float]"]
 
 
 def _fast_reads(data: bytes, t: float, fast: _Fast) -> bool:
-    """The fast path's reads other than one chunk of a length seen before; True if taken.
+    """Several whole template chunks in one read (the loop ran late); True if taken.
 
-    One chunk of a new length: its head + prefix is remembered (at most `_HEADS_PER_CONN` per
-    connection: a hostile server may vary lengths). Several whole chunks in one read (the loop
-    ran late): split at the template suffix, then each piece must be exactly the head its length
-    allows + prefix + plain token text, the single-chunk acceptance, at about the single-chunk
-    cost per chunk, so falling behind does not make a chunk dearer. Nothing is recorded unless
-    the whole read passes; any other read goes to the strict path whole.
+    Split at the template suffix, then each piece must be exactly the head its length allows +
+    prefix + plain token text, the single-chunk acceptance at about the single-chunk cost per
+    chunk, so falling behind does not make a chunk dearer. Nothing is recorded unless the whole
+    read passes; any other read goes to the strict path whole.
     """
-    hps, _, suf, chunks, pre = fast
+    pre, lpre, suf, _, chunks = fast
     n = len(data)
-    head = _HEADS[n] if n <= _FAST_MAX else None
-    if head is not None and data[:len(head)] == head:  # else the first chunk is shorter: several
-        hp = head + pre
-        mid = data[len(hp):-len(suf)]
-        if (mid in _PLAIN or _plain(mid)) and _join((hp, mid, suf)) == data:
-            if len(hps) < _HEADS_PER_CONN:
-                hps[n] = hp
-            chunks.append(t)
-            return True
     ls = len(suf)
     if n > _FAST_MAX or data[n - ls:] != suf:
         return False
     parts = data.split(suf)
     parts.pop()  # the empty tail after the last suffix
+    if len(parts) < 2:
+        return False
     for p in parts:
-        m = len(p) + ls
-        hp = hps.get(m)  # type: ignore[assignment]
-        if hp is None:
-            head = _HEADS[m]
-            if head is None:
-                return False
-            hp = head + pre
-            if len(hps) < _HEADS_PER_CONN:
-                hps[m] = hp
-        lh = len(hp)
-        if p[:lh] != hp:
+        head = _HEADS[len(p) + ls]
+        if head is None:
             return False
-        mid = p[lh:]
-        if not (mid in _PLAIN or _plain(mid)):
+        lh = len(head)
+        mid = p[lh + lpre:]
+        if not (mid in _PLAIN or _plain(mid)) or _join((head, pre, mid)) != p:
             return False
     chunks.extend([t] * len(parts))
     return True
@@ -182,8 +174,6 @@ class _Conn(asyncio.Protocol):
         "flight",
         "got",
         "hooks",
-        "hp",
-        "hp_pre",
         "idle_since",
         "keep",
         "ok",
@@ -212,10 +202,7 @@ class _Conn(asyncio.Protocol):
         self.alive = False
         self.errbody = b""
         self.idle_since = 0.0
-        self.hp: dict[int, bytes] = {}  # read length -> chunk head + template prefix (fast path)
-        self.hp_pre: bytes | None = None  # the template prefix `hp` was built for
-        # (hp, -len(suffix), suffix, the flight's chunk times, prefix) while the fast path is on
-        self.fast: _Fast | None = None
+        self.fast: _Fast | None = None  # while the fast path is on (`_arm`)
 
     # --- asyncio callbacks ---
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -239,13 +226,14 @@ class _Conn(asyncio.Protocol):
             # be exactly: the one size line its length allows (lowercase hex, as servers write it),
             # the template prefix, plain token text, the template suffix (ends with the event's
             # blank line and the chunk's CRLF). See `_HEADS`. Anything else takes the strict path.
-            hp = fast[0].get(len(data))
-            if hp is not None:
-                mid = data[len(hp):fast[1]]
-                if (mid in _PLAIN or _plain(mid)) and _join((hp, mid, fast[2])) == data:
-                    fast[3].append(t)
+            n = len(data)
+            head = _HEADS[n] if n <= _FAST_MAX else None
+            if head is not None:
+                mid = data[len(head) + fast[1]:fast[3]]
+                if _join((head, fast[0], mid, fast[2])) == data and (mid in _PLAIN or _plain(mid)):
+                    fast[4].append(t)
                     return
-            elif _fast_reads(data, t, fast):
+            if _fast_reads(data, t, fast):
                 return
             self.fast = None
         st = self.state
@@ -276,11 +264,8 @@ class _Conn(asyncio.Protocol):
                 or f.tpl_pre is None or f.status is not None):
             return
         pre = f.tpl_pre
-        if self.hp_pre is not pre:
-            self.hp_pre = pre
-            self.hp = {}
         suf = f.tpl_suf
-        self.fast = (self.hp, -len(suf), suf, f.chunks, pre)
+        self.fast = (pre, len(pre), suf, -len(suf), f.chunks)
 
     def eof_received(self) -> bool:
         return False
@@ -619,12 +604,16 @@ class _Conn(asyncio.Protocol):
         self.state = _IDLE
         self.idle_since = perf_counter()
         self.served = True
-        if self.keep and self.alive and self.owner.reuse:
-            # Parked PARK_S later: a server that closes right after its last byte (even one
-            # descheduled between its write and its close) has its FIN read by then
-            # (`connection_lost` above), so no request is ever written into that close. A queue
-            # the transport drains when it needs a connection (`_unpark`), not a timer per answer.
-            self.owner.parked.append(self)
+        owner = self.owner
+        if self.keep and self.alive and owner.reuse:
+            if owner.kept >= PROVEN_AFTER:  # a server that keeps its connections: reuse at once
+                owner.idle.append(self)
+            else:
+                # Parked PARK_S later: a server that closes right after its last byte (even one
+                # descheduled between its write and its close) has its FIN read by then
+                # (`connection_lost` above), so no request is ever written into that close. A
+                # queue the transport drains when it needs a connection (`_unpark`), not a timer.
+                owner.parked.append(self)
         elif self.tr is not None:
             self.alive = False
             self.tr.close()
@@ -634,6 +623,7 @@ class _Conn(asyncio.Protocol):
     def _park(self) -> None:
         if self.alive and self.flight is None and self.owner.reuse:
             self.owner.idle.append(self)
+            self.owner.kept += 1
         elif self.tr is not None and self.flight is None:
             self.alive = False
             self.tr.close()
@@ -689,6 +679,7 @@ class RawTransport:
         self._factory = functools.partial(_Conn, self)
         self.spare = SPARE_CONNECTIONS
         self.reuse = True  # False once the server is seen closing right after its answers
+        self.kept = 0  # connections that outlived their park (see PROVEN_AFTER)
         self._spare_pending = 0
         self._spare_tasks: set[asyncio.Task[None]] = set()
         self._spare_backoff_until = 0.0
