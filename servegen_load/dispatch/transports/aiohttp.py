@@ -209,10 +209,6 @@ class AiohttpTransport:
         for f in list(self.active):
             self.end_flight(f, "cancelled", reason)
 
-    @property
-    def in_flight(self) -> int:
-        return len(self.active)
-
     async def close(self) -> None:
         tasks = list(self.active.values())
         self.cancel_all("transport closed")

@@ -861,10 +861,6 @@ class RawTransport:
         for f in list(self.active):
             self.end_flight(f, "cancelled", reason)
 
-    @property
-    def in_flight(self) -> int:
-        return len(self.active)
-
     async def close(self) -> None:
         self._closing = True
         for task in list(self._spare_tasks):
