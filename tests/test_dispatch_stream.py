@@ -212,7 +212,7 @@ def test_a_server_that_keeps_its_connections_gets_them_back_at_once(script_serve
     have outlived that wait; then it is reused at once, as pooled clients do. That keeps TCP in
     its interactive mode (a few ACKs per stream, not one per token: a seventh of the client's CPU
     at 1000 req/s); reused only after PARK_S, every gap here was over 50 ms."""
-    n = 200
+    n = 300
     out = tmp_path / "reuse.jsonl"
     before = len(script_server.reuse_gaps)
     cfg = RunConfig(endpoint=f"http://127.0.0.1:{script_server.port}/crlf", model="m", output=out,
@@ -222,7 +222,7 @@ def test_a_server_that_keeps_its_connections_gets_them_back_at_once(script_serve
     assert len(lines) == n and {d["status"] for d in lines} == {"ok"}
     gaps = script_server.reuse_gaps[before:]
     assert gaps and gaps[0] >= PARK_S  # unproven: the first reuse waited
-    assert sum(g < PARK_S / 2 for g in gaps) >= n // 2, sorted(gaps)
+    assert sum(g < PARK_S / 2 for g in gaps) >= n // 3, sorted(gaps)
 
 
 def test_keepalive_closed_under_a_request_is_never_resent_unasked(script_server, tmp_path: Path) -> None:
