@@ -210,7 +210,7 @@ def test_a_server_that_keeps_its_connections_gets_them_back_at_once(script_serve
     """A request every 3 ms to a keep-alive server: a finished connection waits PARK_S before
     reuse (a server that closes after each answer would race it) until PROVEN_AFTER connections
     have outlived that wait; then it is reused at once, as pooled clients do. That keeps TCP in
-    its interactive mode (a few ACKs per stream, not one per token: a seventh of the client's CPU
+    its interactive mode (a few ACKs per stream, not one per token: a tenth of the client's CPU
     at 1000 req/s); reused only after PARK_S, every gap here was over 50 ms."""
     n = 300
     out = tmp_path / "reuse.jsonl"
