@@ -70,7 +70,7 @@ def calibrate(*, endpoint: str | None, inputs: list[str], output: str, model: st
     from ..results import read_results
     from .fit import cache_block
     from .preset import build_params, preset_doc, write_preset
-    from .probe import CACHE_SHARED, run_probe, server_limits
+    from .probe import CACHE_SHARED, prompt_room, run_probe, server_limits
     from .select import fit_results
 
     if (endpoint is None) == (not inputs):
@@ -103,8 +103,8 @@ def calibrate(*, endpoint: str | None, inputs: list[str], output: str, model: st
                               max_concurrency=max_concurrency, output=probe_output, max_prompt=probe_max_prompt,
                               budget_s=probe_budget, steady_s=probe_steady, limits=limits, log=_log)
             inputs = [str(p) for p in paths]
-            shared = min(CACHE_SHARED, max(64, min(int(limits.get("max_model_len") or 4096) - probe_output - 8,
-                                                   probe_max_prompt)) // 2)
+            shared = min(CACHE_SHARED, prompt_room(int(limits.get("max_model_len") or 4096), probe_output,
+                                                   probe_max_prompt) // 2)
             _log(f"calibrate: probe took {time.perf_counter() - t0:.1f} s"
                  + (f"; results kept in {probe_dir}" if tmp is None else ""))
         res = read_results(*inputs)
@@ -204,7 +204,7 @@ def step_drift(measured: Any, params: Any) -> dict[str, Any] | None:
     from .select import capped_mean, step_rows
 
     rows = rows_of(measured, params.max_num_batched_tokens)
-    y, pred = step_rows(rows.y, rows.x, rows.kind, {n: getattr(params, n) for n in NAMES})
+    y, pred = step_rows(rows.y, rows.x, rows.kind, params.to_dict())
     if len(pred) < MIN_ROWS:
         return None
     return {"rows": len(pred), "median": float(np.median(y / pred)) - 1, "mean": capped_mean(y, pred) - 1}

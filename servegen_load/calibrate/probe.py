@@ -58,11 +58,17 @@ class Phase:
     prefix_block: int = 512
 
 
+def prompt_room(max_model_len: int, output: int, max_prompt: int) -> int:
+    """The longest probe prompt: `max_prompt`, leaving room in the model length for `output`
+    tokens (and a few the chat template adds), never under 64."""
+    return max(64, min(max_model_len - output - 8, max_prompt))
+
+
 def design(max_model_len: int = 4096, max_concurrency: int = 16, output: int = 48,
            max_prompt: int = 2048) -> list[Phase]:
     """The probe's runs (see the module doc); prompts are clipped to `max_prompt` and the model
     length; the long bursts use half of `max_prompt`."""
-    room = max(64, min(max_model_len - output - 8, max_prompt))
+    room = prompt_room(max_model_len, output, max_prompt)
     lens = sorted({min(x, room) for x in (16, 64, 256, 512, 1024, 1536, 2048)})
     long_prompt = max(64, max_prompt // 2)
     phases = [Phase("prefill", [Request(f"pf{i}-{L}", 0.0, "probe", "language", L, 2)
@@ -266,7 +272,7 @@ def run_probe(endpoint: str, model: str | None, family: str, outdir: Path, *, ap
     except ValueError:
         again = []
     if steady_s > 0:
-        room = max(64, min(max_model_len - 2 * output - 8, max_prompt))
+        room = prompt_room(max_model_len, 2 * output, max_prompt)  # its outputs go up to 2 x output
         rate = steady_rate(paths, limits or {}, model, *steady_means(output, room))
         if rate is None:
             log("calibrate: probe steady: skipped (the short phases could not be fitted to set its rate)")

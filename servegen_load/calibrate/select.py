@@ -52,8 +52,7 @@ TOL = 0.02
 Z90 = 1.645
 BLOCKS = 6
 STALL = 4.0  # a step this many times the model's counts as this much in the mean: a stall, not a step
-STEP_TERMS = ("step_base_s", "prefill_token_s", "decode_seq_s", "context_token_s", "prefill_attention_s",
-              "batch_context_s")
+STEP_TERMS = tuple(n for n in NAMES if n != "request_overhead_s")  # what a step costs: scaled by `mean_scale`
 
 
 def step_rows(y: np.ndarray, x: np.ndarray, kind: np.ndarray, values: dict[str, float],
