@@ -22,7 +22,7 @@ from test_dispatch_fixtures import make_requests, read_lines
 
 from servegen_load.dispatch.runner import RunConfig, run
 from servegen_load.dispatch.stream import Flight, feed_sse
-from servegen_load.dispatch.transports.raw import PARK_S
+from servegen_load.dispatch.transports.raw import PARK_S, RawTransport
 
 
 def _chunk(obj: dict) -> bytes:
@@ -92,6 +92,7 @@ class ScriptServer:
         self.port = 0
         self.connections = 0
         self.reuse_gaps: list[float] = []  # answer written -> next request read, same connection (s)
+        self.arrivals: list[tuple[float, float]] = []  # (request read, its connection accepted) (s)
         ready = threading.Event()
         self.thread = threading.Thread(target=self._main, args=(ready,), daemon=True)
         self.thread.start()
@@ -109,13 +110,16 @@ class ScriptServer:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
+        accepted = time.perf_counter()
         served = 0
         answered = 0.0
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
+                now = time.perf_counter()
+                self.arrivals.append((now, accepted))
                 if served:
-                    self.reuse_gaps.append(time.perf_counter() - answered)
+                    self.reuse_gaps.append(now - answered)
                 path = head.split(b" ", 2)[1].decode()
                 n = 0
                 for line in head.split(b"\r\n"):
@@ -126,7 +130,9 @@ class ScriptServer:
                 if name == "dropnext" and served:
                     break  # a keep-alive connection closed under a request: no byte of response
                 served += 1
-                writes, close = SCRIPTS[name]
+                if name == "slow":  # an answer that takes a while: its connection stays busy
+                    await asyncio.sleep(0.2)
+                writes, close = SCRIPTS["crlf" if name == "slow" else name]
                 for w in writes:
                     writer.write(w)
                     await writer.drain()
@@ -223,6 +229,46 @@ def test_a_server_that_keeps_its_connections_gets_them_back_at_once(script_serve
     gaps = script_server.reuse_gaps[before:]
     assert gaps and gaps[0] >= PARK_S  # unproven: the first reuse waited
     assert sum(g < PARK_S / 2 for g in gaps) >= n // 3, sorted(gaps)
+
+
+def test_a_request_with_no_idle_connection_takes_the_first_one_freed(script_server, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """50 requests at once, answers 0.2 s long, connects 1.5 s long (a busy host, a far server):
+    the 16 connections opened before the clock carry 16 at once; the other 34 do not wait for
+    connects of their own but go out on the first connections the first answers free."""
+    slow = RawTransport._connect
+
+    async def slow_connect(self: RawTransport) -> object:
+        await asyncio.sleep(1.5)
+        return await slow(self)
+
+    monkeypatch.setattr(RawTransport, "_connect", slow_connect)
+    out = tmp_path / "wait.jsonl"
+    cfg = RunConfig(endpoint=f"http://127.0.0.1:{script_server.port}/slow", model="m", output=out,
+                    api="completions", progress="off", handle_signals=False)
+    run(make_requests([0.0] + [1.5] * 50, output_tokens=3), cfg)  # (the first second's are prewarmed)
+    _, lines = read_lines(out)
+    assert len(lines) == 51 and {d["status"] for d in lines} == {"ok"}
+    lags = sorted(d["sent"] - d["scheduled"] for d in lines)
+    assert lags[15] < 0.1, lags  # on the connections opened before the clock
+    assert lags[-1] < 1.0, lags  # the rest: after an answer (0.2 s + PARK_S), not a connect (1.5 s)
+
+
+def test_connections_for_a_burst_are_open_before_it(script_server, tmp_path: Path) -> None:
+    """One request, then 120 due at once 1.2 s later (what bursty arrivals do): the runner reads
+    the burst in its look-ahead and opens connections ahead of it, so no request of the burst
+    waits for a connect (16 spares alone would leave about 100 of them waiting)."""
+    out = tmp_path / "burst.jsonl"
+    before = len(script_server.arrivals)
+    cfg = RunConfig(endpoint=f"http://127.0.0.1:{script_server.port}/crlf", model="m", output=out,
+                    api="completions", progress="off", handle_signals=False)
+    run(make_requests([0.0] + [1.2] * 120, output_tokens=3), cfg)
+    _, lines = read_lines(out)
+    assert len(lines) == 121 and {d["status"] for d in lines} == {"ok"}
+    burst = sorted(script_server.arrivals[before:])[1:]
+    start = burst[0][0]
+    late = sum(accepted > start for _, accepted in burst)
+    assert late <= 6, f"{late} of 120 burst requests came on connections opened during the burst"
 
 
 def test_keepalive_closed_under_a_request_is_never_resent_unasked(script_server, tmp_path: Path) -> None:

@@ -123,7 +123,7 @@ class Retrier:
         f.sent = None
         f.finished = f.done = f.stale = False
         f.sse_buf = b""
-        f.conn = f.handle = None
+        f.conn = None
         f.retries += 1
         self.total += 1
         self.runner.transport.submit(f)

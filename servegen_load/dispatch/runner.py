@@ -70,6 +70,9 @@ PROGRESS_S = 0.5
 TOP_CLIENTS = 20
 PREWARM_MAX = 1024  # connections opened before the clock starts (about the first second's requests)
 FULL_GC_S = 600.0  # a full collection this often (a pause of a few ms on a long run)
+# Idle connections are kept for the requests due this far ahead, less the connections the last
+# as long freed (`_provision`): a burst in the schedule finds them open.
+PROVISION_S = 0.3
 
 
 @dataclass
@@ -402,12 +405,39 @@ class Runner:
                         queued=len(self.waiting), done=self.done, errors=self.errors,
                         ttft_p50=p50, ttft_p99=p99, lag_p99=lag99)
 
+    def _provision(self, now: float, done_hist: deque[tuple[float, int]]) -> int:
+        """Idle connections to hold now: requests due within PROVISION_S, less as many as the
+        last PROVISION_S of completions freed (about what the next will free).
+
+        Why: a request that finds no idle connection waits for a connect, several loop turns, and
+        under a burst (the bursty arrivals this tool exists to send) or on a busy machine each turn
+        is long. Measured on a quiet machine, 300 requests due within 30 ms after 2 s at 200 req/s
+        were sent up to 24 ms late with a fixed 16 spares. The schedule is known ahead, so the
+        connections are opened before the burst; in steady state sends and completions cancel
+        and this stays near the fixed spares.
+        """
+        horizon = now - self.t0 + PROVISION_S
+        due = 0
+        for f in self.la:
+            if f.t_rel > horizon:
+                break
+            due += 1
+        done_hist.append((now, self.done))
+        while now - done_hist[0][0] > PROVISION_S:
+            done_hist.popleft()
+        need = due - (self.done - done_hist[0][1])
+        return min(need, self._limit - self.in_flight) if self._limit else need
+
     async def _housekeeping(self) -> None:
         last_flush = last_progress = last_full_gc = perf_counter()
         rate_hist: deque[tuple[float, int]] = deque()
+        done_hist: deque[tuple[float, int]] = deque()
+        spare = self.transport.spare
         while True:
             await asyncio.sleep(HOUSEKEEPING_S)
             now = perf_counter()
+            if spare:
+                self.transport.spare = max(spare, self._provision(now, done_hist))
             self.transport.sweep(now)
             if now - last_flush >= FLUSH_S or self.sink.error is not None:
                 try:

@@ -25,7 +25,6 @@ whatever the size of one event (the old buffer-plus-read copy made a 20 MB event
 
 from __future__ import annotations
 
-import asyncio
 import re
 from array import array
 from typing import Any
@@ -53,7 +52,7 @@ class Flight:
 
     __slots__ = (
         "answer_seen", "attempts", "cached_tokens", "chunks", "completion_tokens", "conn", "dispatched",
-        "done", "error", "finished", "first_answer_token", "first_token", "handle",
+        "done", "error", "finished", "first_answer_token", "first_token",
         "http_status", "prompt_tokens", "queue_time", "reasoning_tokens", "req",
         "retries", "retry_after", "sent", "sse_buf", "stale", "status", "t_rel", "tpl_key", "tpl_left", "tpl_pre", "tpl_suf",
         "wire",
@@ -91,7 +90,6 @@ class Flight:
         self.tpl_key = b""
         self.tpl_left = 4  # (re)learning attempts left: a stream whose chunks never repeat stops trying
         self.conn: Any = None
-        self.handle: asyncio.TimerHandle | asyncio.Task[None] | None = None
 
     @property
     def last_token(self) -> float | None:
