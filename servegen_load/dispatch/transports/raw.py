@@ -808,14 +808,21 @@ class RawTransport:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def release(self, c: _Conn, reused: bool) -> None:
-        """A free connection: the longest-waiting flight takes it, else the idle pool."""
+    def _next_waiting(self) -> Flight | None:
+        """The longest-waiting flight not ended while it waited (timeout, cancel), taken off."""
         waiting = self.waiting
         while waiting:
             f = waiting.popleft()
-            if not f.finished:  # not ended while it waited (timeout, cancel)
-                c.start(f, reused)
-                return
+            if not f.finished:
+                return f
+        return None
+
+    def release(self, c: _Conn, reused: bool) -> None:
+        """A free connection: the longest-waiting flight takes it, else the idle pool."""
+        f = self._next_waiting()
+        if f is not None:
+            c.start(f, reused)
+            return
         c.idle_since = perf_counter()
         self.idle.append(c)
 
@@ -831,12 +838,10 @@ class RawTransport:
                 status, error = "timeout", f"connect timeout after {self.timeouts.connect:g}s"
             else:
                 status, error = "connect_error", scrub(_os_error_text(e, self.endpoint), self.api_key)
-            while self.waiting:
-                f = self.waiting.popleft()
-                if not f.finished:
-                    f.fail(status, error)
-                    self.finish(f)
-                    return
+            f = self._next_waiting()
+            if f is not None:
+                f.fail(status, error)
+                self.finish(f)
             return
         if self._closing:
             conn.tr.close()  # type: ignore[union-attr]
