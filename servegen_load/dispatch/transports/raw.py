@@ -754,11 +754,8 @@ class RawTransport:
             return
         finally:
             self._spare_pending -= 1
-        if self._closing:
-            conn.tr.close()  # type: ignore[union-attr]
-        else:
-            self.release(conn, False)
-            self._top_up()
+        self.release(conn, False)
+        self._top_up()
 
     async def _connect(self) -> _Conn:
         fam, host = self._addr  # type: ignore[misc]
@@ -818,7 +815,12 @@ class RawTransport:
         return None
 
     def release(self, c: _Conn, reused: bool) -> None:
-        """A free connection: the longest-waiting flight takes it, else the idle pool."""
+        """A free connection: the longest-waiting flight takes it, else the idle pool (closed
+        instead once `close` has begun: its pool is gone)."""
+        if self._closing:
+            c.alive = False
+            c.tr.close()  # type: ignore[union-attr]
+            return
         f = self._next_waiting()
         if f is not None:
             c.start(f, reused)
@@ -843,10 +845,7 @@ class RawTransport:
                 f.fail(status, error)
                 self.finish(f)
             return
-        if self._closing:
-            conn.tr.close()  # type: ignore[union-attr]
-        else:
-            self.release(conn, False)
+        self.release(conn, False)
 
     def finish(self, f: Flight) -> None:
         if f.finished:
