@@ -20,11 +20,10 @@ import json
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
-from dispatch import ROOT, SERVERS, _env, _free_port, _get
+from dispatch import ROOT, _env, start_fake_server
 
 
 def _requests(path: Path, a: argparse.Namespace, seed: int) -> list[tuple[float, float]]:
@@ -60,19 +59,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     a = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="sgl-burst-"))
-    fake = tmp / "fake_server"
-    subprocess.run(["gcc", "-O2", "-o", str(fake), str(SERVERS / "fake_server.c")], check=True)
-    port = _free_port()
-    server = subprocess.Popen([str(fake), "--port", str(port), "--ttft-ms", "20", "--itl-ms", "5",
-                               "--max-tokens", "128"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
+    server, _, url = start_fake_server(tmp / "fake_server")
     try:
-        for _ in range(100):
-            try:
-                _get(url + "/stats")
-                break
-            except OSError:
-                time.sleep(0.05)
         print(f"{a.bursts} bursts of {a.size} requests in {a.width * 1e3:g} ms over {a.rate:g} req/s; "
               f"load {Path('/proc/loadavg').read_text().split()[0]}", flush=True)
         print(f"{'run':>4} {'what':<10} {'n':>5} {'lag p50':>8} {'lag p99':>8} {'lag max':>8}   (ms)")

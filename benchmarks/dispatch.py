@@ -104,6 +104,23 @@ class CpuSampler:
         return float(np.interp(t_b, t, c) - np.interp(t_a, t, c))
 
 
+def start_fake_server(binary: Path) -> tuple[subprocess.Popen, int, str]:
+    """Compile `fake_server.c` to `binary`, start it (20 ms TTFT, 5 ms per token, MAX_TOKENS
+    tokens) on a free port and wait until it answers; returns the process, its port and URL."""
+    subprocess.run(["gcc", "-O2", "-o", str(binary), str(SERVERS / "fake_server.c")], check=True)
+    port = _free_port()
+    server = subprocess.Popen([str(binary), "--port", str(port), "--ttft-ms", "20", "--itl-ms", "5",
+                               "--max-tokens", str(MAX_TOKENS)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            _get(url + "/stats")
+            break
+        except OSError:
+            time.sleep(0.05)
+    return server, port, url
+
+
 def _make_requests(d: Path, rate: float, duration: float, seed: int) -> Path:
     scen = d / f"naive-{rate:g}.yaml"
     scen.write_text(f"naive:\n  rate: {rate}\n  input_tokens: {PROMPT}\n  output_tokens: {MAX_TOKENS}\n"
@@ -231,20 +248,10 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="sgl-bench-"))
     fake, ref = tmp / "fake_server", tmp / "ref_client"
-    subprocess.run(["gcc", "-O2", "-o", str(fake), str(SERVERS / "fake_server.c")], check=True)
     subprocess.run(["gcc", "-O2", "-o", str(ref), str(SERVERS / "ref_client.c"), "-lm"], check=True)
-    port = _free_port()
-    server = subprocess.Popen([str(fake), "--port", str(port), "--ttft-ms", "20", "--itl-ms", "5",
-                               "--max-tokens", str(MAX_TOKENS)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
+    server, port, url = start_fake_server(fake)
     busy: list[subprocess.Popen] = []
     try:
-        for _ in range(100):
-            try:
-                _get(url + "/stats")
-                break
-            except OSError:
-                time.sleep(0.05)
         rates = [float(r) for r in a.rates.split(",")]
         transports = a.transports.split(",")
         busy = _contenders(a.contend)
