@@ -11,15 +11,19 @@ Plus the embedded simulator, which puts usage in both places (chat vs completion
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
 from test_dispatch_fixtures import make_requests, read_lines
 
+from servegen_load.dispatch.endpoint import Endpoint
+from servegen_load.dispatch.limits import Timeouts
 from servegen_load.dispatch.runner import RunConfig, run
 from servegen_load.dispatch.stream import Flight, feed_sse
 from servegen_load.dispatch.transports.raw import PARK_S, RawTransport
@@ -243,6 +247,9 @@ def test_a_request_with_no_idle_connection_takes_the_first_one_freed(script_serv
         return await slow(self)
 
     monkeypatch.setattr(RawTransport, "_connect", slow_connect)
+    # every new connection through `_connect` (as for TLS): a local server's handshake is done at
+    # once, and `_dial` would send on it without waiting
+    monkeypatch.setattr(RawTransport, "_dial", lambda self, f: self._wait(f, None))
     out = tmp_path / "wait.jsonl"
     cfg = RunConfig(endpoint=f"http://127.0.0.1:{script_server.port}/slow", model="m", output=out,
                     api="completions", progress="off", handle_signals=False)
@@ -252,6 +259,129 @@ def test_a_request_with_no_idle_connection_takes_the_first_one_freed(script_serv
     lags = sorted(d["sent"] - d["scheduled"] for d in lines)
     assert lags[15] < 0.1, lags  # on the connections opened before the clock
     assert lags[-1] < 1.0, lags  # the rest: after an answer (0.2 s + PARK_S), not a connect (1.5 s)
+
+
+class _Hooks:
+    """The runner's side of a transport, for driving one directly: no schedule, a done event."""
+
+    next_due = float("inf")
+
+    def __init__(self) -> None:
+        self.done = asyncio.Event()
+
+    def tick(self, now: float) -> None:
+        pass
+
+    def on_done(self, f: Flight) -> None:
+        self.done.set()
+
+
+def _loops() -> list[Callable[[Coroutine[Any, Any, Any]], Any]]:
+    import uvloop
+    return [asyncio.run, uvloop.run]
+
+
+async def _one_fresh_request(url: str, timeouts: Timeouts, on_submit: Callable[[Flight, RawTransport], None]
+                             ) -> Flight:
+    """Submit one request to a transport with no idle connection; `on_submit` sees it right after
+    `submit` returns, in the same loop turn."""
+    hooks = _Hooks()
+    tr = RawTransport(Endpoint.parse(url), "completions", hooks, timeouts)
+    tr.spare = 0
+    await tr.open()
+    f = Flight(make_requests([0.0])[0], tr.wire(b'{"model":"m","prompt":"x","stream":true}'))
+    tr.submit(f)
+    on_submit(f, tr)
+    await asyncio.wait_for(hooks.done.wait(), 20)
+    await tr.close()
+    return f
+
+
+@pytest.mark.parametrize("loop_run", _loops(), ids=["asyncio", "uvloop"])
+def test_a_request_needing_a_new_connection_is_sent_in_the_turn_it_is_due(script_server, loop_run) -> None:
+    """No loop turn between a due request and its bytes, even when it needs a new connection:
+    when the server falls behind, a turn holds thousands of reads, and a connect that took four
+    turns made such requests 0.1-0.6 s late at 1000 req/s (the C reference sends on its first
+    writable event)."""
+    seen: list[float | None] = []
+    f = loop_run(_one_fresh_request(f"http://127.0.0.1:{script_server.port}/crlf", Timeouts(),
+                                    lambda f, tr: seen.append(f.sent)))
+    assert seen[0] is not None, "the request was not written in the turn it was submitted"
+    assert f.status == "ok" and len(f.chunks) == 3 and f.attempts == 1, (f.status, f.error)
+
+
+class _Backlogged:
+    """A server whose accept queue is full (listen(0), one connection queued, none accepted):
+    a new connect's SYN is dropped and retried a second later, so its handshake is still under
+    way when `connect` returns, as with any far server. After `serve()` it accepts and answers."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(0)
+        self.port = self.sock.getsockname()[1]
+        self.filler = socket.create_connection(("127.0.0.1", self.port))
+        self.go = threading.Event()
+        self.quit = False
+        self.thread = threading.Thread(target=self._main, daemon=True)
+        self.thread.start()
+
+    def _main(self) -> None:
+        self.go.wait(30)
+        if self.quit:
+            return
+        self.sock.accept()[0].close()  # the filler
+        self.sock.settimeout(10)
+        c = self.sock.accept()[0]
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += c.recv(65536)
+        head, body = data.split(b"\r\n\r\n", 1)
+        n = int(next(v for k, v in (ln.split(b":", 1) for ln in head.split(b"\r\n")[1:])
+                     if k.lower() == b"content-length"))
+        while len(body) < n:
+            body += c.recv(65536)
+        c.sendall(HEAD_CHUNKED + _chunked(EVENTS))
+        c.close()
+
+    def close(self) -> None:
+        self.quit = not self.go.is_set()
+        self.go.set()
+        self.thread.join(15)
+        self.filler.close()
+        self.sock.close()
+
+
+@pytest.mark.parametrize("loop_run", _loops(), ids=["asyncio", "uvloop"])
+def test_a_request_waits_for_a_handshake_still_under_way(loop_run) -> None:
+    """A far server (here: one whose SYN is retried) has not finished the handshake when the
+    connect returns: the request waits for it and goes out once it completes, on that connection."""
+    server = _Backlogged()
+    state: list[tuple[float | None, bool]] = []
+
+    def check(f: Flight, tr: RawTransport) -> None:
+        state.append((f.sent, f in tr.waiting))
+        server.go.set()
+
+    t0 = time.perf_counter()
+    try:
+        f = loop_run(_one_fresh_request(f"http://127.0.0.1:{server.port}", Timeouts(), check))
+    finally:
+        server.close()
+    assert state == [(None, True)], state
+    assert f.status == "ok" and len(f.chunks) == 3 and f.attempts == 1, (f.status, f.error)
+    assert f.sent is not None and f.sent - t0 > 0.5  # after the SYN retry, not before
+
+
+@pytest.mark.parametrize("loop_run", _loops(), ids=["asyncio", "uvloop"])
+def test_a_handshake_that_never_ends_is_a_connect_timeout(loop_run) -> None:
+    server = _Backlogged()  # never told to serve
+    try:
+        f = loop_run(_one_fresh_request(f"http://127.0.0.1:{server.port}", Timeouts(connect=0.3),
+                                        lambda f, tr: None))
+    finally:
+        server.close()
+    assert f.status == "timeout" and f.error == "connect timeout after 0.3s" and f.sent is None, (f.status, f.error)
 
 
 def test_connections_for_a_burst_are_open_before_it(script_server, tmp_path: Path) -> None:
