@@ -221,7 +221,7 @@ class _Conn(asyncio.Protocol):
     # --- asyncio callbacks ---
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self.dropped:
-            transport.abort()
+            transport.abort()  # type: ignore[attr-defined]
             return
         self.tr = transport  # type: ignore[assignment]
         self.alive = True
