@@ -281,15 +281,15 @@ def _loops() -> list[Callable[[Coroutine[Any, Any, Any]], Any]]:
     return [asyncio.run, uvloop.run]
 
 
-async def _one_fresh_request(url: str, timeouts: Timeouts, on_submit: Callable[[Flight, RawTransport], None]
-                             ) -> Flight:
+async def _one_fresh_request(url: str, timeouts: Timeouts, on_submit: Callable[[Flight, RawTransport], None],
+                             prompt: bytes = b"x") -> Flight:
     """Submit one request to a transport with no idle connection; `on_submit` sees it right after
     `submit` returns, in the same loop turn."""
     hooks = _Hooks()
     tr = RawTransport(Endpoint.parse(url), "completions", hooks, timeouts)
     tr.spare = 0
     await tr.open()
-    f = Flight(make_requests([0.0])[0], tr.wire(b'{"model":"m","prompt":"x","stream":true}'))
+    f = Flight(make_requests([0.0])[0], tr.wire(b'{"model":"m","prompt":"%b","stream":true}' % prompt))
     tr.submit(f)
     on_submit(f, tr)
     await asyncio.wait_for(hooks.done.wait(), 20)
@@ -308,6 +308,17 @@ def test_a_request_needing_a_new_connection_is_sent_in_the_turn_it_is_due(script
                                     lambda f, tr: seen.append(f.sent)))
     assert seen[0] is not None, "the request was not written in the turn it was submitted"
     assert f.status == "ok" and len(f.chunks) == 3 and f.attempts == 1, (f.status, f.error)
+
+
+@pytest.mark.parametrize("loop_run", _loops(), ids=["asyncio", "uvloop"])
+def test_a_new_connection_sends_what_its_socket_did_not_take_at_once(script_server, loop_run) -> None:
+    """A request larger than the socket's send buffer (a multimodal body) on a new connection:
+    the rest goes out once the transport is made, and the server reads all of it."""
+    left: list[int] = []
+    f = loop_run(_one_fresh_request(f"http://127.0.0.1:{script_server.port}/crlf", Timeouts(),
+                                    lambda f, tr: left.append(len(f.conn.tail)), prompt=b"x" * (32 << 20)))
+    assert left[0] > 0, "the socket took the whole request: the test needs a larger body"
+    assert f.status == "ok" and len(f.chunks) == 3, (f.status, f.error)
 
 
 class _Backlogged:
