@@ -189,7 +189,8 @@ def test_html_report_renders_in_chromium(results: Path, tmp_path: Path) -> None:
     blue = ((b > 150) & (r < 100)).mean()   # the plot lines and bars (#1f77b4)
     red = ((r > 180) & (g < 80) & (b < 80)).mean()  # p99 lines, bars, the error legend
     assert non_white > 0.04, non_white
-    assert blue > 0.001 and red > 0.0003, (blue, red)
+    # red: how much depends on the run (5 % random errors; one CI run drew 0.000297): present, not a size
+    assert blue > 0.001 and red > 0.0001, (blue, red)
 
 
 @needs_chromium
