@@ -324,7 +324,7 @@ def test_a_new_connection_sends_what_its_socket_did_not_take_at_once(script_serv
 class _Backlogged:
     """A server whose accept queue is full (listen(0), one connection queued, none accepted):
     a new connect's SYN is dropped and retried a second later, so its handshake is still under
-    way when `connect` returns, as with any far server. After `serve()` it accepts and answers."""
+    way when `connect` returns, as with any far server. Once `go` is set it accepts and answers."""
 
     def __init__(self) -> None:
         self.sock = socket.socket()
