@@ -321,6 +321,32 @@ def test_a_new_connection_sends_what_its_socket_did_not_take_at_once(script_serv
     assert f.status == "ok" and len(f.chunks) == 3, (f.status, f.error)
 
 
+def _resolving(monkeypatch, name: str, addrs: list[tuple[int, str]]) -> None:
+    """`name` resolves to `addrs` in this order, as a hosts file would say (the rest as usual)."""
+    real = socket.getaddrinfo
+
+    def fake(host, port, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if host != name:
+            return real(host, port, *args, **kwargs)
+        return [(fam, socket.SOCK_STREAM, 6, "", (a, port) if fam == socket.AF_INET else (a, port, 0, 0))
+                for fam, a in addrs]
+
+    monkeypatch.setattr(socket, "getaddrinfo", fake)
+
+
+@pytest.mark.parametrize("loop_run", _loops(), ids=["asyncio", "uvloop"])
+@pytest.mark.parametrize("order", ["v6-first", "v4-first"])
+def test_a_name_whose_first_address_refuses_is_served_at_the_one_that_answers(script_server, monkeypatch,
+                                                                               loop_run, order) -> None:
+    """`localhost` resolves to ::1 first on many hosts, while vLLM, llama.cpp and `sim` listen on
+    127.0.0.1 only: a run that took the first address had every request refused. The server here
+    listens on 127.0.0.1 only; the name resolves to ::1 and 127.0.0.1 in either order."""
+    addrs = [(socket.AF_INET6, "::1"), (socket.AF_INET, "127.0.0.1")]
+    _resolving(monkeypatch, "dual.test", addrs if order == "v6-first" else addrs[::-1])
+    f = loop_run(_one_fresh_request(f"http://dual.test:{script_server.port}/crlf", Timeouts(), lambda f, tr: None))
+    assert f.status == "ok" and len(f.chunks) == 3, (f.status, f.error)
+
+
 class _Backlogged:
     """A server whose accept queue is full (listen(0), one connection queued, none accepted):
     a new connect's SYN is dropped and retried a second later, so its handshake is still under

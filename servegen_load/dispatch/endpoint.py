@@ -79,14 +79,14 @@ class Endpoint:
             ctx.verify_mode = ssl.CERT_NONE
         return ctx
 
-    def resolve(self) -> tuple[int, str]:
-        """(address family, address), resolved once at start so no request pays for DNS."""
+    def addresses(self) -> list[tuple[int, str]]:
+        """Every (address family, address) of the host, in the resolver's order, once each:
+        resolved once at start so no request pays for DNS."""
         try:
             infos = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)
         except socket.gaierror as e:
             raise InputError(f"cannot resolve {self.host!r}: {e.strerror}", field="--endpoint") from None
-        fam, _, _, _, addr = infos[0]
-        return fam, str(addr[0])
+        return list(dict.fromkeys((fam, str(addr[0])) for fam, _, _, _, addr in infos))
 
 
 def check_key(key: str, where: str, path: str | None = None) -> str:

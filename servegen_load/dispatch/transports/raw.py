@@ -719,10 +719,31 @@ class RawTransport:
     async def open(self) -> None:
         """Resolve the host once and open the first spare connections before the clock starts."""
         self._loop = asyncio.get_running_loop()
-        self._addr = self.endpoint.resolve()
+        self._addr = await self._answering(self.endpoint.addresses())
         self._top_up()
         if self._spare_tasks:
             await asyncio.gather(*list(self._spare_tasks), return_exceptions=True)
+
+    async def _answering(self, addrs: list[tuple[int, str]]) -> tuple[int, str]:
+        """The first of the host's addresses that takes a connection (kept as an idle one); the
+        first address when none does (each request then fails with the server's answer).
+
+        Why: `localhost` resolves to ::1 first on many hosts, while vLLM, llama.cpp and `sim`
+        listen on 127.0.0.1 only. `create_connection` tries each address in turn on every
+        connect; this transport resolves once and connects with the chosen address, so it
+        tries them once, here.
+        """
+        if len(addrs) > 1:
+            for addr in addrs:
+                self._addr = addr
+                try:
+                    conn = await self._connect()
+                except (OSError, TimeoutError):
+                    continue
+                conn.idle_since = perf_counter()
+                self.idle.append(conn)
+                return addr
+        return addrs[0]
 
     async def prewarm(self, n: int) -> int:
         """Open up to `n` idle connections now (before the clock starts); returns how many opened.
