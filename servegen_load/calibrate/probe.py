@@ -299,6 +299,8 @@ def server_limits(endpoint: str, api_key: str | None = None) -> dict[str, Any]:
     import json
     import urllib.request
 
+    from ..direct import urlopen
+
     base = endpoint.rstrip("/")
     if base.endswith("/v1"):
         base = base[:-3]
@@ -307,7 +309,7 @@ def server_limits(endpoint: str, api_key: str | None = None) -> dict[str, Any]:
     def get(path: str) -> bytes | None:
         try:
             req = urllib.request.Request(base + path, headers=headers)
-            with urllib.request.urlopen(req, timeout=5) as r:
+            with urlopen(req, timeout=5) as r:
                 return r.read() if r.status == 200 else None
         except (OSError, ValueError):
             return None

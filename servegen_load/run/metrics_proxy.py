@@ -16,10 +16,10 @@ cannot be scraped for a moment contributes its last successful scrape.
 from __future__ import annotations
 
 import threading
-import urllib.request
 from pathlib import Path
 from typing import Any
 
+from ..direct import urlopen
 from ..metrics.prometheus import push_text as push_text  # re-exported: one Pushgateway client
 from ..metrics.prometheus import serve_text
 
@@ -103,7 +103,7 @@ class WorkerMetrics:
             text = snap.read_text()
         else:
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.ports[i]}/metrics", timeout=self.timeout) as r:
+                with urlopen(f"http://127.0.0.1:{self.ports[i]}/metrics", timeout=self.timeout) as r:
                     text = r.read().decode()
             except OSError:
                 return self._last[i]

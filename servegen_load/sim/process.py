@@ -20,11 +20,11 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from ..direct import urlopen
 from ..errors import ServegenError
 from .config import build_config, config_args
 from .presets import DEFAULT_PRESET
@@ -113,7 +113,7 @@ class SimProcess:
 
     def get(self, path: str, timeout: float = 10.0) -> dict[str, Any]:
         """GET a JSON endpoint of the simulator."""
-        with urllib.request.urlopen(self.url + path, timeout=timeout) as r:
+        with urlopen(self.url + path, timeout=timeout) as r:
             return json.loads(r.read())
 
     def stats(self) -> dict[str, Any]:
