@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import resource
 import signal
 import socket
 import struct
@@ -32,6 +31,7 @@ from aiohttp.http import HttpVersion11
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from ..dispatch.limits import raise_nofile_limit
 from .config import SimConfig
 from .engine import FINISHED, Engine, Sequence
 from .faults import FAULTS, HTTP_FAULTS, Fault, FaultPlan
@@ -422,16 +422,6 @@ def _dumps(obj: Any) -> str:
 # --- running ------------------------------------------------------------------------------
 
 
-def raise_nofile_limit() -> int:
-    """Lift the open-file soft limit to the hard limit (thousands of sockets); returns it."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
-    if target > soft:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-
-
 def _listen(host: str, port: int) -> socket.socket:
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     family = infos[0][0]
@@ -488,7 +478,7 @@ async def serve(cfg: SimConfig, ready: Callable[[str, SimConfig], None] = print_
 def run(cfg: SimConfig, ready: Callable[[str, SimConfig], None] = print_ready, *,
         exit_with_parent: bool = False) -> None:
     """Blocking entry point: raise the file limit, use uvloop when installed, serve."""
-    raise_nofile_limit()
+    raise_nofile_limit(0)  # thousands of sockets
     logging.basicConfig(level=os.environ.get("SERVEGEN_SIM_LOG", "WARNING"), stream=sys.stderr,
                         format="servegen-load sim: %(levelname)s %(message)s")
     try:

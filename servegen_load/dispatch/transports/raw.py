@@ -862,7 +862,9 @@ class RawTransport:
             t = perf_counter()
             try:
                 n = sock.send(f.wire)
-            except (BlockingIOError, InterruptedError):  # not connected yet
+            except OSError as e:  # not connected yet: EAGAIN on Linux, ENOTCONN on BSD and macOS
+                if not isinstance(e, (BlockingIOError, InterruptedError)) and e.errno != errno.ENOTCONN:
+                    raise
                 self._wait(f, sock)
                 return
         except OSError as e:
