@@ -228,6 +228,21 @@ def test_a_dead_endpoint_is_named_before_anything_is_sent(tmp_path: Path) -> Non
     assert not out.exists()
 
 
+@pytest.mark.parametrize("api", ["chat/completions", "completions"])
+def test_an_api_url_given_as_the_endpoint_names_the_base_url(tmp_path: Path, api: str) -> None:
+    """A pasted request URL would send every request to .../completions/v1/completions: one line
+    saying which base URL to give instead, before anything is sent."""
+    src = write_requests(tmp_path / "req.jsonl", make_requests([0.0]))
+    out = tmp_path / "res.jsonl"
+    r = run_cli(src, out, f"http://127.0.0.1:{free_port()}/v1/{api}/")
+    assert r.returncode == 2, r.stderr
+    line = r.stderr.strip()
+    assert "\n" not in line and "is the URL of an API, not of the server" in line, line
+    assert f"/v1/{api}/ is" in line and "give the base URL http://127.0.0.1:" in line, line
+    assert line.endswith(f"/v1 (the API is chosen with --api, here --api {api.split('/')[0]})"), line
+    assert not out.exists()
+
+
 def test_connect_errors_are_retried_then_reported(tmp_path: Path) -> None:
     """The server goes away after the start-up check: every request is a `connect_error`."""
     src = write_requests(tmp_path / "req.jsonl", make_requests([0.05 * i for i in range(5)]))

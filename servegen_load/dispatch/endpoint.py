@@ -47,6 +47,11 @@ class Endpoint:
         except ValueError:
             raise InputError(f"bad port in {shown!r}", field="--endpoint") from None
         path = parts.path.rstrip("/")
+        for api, suffix in API_PATHS.items():
+            if path.endswith(suffix):  # the whole API URL pasted: requests would go to .../completions/v1/...
+                base = redact_url(url).rstrip("/")[: -len(suffix)]
+                raise InputError(f"{shown} is the URL of an API, not of the server: give the base URL "
+                                 f"{base} (the API is chosen with --api, here --api {api})", field="--endpoint")
         if not re.fullmatch(r"v\d+\w*", path.split("/")[-1]):
             path = path + "/v1"
         return cls(parts.scheme, parts.hostname, port, path)
