@@ -630,6 +630,12 @@ def main() -> None:
     from .run.ray_address import optional_ray_address  # `run --ray` without an address
 
     sys.argv[1:] = optional_ray_address(sys.argv[1:])
+    for stream in (sys.stdout, sys.stderr):
+        # a terminal or pipe that cannot show a character (LANG=en_US.ISO-8859-1, PYTHONIOENCODING=
+        # ascii, a Windows console) gets an escape for it, not a traceback mid-report
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(errors="backslashreplace")
     import signal
 
     # SIGTERM unwinds like Ctrl-C (`run` installs its own handler), so partial outputs are removed

@@ -172,3 +172,13 @@ def test_fitted_pool_calls_empty_windows_quiet_not_gaps(tmp_path: Path) -> None:
     assert hour == [pytest.approx(200 / 1800, rel=0.02)]  # the silent window counts as 0, not as missing
     out = cli("inspect", str(tmp_path / "q.npz")).stdout
     assert "quiet windows (every client at 0): 1, silences of the log" in out and "collection gap" not in out
+
+
+def test_a_terminal_that_cannot_show_the_sparklines_gets_escapes_not_a_traceback() -> None:
+    """LANG=en_US.ISO-8859-1 or PYTHONIOENCODING=ascii: the block characters are escaped."""
+    import os
+
+    p = subprocess.run([sys.executable, "-m", "servegen_load.cli", "inspect", "m-large"], capture_output=True,
+                       env={**os.environ, "PYTHONIOENCODING": "ascii"}, timeout=120)
+    assert p.returncode == 0 and b"Traceback" not in p.stderr, p.stderr[-2000:]
+    assert b"\\u2581" in p.stdout or b"\\u2588" in p.stdout  # the sparkline, escaped
