@@ -9,6 +9,7 @@ would be refused.
 from __future__ import annotations
 
 import socket
+import urllib.request
 from collections.abc import Iterator
 
 import pytest
@@ -27,6 +28,9 @@ def dead_proxy(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
         monkeypatch.setenv(name, proxy)
     for name in ("no_proxy", "NO_PROXY"):
         monkeypatch.delenv(name, raising=False)
+    # urllib reads the proxies when it builds its shared opener, on the first `urlopen` of the
+    # process: as in a fresh command, not as left by earlier tests
+    monkeypatch.setattr(urllib.request, "_opener", None)
     yield proxy
 
 
@@ -38,8 +42,6 @@ def sim() -> Iterator[SimProcess]:
 
 def test_the_proxy_would_refuse(dead_proxy: str, sim: SimProcess) -> None:
     """The premise: plain urllib takes the proxy for 127.0.0.1 here, and fails."""
-    import urllib.request
-
     with pytest.raises(OSError):
         urllib.request.urlopen(sim.url + "/health", timeout=5)
 
