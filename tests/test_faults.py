@@ -257,3 +257,36 @@ def test_connect_errors_are_retried_then_reported(tmp_path: Path) -> None:
     for d in lines:
         assert d["status"] == "connect_error" and d["retries"] == 2 and d["sent"] is None
         assert "refused" in d["error"]
+
+
+def _nofile(soft: int, hard: int) -> Any:
+    def set_limit() -> None:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    return set_limit
+
+
+def test_a_low_open_file_limit_is_raised_or_warned_not_fatal(tmp_path: Path) -> None:
+    """256 open files (macOS's default soft limit) or 1024: raised to the hard limit when it
+    allows; when it does not, a run without --max-concurrency still runs, with a warning (the need
+    depends on rate x latency); a --max-concurrency above the limit is one line, exit 2."""
+    src = write_requests(tmp_path / "req.jsonl", make_requests([0.02 * i for i in range(10)], output_tokens=3))
+    out = tmp_path / "res.jsonl"
+    with SimProcess("tiny-cpu", seed=7) as sim:
+        def cmd(o: Path, *extra: str) -> list[str]:
+            return [*CLI, "run", str(src), "-o", str(o), "--endpoint", sim.url, "--model", "m",
+                    "--server-family", "sim", "--progress", "off", *extra]
+
+        raised = subprocess.run(cmd(out), capture_output=True, text=True, timeout=90, preexec_fn=_nofile(256, 4096))
+        low = subprocess.run(cmd(out), capture_output=True, text=True, timeout=90, preexec_fn=_nofile(256, 256))
+        over = subprocess.run(cmd(tmp_path / "over.jsonl", "--max-concurrency", "1000"), capture_output=True,
+                              text=True, timeout=90, preexec_fn=_nofile(256, 256))
+    assert raised.returncode == 0 and "open-file limit" not in raised.stderr, raised.stderr
+    assert low.returncode == 0, low.stderr
+    assert "warning: the open-file limit is 256" in low.stderr and "Traceback" not in low.stderr, low.stderr
+    _, lines = read_lines(out)
+    assert len(lines) == 10 and {d["status"] for d in lines} == {"ok"}
+    assert over.returncode == 2 and over.stderr.strip() == (
+        "servegen-load: error: the open-file limit is 256, below the 1064 this run needs (one socket per "
+        "in-flight request); raise it, e.g. `ulimit -n 1064`, or lower --max-concurrency"), over.stderr

@@ -86,27 +86,39 @@ class Limits:
         return None
 
 
-def raise_nofile_limit(needed: int) -> int:
-    """Raise the soft open-file limit to the hard limit; fail in one line if `needed` won't fit.
+NOFILE_WARN_BELOW = 1024 + 64  # in flight at once before a run without --max-concurrency may hit EMFILE
 
-    Every concurrent stream holds a socket, and the usual soft limit (1024) would make an open
-    loop at a few thousand in-flight requests fail with EMFILE half-way through a run.
+
+def raise_nofile_limit(needed: int | None) -> int:
+    """Raise the soft open-file limit as far as the system allows; returns it. With `needed` (a
+    --max-concurrency's sockets) above what it allows: one line, exit 2.
+
+    Every in-flight stream holds a socket, and the usual soft limit (1024 on Linux, 256 on macOS)
+    would make an open loop at a few thousand in-flight requests fail with EMFILE half-way through
+    a run. The hard limit is tried first; macOS says it is unlimited but refuses more than
+    OPEN_MAX (10240), hence the smaller steps. Without --max-concurrency nobody knows the need in
+    advance (rate x latency), so the caller only warns when the limit is low.
     """
     try:
         import resource
     except ImportError:  # not POSIX: nothing to raise, nothing to check
-        return needed
+        return needed or NOFILE_WARN_BELOW
+    inf = resource.RLIM_INFINITY
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
-    if soft == resource.RLIM_INFINITY or soft >= target:
-        target = soft
-    else:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-        except (ValueError, OSError):
-            target = soft
-    if target != resource.RLIM_INFINITY and target < needed:
+    if soft != inf:
+        for want in (hard, 1 << 20, 1 << 16, 10240, 4096):
+            if want == inf or want <= soft or (hard != inf and want > hard):
+                continue
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            except (ValueError, OSError):
+                continue
+            break
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == inf:
+        return 1 << 30
+    if needed is not None and soft < needed:
         raise InputError(
-            f"the open-file limit is {target}, below the {needed} this run needs (one socket per "
+            f"the open-file limit is {soft}, below the {needed} this run needs (one socket per "
             f"in-flight request); raise it, e.g. `ulimit -n {needed}`, or lower --max-concurrency")
-    return int(target)
+    return int(soft)

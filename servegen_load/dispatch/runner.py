@@ -37,6 +37,7 @@ import gc
 import itertools
 import math
 import signal
+import sys
 import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterable, Iterator
@@ -52,7 +53,7 @@ from ..requests import Request
 from ..results import ResultSink, result_line, unsent_line
 from .clock import make_timer, monotonic_at
 from .endpoint import Endpoint, check_key, scrub
-from .limits import Limits, Timeouts, raise_nofile_limit
+from .limits import NOFILE_WARN_BELOW, Limits, Timeouts, raise_nofile_limit
 from .progress import Mode, Progress, Snapshot
 from .sessions import SessionGate
 from .stream import Flight
@@ -478,7 +479,11 @@ class Runner:
     async def run(self) -> RunOutcome:
         cfg = self.cfg
         self.loop = loop = asyncio.get_running_loop()
-        raise_nofile_limit((cfg.max_concurrency or 1024) + 64)
+        nofile = raise_nofile_limit(cfg.max_concurrency + 64 if cfg.max_concurrency else None)
+        if not cfg.max_concurrency and nofile < NOFILE_WARN_BELOW:
+            print(f"servegen-load: warning: the open-file limit is {nofile}: more requests than that in flight "
+                  f"at once fail (too many open files); raise it (`ulimit -n {NOFILE_WARN_BELOW}`) or set "
+                  "--max-concurrency", file=sys.stderr, flush=True)
         if cfg.before_start is not None:
             await cfg.before_start()
         endpoint = Endpoint.parse(cfg.endpoint)
@@ -610,7 +615,6 @@ class Runner:
         """Push the final metrics, waiting at most `timeout` s; a signal meanwhile abandons the push
         and makes the run interrupted (exit 130). Failures are a warning on stderr."""
         import functools
-        import sys
         import threading
 
         from ..metrics.prometheus import push_bounded

@@ -478,7 +478,7 @@ async def serve(cfg: SimConfig, ready: Callable[[str, SimConfig], None] = print_
 def run(cfg: SimConfig, ready: Callable[[str, SimConfig], None] = print_ready, *,
         exit_with_parent: bool = False) -> None:
     """Blocking entry point: raise the file limit, use uvloop when installed, serve."""
-    raise_nofile_limit(0)  # thousands of sockets
+    raise_nofile_limit(None)  # thousands of sockets
     logging.basicConfig(level=os.environ.get("SERVEGEN_SIM_LOG", "WARNING"), stream=sys.stderr,
                         format="servegen-load sim: %(levelname)s %(message)s")
     try:
