@@ -56,7 +56,9 @@ def test_completions_token_ids_exact_and_uncached(llamacpp_server: InferenceServ
     assert head["content"]["prompt_format"] == "ids"
     for r in rows:
         assert (r["prompt_tokens"], r["completion_tokens"]) == (r["input_tokens"], r["output_tokens"]), r
-        assert r["cached_tokens"] == 0, r  # unique prompts: nothing for the prefix cache
+        # unique prompts: nothing for the prefix cache but, by chance, a first nonce token another
+        # prompt also started with (1 in the nonce alphabet's size per pair; this run's salt is random)
+        assert r["cached_tokens"] <= 2, r
 
 
 def test_chat_calibrated_through_tokenize(llamacpp_server: InferenceServer, tmp_path: Path) -> None:
