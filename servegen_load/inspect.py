@@ -30,11 +30,10 @@ import numpy as np
 
 from .errors import InputError
 from .formats import REQUESTS_FORMAT
+from .sparkline import sparkline
 from .workload import arrival_fit, session_model
 from .workload.distributions import Family
 from .workload.pool import SHIPPED, ClientPool, load_pool
-
-_SPARK = "▁▂▃▄▅▆▇█"
 
 
 def _weighted_quantiles(x: np.ndarray, w: np.ndarray, qs: tuple[float, ...]) -> list[float | None]:
@@ -178,16 +177,6 @@ def pool_stats(pool: ClientPool) -> dict[str, Any]:
             "request_share": round(float(reqs[fb].sum() / total_req), 4) if total_req > 0 and fb else 0.0,
         },
     }
-
-
-def sparkline(values: list[float | None]) -> str:
-    """One block character per value, scaled to the max (a space where the value is unknown)."""
-    known = [v for v in values if v is not None]
-    hi = max(known, default=0.0)
-    if hi <= 0:
-        return "".join(" " if v is None else _SPARK[0] for v in values)
-    return "".join(" " if v is None else _SPARK[min(int(v / hi * (len(_SPARK) - 1) + 0.5), len(_SPARK) - 1)]
-                   for v in values)
 
 
 def _fmt(v: Any) -> str:

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from servegen_load.errors import InputError
-from servegen_load.inspect import detect_kind, pool_stats, render_pool_stats, sparkline
+from servegen_load.inspect import detect_kind, pool_stats, render_pool_stats
+from servegen_load.sparkline import sparkline
 from servegen_load.workload.distributions import Family, LengthTable
 from servegen_load.workload.pool import SHIPPED, ClientPool, build_tables, load_pool
 

@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from ..requests import read_header
+from ..sparkline import sparkline
 from .distributions import LengthTable, ks_distance
 from .request_scan import Block
 from .stream_stats import IntCounts, Lengths, WindowGaps, modes_from_hist, quantiles
@@ -539,16 +540,6 @@ def _json_default(o: Any) -> Any:
     raise TypeError(type(o).__name__)
 
 
-_SPARK = "▁▂▃▄▅▆▇█"
-
-
-def _spark(v: list[float]) -> str:
-    if not v:
-        return ""
-    top = max(v) or 1.0
-    return "".join(_SPARK[min(7, int(x / top * 7.999))] for x in v)
-
-
 def _f(v: Any) -> str:
     if v is None:
         return "-"
@@ -562,7 +553,7 @@ def _tables(st: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
     cv, top = st["cv"], st["top_share"]
     summary = [["requests", _f(st["requests"])], ["clients", _f(st["clients"])],
                ["duration (s)", _f(st["duration_s"])], ["mean rate (req/s)", _f(st["mean_rate"])],
-               ["rate curve", f"{_spark(st['rate_curve']['rates'])} ({_f(st['rate_curve']['bucket_s'])} s buckets)"],
+               ["rate curve", f"{sparkline(st['rate_curve']['rates'])} ({_f(st['rate_curve']['bucket_s'])} s buckets)"],
                [f"gap CV p10/p50/p90 ({cv['client_windows']} client-windows of {_f(cv['window_s'])} s)",
                 f"{_f(cv['p10'])} / {_f(cv['p50'])} / {_f(cv['p90'])}"],
                ["top-1/5/10 share", f"{_f(top['top1'])} / {_f(top['top5'])} / {_f(top['top10'])}"]]
