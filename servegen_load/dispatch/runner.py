@@ -491,16 +491,7 @@ class Runner:
             check_key(cfg.api_key, "api_key")
         if cfg.insecure:
             endpoint = dataclasses.replace(endpoint, verify=False)
-        if cfg.transport == "aiohttp":
-            from .transports.aiohttp import AiohttpTransport
-
-            self.transport: Transport = AiohttpTransport(endpoint, cfg.api, self, cfg.timeouts, cfg.api_key, cfg.limits)
-        elif cfg.transport == "raw":
-            from .transports.raw import RawTransport
-
-            self.transport = RawTransport(endpoint, cfg.api, self, cfg.timeouts, cfg.api_key, cfg.limits)
-        else:
-            raise ValueError(f"unknown transport {cfg.transport!r}")
+        self.transport: Transport = self._make_transport(endpoint)
         if cfg.retries:
             from .retry import Retrier
 
@@ -527,20 +518,7 @@ class Runner:
             if cfg.metrics_port is not None:
                 metrics_port = self.metrics.serve(cfg.metrics_port, cfg.metrics_host)
         start_at = cfg.start_at if cfg.start_gate is None else await cfg.start_gate()
-        header = {"endpoint": endpoint.url, "model": cfg.model, "api": cfg.api,
-                  "started_unix": time.time(), "transport": self.transport.name,
-                  "server_family": cfg.payload.server_family, "max_concurrency": cfg.max_concurrency,
-                  "duration": cfg.duration,
-                  "timeouts": {"connect": cfg.timeouts.connect, "first_token": cfg.timeouts.first_token,
-                               "total": cfg.timeouts.total, "idle": cfg.timeouts.idle},
-                  "retries": cfg.retries, "insecure": cfg.insecure,
-                  "limits": {"max_event_bytes": cfg.limits.max_event_bytes,
-                             "max_prompt_tokens": cfg.limits.max_prompt_tokens,
-                             "max_request_bytes": cfg.limits.max_request_bytes},
-                  **cfg.header}
-        if cfg.start_gate is not None:
-            header.update(start_at=start_at, started_unix=start_at)
-        self.sink = ResultSink(cfg.output, header, copy=cfg.results_copy)
+        self.sink = ResultSink(cfg.output, self._header(endpoint, start_at), copy=cfg.results_copy)
         self.progress = Progress(cfg.progress)
         self.timer = make_timer(loop, self._on_timer)
         self._finished = loop.create_future()
@@ -581,16 +559,7 @@ class Runner:
             self.progress.close()
             gc.unfreeze()
         if self.metrics is not None:
-            if cfg.metrics_snapshot is not None:
-                from ..atomic import atomic_write
-
-                with atomic_write(cfg.metrics_snapshot, "wb") as fh:
-                    fh.write(self.metrics.render())
-            if cfg.pushgateway:
-                await self._push(cfg.pushgateway, cfg.push_timeout)
-            if cfg.metrics_port is not None and cfg.metrics_linger > 0 and not self.interrupted:
-                await self._linger(cfg.metrics_linger)
-            self.metrics.stop()
+            await self._final_metrics(self.metrics)
         if cfg.handle_signals:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
@@ -598,6 +567,51 @@ class Runner:
                           incomplete=self.incomplete, by_status=dict(self.by_status), metrics_port=metrics_port,
                           input_error=self.input_error, storage_error=self.storage_error,
                           written=self.sink.written)
+
+    def _make_transport(self, endpoint: Endpoint) -> Transport:
+        cfg = self.cfg
+        if cfg.transport == "aiohttp":
+            from .transports.aiohttp import AiohttpTransport
+
+            return AiohttpTransport(endpoint, cfg.api, self, cfg.timeouts, cfg.api_key, cfg.limits)
+        if cfg.transport == "raw":
+            from .transports.raw import RawTransport
+
+            return RawTransport(endpoint, cfg.api, self, cfg.timeouts, cfg.api_key, cfg.limits)
+        raise ValueError(f"unknown transport {cfg.transport!r}")
+
+    def _header(self, endpoint: Endpoint, start_at: float | None) -> dict[str, Any]:
+        """The results file's first line: what this run was (its options, not the key)."""
+        cfg = self.cfg
+        header = {"endpoint": endpoint.url, "model": cfg.model, "api": cfg.api,
+                  "started_unix": time.time(), "transport": self.transport.name,
+                  "server_family": cfg.payload.server_family, "max_concurrency": cfg.max_concurrency,
+                  "duration": cfg.duration,
+                  "timeouts": {"connect": cfg.timeouts.connect, "first_token": cfg.timeouts.first_token,
+                               "total": cfg.timeouts.total, "idle": cfg.timeouts.idle},
+                  "retries": cfg.retries, "insecure": cfg.insecure,
+                  "limits": {"max_event_bytes": cfg.limits.max_event_bytes,
+                             "max_prompt_tokens": cfg.limits.max_prompt_tokens,
+                             "max_request_bytes": cfg.limits.max_request_bytes},
+                  **cfg.header}
+        if cfg.start_gate is not None:
+            header.update(start_at=start_at, started_unix=start_at)
+        return header
+
+    async def _final_metrics(self, metrics: Any) -> None:
+        """The run's last metric values: to the snapshot file, the Pushgateway, and /metrics for
+        --metrics-linger seconds."""
+        cfg = self.cfg
+        if cfg.metrics_snapshot is not None:
+            from ..atomic import atomic_write
+
+            with atomic_write(cfg.metrics_snapshot, "wb") as fh:
+                fh.write(metrics.render())
+        if cfg.pushgateway:
+            await self._push(cfg.pushgateway, cfg.push_timeout)
+        if cfg.metrics_port is not None and cfg.metrics_linger > 0 and not self.interrupted:
+            await self._linger(cfg.metrics_linger)
+        metrics.stop()
 
     def _housekeeping_ended(self, task: asyncio.Task[None]) -> None:
         """Housekeeping enforces timeouts and flushes results: if it dies, the run must not go on
