@@ -282,12 +282,12 @@ def _loops() -> list[Callable[[Coroutine[Any, Any, Any]], Any]]:
 
 
 async def _one_fresh_request(url: str, timeouts: Timeouts, on_submit: Callable[[Flight, RawTransport], None],
-                             prompt: bytes = b"x") -> Flight:
-    """Submit one request to a transport with no idle connection; `on_submit` sees it right after
-    `submit` returns, in the same loop turn."""
+                             prompt: bytes = b"x", spare: int = 0) -> Flight:
+    """Submit one request to a transport with no idle connection (unless `spare`); `on_submit`
+    sees it right after `submit` returns, in the same loop turn."""
     hooks = _Hooks()
     tr = RawTransport(Endpoint.parse(url), "completions", hooks, timeouts)
-    tr.spare = 0
+    tr.spare = spare
     await tr.open()
     f = Flight(make_requests([0.0])[0], tr.wire(b'{"model":"m","prompt":"%b","stream":true}' % prompt))
     tr.submit(f)
@@ -336,14 +336,16 @@ def _resolving(monkeypatch, name: str, addrs: list[tuple[int, str]]) -> None:
 
 @pytest.mark.parametrize("loop_run", _loops(), ids=["asyncio", "uvloop"])
 @pytest.mark.parametrize("order", ["v6-first", "v4-first"])
+@pytest.mark.parametrize("spare", [0, 4], ids=["new-connection", "spares"])
 def test_a_name_whose_first_address_refuses_is_served_at_the_one_that_answers(script_server, monkeypatch,
-                                                                               loop_run, order) -> None:
+                                                                               loop_run, order, spare) -> None:
     """`localhost` resolves to ::1 first on many hosts, while vLLM, llama.cpp and `sim` listen on
     127.0.0.1 only: a run that took the first address had every request refused. The server here
     listens on 127.0.0.1 only; the name resolves to ::1 and 127.0.0.1 in either order."""
     addrs = [(socket.AF_INET6, "::1"), (socket.AF_INET, "127.0.0.1")]
     _resolving(monkeypatch, "dual.test", addrs if order == "v6-first" else addrs[::-1])
-    f = loop_run(_one_fresh_request(f"http://dual.test:{script_server.port}/crlf", Timeouts(), lambda f, tr: None))
+    f = loop_run(_one_fresh_request(f"http://dual.test:{script_server.port}/crlf", Timeouts(), lambda f, tr: None,
+                                    spare=spare))
     assert f.status == "ok" and len(f.chunks) == 3, (f.status, f.error)
 
 

@@ -725,8 +725,9 @@ class RawTransport:
             await asyncio.gather(*list(self._spare_tasks), return_exceptions=True)
 
     async def _answering(self, addrs: list[tuple[int, str]]) -> tuple[int, str]:
-        """The first of the host's addresses that takes a connection (kept as an idle one); the
-        first address when none does (each request then fails with the server's answer).
+        """The first of the host's addresses that takes a connection (kept as an idle one when the
+        transport keeps spares); the first address when none does (each request then fails with
+        the server's answer).
 
         Why: `localhost` resolves to ::1 first on many hosts, while vLLM, llama.cpp and `sim`
         listen on 127.0.0.1 only. `create_connection` tries each address in turn on every
@@ -740,8 +741,11 @@ class RawTransport:
                     conn = await self._connect()
                 except (OSError, TimeoutError):
                     continue
-                conn.idle_since = perf_counter()
-                self.idle.append(conn)
+                if self.spare:
+                    conn.idle_since = perf_counter()
+                    self.idle.append(conn)
+                elif conn.tr is not None:  # no idle connections held (llama.cpp parks a thread on each)
+                    conn.tr.close()
                 return addr
         return addrs[0]
 
