@@ -243,6 +243,17 @@ def test_an_api_url_given_as_the_endpoint_names_the_base_url(tmp_path: Path, api
     assert not out.exists()
 
 
+def test_a_query_string_in_the_endpoint_is_refused_not_dropped(tmp_path: Path) -> None:
+    """`?api-version=...` (a gateway's) would silently go missing from every request."""
+    src = write_requests(tmp_path / "req.jsonl", make_requests([0.0]))
+    out = tmp_path / "res.jsonl"
+    r = run_cli(src, out, "http://127.0.0.1:9/openai/v1?api-version=2024-02-01")
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip() == ("servegen-load: error: --endpoint: a query string or fragment in the URL is not "
+                                "sent with the requests; give the base URL alone, e.g. http://127.0.0.1:9/openai/v1")
+    assert not out.exists()
+
+
 def test_connect_errors_are_retried_then_reported(tmp_path: Path) -> None:
     """The server goes away after the start-up check: every request is a `connect_error`."""
     src = write_requests(tmp_path / "req.jsonl", make_requests([0.05 * i for i in range(5)]))

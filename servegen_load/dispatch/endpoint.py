@@ -42,6 +42,9 @@ class Endpoint:
                              "OPENAI_API_KEY or --api-key-file", field="--endpoint")
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise InputError(f"expected an http(s) URL like http://127.0.0.1:8000, got {shown!r}", field="--endpoint")
+        if parts.query or parts.fragment:  # refused, not dropped: `?api-version=...` left out would fail every request
+            raise InputError(f"a query string or fragment in the URL is not sent with the requests; give the base "
+                             f"URL alone, e.g. {parts.scheme}://{parts.netloc}{parts.path}", field="--endpoint")
         try:
             port = parts.port or (443 if parts.scheme == "https" else 80)
         except ValueError:
