@@ -736,9 +736,8 @@ class RawTransport:
         """
         if len(addrs) > 1:
             for addr in addrs:
-                self._addr = addr
                 try:
-                    conn = await self._connect()
+                    conn = await self._connect(addr)
                 except (OSError, TimeoutError):
                     continue
                 if self.spare:
@@ -802,8 +801,9 @@ class RawTransport:
         self.release(conn, False)
         self._top_up()
 
-    async def _connect(self) -> _Conn:
-        fam, host = self._addr  # type: ignore[misc]
+    async def _connect(self, addr: tuple[int, str] | None = None) -> _Conn:
+        """A new connection to `addr` (by default the address `open` chose)."""
+        fam, host = addr or self._addr  # type: ignore[misc]
         ep = self.endpoint
         async with asyncio.timeout(self.timeouts.connect):
             _, conn = await self._loop.create_connection(  # type: ignore[union-attr]
