@@ -112,6 +112,10 @@ def _whole(ctype: bytes, body: bytes) -> bytes:
     return b"HTTP/1.1 200 OK\r\nContent-Type: %b\r\nContent-Length: %d\r\n\r\n%b" % (ctype, len(body), body)
 
 
+def _finish(reason: bytes) -> bytes:
+    return _ev(b'{"id":"c1","object":"text_completion","choices":[{"index":0,"text":"","finish_reason":%b}]}' % reason)
+
+
 def _usage(v: bytes) -> bytes:
     return b'data: {"choices":[],"usage":{"prompt_tokens":20,"completion_tokens":%b}}\n\n' % v
 
@@ -153,6 +157,10 @@ VALID: dict[str, tuple[list[bytes], bool]] = {
     # valid streams that prove less: no usage (counts unknown, not invented); no token at all
     "nousage": ([_body([*GOOD, _DONE])], True),
     "doneonly": ([_body([_DONE])], True),
+    # any other reason a stream ends with is an answer: OpenAI's content filter, a reason nobody knows yet
+    "finfilter": ([_body([*GOOD[:2], _event(b" c").replace(b'"finish_reason":null', b'"finish_reason":"content_filter"'),
+                          USAGE, _DONE])], True),
+    "finnovel": ([_body([*GOOD, _finish(b'{"type":"stop","matched":2}'), USAGE, _DONE])], True),
 }
 JUNK_AFTER = _body(STREAM) + b"junk\r\n"  # a whole answer, then bytes that are no answer
 THIN = {"nousage": TOKENS, "doneonly": 0}  # `ok` streams without usage: token chunks they carry
@@ -167,6 +175,13 @@ HOSTILE: dict[str, tuple[list[bytes], str, str]] = {
                 "protocol_error", "SSE field"),
     "errevent": ([HEAD, _chunk(GOOD[0]), _chunk(_ev(b'{"error":{"message":"boom: out of KV cache","code":500}}'))],
                  "http_error", "boom: out of KV cache"),
+    # a 200 stream the server gave up on, then ends as if all were well: vLLM's reasons, SGLang's object
+    "finabort": ([HEAD, *(_chunk(e) for e in (*GOOD[:2], _finish(b'"abort"'), _DONE)), _END],
+                 "http_error", 'finish_reason "abort"'),
+    "finerror": ([HEAD, *(_chunk(e) for e in (*GOOD[:2], _finish(b'"error"'), _DONE)), _END],
+                 "http_error", 'finish_reason "error"'),
+    "finabortobj": ([HEAD, *(_chunk(e) for e in (*GOOD[:2], _finish(b'{"type":"abort","message":"out of memory"}'),
+                                                  _DONE)), _END], "http_error", "out of memory"),
     "errevent2": ([HEAD, _chunk(GOOD[0]), _chunk(b'event: error\ndata: {"message":"boom: overloaded"}\n\n')],
                   "http_error", "boom: overloaded"),
     "usageneg": ([_body([*GOOD, _usage(b"-3"), _DONE])], "protocol_error", "usage"),

@@ -35,6 +35,7 @@ from ..requests import Request
 from .limits import MAX_EVENT_BYTES
 
 _loads = orjson.loads
+_dumps = orjson.dumps
 
 # Token text the template fast path may take without a parse: printable ASCII without `"` and
 # `\`. Anything else (escapes, non-ASCII, control bytes, NUL) is parsed in full, so the fast
@@ -262,6 +263,9 @@ def _take(f: Flight, obj: dict[str, Any], payload: bytes, t: float) -> None:
                 # reasoning to answer): learn this chunk's (not the last one's: nothing follows it)
                 f.tpl_left -= 1
                 learn_template(f, payload, key)
+        end = c0.get("finish_reason")
+        if end and _aborted(end):
+            f.fail("http_error", "server ended the generation: finish_reason " + _dumps(end).decode()[:200])
     usage = obj.get("usage")
     if usage:
         _take_usage(f, usage)
@@ -269,6 +273,18 @@ def _take(f: Flight, obj: dict[str, Any], payload: bytes, t: float) -> None:
         err = obj["error"]
         msg = err.get("message", err) if isinstance(err, dict) else err
         f.fail("http_error", "server error in stream: " + str(msg)[:200])
+
+
+# A 200 stream that ends with one of these did not generate what was asked: the server gave up
+# (vLLM's "abort" and "error", SGLang's {"type": "abort", "message": ...}). Every other reason
+# ("stop", "length", "content_filter", "tool_calls", and any a server invents) is an answer.
+_FAILED_ENDS = frozenset({"abort", "aborted", "error", "cancelled", "canceled"})
+
+
+def _aborted(end: Any) -> bool:
+    if isinstance(end, dict):
+        end = end.get("type")
+    return isinstance(end, str) and end.lower() in _FAILED_ENDS
 
 
 _TEXT = b'"text":"'
