@@ -182,6 +182,8 @@ HOSTILE: dict[str, tuple[list[bytes], str, str]] = {
                  "http_error", 'finish_reason "error"'),
     "finabortobj": ([HEAD, *(_chunk(e) for e in (*GOOD[:2], _finish(b'{"type":"abort","message":"out of memory"}'),
                                                   _DONE)), _END], "http_error", "out of memory"),
+    "errobject": ([HEAD, _chunk(GOOD[0]), _chunk(_ev(b'{"object":"error","message":"boom: bad state","type":"InternalServerError",'
+                                                     b'"code":500}')), _chunk(_DONE), _END], "http_error", "boom: bad state"),
     "errevent2": ([HEAD, _chunk(GOOD[0]), _chunk(b'event: error\ndata: {"message":"boom: overloaded"}\n\n')],
                   "http_error", "boom: overloaded"),
     "usageneg": ([_body([*GOOD, _usage(b"-3"), _DONE])], "protocol_error", "usage"),

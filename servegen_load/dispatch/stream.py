@@ -269,8 +269,9 @@ def _take(f: Flight, obj: dict[str, Any], payload: bytes, t: float) -> None:
     usage = obj.get("usage")
     if usage:
         _take_usage(f, usage)
-    elif not choices and "error" in obj:
-        err = obj["error"]
+    elif not choices and ("error" in obj or obj.get("object") == "error"):
+        # {"error": {...}} (vLLM, SGLang, OpenAI) or a bare ErrorResponse {"object": "error", ...}
+        err = obj.get("error", obj)
         msg = err.get("message", err) if isinstance(err, dict) else err
         f.fail("http_error", "server error in stream: " + str(msg)[:200])
 
