@@ -190,6 +190,7 @@ HOSTILE: dict[str, tuple[list[bytes], str, str]] = {
     "usagefloat": ([_body([*GOOD, _usage(b"3.5"), _DONE])], "protocol_error", "usage"),
     "usagestr": ([_body([*GOOD, _usage(b'"3"'), _DONE])], "protocol_error", "usage"),
     "usagehuge": ([_body([*GOOD, _usage(b"1" + b"0" * 30), _DONE])], "protocol_error", ""),
+    "usageearly": ([_body([GOOD[0], _usage(b"1"), *GOOD[1:], _DONE])], "protocol_error", "but 3 token chunks"),
     "usagefew": ([_body([*GOOD, _usage(b"1"), _DONE])], "protocol_error", "usage"),
     "clandchunked": ([HEAD[:-2] + b"Content-Length: 40\r\n\r\n", *(_chunk(e) for e in STREAM), _END],
                      "protocol_error", ""),

@@ -207,6 +207,9 @@ def take_data(f: Flight, payload: bytes, t: float) -> bool:
     if payload[:1] == b"[" and payload.strip() == b"[DONE]":
         f.done = True
         f.tpl_pre = None  # every later event is parsed, and so refused
+        ct = f.completion_tokens
+        if ct is not None and ct < len(f.chunks):  # usage sent early, then more tokens than it counted
+            f.fail("protocol_error", f"usage.completion_tokens is {ct}, but {len(f.chunks)} token chunks arrived")
         return True
     try:
         obj = _loads(payload)
