@@ -8,6 +8,7 @@ fault -> status mapping checked here is the one documented in docs/reliability.m
 from __future__ import annotations
 
 import collections
+import http.server
 import itertools
 import json
 import socket
@@ -268,6 +269,60 @@ def test_connect_errors_are_retried_then_reported(tmp_path: Path) -> None:
     for d in lines:
         assert d["status"] == "connect_error" and d["retries"] == 2 and d["sent"] is None
         assert "refused" in d["error"]
+
+
+def _answering(codes: list[int]) -> tuple[str, http.server.ThreadingHTTPServer]:
+    """A real server on 127.0.0.1 answering the n-th request with `codes[n % len(codes)]` and a
+    vLLM-style error body naming that code."""
+    count = itertools.count()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            code = codes[next(count) % len(codes)]
+            body = json.dumps({"object": "error", "message": f"refused with {code}", "code": code}).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{server.server_address[1]}", server
+
+
+@pytest.mark.parametrize(("codes", "gives_up"), [([404], True), ([401], True), ([404] * 10 + [401], False),
+                                                 ([429], False), ([503], False)])
+def test_a_run_whose_first_answers_are_all_one_client_error_stops(tmp_path: Path, codes: list[int],
+                                                                   gives_up: bool) -> None:
+    """A wrong model, path or key fails every request with one 4xx from the first: the run stops
+    after 20 of them (exit 3, one line naming the code and the server's message) instead of
+    sending the whole schedule; every scheduled request still has its line. Codes load can cause
+    (429, 503), or a mix of codes, keep the run going to its end."""
+    n = 80
+    src = write_requests(tmp_path / "req.jsonl", make_requests(poisson_times(n, 40.0)))
+    out = tmp_path / "res.jsonl"
+    url, server = _answering(codes)
+    try:
+        r = run_cli(src, out, url)
+    finally:
+        server.shutdown()
+    lines = read_lines(out)[1]
+    assert len(lines) == n and r.returncode == 3, r.stderr
+    by = collections.Counter((d["status"], d["http_status"]) for d in lines)
+    if gives_up:
+        assert by[("http_error", codes[0])] == 20 and by[("cancelled", None)] == n - 20, by
+        assert (f"stopped: the first 20 requests all failed with HTTP {codes[0]} "
+                f"({{\"object\": \"error\", \"message\": \"refused with {codes[0]}\"") in r.stderr, r.stderr
+    else:
+        assert sum(v for (st, _), v in by.items() if st == "http_error") == n, by
+        assert "stopped" not in r.stderr and "no request succeeded" in r.stderr, r.stderr
 
 
 def _nofile(soft: int, hard: int) -> Any:

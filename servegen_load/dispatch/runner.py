@@ -70,6 +70,9 @@ FLUSH_S = 0.25
 PROGRESS_S = 0.5
 TOP_CLIENTS = 20
 PREWARM_MAX = 1024  # connections opened before the clock starts (about the first second's requests)
+GIVE_UP_AFTER = 20  # `run`: the first answers that, all one client error, stop the run (`_watch_start`)
+# Codes a server gives a request it will never serve, whatever the load: bad request, key, path, model, method
+_CONFIG_ERRORS = frozenset({400, 401, 403, 404, 405, 422})
 FULL_GC_S = 600.0  # a full collection this often (a pause of a few ms on a long run)
 # Idle connections are kept for the requests due this far ahead, less the connections the last
 # as long freed (`_provision`): a burst in the schedule finds them open.
@@ -114,6 +117,7 @@ class RunConfig:
     insecure: bool = False  # --insecure: do not verify TLS certificates
     limits: Limits = field(default_factory=Limits)  # --max-event-bytes, --max-prompt-tokens (dispatch.limits)
     results_copy: Path | None = None  # outputs hook: a regular file the summary is read from (-o -, a pipe)
+    give_up_after: int = 0  # stop when this many first answers are all one client error (see `_watch_start`)
 
 
 @dataclass
@@ -127,6 +131,7 @@ class RunOutcome:
     input_error: Exception | None = None  # the input broke mid-run: requests before it ran
     storage_error: OSError | None = None  # results could not be written: dispatching stopped there
     written: int = 0  # result lines on disk (what a storage failure left)
+    gave_up: str | None = None  # why the run stopped by itself: its first answers were all one client error
 
 
 class Runner:
@@ -162,6 +167,9 @@ class Runner:
         self.metrics: Any = None
         self.input_error: Exception | None = None
         self.storage_error: OSError | None = None
+        self.gave_up: str | None = None
+        self._watch = config.give_up_after  # 0 once an answer breaks the pattern (see `_watch_start`)
+        self._watch_code: int | None = None
         self.retry: Any = None  # dispatch.retry.Retrier with --retries
         self.sessions = SessionGate(self)  # sessions hook: later turns wait for the previous response
 
@@ -275,6 +283,8 @@ class Runner:
         self.by_status[st] += 1
         if st != "ok" and st != "cancelled":
             self.errors += 1
+        if self._watch:
+            self._watch_start(f)
         self.sink.add(result_line(f, self.t0))
         if f.sent is not None:
             self._recent_lag.append(f.sent - (self.t0 + f.t_rel) - (f.queue_time or 0.0))
@@ -321,6 +331,27 @@ class Runner:
         if (self.exhausted and not self.la and not self.in_flight and not self.waiting
                 and not self.sessions.pending and self._finished is not None and not self._finished.done()):
             self._finished.set_result(None)
+
+    def _watch_start(self, f: Flight) -> None:
+        """Stop the run when its first `give_up_after` answers are all the same client error.
+
+        A wrong model name, path, key or request option fails every request with one 4xx from the
+        first; an hour-long run would send an hour of them. Load does not cause these codes (429
+        and timeouts are not among them), so a run whose first answers are all one of them is
+        misconfigured: it stops, and `run` says so and exits 3. One other outcome ends the watch.
+        """
+        code = f.http_status
+        if f.status == "cancelled":
+            return
+        if f.status != "http_error" or code not in _CONFIG_ERRORS or self._watch_code not in (None, code):
+            self._watch = 0
+            return
+        self._watch_code = code
+        if self.done >= self._watch:
+            self._watch = 0
+            self.gave_up = (f"the first {self.done} requests all failed with HTTP {code} "
+                            f"({(f.error or '').removeprefix(f'HTTP {code}: ')[:160]})")
+            self.stop(f"stopped: {self.gave_up}")
 
     # --- stopping ---
     def stop(self, reason: str) -> None:
@@ -566,7 +597,7 @@ class Runner:
         return RunOutcome(output=cfg.output, scheduled=self.done + self.unsent, interrupted=self.interrupted,
                           incomplete=self.incomplete, by_status=dict(self.by_status), metrics_port=metrics_port,
                           input_error=self.input_error, storage_error=self.storage_error,
-                          written=self.sink.written)
+                          written=self.sink.written, gave_up=self.gave_up)
 
     def _make_transport(self, endpoint: Endpoint) -> Transport:
         cfg = self.cfg
