@@ -209,7 +209,7 @@ def _time_range(text: str | None, option: str) -> tuple[float, float | None] | N
 def fit_cmd(
     logs: list[str] = typer.Argument(..., help="Request logs: Azure/Mooncake traces, CSV, JSONL, requests or results files."),  # noqa: B008
     output: str = typer.Option(..., "-o", "--output", help="Pool file to write (.npz)."),
-    fmt: str = typer.Option("auto", "--format", help="auto, azure, mooncake, csv, jsonl, requests, results."),
+    fmt: str = typer.Option("auto", "--format", help="auto, azure, mooncake, bailian, burstgpt, csv, jsonl, requests, results."),
     time_column: TimeColumn = None,
     time_unit: TimeUnit = "auto",
     client_column: ClientColumn = None,
@@ -247,7 +247,7 @@ def fit_cmd(
 def compare_cmd(
     a: str = typer.Argument(..., help="Stream A: a log, requests file or results file."),
     b: str = typer.Argument(..., help="Stream B, the reference: a log, requests file or results file."),
-    format_a: str = typer.Option("auto", "--format-a", help="Format of A (auto, azure, mooncake, csv, jsonl, requests, results)."),
+    format_a: str = typer.Option("auto", "--format-a", help="Format of A (auto, azure, mooncake, bailian, burstgpt, csv, jsonl, requests, results)."),
     format_b: str = typer.Option("auto", "--format-b", help="Format of B."),
     results_time: str = typer.Option("scheduled", "--results-time", help="Time of results files: scheduled or sent."),
     html_out: str | None = typer.Option(None, "--html", help="Also write the table as a self-contained HTML file."),

@@ -218,11 +218,12 @@ class ReplaySpec(_Model):
     """
 
     path: str = Field(description="trace file (relative to the scenario file)")
-    format: Literal["azure", "mooncake", "csv", "jsonl"] = Field(description="file layout")
+    format: Literal["azure", "mooncake", "bailian", "csv", "jsonl"] = Field(
+        description="file layout (bailian: Alibaba's Qwen-Bailian traces; give `run --prefix-block 16`)")
     columns: dict[str, str] | None = Field(
         None, description="our field -> file column, for csv/jsonl: t, input_tokens, output_tokens (client optional)")
     time_unit: Literal["s", "ms", "us", "ns"] | None = Field(
-        None, description="unit of a numeric time column (csv/jsonl; azure/mooncake know theirs)")
+        None, description="unit of a numeric time column (csv/jsonl; azure/mooncake/bailian know theirs)")
     time_scale: float = Field(1.0, gt=0, description="replay speed-up factor")
     start: float = Field(0.0, description="window start, seconds of trace time after the first row")
     duration: float | None = Field(None, gt=0, description="window length in seconds of trace time")

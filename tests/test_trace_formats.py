@@ -63,6 +63,18 @@ def _mooncake(path: Path, t: np.ndarray) -> None:
                             for i, x in enumerate(t)))
 
 
+def _bailian(path: Path, t: np.ndarray) -> None:
+    """Alibaba's Qwen-Bailian traces: Mooncake's four keys but `timestamp` in seconds (3 decimals),
+    and conversations chained by parent_chat_id (-1 for a first turn), 16-token hash blocks."""
+    rows = []
+    for i, x in enumerate(t):  # conversations of three turns: i, i + 1, i + 2 for i % 3 == 0
+        rows.append(json.dumps({"chat_id": 1000 + i, "parent_chat_id": -1 if i % 3 == 0 else 1000 + i - 1,
+                                "timestamp": round(float(x), 3), "input_length": 600 + i % 5000,
+                                "output_length": 1 + i % 400, "type": "text", "turn": 1 + i % 3,
+                                "hash_ids": list(range(i % 7 + 1))}))
+    path.write_text("\n".join(rows) + "\n")
+
+
 def _gateway(path: Path, t: np.ndarray) -> None:
     """A gateway's JSONL: ISO-8601 with a Z, user and session ids, OpenAI usage names."""
     base = np.datetime64("2026-11-30T08:00:00", "us")
@@ -78,7 +90,7 @@ def _epoch_ms(path: Path, t: np.ndarray) -> None:
 
 
 WRITERS = {"burstgpt.csv": (_burstgpt, "burstgpt", 1.0), "azure2024.csv": (_azure2024, "azure", 1e-6),
-           "conversation_trace.jsonl": (_mooncake, "mooncake", 1e-3), "gateway.jsonl": (_gateway, "jsonl", 1e-5),
+           "conversation_trace.jsonl": (_mooncake, "mooncake", 1e-3), "qwen_traceA_blksz_16.jsonl": (_bailian, "bailian", 1e-3), "gateway.jsonl": (_gateway, "jsonl", 1e-5),
            "epoch_ms.csv": (_epoch_ms, "csv", 1e-3)}
 
 
@@ -95,6 +107,9 @@ def test_public_trace_layouts_are_read_in_their_units(tmp_path: Path, name: str)
     assert np.max(np.abs(np.sort(got.t) - (t - t[0]))) <= resolution + 1.0 * (name == "burstgpt.csv")
     if name == "burstgpt.csv":
         assert sorted(got.clients) == ["ChatGPT", "GPT-4"]
+    if name == "qwen_traceA_blksz_16.jsonl":  # a conversation is its first chat_id's chain of turns
+        assert got.roles["session"] and np.unique(got.session).size == -(-t.size // 3)
+        assert all(np.unique(got.session[i:i + 3]).size == 1 for i in range(0, t.size, 3))
     if name == "gateway.jsonl":
         assert got.wall_clock and sorted(got.clients) == ["team-0", "team-1", "team-2"]
         assert np.unique(got.session).size == -(-t.size // 3)
@@ -124,6 +139,36 @@ def test_burstgpt_release_with_session_ids(tmp_path: Path) -> None:
     got = load_log(log, warn=False)
     assert got.fmt == "burstgpt" and got.roles["session"] == "Session ID" and got.t[-1] == 29 * 7
     assert np.unique(got.session).size == 10
+
+
+def test_bailian_trace_fits_its_two_hours_and_its_conversations_through_the_cli(tmp_path: Path) -> None:
+    """Alibaba's Qwen-Bailian trace shares every Mooncake key, but its timestamps are seconds: read as
+    Mooncake's milliseconds it would be a 7-second log. `fit` says what it read and keeps 2 hours."""
+    log = tmp_path / "qwen_traceB_blksz_16.jsonl"
+    _bailian(log, _times(3000))
+    r = cli("fit", str(log), "-o", str(tmp_path / "pool.npz"))
+    assert r.returncode == 0, r.stderr
+    assert "read as bailian: time 'timestamp' (s, the bailian format's unit)" in r.stderr, r.stderr
+    pool = load_pool(tmp_path / "pool.npz")
+    assert pool.span == pytest.approx(SPAN, rel=0.1)
+    assert "turns mean 3.00" in r.stderr, r.stderr  # the parent_chat_id chains, one session each
+
+
+@pytest.mark.parametrize("fmt", ["bailian", "mooncake"])
+def test_a_replayed_hashed_trace_keeps_its_seconds_and_its_hash_ids(tmp_path: Path, fmt: str) -> None:
+    """`replay:` of a Qwen-Bailian (seconds) or Mooncake (ms) trace: the first 10 minutes are the
+    rows before 600 s, at their times, each with its hash_ids as its shared-prefix blocks."""
+    t = _times(400)
+    log = tmp_path / "trace.jsonl"
+    (_bailian if fmt == "bailian" else _mooncake)(log, t)
+    (tmp_path / "s.yaml").write_text(f"replay:\n  path: trace.jsonl\n  format: {fmt}\n  duration: 600\nseed: 1\n")
+    r = cli("generate", str(tmp_path / "s.yaml"), "-o", str(tmp_path / "r.jsonl"))
+    assert r.returncode == 0, r.stderr
+    reqs = [json.loads(x) for x in (tmp_path / "r.jsonl").read_text().splitlines()[1:]]
+    want = t - t[0]
+    assert len(reqs) == int((want < 600).sum())
+    assert np.allclose([q["t"] for q in reqs], want[want < 600], atol=1e-3)
+    assert [q["prefix"] for q in reqs] == [list(range(i % 7 + 1)) for i in range(len(reqs))]
 
 
 def test_relative_whole_numbers_are_refused_with_the_option_to_pass(tmp_path: Path) -> None:

@@ -34,8 +34,9 @@
   turn 0's (and a single request's) input is moved to that distribution by a rank-preserving
   map (`requantile`), since the client's input table mixes first and later turns.
 
-- **Mooncake `hash_ids`** (a `replay:` of format mooncake): each request's `prefix` is its row's
-  hash_ids, 512-token blocks (the payload cuts the last one to the prompt's length), so equal
+- **Mooncake `hash_ids`** (a `replay:` of format mooncake or bailian): each request's `prefix` is
+  its row's hash_ids, `--prefix-block` tokens each (Mooncake's 512, the default; Alibaba's
+  Qwen-Bailian traces hash 16), the payload cutting the last one to the prompt's length, so equal
   hash ids are equal tokens in the run, and prefix caches hit as the trace says they did.
 
 Every draw is a hash of (seed, request id, field, turn): a session is the same whatever the shard,
@@ -312,8 +313,11 @@ def default_sessions(plan: Any) -> SessionSpec | None:
 def needs_expand(s: Any, plan: Any = None) -> bool:
     """Whether `expand` changes this scenario's requests (else they pass through untouched)."""
     return (s.sessions is not None or s.system_prompt is not None
-            or (s.replay is not None and s.replay.format == "mooncake")
+            or (s.replay is not None and s.replay.format in HASHED)
             or (plan is not None and default_sessions(plan) is not None))
+
+
+HASHED = {"mooncake": 1000.0, "bailian": 1.0}  # replay formats with hash_ids: their timestamp units per second
 
 
 def mooncake_prefixes(plan: Any) -> list[list[int]] | None:
@@ -325,8 +329,9 @@ def mooncake_prefixes(plan: Any) -> list[list[int]] | None:
     otherwise (rows the log reader skipped) a warning says prefixes are off.
     """
     rp, spec = plan.replay, plan.scenario.replay
-    if rp is None or spec is None or spec.format != "mooncake" or len(rp.names) != 1:
+    if rp is None or spec is None or spec.format not in HASHED or len(rp.names) != 1:
         return None
+    per_s = HASHED[spec.format]
     import orjson
 
     ts: list[float] = []
@@ -336,7 +341,7 @@ def mooncake_prefixes(plan: Any) -> list[list[int]] | None:
         for line in fh:
             try:
                 d = orjson.loads(line)
-                t, n, h = float(d["timestamp"]) / 1000.0, int(d["input_length"]), d.get("hash_ids") or []
+                t, n, h = float(d["timestamp"]) / per_s, int(d["input_length"]), d.get("hash_ids") or []
             except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
                 continue
             if isinstance(h, list) and all(isinstance(x, int) and not isinstance(x, bool) for x in h):

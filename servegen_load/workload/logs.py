@@ -6,6 +6,9 @@ Python object per row, so a 10-million-row log costs about 30 bytes a row in mem
 
     azure     Azure LLM inference trace 2023 CSV: TIMESTAMP (wall clock), ContextTokens, GeneratedTokens
     mooncake  Mooncake JSONL: timestamp (ms), input_length, output_length (hash_ids ignored)
+    bailian   Alibaba's Qwen-Bailian traces (qwen_trace*_blksz_16.jsonl): Mooncake's keys with
+              timestamp in seconds, plus chat_id / parent_chat_id, which chain a conversation's
+              turns: the session is the chain's first chat_id
     burstgpt  BurstGPT CSV: Timestamp (seconds from the trace's start), Model (read as the client:
               each model is a service with its own rate and lengths), Request tokens, Response tokens
     csv       any CSV/TSV with a header; columns named by `ColumnMap` or guessed from common names
@@ -56,7 +59,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from ..errors import InputError
 from ..formats import REQUESTS_FORMAT, RESULTS_FORMAT, first_object, format_kind
 
-FORMATS = ("auto", "azure", "mooncake", "burstgpt", "csv", "jsonl", "requests", "results")
+FORMATS = ("auto", "azure", "mooncake", "bailian", "burstgpt", "csv", "jsonl", "requests", "results")
 MEDIA = ("image_count", "image_tokens", "audio_count", "audio_tokens", "video_count", "video_tokens")
 ROLES = ("time", "client", "session", "input", "output", "reason", *MEDIA)
 TIME_UNITS = ("auto", "s", "ms", "us", "ns", "iso")
@@ -68,6 +71,8 @@ _UNIT_IN_NAME = re.compile(r"(?:^|[_\-. (\[])(" + "|".join(sorted(_UNIT_WORDS, k
                            + r")\)?\]?$")
 MAX_ABS_TIME = 1e11  # seconds (epoch: year 5138): a numeric time beyond is a wrong unit or garbage
 MOONCAKE_KEYS = ("timestamp", "input_length", "output_length", "hash_ids")
+BAILIAN_KEYS = (*MOONCAKE_KEYS, "chat_id", "parent_chat_id")
+_ROOT = "\x00root_chat_id"  # the key `bailian` rows get for their conversation's first chat_id
 AZURE_COLUMNS = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
 BURSTGPT_COLUMNS = ("Timestamp", "Model", "Request tokens", "Response tokens")
 _PAD = 256  # zero bytes after a CSV block; fields longer than this take the slow slicing path
@@ -121,6 +126,8 @@ _NONE = ColumnMap(**{r: "" for r in ROLES if r != "time"})
 PRESETS: dict[str, ColumnMap] = {
     "azure": replace(_NONE, time="TIMESTAMP", time_unit="iso", input="ContextTokens", output="GeneratedTokens"),
     "mooncake": replace(_NONE, time="timestamp", time_unit="ms", input="input_length", output="output_length"),
+    "bailian": replace(_NONE, time="timestamp", time_unit="s", session=_ROOT, input="input_length",
+                       output="output_length"),
     # session guessed: later BurstGPT releases add a `Session ID` column
     "burstgpt": replace(_NONE, time="Timestamp", time_unit="s", client="Model", session=None, input="Request tokens",
                         output="Response tokens"),
@@ -316,7 +323,7 @@ def detect_format(path: str | Path) -> str:
     A JSON object line: `requests`/`results` by its `format` key, `mooncake` when it has every
     key of Mooncake's trace (`MOONCAKE_KEYS`, hash_ids included: a JSONL log with timestamp,
     input_length and output_length in seconds must not be read as Mooncake's milliseconds),
-    else `jsonl`. Otherwise CSV: `azure` when the header has every column of `AZURE_COLUMNS`
+    `bailian` when it also has `chat_id` and `parent_chat_id` (Alibaba's traces: seconds), else `jsonl`. Otherwise CSV: `azure` when the header has every column of `AZURE_COLUMNS`
     (the 2023 and 2024 traces), `burstgpt` with every column of `BURSTGPT_COLUMNS`, else `csv`.
     """
     p = Path(path)
@@ -341,6 +348,8 @@ def detect_format(path: str | Path) -> str:
             kind = format_kind(obj)
             if kind in ("requests", "results"):
                 return kind
+            if set(BAILIAN_KEYS) <= obj.keys():  # Mooncake's keys, but seconds and chained chats
+                return "bailian"
             if set(MOONCAKE_KEYS) <= obj.keys():  # every key: a log that only shares a few is jsonl
                 return "mooncake"
         return "jsonl"
@@ -816,6 +825,22 @@ def _gather(buf: np.ndarray, start: np.ndarray, end: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- JSONL
 
 
+def _chain_roots(objs: list[dict[str, Any]], roots: dict[int, int]) -> None:
+    """Give each `bailian` row its conversation's first chat_id (`_ROOT`), following parent_chat_id.
+
+    A turn comes after its parent, so one pass in file order knows every parent seen; a parent
+    outside the trace (sampled, or before its start) roots its children itself, so they still
+    share one session. A row without a usable chat_id has no session.
+    """
+    for o in objs:
+        cid, parent = o.get("chat_id"), o.get("parent_chat_id")
+        if type(cid) is not int:
+            continue
+        root = cid if type(parent) is not int or parent < 0 else roots.get(parent, parent)
+        roots[cid] = root
+        o[_ROOT] = root
+
+
 class _JsonReader:
     """One JSON object per line (jsonl, mooncake, requests, results); the first line may be a header."""
 
@@ -840,6 +865,7 @@ class _JsonReader:
                     raise InputError(f"expected a header line with format {want!r}", path=ps, line=1)
             produced = False
             total_bad = BadRows()
+            roots: dict[int, int] = {}
             while True:
                 batch: list[bytes] = []
                 for raw in fh:
@@ -852,6 +878,8 @@ class _JsonReader:
                 line_no += len(batch)
                 bad = BadRows()
                 objs, lines = _decode_lines(batch, first, bad)
+                if self.fmt == "bailian":
+                    _chain_roots(objs, roots)
                 rows = len(objs) + bad.count
                 if conv is None:
                     if not objs:
