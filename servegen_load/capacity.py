@@ -178,6 +178,18 @@ def window_rates(res: Any, t0: float, t1: float) -> tuple[float | None, float | 
     return offered / span, served / span, done / span, offered
 
 
+def refused(res: Results) -> str | None:
+    """Why a step measured nothing: every request failed with one client error (`runner.CONFIG_ERRORS`)."""
+    from .dispatch.runner import CONFIG_ERRORS
+
+    st, code = res["status"], res["http_status"]
+    if not res.n or not (st == "http_error").all() or not np.isin(code, list(CONFIG_ERRORS)).all() \
+            or np.unique(code).size != 1:
+        return None
+    msg = str(res["error"][0] or "").removeprefix(f"HTTP {int(code[0])}: ")[:160]
+    return f"all {res.n} requests failed with HTTP {int(code[0])} ({msg})"
+
+
 @dataclass
 class PlanOptions:
     """Everything a plan needs besides the scenario and its SLOs."""
@@ -284,7 +296,7 @@ class Stepper:
 
     def step(self, scale: float) -> Step:
         from .dispatch.limits import Timeouts
-        from .dispatch.runner import RunConfig, run
+        from .dispatch.runner import GIVE_UP_AFTER, RunConfig, run
         from .results import read_results
         from .run.target import fresh_payload
         from .workload.compose import iter_scenario_requests
@@ -300,12 +312,17 @@ class Stepper:
                         timeouts=Timeouts(10.0, max(60.0, 5 * self.run_seconds), max(600.0, 20 * self.run_seconds)),
                         header={"source": str(self.scenario.path), "source_kind": "plan-step",
                                 "content": self.target.content,
-                                "plan": self.name, "step": idx, "scale": scale})
+                                "plan": self.name, "step": idx, "scale": scale}, give_up_after=GIVE_UP_AFTER)
         t = time.perf_counter()
         outcome = run(_tagged(iter_scenario_requests(s), f"p{self.name[0]}{idx}"), cfg)
+        res = read_results(out)
+        why = outcome.gave_up or refused(res)
+        if why is not None:  # a misconfigured run, not a capacity: no step after it would differ
+            raise InputError(f"plan step {idx} (scale {scale:.4g}): {why}: check the endpoint, --model, --api, "
+                             "the API key and --server-family")
         if outcome.interrupted:
             raise KeyboardInterrupt
-        return self._judge(idx, scale, rate, read_results(out), t, str(out) if o.results_dir else None)
+        return self._judge(idx, scale, rate, res, t, str(out) if o.results_dir else None)
 
     def _judge(self, idx: int, scale: float, rate: float, res: Results, t: float, path: str | None) -> Step:
         """The step's verdict from its results (real or virtual alike), recorded and logged."""

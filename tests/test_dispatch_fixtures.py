@@ -7,9 +7,12 @@ deadlines, and puts `usage` in a separate final chunk with `choices: []` (OpenAI
 
 from __future__ import annotations
 
+import http.server
+import itertools
 import json
 import socket
 import subprocess
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
@@ -147,3 +150,29 @@ def read_lines(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         return {}, []
     head = orjson.loads(lines[0])
     return head, [orjson.loads(x) for x in lines[1:-1] if x.strip()]
+
+
+def answering(codes: list[int]) -> tuple[str, http.server.ThreadingHTTPServer]:
+    """A real server on 127.0.0.1 answering the n-th request with `codes[n % len(codes)]` and a
+    vLLM-style error body naming that code."""
+    count = itertools.count()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            code = codes[next(count) % len(codes)]
+            body = json.dumps({"object": "error", "message": f"refused with {code}", "code": code}).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{server.server_address[1]}", server

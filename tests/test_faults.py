@@ -8,7 +8,6 @@ fault -> status mapping checked here is the one documented in docs/reliability.m
 from __future__ import annotations
 
 import collections
-import http.server
 import itertools
 import json
 import socket
@@ -19,7 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_dispatch_fixtures import free_port, make_requests, poisson_times, read_lines, write_requests
+from test_dispatch_fixtures import (
+    answering,
+    free_port,
+    make_requests,
+    poisson_times,
+    read_lines,
+    write_requests,
+)
 
 from servegen_load.sim import SimProcess
 from servegen_load.sim.faults import FAULTS
@@ -271,32 +277,6 @@ def test_connect_errors_are_retried_then_reported(tmp_path: Path) -> None:
         assert "refused" in d["error"]
 
 
-def _answering(codes: list[int]) -> tuple[str, http.server.ThreadingHTTPServer]:
-    """A real server on 127.0.0.1 answering the n-th request with `codes[n % len(codes)]` and a
-    vLLM-style error body naming that code."""
-    count = itertools.count()
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def do_POST(self) -> None:
-            self.rfile.read(int(self.headers.get("Content-Length", "0")))
-            code = codes[next(count) % len(codes)]
-            body = json.dumps({"object": "error", "message": f"refused with {code}", "code": code}).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *_: Any) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return f"http://127.0.0.1:{server.server_address[1]}", server
-
-
 @pytest.mark.parametrize(("codes", "gives_up"), [([404], True), ([401], True), ([404] * 10 + [401], False),
                                                  ([429], False), ([503], False)])
 def test_a_run_whose_first_answers_are_all_one_client_error_stops(tmp_path: Path, codes: list[int],
@@ -308,7 +288,7 @@ def test_a_run_whose_first_answers_are_all_one_client_error_stops(tmp_path: Path
     n = 80
     src = write_requests(tmp_path / "req.jsonl", make_requests(poisson_times(n, 40.0)))
     out = tmp_path / "res.jsonl"
-    url, server = _answering(codes)
+    url, server = answering(codes)
     try:
         r = run_cli(src, out, url)
     finally:

@@ -72,7 +72,7 @@ TOP_CLIENTS = 20
 PREWARM_MAX = 1024  # connections opened before the clock starts (about the first second's requests)
 GIVE_UP_AFTER = 20  # `run`: the first answers that, all one client error, stop the run (`_watch_start`)
 # Codes a server gives a request it will never serve, whatever the load: bad request, key, path, model, method
-_CONFIG_ERRORS = frozenset({400, 401, 403, 404, 405, 422})
+CONFIG_ERRORS = frozenset({400, 401, 403, 404, 405, 422})
 FULL_GC_S = 600.0  # a full collection this often (a pause of a few ms on a long run)
 # Idle connections are kept for the requests due this far ahead, less the connections the last
 # as long freed (`_provision`): a burst in the schedule finds them open.
@@ -343,7 +343,7 @@ class Runner:
         code = f.http_status
         if f.status == "cancelled":
             return
-        if f.status != "http_error" or code not in _CONFIG_ERRORS or self._watch_code not in (None, code):
+        if f.status != "http_error" or code not in CONFIG_ERRORS or self._watch_code not in (None, code):
             self._watch = 0
             return
         self._watch_code = code
