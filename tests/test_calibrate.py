@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_dispatch_fixtures import answering
 
 from servegen_load.sim.presets import get_preset
 from servegen_load.sim.process import SimProcess
@@ -108,6 +109,20 @@ def test_calibrate_input_errors_exit_2(tmp_path: Path) -> None:
         p = subprocess.run([*CLI, "calibrate", *args, "-o", str(tmp_path / "x.yaml")], capture_output=True,
                            text=True, timeout=60)
         assert p.returncode == 2 and needle in p.stderr and "Traceback" not in p.stderr, (args, p.stderr)
+
+
+def test_calibrate_against_an_endpoint_refusing_every_request_names_why(tmp_path: Path) -> None:
+    """A wrong --model: every probe request is a 404. Calibrate stops after its first phase with
+    the code and the server's message (exit 2), not minutes later with "0 usable timings"."""
+    url, server = answering([404])
+    try:
+        p = subprocess.run([*CLI, "calibrate", "--endpoint", url, "--model", "nosuch", "-o", str(tmp_path / "x.yaml")],
+                           capture_output=True, text=True, timeout=120)
+    finally:
+        server.shutdown()
+    assert p.returncode == 2 and "calibrate: probe prefill: all " in p.stderr, p.stderr
+    assert "failed with HTTP 404 ({\"object\": \"error\", \"message\": \"refused with 404\"" in p.stderr, p.stderr
+    assert "probe burst" not in p.stderr and "usable timings" not in p.stderr, p.stderr
 
 
 def test_virtual_plan_agrees_with_the_real_time_plan(tmp_path: Path) -> None:
