@@ -178,16 +178,21 @@ def window_rates(res: Any, t0: float, t1: float) -> tuple[float | None, float | 
     return offered / span, served / span, done / span, offered
 
 
-def refused(res: Results) -> str | None:
-    """Why a step measured nothing: every request failed with one client error (`runner.CONFIG_ERRORS`)."""
+def stop_if_refused(what: str, res: Results, gave_up: str | None = None) -> None:
+    """One line (InputError) when a measuring run measured nothing because the endpoint refused it:
+    the run stopped itself (`gave_up`: its first answers were all one client error), or every
+    request failed with one client error (`runner.CONFIG_ERRORS`: a wrong model, path or key). No
+    later step, level or probe would differ, and a "capacity" of zero would be a wrong answer."""
     from .dispatch.runner import CONFIG_ERRORS
 
+    why = gave_up
     st, code = res["status"], res["http_status"]
-    if not res.n or not (st == "http_error").all() or not np.isin(code, list(CONFIG_ERRORS)).all() \
-            or np.unique(code).size != 1:
-        return None
-    msg = str(res["error"][0] or "").removeprefix(f"HTTP {int(code[0])}: ")[:160]
-    return f"all {res.n} requests failed with HTTP {int(code[0])} ({msg})"
+    if why is None and res.n and (st == "http_error").all() and np.isin(code, list(CONFIG_ERRORS)).all() \
+            and np.unique(code).size == 1:
+        msg = str(res["error"][0] or "").removeprefix(f"HTTP {int(code[0])}: ")[:160]
+        why = f"all {res.n} requests failed with HTTP {int(code[0])} ({msg})"
+    if why is not None:
+        raise InputError(f"{what}: {why}: check the endpoint, --model, --api, the API key and --server-family")
 
 
 @dataclass
@@ -316,10 +321,7 @@ class Stepper:
         t = time.perf_counter()
         outcome = run(_tagged(iter_scenario_requests(s), f"p{self.name[0]}{idx}"), cfg)
         res = read_results(out)
-        why = outcome.gave_up or refused(res)
-        if why is not None:  # a misconfigured run, not a capacity: no step after it would differ
-            raise InputError(f"plan step {idx} (scale {scale:.4g}): {why}: check the endpoint, --model, --api, "
-                             "the API key and --server-family")
+        stop_if_refused(f"plan step {idx} (scale {scale:.4g})", res, outcome.gave_up)
         if outcome.interrupted:
             raise KeyboardInterrupt
         return self._judge(idx, scale, rate, res, t, str(out) if o.results_dir else None)

@@ -67,9 +67,9 @@ def concurrency_sweep(scenario_path: str, levels: list[int], slos: SLOSet, opts:
                       rounds: int = DEFAULT_ROUNDS) -> dict[str, Any]:
     """Run every level against the plan's endpoint (the embedded simulator by default); the
     sweep document (`SWEEP_FORMAT`)."""
-    from .capacity import Stepper
+    from .capacity import Stepper, stop_if_refused
     from .dispatch.limits import Timeouts
-    from .dispatch.runner import RunConfig, run
+    from .dispatch.runner import GIVE_UP_AFTER, RunConfig, run
     from .metrics import stats
     from .results import read_results
     from .run.target import fresh_payload
@@ -92,12 +92,14 @@ def concurrency_sweep(scenario_path: str, levels: list[int], slos: SLOSet, opts:
                                 api_key=opts.api_key, payload=fresh_payload(st.target.payload), max_concurrency=n,
                                 progress="off", timeouts=Timeouts(10.0, 600.0, 1800.0),
                                 header={"source": scenario_path, "source_kind": "concurrency-sweep",
-                                        "content": st.target.content, "concurrency": n})
+                                        "content": st.target.content, "concurrency": n},
+                                give_up_after=GIVE_UP_AFTER)
                 t = time.perf_counter()
                 outcome = run(_closed_loop(iter_scenario_requests(scenario), count, f"c{i}"), cfg)
+                res = read_results(out)
+                stop_if_refused(f"sweep: concurrency {n}", res, outcome.gave_up)
                 if outcome.interrupted:
                     raise KeyboardInterrupt
-                res = read_results(out)
                 s = stats.summary(res, lag_threshold=opts.lag_threshold)
                 lat, tp = s.latency, s.throughput
                 level = {"concurrency": n, "requests": res.n, "ok": s.requests.ok,

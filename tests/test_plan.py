@@ -151,22 +151,26 @@ def test_plan_input_errors_exit_2(tmp_path: Path) -> None:
     assert p.returncode == 2 and "realistic scenario" in p.stderr
 
 
-@pytest.mark.parametrize("step_rate", [1.0, 8.0])
-def test_a_plan_against_an_endpoint_refusing_every_request_stops_at_its_first_step(tmp_path: Path,
-                                                                                    step_rate: float) -> None:
+@pytest.mark.parametrize(("step_rate", "sweep"), [(1.0, False), (8.0, False), (1.0, True)])
+def test_a_plan_against_an_endpoint_refusing_every_request_stops_at_its_first_step(tmp_path: Path, step_rate: float,
+                                                                                    sweep: bool) -> None:
     """Every request answered 404 (a wrong --model): no capacity can be measured, so the plan ends
     at its first step with one line (exit 2) naming the code and the server's message, instead of
     a search of "saturated" steps and "max sustainable rate: none" with exit 0. Whether the step
-    has fewer than 20 requests (all of them refused) or more (the run's own stop after 20)."""
+    has fewer than 20 requests (all of them refused) or more (the run's own stop after 20); a
+    concurrency sweep (`--concurrency`) alike, at its first level."""
     naive = write(tmp_path, "naive.yaml", f"naive: {{rate: {step_rate}, input_tokens: 10, output_tokens: 5}}\n"
                                            "duration: 5\n")
     url, server = answering([404])
     try:
         p = subprocess.run([*CLI, "plan", str(naive), "--slo", "ttft_p99<=1s", "--endpoint", url, "--model", "m",
-                            "--step-duration", "4", "--warmup", "0", "--max-steps", "3"],
+                            "--step-duration", "4", "--warmup", "0", "--max-steps", "3",
+                            *(["--concurrency", "1,2"] if sweep else [])],
                            capture_output=True, text=True, timeout=120)
     finally:
         server.shutdown()
     assert p.returncode == 2, p.stderr
-    assert "plan step 1 (scale 1): " in p.stderr and "failed with HTTP 404 (" in p.stderr, p.stderr
+    first = "sweep: concurrency 1: " if sweep else "plan step 1 (scale 1): "
+    assert first in p.stderr and "failed with HTTP 404 (" in p.stderr, p.stderr
     assert "refused with 404" in p.stderr and "step 2" not in p.stderr + p.stdout
+    assert "concurrency 2" not in p.stderr + p.stdout

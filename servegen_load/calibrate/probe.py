@@ -211,9 +211,11 @@ def run_probe(endpoint: str, model: str | None, family: str, outdir: Path, *, ap
     import asyncio
     import time
 
+    from ..capacity import stop_if_refused
     from ..dispatch.endpoint import Endpoint, discover_model
     from ..dispatch.limits import Timeouts
     from ..dispatch.runner import RunConfig, run
+    from ..results import read_results
     from ..run.target import target_for
 
     if model is None:
@@ -261,8 +263,8 @@ def run_probe(endpoint: str, model: str | None, family: str, outdir: Path, *, ap
 
     for n_phase, ph in enumerate(phases, start=1):
         one(n_phase, ph)
-        if n_phase == 1:
-            refuse_misconfigured(ph.name, paths)
+        if n_phase == 1:  # every later phase would be refused the same way
+            stop_if_refused(f"calibrate: probe {ph.name}", read_results(*paths))
         if n_phase == 1 and ph.max_concurrency == 1:
             est = estimate_seconds(phases[1:], outdir / f"probe-01-{ph.name}*.jsonl")
             if est is not None:
@@ -292,19 +294,6 @@ def run_probe(endpoint: str, model: str | None, family: str, outdir: Path, *, ap
         log(f"calibrate: probe {name} fits much worse than the rest (a busy host?): repeating it")
         one(n_phase, ph, "-again")
     return paths
-
-
-def refuse_misconfigured(phase: str, paths: list[Path]) -> None:
-    """One line (exit 2) when the first phase's every request got the same client error (a wrong
-    --model, path or key): every later phase would too, and no timing would be left to fit."""
-    from ..capacity import refused
-    from ..errors import InputError
-    from ..results import read_results
-
-    why = refused(read_results(*paths))
-    if why is not None:
-        raise InputError(f"calibrate: probe {phase}: {why}: check the endpoint, --model, the API key and "
-                         "--server-family")
 
 
 def server_limits(endpoint: str, api_key: str | None = None) -> dict[str, Any]:
