@@ -183,7 +183,7 @@ def stop_if_refused(what: str, res: Results, gave_up: str | None = None) -> None
     the run stopped itself (`gave_up`: its first answers were all one client error), or every
     request failed with one client error (`runner.CONFIG_ERRORS`: a wrong model, path or key). No
     later step, level or probe would differ, and a "capacity" of zero would be a wrong answer."""
-    from .dispatch.runner import CONFIG_ERRORS
+    from .dispatch.runner import CONFIG_ERRORS, REFUSED_HINT
 
     why = gave_up
     st, code = res["status"], res["http_status"]
@@ -192,7 +192,7 @@ def stop_if_refused(what: str, res: Results, gave_up: str | None = None) -> None
         msg = str(res["error"][0] or "").removeprefix(f"HTTP {int(code[0])}: ")[:160]
         why = f"all {res.n} requests failed with HTTP {int(code[0])} ({msg})"
     if why is not None:
-        raise InputError(f"{what}: {why}: check the endpoint, --model, --api, the API key and --server-family")
+        raise InputError(f"{what}: {why}: {REFUSED_HINT}")
 
 
 @dataclass

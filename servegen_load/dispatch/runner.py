@@ -73,6 +73,7 @@ PREWARM_MAX = 1024  # connections opened before the clock starts (about the firs
 GIVE_UP_AFTER = 20  # `run`: the first answers that, all one client error, stop the run (`_watch_start`)
 # Codes a server gives a request it will never serve, whatever the load: bad request, key, path, model, method
 CONFIG_ERRORS = frozenset({400, 401, 403, 404, 405, 422})
+REFUSED_HINT = "check the endpoint, --model, --api, the API key and --server-family"
 FULL_GC_S = 600.0  # a full collection this often (a pause of a few ms on a long run)
 # Idle connections are kept for the requests due this far ahead, less the connections the last
 # as long freed (`_provision`): a burst in the schedule finds them open.
