@@ -130,6 +130,16 @@ def test_burstgpt_fits_one_client_per_model_through_the_cli(tmp_path: Path) -> N
     assert share[pool.clients.index("GPT-4")] == pytest.approx(0.25, abs=0.02)
 
 
+def test_mooncake_trace_with_session_ids(tmp_path: Path) -> None:
+    """AIPerf's mooncake_trace layout: Mooncake's keys plus `session_id`: sessions are read too."""
+    log = tmp_path / "aiperf_trace.jsonl"
+    log.write_text("".join(json.dumps({"session_id": f"s{i // 3}", "timestamp": i * 700, "input_length": 100 + i,
+                                       "output_length": 20, "hash_ids": [i]}) + "\n" for i in range(30)))
+    got = load_log(log, warn=False)
+    assert got.fmt == "mooncake" and got.roles["session"] == "session_id" and got.t[-1] == pytest.approx(29 * 0.7)
+    assert np.unique(got.session).size == 10
+
+
 def test_burstgpt_release_with_session_ids(tmp_path: Path) -> None:
     """A BurstGPT release with `Session ID` and `Elapsed time` columns: sessions are read too."""
     log = tmp_path / "BurstGPT_sessions.csv"

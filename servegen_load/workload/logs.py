@@ -125,7 +125,9 @@ class ColumnMap:
 _NONE = ColumnMap(**{r: "" for r in ROLES if r != "time"})
 PRESETS: dict[str, ColumnMap] = {
     "azure": replace(_NONE, time="TIMESTAMP", time_unit="iso", input="ContextTokens", output="GeneratedTokens"),
-    "mooncake": replace(_NONE, time="timestamp", time_unit="ms", input="input_length", output="output_length"),
+    # session guessed: AIPerf's mooncake_trace files add `session_id` for multi-turn conversations
+    "mooncake": replace(_NONE, time="timestamp", time_unit="ms", session=None, input="input_length",
+                        output="output_length"),
     "bailian": replace(_NONE, time="timestamp", time_unit="s", session=_ROOT, input="input_length",
                        output="output_length"),
     # session guessed: later BurstGPT releases add a `Session ID` column
