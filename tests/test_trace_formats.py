@@ -181,6 +181,22 @@ def test_a_replayed_hashed_trace_keeps_its_seconds_and_its_hash_ids(tmp_path: Pa
     assert [q["prefix"] for q in reqs] == [list(range(i % 7 + 1)) for i in range(len(reqs))]
 
 
+@pytest.mark.parametrize(("time", "client", "inp", "out"), [
+    ("@timestamp", "team_id", "promptTokenCount", "candidatesTokenCount"),  # an Elastic export of Vertex AI usage
+    ("received_at", "organization", "tokens_in", "tokens_out"),
+    ("request_timestamp", "project_id", "num_input_tokens", "num_output_tokens"),
+    ("event_time", "account", "prompt_length", "completion_length"),
+])
+def test_gateway_column_names_are_guessed(tmp_path: Path, time: str, client: str, inp: str, out: str) -> None:
+    """Usage logs name their columns many ways; the common ones are found without options."""
+    log = tmp_path / "usage.csv"
+    log.write_text(f"{time},{client},{inp},{out}\n" + "".join(
+        f"{EPOCH + 2 * i:.3f},t{i % 2},{100 + i},{10 + i}\n" for i in range(20)))
+    got = load_log(log, warn=False)
+    assert (got.roles["time"], got.roles["client"], got.roles["input"], got.roles["output"]) == (time, client, inp, out)
+    assert sorted(got.clients) == ["t0", "t1"] and got.t[-1] == pytest.approx(38.0)
+
+
 def test_relative_whole_numbers_are_refused_with_the_option_to_pass(tmp_path: Path) -> None:
     """BurstGPT's columns renamed by hand (so not detected): whole relative numbers could be s or ms."""
     log = tmp_path / "renamed.csv"

@@ -81,14 +81,19 @@ _REQUIRED = ("time", "input", "output")  # a row missing one of these (when mapp
 # Column names tried, in order, when a role is not named explicitly (case and punctuation ignored).
 GUESSES: dict[str, tuple[str, ...]] = {
     "time": ("timestamp", "time", "t", "ts", "arrival_time", "arrival", "request_time", "created_at",
-             "created", "start_time", "scheduled", "datetime", "date"),
+             "created", "start_time", "scheduled", "datetime", "date", "request_timestamp", "arrival_timestamp",
+             "received_at", "submitted_at", "requested_at", "event_time", "request_start"),
     "client": ("client", "client_id", "tenant", "tenant_id", "customer", "customer_id", "user", "user_id",
-               "api_key", "api_key_id", "app", "app_id"),
+               "api_key", "api_key_id", "app", "app_id", "org", "org_id", "organization", "organization_id",
+               "project", "project_id", "account", "account_id", "team", "team_id", "end_user", "application"),
     "session": ("session", "session_id", "conversation", "conversation_id", "chat_id", "thread_id"),
     "input": ("input_tokens", "prompt_tokens", "request_tokens", "input_length", "contexttokens", "context_tokens",
-              "num_prompt_tokens", "input_len", "prompt_len", "text_tokens"),
+              "num_prompt_tokens", "input_len", "prompt_len", "text_tokens", "prompt_length", "prompt_token_count",
+              "input_token_count", "num_input_tokens", "tokens_in", "in_tokens"),
     "output": ("output_tokens", "completion_tokens", "response_tokens", "output_length", "generatedtokens", "generated_tokens",
-               "num_completion_tokens", "output_len", "completion_len"),
+               "num_completion_tokens", "output_len", "completion_len", "completion_length", "completion_token_count",
+               "output_token_count", "candidates_token_count", "num_output_tokens", "tokens_out", "out_tokens",
+               "response_length", "generated_length"),
     "reason": ("reason_tokens", "reasoning_tokens", "thinking_tokens"),
     **{m: (m, m.replace("_count", "s") if m.endswith("_count") else m, f"num_{m.split('_')[0]}s")
        for m in MEDIA},
