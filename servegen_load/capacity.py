@@ -180,17 +180,19 @@ def window_rates(res: Any, t0: float, t1: float) -> tuple[float | None, float | 
 
 def stop_if_refused(what: str, res: Results, gave_up: str | None = None) -> None:
     """One line (InputError) when a measuring run measured nothing because the endpoint refused it:
-    the run stopped itself (`gave_up`: its first answers were all one client error), or every
-    request failed with one client error (`runner.CONFIG_ERRORS`: a wrong model, path or key). No
-    later step, level or probe would differ, and a "capacity" of zero would be a wrong answer."""
-    from .dispatch.runner import CONFIG_ERRORS, REFUSED_HINT
+    the run stopped itself (`gave_up`: its first answers were all one refusal), or every request
+    got the same refusal (`runner.refusal`: a wrong model, path or key; no OpenAI stream). No later
+    step, level or probe would differ, and a "capacity" of zero would be a wrong answer."""
+    from .dispatch.runner import REFUSED_HINT, refusal
 
     why = gave_up
-    st, code = res["status"], res["http_status"]
-    if why is None and res.n and (st == "http_error").all() and np.isin(code, list(CONFIG_ERRORS)).all() \
-            and np.unique(code).size == 1:
-        msg = str(res["error"][0] or "").removeprefix(f"HTTP {int(code[0])}: ")[:160]
-        why = f"all {res.n} requests failed with HTTP {int(code[0])} ({msg})"
+    if why is None and res.n:
+        kinds = {refusal(st, None if math.isnan(c) else c) for st, c in zip(res["status"], res["http_status"],
+                                                                             strict=True)}
+        kind = kinds.pop() if len(kinds) == 1 else None
+        if kind is not None:
+            msg = str(res["error"][0] or "").removeprefix(kind + ": ")[:160]
+            why = f"all {res.n} requests failed with {kind} ({msg})"
     if why is not None:
         raise InputError(f"{what}: {why}: {REFUSED_HINT}")
 

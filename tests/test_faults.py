@@ -278,13 +278,14 @@ def test_connect_errors_are_retried_then_reported(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("codes", "gives_up"), [([404], True), ([401], True), ([404] * 10 + [401], False),
-                                                 ([429], False), ([503], False)])
+                                                 ([429], False), ([503], False), ([200], True)])
 def test_a_run_whose_first_answers_are_all_one_client_error_stops(tmp_path: Path, codes: list[int],
                                                                    gives_up: bool) -> None:
-    """A wrong model, path or key fails every request with one 4xx from the first: the run stops
-    after 20 of them (exit 3, one line naming the code and the server's message) instead of
-    sending the whole schedule; every scheduled request still has its line. Codes load can cause
-    (429, 503), or a mix of codes, keep the run going to its end."""
+    """A wrong model, path or key fails every request with one 4xx from the first, a server that
+    does not stream (a JSON 200) with a protocol_error: the run stops after 20 of them (exit 3, one
+    line naming the refusal and the server's message) instead of sending the whole schedule; every
+    scheduled request still has its line. Codes load can cause (429, 503), or a mix of codes, keep
+    the run going to its end."""
     n = 80
     src = write_requests(tmp_path / "req.jsonl", make_requests(poisson_times(n, 40.0)))
     out = tmp_path / "res.jsonl"
@@ -296,8 +297,14 @@ def test_a_run_whose_first_answers_are_all_one_client_error_stops(tmp_path: Path
     lines = read_lines(out)[1]
     assert len(lines) == n and r.returncode == 3, r.stderr
     by = collections.Counter((d["status"], d["http_status"]) for d in lines)
-    if gives_up:
-        assert by[("http_error", codes[0])] == 20 and by[("cancelled", None)] == n - 20, by
+    # the stop cancels what is not answered yet; an answer already read keeps its status
+    if gives_up and codes[0] == 200:  # a JSON answer to a streamed request: no OpenAI stream
+        refused = by[("protocol_error", 200)]
+        assert 20 <= refused < n and refused + by[("cancelled", None)] == n, by
+        assert "stopped: the first 20 requests all failed with protocol_error (" in r.stderr, r.stderr
+    elif gives_up:
+        refused = by[("http_error", codes[0])]
+        assert 20 <= refused < n and refused + by[("cancelled", None)] == n, by
         assert (f"stopped: the first 20 requests all failed with HTTP {codes[0]} "
                 f"({{\"object\": \"error\", \"message\": \"refused with {codes[0]}\"") in r.stderr, r.stderr
     else:

@@ -70,10 +70,18 @@ FLUSH_S = 0.25
 PROGRESS_S = 0.5
 TOP_CLIENTS = 20
 PREWARM_MAX = 1024  # connections opened before the clock starts (about the first second's requests)
-GIVE_UP_AFTER = 20  # `run`: the first answers that, all one client error, stop the run (`_watch_start`)
+GIVE_UP_AFTER = 20  # `run`: the first answers that, all one refusal, stop the run (`_watch_start`)
 # Codes a server gives a request it will never serve, whatever the load: bad request, key, path, model, method
 CONFIG_ERRORS = frozenset({400, 401, 403, 404, 405, 422})
 REFUSED_HINT = "check the endpoint, --model, --api, the API key and --server-family"
+
+
+def refusal(status: str | None, http_status: float | None) -> str | None:
+    """The kind of refusal an answer is, when load cannot explain it: "HTTP 404" (`CONFIG_ERRORS`), or
+    "protocol_error" (not an OpenAI stream: a web page, a server that does not stream); else None."""
+    if status == "http_error" and http_status in CONFIG_ERRORS:
+        return f"HTTP {int(http_status)}"
+    return "protocol_error" if status == "protocol_error" else None
 FULL_GC_S = 600.0  # a full collection this often (a pause of a few ms on a long run)
 # Idle connections are kept for the requests due this far ahead, less the connections the last
 # as long freed (`_provision`): a burst in the schedule finds them open.
@@ -170,7 +178,7 @@ class Runner:
         self.storage_error: OSError | None = None
         self.gave_up: str | None = None
         self._watch = config.give_up_after  # 0 once an answer breaks the pattern (see `_watch_start`)
-        self._watch_code: int | None = None
+        self._watch_kind: str | None = None
         self.retry: Any = None  # dispatch.retry.Retrier with --retries
         self.sessions = SessionGate(self)  # sessions hook: later turns wait for the previous response
 
@@ -334,24 +342,25 @@ class Runner:
             self._finished.set_result(None)
 
     def _watch_start(self, f: Flight) -> None:
-        """Stop the run when its first `give_up_after` answers are all the same client error.
+        """Stop the run when its first `give_up_after` answers are all the same refusal (`refusal`).
 
         A wrong model name, path, key or request option fails every request with one 4xx from the
-        first; an hour-long run would send an hour of them. Load does not cause these codes (429
-        and timeouts are not among them), so a run whose first answers are all one of them is
-        misconfigured: it stops, and `run` says so and exits 3. One other outcome ends the watch.
+        first; a port that serves a web page or a server that does not stream fails every one as a
+        protocol_error. An hour-long run would send an hour of them. Load does not cause these
+        (429, 503 and timeouts are not among them), so a run whose first answers are all one of
+        them is misconfigured: it stops, and `run` says so and exits 3. One other outcome ends the watch.
         """
-        code = f.http_status
         if f.status == "cancelled":
             return
-        if f.status != "http_error" or code not in CONFIG_ERRORS or self._watch_code not in (None, code):
+        kind = refusal(f.status, f.http_status)
+        if kind is None or self._watch_kind not in (None, kind):
             self._watch = 0
             return
-        self._watch_code = code
+        self._watch_kind = kind
         if self.done >= self._watch:
             self._watch = 0
-            self.gave_up = (f"the first {self.done} requests all failed with HTTP {code} "
-                            f"({(f.error or '').removeprefix(f'HTTP {code}: ')[:160]})")
+            self.gave_up = (f"the first {self.done} requests all failed with {kind} "
+                            f"({(f.error or '').removeprefix(kind + ': ')[:160]})")
             self.stop(f"stopped: {self.gave_up}")
 
     # --- stopping ---
