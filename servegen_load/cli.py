@@ -353,6 +353,7 @@ def run_cmd(
     timeout_idle: float = typer.Option(120.0, "--timeout-idle", help="Seconds without a token after the first one (a stalled stream ends as timeout)."),
     retries: int = typer.Option(0, "--retries", help="Re-send a request that failed with HTTP 429/503, could not connect, or whose kept-alive connection closed before any byte of answer, up to N times (default 0: never re-sent). Counted in `retries` and `attempts`."),
     retry_max_wait: float = typer.Option(10.0, "--retry-max-wait", help="Cap in seconds on a retry's wait (Retry-After, else back-off 0.5 s, 1 s, 2 s...)."),
+    keep_going: bool = typer.Option(False, "--keep-going", help="Send the whole schedule even when the first 20 answers are all one refusal (the same HTTP 400/401/403/404/405/422, or protocol_error); by default the run stops there (exit 3)."),
     insecure: bool = typer.Option(False, "--insecure", help="Do not verify the endpoint's TLS certificate (self-signed test servers)."),
     metrics_port: int | None = typer.Option(None, "--metrics-port", help="Serve Prometheus /metrics on this port (0: any free port)."),
     metrics_host: str = typer.Option("127.0.0.1", "--metrics-host", help="Address the /metrics server binds."),

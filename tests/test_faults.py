@@ -277,21 +277,22 @@ def test_connect_errors_are_retried_then_reported(tmp_path: Path) -> None:
         assert "refused" in d["error"]
 
 
-@pytest.mark.parametrize(("codes", "gives_up"), [([404], True), ([401], True), ([404] * 10 + [401], False),
-                                                 ([429], False), ([503], False), ([200], True)])
-def test_a_run_whose_first_answers_are_all_one_client_error_stops(tmp_path: Path, codes: list[int],
-                                                                   gives_up: bool) -> None:
+@pytest.mark.parametrize(("codes", "gives_up", "extra"), [
+    ([404], True, ()), ([401], True, ()), ([404] * 10 + [401], False, ()), ([429], False, ()), ([503], False, ()),
+    ([200], True, ()), ([404], False, ("--keep-going",))])
+def test_a_run_whose_first_answers_are_all_one_client_error_stops(tmp_path: Path, codes: list[int], gives_up: bool,
+                                                                   extra: tuple[str, ...]) -> None:
     """A wrong model, path or key fails every request with one 4xx from the first, a server that
     does not stream (a JSON 200) with a protocol_error: the run stops after 20 of them (exit 3, one
     line naming the refusal and the server's message) instead of sending the whole schedule; every
-    scheduled request still has its line. Codes load can cause (429, 503), or a mix of codes, keep
-    the run going to its end."""
+    scheduled request still has its line. Codes load can cause (429, 503), a mix of codes, or
+    `--keep-going` keep the run going to its end."""
     n = 80
     src = write_requests(tmp_path / "req.jsonl", make_requests(poisson_times(n, 40.0)))
     out = tmp_path / "res.jsonl"
     url, server = answering(codes)
     try:
-        r = run_cli(src, out, url)
+        r = run_cli(src, out, url, *extra)
     finally:
         server.shutdown()
     lines = read_lines(out)[1]

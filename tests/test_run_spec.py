@@ -50,7 +50,7 @@ def every_option(tmp_path: Path) -> RunSpec:
         sim_preset=None, duration=3.5, rate=2.0, count=7, max_concurrency=3, prompt_format="text",
         tokenizer="words", image_patch=14, prefix_block=256, content_salt="ABCD", timeout_connect=1.5,
         timeout_first_token=2.0, timeout_total=3.0, timeout_idle=4.0, retries=2, retry_max_wait=1.0,
-        transport="aiohttp", max_event_bytes=1 << 20, max_prompt_tokens=1 << 16, push_timeout=2.5, metrics_port=0, metrics_host="0.0.0.0", metrics_linger=1.0, pushgateway="h:1",
+        keep_going=True, transport="aiohttp", max_event_bytes=1 << 20, max_prompt_tokens=1 << 16, push_timeout=2.5, metrics_port=0, metrics_host="0.0.0.0", metrics_linger=1.0, pushgateway="h:1",
         progress="plain", lag_threshold_ms=5.0, summary_json=str(tmp_path / "s.json"),
         slo=("ttft_p99<=2s", "error_rate<=1%"), shard="1/3", shard_by="request", start_at=1.7e9)
 

@@ -79,7 +79,8 @@ def engine_config(spec: RunSpec, target: Target, opened: Opened, argv: list[str]
         start_at=start_at, before_start=before_start, metrics_snapshot=snapshot_path(),
         start_gate=stdin_gate if spec.start_barrier else None,
         retries=spec.retries, retry_max_wait=spec.retry_max_wait, insecure=spec.insecure, results_copy=results_copy,
-        give_up_after=GIVE_UP_AFTER if spec.shard is None else 0,  # a shard stopping alone is a failed worker
+        # not per shard: a shard stopping alone is a failed worker
+        give_up_after=0 if spec.keep_going or spec.shard is not None else GIVE_UP_AFTER,
         limits=Limits(max_event_bytes=spec.max_event_bytes, max_prompt_tokens=spec.max_prompt_tokens))
 
 

@@ -69,6 +69,7 @@ class RunSpec(BaseModel):
     timeout_idle: float = 120.0
     retries: int = 0
     retry_max_wait: float = 10.0
+    keep_going: bool = False  # do not stop on first answers that are all one refusal (runner._watch_start)
     transport: TransportName = "raw"
     max_event_bytes: int = MAX_EVENT_BYTES  # memory caps (dispatch.limits.Limits)
     max_prompt_tokens: int = MAX_PROMPT_TOKENS
