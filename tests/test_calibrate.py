@@ -121,7 +121,7 @@ def test_calibrate_against_an_endpoint_refusing_every_request_names_why(tmp_path
     finally:
         server.shutdown()
     assert p.returncode == 2 and "calibrate: probe prefill: all " in p.stderr, p.stderr
-    assert "failed with HTTP 404 ({\"object\": \"error\", \"message\": \"refused with 404\"" in p.stderr, p.stderr
+    assert "failed with HTTP 404 ({\"object\": \"error\", \"message\": \"refused with 404 (sent: " in p.stderr, p.stderr
     assert "probe burst" not in p.stderr and "usable timings" not in p.stderr, p.stderr
 
 

@@ -154,7 +154,7 @@ def read_lines(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
 
 def answering(codes: list[int]) -> tuple[str, http.server.ThreadingHTTPServer]:
     """A real server on 127.0.0.1 answering the n-th request with `codes[n % len(codes)]` and a
-    vLLM-style error body naming that code."""
+    vLLM-style error body naming that code and echoing the request's Authorization header."""
     count = itertools.count()
 
     class Handler(http.server.BaseHTTPRequestHandler):
@@ -163,7 +163,8 @@ def answering(codes: list[int]) -> tuple[str, http.server.ThreadingHTTPServer]:
         def do_POST(self) -> None:
             self.rfile.read(int(self.headers.get("Content-Length", "0")))
             code = codes[next(count) % len(codes)]
-            body = json.dumps({"object": "error", "message": f"refused with {code}", "code": code}).encode()
+            echo = self.headers.get("Authorization", "")
+            body = json.dumps({"object": "error", "message": f"refused with {code} (sent: {echo})", "code": code}).encode()
             self.send_response(code)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))

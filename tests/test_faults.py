@@ -307,10 +307,27 @@ def test_a_run_whose_first_answers_are_all_one_client_error_stops(tmp_path: Path
         refused = by[("http_error", codes[0])]
         assert 20 <= refused < n and refused + by[("cancelled", None)] == n, by
         assert (f"stopped: the first 20 requests all failed with HTTP {codes[0]} "
-                f"({{\"object\": \"error\", \"message\": \"refused with {codes[0]}\"") in r.stderr, r.stderr
+                f"({{\"object\": \"error\", \"message\": \"refused with {codes[0]} (sent: ") in r.stderr, r.stderr
     else:
         assert sum(v for (st, _), v in by.items() if st == "http_error") == n, by
         assert "stopped" not in r.stderr and "no request succeeded" in r.stderr, r.stderr
+
+
+def test_a_refused_key_echoed_back_never_reaches_the_stop_line(tmp_path: Path) -> None:
+    """A 401 that echoes the Authorization header: the line `run` stops with quotes the server's
+    message, with the key masked; neither it nor the results file holds the key."""
+    key = "sk-test-" + "k3y" * 8
+    (tmp_path / "key").write_text(key + "\n")
+    src = write_requests(tmp_path / "req.jsonl", make_requests(poisson_times(40, 40.0)))
+    out = tmp_path / "res.jsonl"
+    url, server = answering([401])
+    try:
+        r = run_cli(src, out, url, "--api-key-file", str(tmp_path / "key"))
+    finally:
+        server.shutdown()
+    assert r.returncode == 3 and "stopped: the first 20 requests all failed with HTTP 401" in r.stderr, r.stderr
+    assert "refused with 401 (sent: Bearer ***" in r.stderr, r.stderr
+    assert key[:12] not in r.stderr + r.stdout and key[:12] not in out.read_text()
 
 
 def _nofile(soft: int, hard: int) -> Any:
