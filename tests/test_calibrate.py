@@ -114,12 +114,9 @@ def test_calibrate_input_errors_exit_2(tmp_path: Path) -> None:
 def test_calibrate_against_an_endpoint_refusing_every_request_names_why(tmp_path: Path) -> None:
     """A wrong --model: every probe request is a 404. Calibrate stops after its first phase with
     the code and the server's message (exit 2), not minutes later with "0 usable timings"."""
-    url, server = answering([404])
-    try:
+    with answering([404]) as url:
         p = subprocess.run([*CLI, "calibrate", "--endpoint", url, "--model", "nosuch", "-o", str(tmp_path / "x.yaml")],
                            capture_output=True, text=True, timeout=120)
-    finally:
-        server.shutdown()
     assert p.returncode == 2 and "calibrate: probe prefill: all " in p.stderr, p.stderr
     assert "failed with HTTP 404 ({\"object\": \"error\", \"message\": \"refused with 404 (sent: " in p.stderr, p.stderr
     assert "probe burst" not in p.stderr and "usable timings" not in p.stderr, p.stderr

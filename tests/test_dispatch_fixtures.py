@@ -7,6 +7,7 @@ deadlines, and puts `usage` in a separate final chunk with `choices: []` (OpenAI
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import itertools
 import json
@@ -152,7 +153,8 @@ def read_lines(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     return head, [orjson.loads(x) for x in lines[1:-1] if x.strip()]
 
 
-def answering(codes: list[int]) -> tuple[str, http.server.ThreadingHTTPServer]:
+@contextlib.contextmanager
+def answering(codes: list[int]) -> Iterator[str]:
     """A real server on 127.0.0.1 answering the n-th request with `codes[n % len(codes)]` and a
     vLLM-style error body naming that code and echoing the request's Authorization header."""
     count = itertools.count()
@@ -179,4 +181,8 @@ def answering(codes: list[int]) -> tuple[str, http.server.ThreadingHTTPServer]:
 
     server = Server(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    return f"http://127.0.0.1:{server.server_address[1]}", server
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -161,14 +161,11 @@ def test_a_plan_against_an_endpoint_refusing_every_request_stops_at_its_first_st
     concurrency sweep (`--concurrency`) alike, at its first level."""
     naive = write(tmp_path, "naive.yaml", f"naive: {{rate: {step_rate}, input_tokens: 10, output_tokens: 5}}\n"
                                            "duration: 5\n")
-    url, server = answering([404])
-    try:
+    with answering([404]) as url:
         p = subprocess.run([*CLI, "plan", str(naive), "--slo", "ttft_p99<=1s", "--endpoint", url, "--model", "m",
                             "--step-duration", "4", "--warmup", "0", "--max-steps", "3",
                             *(["--concurrency", "1,2"] if sweep else [])],
                            capture_output=True, text=True, timeout=120)
-    finally:
-        server.shutdown()
     assert p.returncode == 2, p.stderr
     first = "sweep: concurrency 1: " if sweep else "plan step 1 (scale 1): "
     assert first in p.stderr and "failed with HTTP 404 (" in p.stderr, p.stderr
