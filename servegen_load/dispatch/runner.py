@@ -74,6 +74,10 @@ GIVE_UP_AFTER = 20  # `run`: the first answers that, all one refusal, stop the r
 # Codes a server gives a request it will never serve, whatever the load: bad request, key, path, model, method
 CONFIG_ERRORS = frozenset({400, 401, 403, 404, 405, 422})
 REFUSED_HINT = "check the endpoint, --model, --api, the API key and --server-family"
+FULL_GC_S = 600.0  # a full collection this often (a pause of a few ms on a long run)
+# Idle connections are kept for the requests due this far ahead, less the connections the last
+# as long freed (`_provision`): a burst in the schedule finds them open.
+PROVISION_S = 0.3
 
 
 def refusal(status: str | None, http_status: float | None) -> str | None:
@@ -82,10 +86,6 @@ def refusal(status: str | None, http_status: float | None) -> str | None:
     if status == "http_error" and http_status in CONFIG_ERRORS:
         return f"HTTP {int(http_status)}"
     return "protocol_error" if status == "protocol_error" else None
-FULL_GC_S = 600.0  # a full collection this often (a pause of a few ms on a long run)
-# Idle connections are kept for the requests due this far ahead, less the connections the last
-# as long freed (`_provision`): a burst in the schedule finds them open.
-PROVISION_S = 0.3
 
 
 @dataclass

@@ -207,9 +207,7 @@ def take_data(f: Flight, payload: bytes, t: float) -> bool:
     if payload[:1] == b"[" and payload.strip() == b"[DONE]":
         f.done = True
         f.tpl_pre = None  # every later event is parsed, and so refused
-        ct = f.completion_tokens
-        if ct is not None and ct < len(f.chunks):  # usage sent early, then more tokens than it counted
-            f.fail("protocol_error", f"usage.completion_tokens is {ct}, but {len(f.chunks)} token chunks arrived")
+        _check_count(f)  # a usage sent early, then more tokens than it counted
         return True
     try:
         obj = _loads(payload)
@@ -348,6 +346,13 @@ def _int_or_none(v: Any, name: str = "") -> int | None:
     raise _NotACount(f"usage.{name} is not a token count: {str(v)[:40]}")
 
 
+def _check_count(f: Flight) -> None:
+    """Each token chunk carries at least one token: fewer completion tokens than chunks is no count."""
+    ct = f.completion_tokens
+    if ct is not None and ct < len(f.chunks):
+        f.fail("protocol_error", f"usage.completion_tokens is {ct}, but {len(f.chunks)} token chunks arrived")
+
+
 def _take_usage(f: Flight, usage: Any) -> None:
     """Read `usage`, strictly: the counts a report is built on are never a guess.
 
@@ -363,8 +368,7 @@ def _take_usage(f: Flight, usage: Any) -> None:
             and (len(usage) == 2 or (len(usage) == 3 and "total_tokens" in usage))):  # the usual counts only
         f.prompt_tokens = pt
         f.completion_tokens = ct
-        if ct < len(f.chunks):
-            f.fail("protocol_error", f"usage.completion_tokens is {ct}, but {len(f.chunks)} token chunks arrived")
+        _check_count(f)
         return
     try:
         f.prompt_tokens = _int_or_none(usage.get("prompt_tokens"), "prompt_tokens")
@@ -380,5 +384,4 @@ def _take_usage(f: Flight, usage: Any) -> None:
     except _NotACount as e:
         f.fail("protocol_error", str(e))
         return
-    if ct is not None and ct < len(f.chunks):
-        f.fail("protocol_error", f"usage.completion_tokens is {ct}, but {len(f.chunks)} token chunks arrived")
+    _check_count(f)

@@ -310,14 +310,14 @@ def default_sessions(plan: Any) -> SessionSpec | None:
     return None
 
 
+HASHED = ("mooncake", "bailian")  # replay formats whose rows carry hash_ids (shared-prefix blocks)
+
+
 def needs_expand(s: Any, plan: Any = None) -> bool:
     """Whether `expand` changes this scenario's requests (else they pass through untouched)."""
     return (s.sessions is not None or s.system_prompt is not None
             or (s.replay is not None and s.replay.format in HASHED)
             or (plan is not None and default_sessions(plan) is not None))
-
-
-HASHED = {"mooncake": 1000.0, "bailian": 1.0}  # replay formats with hash_ids: their timestamp units per second
 
 
 def mooncake_prefixes(plan: Any) -> list[list[int]] | None:
@@ -331,8 +331,11 @@ def mooncake_prefixes(plan: Any) -> list[list[int]] | None:
     rp, spec = plan.replay, plan.scenario.replay
     if rp is None or spec is None or spec.format not in HASHED or len(rp.names) != 1:
         return None
-    per_s = HASHED[spec.format]
     import orjson
+
+    from .logs import PRESETS, UNIT_SECONDS
+
+    unit = UNIT_SECONDS[PRESETS[spec.format].time_unit]  # the log reader's own unit for this format
 
     ts: list[float] = []
     inp: list[int] = []
@@ -341,7 +344,7 @@ def mooncake_prefixes(plan: Any) -> list[list[int]] | None:
         for line in fh:
             try:
                 d = orjson.loads(line)
-                t, n, h = float(d["timestamp"]) / per_s, int(d["input_length"]), d.get("hash_ids") or []
+                t, n, h = float(d["timestamp"]) * unit, int(d["input_length"]), d.get("hash_ids") or []
             except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
                 continue
             if isinstance(h, list) and all(isinstance(x, int) and not isinstance(x, bool) for x in h):

@@ -69,6 +69,7 @@ _UNIT_WORDS = {"s": "s", "sec": "s", "secs": "s", "second": "s", "seconds": "s",
                "microseconds": "us", "ns": "ns", "nsec": "ns", "nanos": "ns", "nanoseconds": "ns"}
 _UNIT_IN_NAME = re.compile(r"(?:^|[_\-. (\[])(" + "|".join(sorted(_UNIT_WORDS, key=len, reverse=True))
                            + r")\)?\]?$")
+UNIT_SECONDS = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9, "auto": 1.0}  # a numeric time unit, in seconds
 MAX_ABS_TIME = 1e11  # seconds (epoch: year 5138): a numeric time beyond is a wrong unit or garbage
 MOONCAKE_KEYS = ("timestamp", "input_length", "output_length", "hash_ids")
 BAILIAN_KEYS = (*MOONCAKE_KEYS, "chat_id", "parent_chat_id")
@@ -506,7 +507,7 @@ class _Converter:
                 self.origin, self.wall_clock = self.origin_ns / 1e9, True
             return np.where(badm, np.nan, (ns - (self.origin_ns or 0)).astype(np.float64) / 1e9)
         vals, nonnum = _numeric(v)
-        scale = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9, "auto": 1.0}[unit]
+        scale = UNIT_SECONDS[unit]
         badm = nonnum | ~np.isfinite(vals)
         flag(badm, f"{self.roles['time']}: expected a finite number")
         with np.errstate(invalid="ignore"):
