@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 CLI = [sys.executable, "-c", "from servegen_load.cli import main; main()"]
 SLOS = ["--slo", "ttft_p90<=2s", "--slo", "tpot_p90<=100ms"]
 PARAMS = ("request_overhead_s", "step_base_s", "prefill_token_s", "decode_seq_s", "context_token_s",
-          "prefill_attention_s", "batch_context_s")
+          "prefill_attention_s", "batch_context_s", "multi_context_s")
 
 
 def scenario(path: Path, rate: float, duration: float, seed: int) -> Path:

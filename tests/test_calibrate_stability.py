@@ -161,3 +161,49 @@ def test_step_costs_follow_the_steady_phase_mean_not_the_typical_step() -> None:
             fit.selection["mean_scale"] / plain.selection["mean_scale"], rel=0.08), name
     assert step_time(fit.values) == pytest.approx(1.1 * step_time(KNOWN), rel=0.06)
     assert fit.values["request_overhead_s"] == pytest.approx(plain.values["request_overhead_s"], rel=0.1)
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_a_shared_kv_buffer_is_found_where_the_engine_has_one(shared: bool) -> None:
+    """llama.cpp's unified KV cache: a prompt that arrives while others decode attends over their
+    cells too (`shared_kv`), which the probe's steady phase (prompts arriving all the time beside
+    decoding sequences) shows. Same a_q, same a_bc: the fit must say shared where the engine is,
+    and not where it is not, and recover a_q either way."""
+    from dataclasses import replace
+
+    from servegen_load.calibrate.probe import STEADY_LOAD, steady_means, steady_phase
+
+    params = replace(known(), prefill_attention_s=4.0e-8, batch_context_s=2.0e-7, shared_kv=shared)
+    steady = steady_phase(STEADY_LOAD * params.saturation_rate(*steady_means(48, 2048)), 40.0, 48, 2048, seed=3)
+    parts = probe_parts(params, 9)
+    names = [f"phase{k}" for k in range(len(parts))] + ["steady"]
+    fit = fit_rows(merge([*parts, rows_of(simulate_requests(params, steady.requests, chunks=True))], names))
+    assert ("shared_attention_s" in fit.selection["terms"]) == shared, fit.notes
+    a_q = fit.values["shared_attention_s" if shared else "prefill_attention_s"]
+    assert a_q == pytest.approx(4.0e-8, rel=0.3), fit.notes
+
+
+def test_the_server_family_decides_the_engine_terms() -> None:
+    """llama.cpp's engine pays a_q, a_bc and a_m whatever a noisy probe's held-out errors say, and
+    its prompts may attend over the shared buffer; vLLM pages its KV per sequence, so neither
+    the shared buffer nor a_m is ever fitted there, even on timings that have them."""
+    from dataclasses import replace
+
+    from servegen_load.calibrate.probe import STEADY_LOAD, steady_means, steady_phase
+
+    params = replace(known(), prefill_attention_s=4.0e-8, batch_context_s=1.0e-7, multi_context_s=5.0e-7,
+                     shared_kv=True)
+    steady = steady_phase(STEADY_LOAD * params.saturation_rate(*steady_means(48, 2048)), 40.0, 48, 2048, seed=4)
+    parts = probe_parts(params, 10)
+    rows = merge([*parts, rows_of(simulate_requests(params, steady.requests, chunks=True))],
+                 [f"phase{k}" for k in range(len(parts))] + ["steady"])
+    rows.family = "llamacpp"
+    fit = fit_rows(rows)
+    assert {"shared_attention_s", "batch_context_s", "multi_context_s"} <= set(fit.selection["terms"]), fit.notes
+    assert any("always fitted" in n for n in fit.notes) and any("shared KV buffer" in n for n in fit.notes)
+    assert fit.values["multi_context_s"] == pytest.approx(5.0e-7, rel=0.3), fit.notes
+    assert fit.values["shared_attention_s"] == pytest.approx(4.0e-8, rel=0.3), fit.notes
+    rows.family = "vllm"
+    paged = fit_rows(rows)
+    assert not {"shared_attention_s", "multi_context_s"} & set(paged.selection["terms"]), paged.notes
+    assert paged.values["multi_context_s"] == 0 and paged.values["shared_attention_s"] == 0

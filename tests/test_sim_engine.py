@@ -58,6 +58,8 @@ CASES = {
     "context-heavy": (with_overrides(TINY, {"max_num_seqs": 32, "context_token_s": 2e-7}), 1000, 100),
     "unified-kv (llama.cpp)": (with_overrides(TINY, {"max_num_seqs": 8, "batch_context_s": 5e-7}), 500, 50),
     "prefill-attention (CPU)": (with_overrides(TINY, {"max_num_seqs": 8, "prefill_attention_s": 2e-7}), 1500, 20),
+    "shared-kv prefill (llama.cpp)": (with_overrides(TINY, {"max_num_seqs": 8, "prefill_attention_s": 2e-7,
+                                                            "shared_kv": True}), 1500, 20),
     "llama3-8b-h100": (PRESETS["llama3-8b-h100"], 1000, 200),
     "qwen2.5-7b-a10g": (PRESETS["qwen2.5-7b-a10g"], 500, 300),
 }
@@ -118,6 +120,28 @@ def test_ttft_grows_with_prompt_length_and_queue_position() -> None:
     # a queued request starts only after a running one has finished
     for i in range(2, 6):
         assert firsts[i] >= sorted(s.finished_at for s in seqs[:i])[i - 2]
+
+
+def test_a_shared_kv_prompt_beside_decoding_sequences_pays_for_their_context() -> None:
+    """llama.cpp's unified KV cache: a prompt's tokens attend over every sequence's cells. Alone,
+    its prefill costs what it costs without a shared buffer; beside three sequences decoding
+    contexts of 2,000 tokens and more, it pays a_q for each of their cells too."""
+    own = with_overrides(TINY, {"prefill_attention_s": 5e-9, "max_num_batched_tokens": 4096})
+    shared = with_overrides(own, {"shared_kv": True})
+    ttft = {}
+    for name, params in (("own", own), ("shared", shared)):
+        alone = Sequence(1000, 5)
+        simulate(params, [(0.0, alone)])
+        busy = [Sequence(2000, 2000) for _ in range(3)]
+        late = Sequence(1000, 5)
+        simulate(params, [*((0.0, s) for s in busy), (0.5, late)])
+        assert all(s.first_token_at < 0.5 < s.finished_at for s in busy)  # decoding when `late` arrives
+        ttft[name] = (alone.first_token_at, late.first_token_at - 0.5)
+    assert ttft["shared"][0] == pytest.approx(ttft["own"][0])
+    extra = ttft["shared"][1] - ttft["own"][1]
+    # their context when it arrives: 3 x (2000 prompt + the 100-400 tokens decoded by then), give
+    # or take one 2 ms decode step (where the arrival falls in the step differs between the runs)
+    assert 5e-9 * 1000 * 3 * 2100 - 0.0025 < extra < 5e-9 * 1000 * 3 * 2400 + 0.0025, extra
 
 
 def test_kv_budget_serialises_requests_whose_footprints_do_not_fit_together() -> None:

@@ -24,7 +24,8 @@ from .fit import NAMES, Fit
 LABELS = {"request_overhead_s": "request overhead", "step_base_s": "step base t0",
           "prefill_token_s": "prefill per token a_p", "decode_seq_s": "decode per sequence a_d",
           "context_token_s": "per context token a_c", "prefill_attention_s": "prefill attention a_q",
-          "batch_context_s": "batch x context a_bc"}
+          "batch_context_s": "batch x context a_bc", "shared_attention_s": "prefill attention a_q, shared KV",
+          "multi_context_s": "context, 2+ decoding a_m"}
 
 
 def _log(msg: str) -> None:
@@ -44,12 +45,14 @@ def format_fit(fit: Fit, params: Any, sources: dict[str, str]) -> str:
     lines = ["parameter                       value          +- spread     (rel)   90% interval"]
     kept = set(fit.selection.get("terms", NAMES))
     for k in NAMES:
+        if k == ("prefill_attention_s" if "shared_attention_s" in kept else "shared_attention_s"):
+            continue  # one a_q line: over the prompt's own tokens, or over a shared KV buffer
         v, se = fit.values[k], fit.stderr[k]
         rel = f"{se / v:6.1%}" if v > 0 else "   -  "
         lo_hi = fit.interval.get(k)
         tail = (f"  {_fmt_s(lo_hi[0])} .. {_fmt_s(lo_hi[1])}" if lo_hi else
                 "" if k in kept else "  (left out: see notes)")
-        lines.append(f"  {LABELS[k]:28s} {_fmt_s(v):>14s} +- {_fmt_s(se):>12s}  {rel}{tail}")
+        lines.append(f"  {LABELS[k]:32s} {_fmt_s(v):>10s} +- {_fmt_s(se):>12s}  {rel}{tail}")
     for k in ("max_num_seqs", "max_num_batched_tokens", "kv_cache_tokens", "max_model_len", "prefix_cache_tokens"):
         lines.append(f"  {k:28s} {getattr(params, k):>14,d}    ({sources.get(k, '')})")
     lines.append(f"  {'block_size':28s} {params.block_size:>14,d}")
@@ -200,11 +203,11 @@ def step_drift(measured: Any, params: Any) -> dict[str, Any] | None:
     predicted - 1: median, and the capped mean `select.mean_scale` scales a fit by): when the
     latencies disagree, this says whether the steps themselves did (a host slower or faster than
     during calibration, or traffic the model describes badly) or only the queueing."""
-    from .fit import MIN_ROWS, rows_of
+    from .fit import MIN_ROWS, rows_of, term_values
     from .select import capped_mean, step_rows
 
     rows = rows_of(measured, params.max_num_batched_tokens)
-    y, pred = step_rows(rows.y, rows.x, rows.kind, params.to_dict())
+    y, pred = step_rows(rows.y, rows.x, rows.kind, term_values(params))
     if len(pred) < MIN_ROWS:
         return None
     return {"rows": len(pred), "median": float(np.median(y / pred)) - 1, "mean": capped_mean(y, pred) - 1}

@@ -44,11 +44,23 @@ import numpy as np
 from ..results import Results
 
 NAMES = ("request_overhead_s", "step_base_s", "prefill_token_s", "decode_seq_s", "context_token_s",
-         "prefill_attention_s", "batch_context_s")
-EXTRA = ("prefill_attention_s", "batch_context_s")  # CPU-engine terms: never reported as unidentifiable
+         "prefill_attention_s", "batch_context_s", "shared_attention_s", "multi_context_s")
+# CPU-engine terms: never reported as unidentifiable. `shared_attention_s` is a_q again, for an
+# engine whose prompts attend over one KV buffer shared by all sequences (`sim.engine`, shared_kv):
+# its column adds to a prompt's own earlier tokens the context of the sequences decoding beside it.
+EXTRA = ("prefill_attention_s", "batch_context_s", "shared_attention_s", "multi_context_s")
 MIN_ROWS = 20
 SEGMENT = 8
 ISOLATION_SLACK = 0.002  # a request sent as the previous one ended (--max-concurrency 1) is alone
+
+
+def term_values(params: Any) -> dict[str, float]:
+    """An engine's parameters as the fit's terms (`NAMES`): a_q goes in the shared-KV column
+    when its prompts attend over a shared buffer (`build_params` does the reverse)."""
+    v = {n: float(getattr(params, n, 0.0)) for n in NAMES}
+    if getattr(params, "shared_kv", False):
+        v["shared_attention_s"], v["prefill_attention_s"] = v["prefill_attention_s"], 0.0
+    return v
 
 
 @dataclass
@@ -64,6 +76,7 @@ class Rows:
     phase: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int32))  # probe phase of each row
     group: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # request of each row
     phase_names: list[str] = field(default_factory=list)
+    family: str | None = None  # the server family every results file names (None: unknown or mixed)
 
 
 @dataclass
@@ -99,6 +112,23 @@ def _sorted_sums(keys: np.ndarray, *vals: np.ndarray) -> tuple[np.ndarray, list[
         np.cumsum(v[order], out=cs[1:])
         sums.append(cs)
     return keys[order], sums
+
+
+def decoding_context(first: np.ndarray, last: np.ndarray, prompt: np.ndarray, ntok: np.ndarray,
+                     t: np.ndarray) -> np.ndarray:
+    """Σ context (prompt + tokens so far) of the requests decoding at each time in `t`
+    (first < t <= last; each request's tokens placed evenly between its first and last token).
+
+    Linear in t while the set of decoding requests holds, so it is Σα + t·Σβ over the requests
+    started and not yet ended, from prefix sums over sorted first and last times: O(n log n).
+    """
+    span = last - first
+    beta = np.divide(np.maximum(ntok - 1, 0.0), span, out=np.zeros_like(span), where=span > 0)
+    alpha = prompt + 1 - beta * first
+    fs, (fa, fb) = _sorted_sums(first, alpha, beta)
+    ls, (la, lb) = _sorted_sums(last, alpha, beta)
+    i_f, i_l = np.searchsorted(fs, t, side="left"), np.searchsorted(ls, t, side="left")
+    return np.maximum((fa[i_f] - la[i_l]) + t * (fb[i_f] - lb[i_l]), 0.0)
 
 
 def rows_of(res: Results, step_budget: int = 2048, segment: int = SEGMENT) -> Rows:
@@ -164,8 +194,14 @@ def rows_of(res: Results, step_budget: int = 2048, segment: int = SEGMENT) -> Ro
         t_sorted = t_all[order]
         d_cum = np.concatenate([[0.0], np.cumsum(np.concatenate(ev_d)[order])]) if ev_t else np.zeros(1)
         h_cum = np.concatenate([[0.0], np.cumsum(np.concatenate(ev_h)[order])]) if ev_t else np.zeros(1)
+        # tokens decoded beside another sequence (a step of two or more): Σ their context
+        n_dec = np.searchsorted(np.sort(first), t_sorted, side="left") - np.searchsorted(np.sort(last), t_sorted, side="left")
+        m_cum = (np.concatenate([[0.0], np.cumsum(np.concatenate(ev_h)[order] * (n_dec >= 2))]) if ev_t
+                 else np.zeros(1))
         pu_all = np.maximum(prompt - cach, 1.0)
-        f_sorted, (fU, fQ) = _sorted_sums(first, prompt - cach, pu_all * (cach + pu_all / 2))
+        own_q = pu_all * (cach + pu_all / 2)
+        f_sorted, (fU, fQ, fS) = _sorted_sums(first, prompt - cach, own_q,
+                                              own_q + pu_all * decoding_context(first, last, prompt, ntok, first))
         l_sorted = np.sort(last)
 
         def at(cum: np.ndarray, t: np.ndarray, ts: np.ndarray = t_sorted) -> np.ndarray:
@@ -191,10 +227,11 @@ def rows_of(res: Results, step_budget: int = 2048, segment: int = SEGMENT) -> Ro
             groups.append(np.concatenate(seg_req)[keep])
             phases.append(np.full(len(y), ph, dtype=np.int32))
             ia, ib = np.searchsorted(f_sorted, a, side="right"), np.searchsorted(f_sorted, b, side="right")
-            pf, q = fU[ib] - fU[ia], fQ[ib] - fQ[ia]
+            pf, q, shared = fU[ib] - fU[ia], fQ[ib] - fQ[ia], fS[ib] - fS[ia]
             bsum = at(d_cum, b) - at(d_cum, a)
             csum = at(h_cum, b) - at(h_cum, a)
-            x = np.stack([np.zeros_like(y), own, pf, bsum, csum, q, bsum * csum / own], 1)
+            msum = at(m_cum, b) - at(m_cum, a)
+            x = np.stack([np.zeros_like(y), own, pf, bsum, csum, q, bsum * csum / own, shared, msum], 1)
             ys.append(y)
             xs.append(x)
             kinds.append(np.ones(len(y), dtype=np.int8))
@@ -210,14 +247,17 @@ def rows_of(res: Results, step_budget: int = 2048, segment: int = SEGMENT) -> Ro
                 continue
             pu = max(1.0, prompt[i] - cach[i])
             ys.append(np.array([first[i] - sent[i]]))
-            xs.append(np.array([[1.0, np.ceil(pu / step_budget), pu, 0.0, 0.0, pu * (cach[i] + pu / 2), 0.0]]))
+            q_i = pu * (cach[i] + pu / 2)  # alone: its own earlier tokens are all there is to attend to
+            xs.append(np.array([[1.0, np.ceil(pu / step_budget), pu, 0.0, 0.0, q_i, 0.0, q_i, 0.0]]))
             kinds.append(np.zeros(1, dtype=np.int8))
             groups.append(np.array([req0 + i], dtype=np.int64))
             phases.append(np.array([ph], dtype=np.int32))
     if not ys:
         return Rows(np.zeros(0), np.zeros((0, len(NAMES))), np.zeros(0, dtype=np.int8), max_dec, max_fl, cached)
+    families = {h.get("server_family") for h in res.headers}
     return Rows(np.concatenate(ys), np.concatenate(xs), np.concatenate(kinds), max_dec, max_fl, cached,
-                np.concatenate(phases), np.concatenate(groups), phase_names)
+                np.concatenate(phases), np.concatenate(groups), phase_names,
+                families.pop() if len(families) == 1 else None)
 
 
 def weights(y: np.ndarray, kind: np.ndarray) -> np.ndarray:

@@ -62,7 +62,9 @@ def build_params(fit: Fit, limits: dict[str, Any], model: str, *, cache: tuple[b
                   prefix_cache_tokens=kv if caching else 0, step_base_s=v["step_base_s"],
                   prefill_token_s=v["prefill_token_s"], decode_seq_s=v["decode_seq_s"],
                   context_token_s=v["context_token_s"], request_overhead_s=v["request_overhead_s"],
-                  prefill_attention_s=v["prefill_attention_s"], batch_context_s=v["batch_context_s"])
+                  prefill_attention_s=v["prefill_attention_s"] or v["shared_attention_s"],
+                  batch_context_s=v["batch_context_s"], shared_kv=v["shared_attention_s"] > 0,
+                  multi_context_s=v["multi_context_s"])
     validate(out, where="calibrate")
     return out, src
 

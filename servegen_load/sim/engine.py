@@ -12,7 +12,7 @@ One engine loop runs per server. Each step it
    (chunked prefill). Prompt tokens found in the prefix cache are never prefilled;
 3. lasts
 
-       dt = t0 + a_p·P + a_d·B + a_c·C  [+ a_q·Q + a_bc·B·C]
+       dt = t0 + a_p·P + a_d·B + a_c·C  [+ a_q·Q + a_bc·B·C + a_m·C if B >= 2]
 
    where P is the number of prompt tokens prefilled in the step, B the number of sequences
    decoding, C = Σ (prompt + generated) over the decoding sequences (the KV the attention reads).
@@ -22,7 +22,10 @@ One engine loop runs per server. Each step it
    shows them: Q = Σ over prefill chunks of c·(s + c/2) (chunk of c tokens from prompt position
    s: causal attention, quadratic in the prompt), a_q = ``prefill_attention_s``; and
    a_bc = ``batch_context_s`` for an attention that spans one shared KV buffer (llama.cpp's
-   unified KV cache: every sequence reads every sequence's cells).
+   unified KV cache: every sequence reads every sequence's cells). With ``shared_kv`` (that
+   buffer again) a prompt chunk also attends over the decoding sequences' cells: Q's terms are
+   c·(s + c/2 + C). a_m = ``multi_context_s``: llama.cpp reads context dearer once two or
+   more sequences decode together.
    Multimodal items count as prompt tokens (their tokens are in P and C);
 4. at its end emits one token for every decoding sequence and the first token of every sequence
    whose prefill completed in the step; a sequence whose prompt is complete enters the prefix
@@ -47,6 +50,7 @@ therefore
 and summing dt over the window, divided by the requests completed in it:
 
     1/λ = t0·s + a_p·Lu + a_d·(Lo - 1) + (a_c + a_bc·B)·(Lo - 1)·(Lp + Lo/2) + a_q·Lu·(Lp - Lu/2)
+          [+ a_q·Lu·(B - 1)·(Lp + Lo/2) with shared_kv: the other B - 1 sequences' mean context]
 
 ((Lo - 1)·(Lp + Lo/2) is Σ_{j=1}^{Lo-1} (Lp + j), the context read by a request's decode steps;
 the last term its prefill's attention to its own prompt, in one chunk). It is
@@ -106,6 +110,15 @@ class EngineParams:
     """a_bc: cost per decoding sequence per context token of the whole batch, seconds: an engine
     whose attention spans one shared KV buffer (llama.cpp's unified KV cache) reads every
     sequence's cells for every sequence. 0 for paged attention (vLLM)."""
+    shared_kv: bool = False
+    """Prompts attend over one KV buffer shared by every sequence (llama.cpp's unified KV cache),
+    so a prefilled token pays a_q for each context token of the sequences decoding beside it as
+    well as for its own prompt's earlier tokens: a prompt arriving in a busy batch costs more than
+    the same prompt alone (on llama.cpp here, 0.4 ms a token alone, 1.35 ms beside 14,000 cells)."""
+    multi_context_s: float = 0.0
+    """a_m: cost per context token of the decoding sequences in a step that decodes two or more,
+    seconds: llama.cpp reads a lone sequence's context much faster than a batch's (here ITL 1.0 ms
+    for one sequence at 1,000 tokens, 4.2 ms for two: 0.5 µs a context token, then 1.3)."""
     request_overhead_s: float = 0.0
     """Latency outside the engine loop on a request's way in (HTTP, tokenization), seconds:
     it delays admission, never occupies a step. 0 for the GPU presets; `calibrate` fits it."""
@@ -116,6 +129,7 @@ class EngineParams:
         return replace(self, step_base_s=self.step_base_s * s, prefill_token_s=self.prefill_token_s * s,
                        decode_seq_s=self.decode_seq_s * s, context_token_s=self.context_token_s * s,
                        prefill_attention_s=self.prefill_attention_s * s, batch_context_s=self.batch_context_s * s,
+                       multi_context_s=self.multi_context_s * s,
                        request_overhead_s=self.request_overhead_s * s)
 
     def saturation_rate(self, mean_prompt_tokens: float, mean_output_tokens: float,
@@ -146,8 +160,8 @@ def analytic_saturation_rate(mean_prompt_tokens: float, mean_output_tokens: floa
     n_pf = max(1, math.ceil(lu / max(1, m - (b - 1))))
     steps = max((n_pf + lo - 1) / b, (lu + lo - 1) / m)
     per_request = (p.step_base_s * steps + p.prefill_token_s * lu + p.decode_seq_s * (lo - 1)
-                   + (p.context_token_s + p.batch_context_s * b) * (lo - 1) * (lp + lo / 2)
-                   + p.prefill_attention_s * lu * (lp - lu / 2))
+                   + (p.context_token_s + p.batch_context_s * b + p.multi_context_s * (b >= 2)) * (lo - 1) * (lp + lo / 2)
+                   + p.prefill_attention_s * lu * (lp - lu / 2 + (b - 1) * (lp + lo / 2) * p.shared_kv))
     return 1.0 / per_request if per_request > 0 else math.inf
 
 
@@ -342,6 +356,7 @@ class EngineCore:
                 ctx += s.prompt_tokens + s.generated
         budget = p.max_num_batched_tokens - len(decode)
         prefill: list[tuple[Sequence, int]] = []
+        shared = ctx if p.shared_kv else 0
         n_pf = 0
         attn = 0.0
         if budget > 0:
@@ -351,14 +366,15 @@ class EngineCore:
                     c = min(left, budget)
                     prefill.append((s, c))
                     n_pf += c
-                    attn += c * (s.prefilled + c / 2)
+                    attn += c * (s.prefilled + c / 2 + shared)
                     budget -= c
                     if budget <= 0:
                         break
         if not decode and not prefill:
             return None
         dt = (p.step_base_s + p.prefill_token_s * n_pf + p.decode_seq_s * len(decode)
-              + p.context_token_s * ctx + p.prefill_attention_s * attn + p.batch_context_s * len(decode) * ctx)
+              + p.context_token_s * ctx + p.prefill_attention_s * attn + p.batch_context_s * len(decode) * ctx
+              + (p.multi_context_s * ctx if len(decode) >= 2 else 0.0))
         return Step(decode, prefill, n_pf, ctx, dt)
 
     def commit(self, step: Step, end: float) -> list[Sequence]:

@@ -142,6 +142,14 @@ def with_overrides(params: EngineParams, overrides: dict[str, Any], *, where: st
 def _coerce(kind: str, raw: Any) -> Any:
     if kind == "str":
         return str(raw)
+    if kind == "bool":
+        if isinstance(raw, bool):
+            return raw
+        if str(raw).lower() in ("true", "1", "yes"):
+            return True
+        if str(raw).lower() in ("false", "0", "no"):
+            return False
+        raise ValueError("not true or false")
     if isinstance(raw, bool):
         raise ValueError("not a number")
     value = float(raw)  # accepts "1e5" and "0.008"
@@ -158,7 +166,7 @@ def validate(p: EngineParams, *, where: str = "--param") -> None:
         if getattr(p, name) < 1:
             raise InputError(f"{name} must be >= 1, got {getattr(p, name)}", field=where)
     for name in ("step_base_s", "prefill_token_s", "decode_seq_s", "context_token_s", "request_overhead_s",
-                 "prefill_attention_s", "batch_context_s"):
+                 "prefill_attention_s", "batch_context_s", "multi_context_s"):
         if not getattr(p, name) >= 0:
             raise InputError(f"{name} must be >= 0 seconds, got {getattr(p, name)}", field=where)
     if p.prefix_cache_tokens < 0:
