@@ -402,3 +402,24 @@ def test_worker_killed_mid_run_lines_say_what_is_known(fake_server, tmp_path: Pa
     assert all(d["scheduled"] > kill_rel for d in before_due), "a request due before the kill is not 'never sent'"
     assert {d["status"] for d in dead} <= {"lost", "cancelled"}
     assert any(d["status"] == "ok" and d["client"] in {x["client"] for x in dead} for d in merged)  # flushed: kept
+
+
+def test_workers_stop_when_the_endpoint_refuses_the_run(tmp_path: Path) -> None:
+    """A wrong model name refuses every request with one 404: the worker that sees 20 of them
+    stops, the parent stops the other, and the run exits 3 with one line (as a single process
+    does) instead of sending the whole schedule; every scheduled request still has its line."""
+    from test_dispatch_fixtures import answering
+
+    reqs = make_requests(poisson_times(200, 20, seed=3), clients=[f"c{i}" for i in range(4)])  # 10 s
+    source, out = write_requests(tmp_path / "reqs.jsonl", reqs), tmp_path / "merged.jsonl"
+    with answering([404]) as url:
+        r = run_cli("run", str(source), "-o", str(out), "--endpoint", url, "--model", "m", "--workers", "2",
+                    "--progress", "off")
+    assert r.returncode == 3, r.stderr
+    stop = [x for x in r.stderr.splitlines() if x.startswith("servegen-load: stopped:")]
+    assert len(stop) == 1 and "worker " in stop[0] and "the first 20 requests all failed with HTTP 404" in stop[0], r.stderr
+    assert "failed (exit" not in r.stderr, r.stderr
+    _, lines = read(out)
+    assert sorted(d["id"] for d in lines) == sorted(x.id for x in reqs)
+    statuses = [d["status"] for d in lines]
+    assert set(statuses) == {"http_error", "cancelled"} and statuses.count("cancelled") > 100, statuses

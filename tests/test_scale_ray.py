@@ -127,3 +127,19 @@ def test_ray_actors_push_one_group_per_shard(cluster: None, fake_server, pushgat
     per_shard = {s: sum(v for k, v in pushed.items() if k.startswith("servegen_requests_total{") and f'shard="{s}"' in k)
                  for s in ("0-of-2", "1-of-2")}
     assert all(per_shard.values()) and sum(per_shard.values()) == 40, per_shard
+
+
+def test_ray_actors_stop_when_the_endpoint_refuses_the_run(cluster: None, tmp_path: Path) -> None:
+    """The shard actor whose first 20 answers are one 404 gives up, the driver stops the others:
+    exit 3 with one line, and a line for every scheduled request."""
+    from test_dispatch_fixtures import answering
+
+    reqs = make_requests(poisson_times(200, 20, seed=4), clients=["a", "b", "c", "d"])  # 10 s of schedule
+    source, out = write_requests(tmp_path / "reqs.jsonl", reqs), tmp_path / "ray.jsonl"
+    with answering([404]) as url:
+        code = ray_run(source, out, endpoint=url)
+    assert code == 3
+    _, merged = read(out)
+    assert sorted(d["id"] for d in merged) == sorted(r.id for r in reqs)
+    st = [d["status"] for d in merged]
+    assert set(st) == {"http_error", "cancelled"} and st.count("cancelled") > 100, st

@@ -15,7 +15,7 @@ from typing import Any
 
 from ..dispatch.limits import Limits, Timeouts
 from ..dispatch.runner import GIVE_UP_AFTER, REFUSED_HINT, RunConfig
-from ..formats import EXIT_INTERRUPTED, EXIT_NO_SUCCESS, EXIT_STORAGE
+from ..formats import EXIT_INTERRUPTED, EXIT_NO_SUCCESS, EXIT_STORAGE, STOPPED
 from .barrier import StartWithdrawn
 from .finish import check_slos, exit_code, publish_summary, run_header
 from .source import Opened, open_source
@@ -79,8 +79,8 @@ def engine_config(spec: RunSpec, target: Target, opened: Opened, argv: list[str]
         start_at=start_at, before_start=before_start, metrics_snapshot=snapshot_path(),
         start_gate=stdin_gate if spec.start_barrier else None,
         retries=spec.retries, retry_max_wait=spec.retry_max_wait, insecure=spec.insecure, results_copy=results_copy,
-        # not per shard: a shard stopping alone is a failed worker
-        give_up_after=0 if spec.keep_going or spec.shard is not None else GIVE_UP_AFTER,
+        # per shard too: the parent (`workers`, `ray_actors`) stops the others when one gives up
+        give_up_after=0 if spec.keep_going else GIVE_UP_AFTER,
         limits=Limits(max_event_bytes=spec.max_event_bytes, max_prompt_tokens=spec.max_prompt_tokens))
 
 
@@ -122,6 +122,6 @@ def run_local(spec: RunSpec, outputs: Any, argv: list[str]) -> int:
             raise outcome.input_error
         holds = outcome.interrupted or check_slos(spec, Path(readback), opened.info.get("slo", []))
     if outcome.gave_up is not None:
-        print(f"servegen-load: stopped: {outcome.gave_up}: {REFUSED_HINT} (exit {EXIT_NO_SUCCESS})", file=sys.stderr)
+        print(f"{STOPPED} {outcome.gave_up}: {REFUSED_HINT} (exit {EXIT_NO_SUCCESS})", file=sys.stderr)
         return EXIT_NO_SUCCESS
     return exit_code(summary, spec, target.endpoint, interrupted=outcome.interrupted, slos_hold=holds)

@@ -58,7 +58,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..dispatch.runner import REFUSED_HINT
 from ..errors import InputError
+from ..formats import EXIT_NO_SUCCESS, STOPPED
 from .barrier import READY_TIMEOUT_S, choose_start
 from .spec import RunSpec
 
@@ -171,7 +173,7 @@ class ShardActor:
                                            grouping={"shard": f"{self.index}-of-{self.n}"}),
                          push, self.spec.push_timeout)  # a silent gateway must not hold the actor
         return {"started": True, "interrupted": outcome.interrupted, "incomplete": outcome.incomplete,
-                "scheduled": outcome.scheduled, "by_status": outcome.by_status,
+                "scheduled": outcome.scheduled, "by_status": outcome.by_status, "gave_up": outcome.gave_up,
                 "input_error": None if outcome.input_error is None else str(outcome.input_error)}
 
     def wait_set_up(self, timeout: float) -> bool:
@@ -345,6 +347,7 @@ def _drive(ray: Any, spec: RunSpec, target: Any, out: Path, outputs: Any, n: int
         received: list[int] = []
         forwarded = 0
         drained: set[int] = set()
+        refused = False
         old = {s: signal.signal(s, lambda sig, _f: received.append(sig)) for s in (signal.SIGINT, signal.SIGTERM)}
         start = spec.start_at if spec.start_at is not None else _release(ray, actors, list(runs), received)
         print(f"servegen-load: t = 0 at {start:.3f} (in {start - time.time():.1f} s)", file=sys.stderr)
@@ -359,6 +362,11 @@ def _drive(ray: Any, spec: RunSpec, target: Any, out: Path, outputs: Any, n: int
                         i = runs[r]
                         try:
                             outcomes[i] = ray.get(r)
+                            if outcomes[i].get("gave_up") and not refused:  # the endpoint refuses the run
+                                refused = True
+                                for j, a in enumerate(actors):
+                                    if j not in outcomes:
+                                        a.stop.remote()
                         except (RayActorError, RayTaskError) as e:
                             outcomes[i] = {"started": False, "failed": True, "ended": time.time()}
                             failed[i] = _last_line(e)
@@ -444,9 +452,10 @@ def _finish(spec: RunSpec, specs: list[RunSpec], target: Any, out: Path, outputs
             ended = outcomes.get(i, {}).get("ended")
             extra.extend(missing_lines(specs[i], have, f"shard actor {i}/{n}", None,
                                        None if ended is None else ended - start))
+    refused = sorted((i, o["gave_up"]) for i, o in outcomes.items() if o.get("gave_up"))
     code = finish_merged(spec, present, out, outputs, extra, argv, target,
-                         {"ray": spec.ray, "workers": n, "start_at": start, "started_unix": start}, interrupted,
-                         keep=parts_dir)
+                         {"ray": spec.ray, "workers": n, "start_at": start, "started_unix": start},
+                         interrupted or bool(refused), keep=parts_dir)
     for i, why in sorted(failed.items()):
         print(f"servegen-load: shard actor {i}/{n} failed: {why}", file=sys.stderr)
     errors = [o["input_error"] for o in outcomes.values() if o.get("input_error")]
@@ -457,6 +466,10 @@ def _finish(spec: RunSpec, specs: list[RunSpec], target: Any, out: Path, outputs
         print(f"servegen-load: shard results kept in {parts_dir}", file=sys.stderr)
         return 1
     shutil.rmtree(parts_dir, ignore_errors=True)
+    if refused:  # one shard's first answers were all one refusal: the rest were stopped
+        i, why = refused[0]
+        print(f"{STOPPED} shard actor {i}/{n}: {why}: {REFUSED_HINT} (exit {EXIT_NO_SUCCESS})", file=sys.stderr)
+        return EXIT_NO_SUCCESS
     return code
 
 

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..formats import EXIT_INTERRUPTED
+from ..formats import EXIT_INTERRUPTED, EXIT_NO_SUCCESS, STOPPED
 from .shard import SNAPSHOT_ENV
 from .spec import RunSpec
 
@@ -242,7 +242,7 @@ def workers_run(spec: RunSpec, outputs: Any, argv: list[str]) -> int:
                     print(f"servegen-load: warning: {warning}", file=sys.stderr)
             if spec.metrics_port is not None and spec.metrics_linger > 0 and not interrupted:
                 linger(spec.metrics_linger)
-        if code in (0, 1, EXIT_INTERRUPTED) and not failed:
+        if (code in (0, 1, EXIT_INTERRUPTED) and not failed) or refused_run(failed):
             shutil.rmtree(parts, ignore_errors=True)
         else:
             print(f"servegen-load: worker outputs kept in {parts}", file=sys.stderr)
@@ -423,6 +423,11 @@ def result_ids(path: Path) -> set[str]:
     return ids
 
 
+def refused_run(failed: list[Worker]) -> bool:
+    """Did every failed worker stop on first answers that were all one refusal (`runner._watch_start`)?"""
+    return bool(failed) and all(w.rc == EXIT_NO_SUCCESS and STOPPED in stderr_tail(w) for w in failed)
+
+
 def finish_workers(spec: RunSpec, workers: list[Worker], out: Path, outputs: Any, argv: list[str], target: Any,
                    start: float, interrupted: bool, failed: list[Worker]) -> int:
     """Merge the parts (filling in shards that never started), print the summary; the exit code."""
@@ -438,9 +443,14 @@ def finish_workers(spec: RunSpec, workers: list[Worker], out: Path, outputs: Any
     for w in lost:
         extra.extend(missing_lines(w.spec, have, f"worker {w.index}/{n}", w.rc,
                                    None if w.ended is None else w.ended - start))
+    refused = refused_run(failed)
     code = finish_merged(spec, [w.part for w in present], out, outputs, extra, argv, target,
-                         {"workers": n, "start_at": start, "started_unix": start}, interrupted,
+                         {"workers": n, "start_at": start, "started_unix": start}, interrupted or refused,
                          keep=workers[0].part.parent if workers else None)
+    if refused:  # one line, as a single process says it (no SLO verdicts on a run the endpoint refused)
+        line = stderr_tail(failed[0])
+        print(f"{STOPPED} worker {failed[0].index}/{n}: {line.split(STOPPED, 1)[1].strip()}", file=sys.stderr)
+        return EXIT_NO_SUCCESS
     for w in failed:
         print(f"servegen-load: worker {w.index}/{n} failed (exit {w.rc}): {stderr_tail(w)}", file=sys.stderr)
     if failed:
