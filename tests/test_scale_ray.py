@@ -137,7 +137,7 @@ def test_ray_actors_stop_when_the_endpoint_refuses_the_run(cluster: None, tmp_pa
     reqs = make_requests(poisson_times(200, 20, seed=4), clients=["a", "b", "c", "d"])  # 10 s of schedule
     source, out = write_requests(tmp_path / "reqs.jsonl", reqs), tmp_path / "ray.jsonl"
     with answering([404]) as url:
-        code = ray_run(source, out, endpoint=url)
+        code = ray_run(source, out, endpoint=url, model="m")
     assert code == 3
     _, merged = read(out)
     assert sorted(d["id"] for d in merged) == sorted(r.id for r in reqs)
