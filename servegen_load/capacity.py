@@ -183,7 +183,7 @@ def stop_if_refused(what: str, res: Results, gave_up: str | None = None) -> None
     the run stopped itself (`gave_up`: its first answers were all one refusal), or every request
     got the same refusal (`runner.refusal`: a wrong model, path or key; no OpenAI stream). No later
     step, level or probe would differ, and a "capacity" of zero would be a wrong answer."""
-    from .dispatch.runner import REFUSED_HINT, refusal
+    from .dispatch.runner import REFUSED_HINT, refusal, refused_as
 
     why = gave_up
     if why is None and res.n:
@@ -191,8 +191,7 @@ def stop_if_refused(what: str, res: Results, gave_up: str | None = None) -> None
                                                                              strict=True)}
         kind = kinds.pop() if len(kinds) == 1 else None
         if kind is not None:
-            msg = str(res["error"][0] or "").removeprefix(kind + ": ")[:160]
-            why = f"all {res.n} requests failed with {kind} ({msg})"
+            why = f"all {res.n} requests failed with {refused_as(kind, res['error'][0])}"
     if why is not None:
         raise InputError(f"{what}: {why}: {REFUSED_HINT}")
 

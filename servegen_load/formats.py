@@ -27,9 +27,9 @@ EXIT_OK = 0
 EXIT_FAIL = 1           # a verdict failed (gate, compare --max-distance) or a worker failed
 EXIT_INPUT = 2          # bad input: one line naming file, line, field
 EXIT_NO_SUCCESS = 3     # run: the schedule ended and not one request succeeded
-STOPPED = "servegen-load: stopped:"  # the line a run refused from its first answers exits 3 with
 EXIT_STORAGE = 4        # run: the results could not be written (disk full, file-size limit, closed pipe)
 EXIT_INTERRUPTED = 130  # run: stopped by SIGINT/SIGTERM (results still hold every scheduled request)
+STOPPED = "servegen-load: stopped:"  # how the line a refused run exits 3 with starts (`run.finish.refused_line`)
 
 Kind = Literal["pool", "requests", "results", "capacity", "summary", "scenario", "json", "jsonl", "text",
                "missing", "directory"]

@@ -193,16 +193,16 @@ def rows_of(res: Results, step_budget: int = 2048, segment: int = SEGMENT) -> Ro
         order = np.argsort(t_all, kind="stable")
         t_sorted = t_all[order]
         d_cum = np.concatenate([[0.0], np.cumsum(np.concatenate(ev_d)[order])]) if ev_t else np.zeros(1)
-        h_cum = np.concatenate([[0.0], np.cumsum(np.concatenate(ev_h)[order])]) if ev_t else np.zeros(1)
-        # tokens decoded beside another sequence (a step of two or more): Σ their context
-        n_dec = np.searchsorted(np.sort(first), t_sorted, side="left") - np.searchsorted(np.sort(last), t_sorted, side="left")
-        m_cum = (np.concatenate([[0.0], np.cumsum(np.concatenate(ev_h)[order] * (n_dec >= 2))]) if ev_t
-                 else np.zeros(1))
+        h_sorted = np.concatenate(ev_h)[order] if ev_t else np.zeros(0)
+        h_cum = np.concatenate([[0.0], np.cumsum(h_sorted)])
         pu_all = np.maximum(prompt - cach, 1.0)
         own_q = pu_all * (cach + pu_all / 2)
         f_sorted, (fU, fQ, fS) = _sorted_sums(first, prompt - cach, own_q,
                                               own_q + pu_all * decoding_context(first, last, prompt, ntok, first))
         l_sorted = np.sort(last)
+        # tokens decoded beside another sequence (a step of two or more): Σ their context
+        n_dec = np.searchsorted(f_sorted, t_sorted, side="left") - np.searchsorted(l_sorted, t_sorted, side="left")
+        m_cum = np.concatenate([[0.0], np.cumsum(h_sorted * (n_dec >= 2))])
 
         def at(cum: np.ndarray, t: np.ndarray, ts: np.ndarray = t_sorted) -> np.ndarray:
             return cum[np.searchsorted(ts, t, side="right")]

@@ -50,6 +50,7 @@ from ..results import Results
 from .fit import MIN_ROWS, NAMES, Fit, Rows, core, rows_of, summarize
 
 OPTIONAL = ("prefill_attention_s", "batch_context_s", "shared_attention_s")
+Q, BC, SHARED = (NAMES.index(n) for n in OPTIONAL)  # a_q over the prompt's own tokens, a_bc, a_q shared
 PAGED = ("vllm", "sglang")  # families whose KV is paged per sequence
 Z_KEEP = 2.0  # an optional term within two jackknife spreads of zero is not determined
 TRADE_OFF = 0.9
@@ -89,14 +90,18 @@ def mean_scale(y: np.ndarray, x: np.ndarray, kind: np.ndarray, steady: np.ndarra
 def candidates(present: list[int]) -> list[list[int]]:
     """The nested term sets (none, + a_q, + a_bc), then each one holding a_q again with a_q over a
     shared KV buffer in its place (`shared_or_own` chooses between those twins)."""
-    q, bc, shared = (NAMES.index(n) for n in OPTIONAL)
     out: list[list[int]] = [[]]
-    for j in (q, bc):
+    for j in (Q, BC):
         if j in present:
             out.append([*out[-1], j])
-    if shared in present:
-        out += [[shared if j == q else j for j in c] for c in out if q in c]
+    if SHARED in present:
+        out += [_swap(c, Q, SHARED) for c in out if Q in c]
     return out
+
+
+def _swap(terms: list[int], a: int, b: int) -> list[int]:
+    """`terms` with term `a` replaced by `b` (a set's twin over the other KV layout)."""
+    return [b if j == a else j for j in terms]
 
 
 def structure(x: np.ndarray, family: str | None) -> tuple[list[int], list[list[int]], set[int]]:
@@ -114,11 +119,10 @@ def structure(x: np.ndarray, family: str | None) -> tuple[list[int], list[list[i
         present = [j for j in present if NAMES[j] != "multi_context_s"]
     if family in PAGED:
         present = [j for j in present if NAMES[j] != "shared_attention_s"]
-    q, shared = NAMES.index(OPTIONAL[0]), NAMES.index(OPTIONAL[2])
-    if family == "llamacpp" and q in present:
+    if family == "llamacpp" and Q in present:
         fixed = {j for j in present if NAMES[j] in (*OPTIONAL, "multi_context_s")}
-        base = [j for j in present if j not in (q, shared)]
-        return base, [[q], [shared]] if shared in present else [[q]], fixed
+        base = [j for j in present if j not in (Q, SHARED)]
+        return base, [[Q], [SHARED]] if SHARED in present else [[Q]], fixed
     return [j for j in present if NAMES[j] not in OPTIONAL], candidates(present), set()
 
 
@@ -127,9 +131,8 @@ def shared_or_own(err: np.ndarray, cands: list[list[int]], ci: int, steady: int 
     all phases) better and is as good on all (`equivalent`): the two differ only where a prompt
     arrives beside decoding sequences, which sustained load does all the time and the short probe
     phases hardly (on llama.cpp here: steady phase 21 % against 24 %, all phases 22.5 against 21.9)."""
-    q, shared = NAMES.index(OPTIONAL[0]), NAMES.index(OPTIONAL[2])
-    twin = [shared if j == q else j for j in cands[ci]]
-    if q not in cands[ci] or twin not in cands:
+    twin = _swap(cands[ci], Q, SHARED)
+    if Q not in cands[ci] or twin not in cands:
         return ci
     tj = cands.index(twin)
     score = err[:, steady] if steady is not None else err.mean(1)
@@ -192,10 +195,10 @@ def choose(rows: Rows, ok: np.ndarray) -> Fit:
     steady_id = rows.phase_names.index("steady") if "steady" in rows.phase_names and not notes else None
     base, cands, fixed = structure(x, rows.family)
     if fixed:
-        notes.append(f"{rows.family}: {', '.join(NAMES[j] for j in sorted(fixed) if NAMES[j] != OPTIONAL[2])} "
+        notes.append(f"{rows.family}: {', '.join(NAMES[j] for j in sorted(fixed) if j != SHARED)} "
                      "always fitted (its engine pays them)")
     table: list[dict[str, object]] = []
-    ci = max((i for i, c in enumerate(cands) if NAMES.index(OPTIONAL[2]) not in c), default=0)
+    ci = max((i for i, c in enumerate(cands) if SHARED not in c), default=0)
     largest = ci
     chosen = cands[ci]  # too few phases to hold any out: every present term (a_q over its own prompt)
     draws: np.ndarray | None = None
@@ -205,8 +208,7 @@ def choose(rows: Rows, ok: np.ndarray) -> Fit:
         if err.shape[1] >= 3:
             ci, best = pick(err)
             ci = shared_or_own(err, cands, ci, kept.index(steady_id) if steady_id in kept else None)
-            q, shared = NAMES.index(OPTIONAL[0]), NAMES.index(OPTIONAL[2])
-            if shared in cands[ci] and (own := [q if j == shared else j for j in cands[ci]]) in cands:
+            if SHARED in cands[ci] and (own := _swap(cands[ci], SHARED, Q)) in cands:
                 o = cands.index(own)
                 where = (f"steady phase {err[o, kept.index(steady_id)]:.1%} own, {err[ci, kept.index(steady_id)]:.1%} "
                          "shared" if steady_id in kept else f"all phases {err[o].mean():.1%} own, {err[ci].mean():.1%} shared")

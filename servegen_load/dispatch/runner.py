@@ -88,6 +88,11 @@ def refusal(status: str | None, http_status: float | None) -> str | None:
     return "protocol_error" if status == "protocol_error" else None
 
 
+def refused_as(kind: str, error: str | None) -> str:
+    """A refusal and the server's message, for the one line a refused run stops with."""
+    return f"{kind} ({(error or '').removeprefix(kind + ': ')[:160]})"
+
+
 @dataclass
 class RunConfig:
     """Everything a run needs besides its requests. `endpoint` is a base URL (`/v1` optional)."""
@@ -359,8 +364,7 @@ class Runner:
         self._watch_kind = kind
         if self.done >= self._watch:
             self._watch = 0
-            self.gave_up = (f"the first {self.done} requests all failed with {kind} "
-                            f"({(f.error or '').removeprefix(kind + ': ')[:160]})")
+            self.gave_up = f"the first {self.done} requests all failed with {refused_as(kind, f.error)}"
             self.stop(f"stopped: {self.gave_up}")
 
     # --- stopping ---

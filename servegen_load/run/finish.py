@@ -14,10 +14,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..formats import EXIT_FAIL, EXIT_INTERRUPTED, EXIT_NO_SUCCESS
+from ..formats import EXIT_FAIL, EXIT_INTERRUPTED, EXIT_NO_SUCCESS, STOPPED
 from ..metrics.summary import Summary
 from .spec import RunSpec
 from .target import redact
+
+
+def refused_line(why: str, who: str | None = None) -> str:
+    """The line a run the endpoint refused from its first answers exits 3 with (`runner.gave_up`);
+    `who`: the shard that saw it."""
+    from ..dispatch.runner import REFUSED_HINT
+
+    return f"{STOPPED} {who + ': ' if who else ''}{why}: {REFUSED_HINT} (exit {EXIT_NO_SUCCESS})"
 
 
 def run_header(spec: RunSpec, endpoint: str, model: str) -> str:

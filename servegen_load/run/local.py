@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from ..dispatch.limits import Limits, Timeouts
-from ..dispatch.runner import GIVE_UP_AFTER, REFUSED_HINT, RunConfig
-from ..formats import EXIT_INTERRUPTED, EXIT_NO_SUCCESS, EXIT_STORAGE, STOPPED
+from ..dispatch.runner import GIVE_UP_AFTER, RunConfig
+from ..formats import EXIT_INTERRUPTED, EXIT_NO_SUCCESS, EXIT_STORAGE
 from .barrier import StartWithdrawn
-from .finish import check_slos, exit_code, publish_summary, run_header
+from .finish import check_slos, exit_code, publish_summary, refused_line, run_header
 from .source import Opened, open_source
 from .spec import RunSpec
 from .target import Target, api_key_of, resolve_target, safe_argv
@@ -122,6 +122,6 @@ def run_local(spec: RunSpec, outputs: Any, argv: list[str]) -> int:
             raise outcome.input_error
         holds = outcome.interrupted or check_slos(spec, Path(readback), opened.info.get("slo", []))
     if outcome.gave_up is not None:
-        print(f"{STOPPED} {outcome.gave_up}: {REFUSED_HINT} (exit {EXIT_NO_SUCCESS})", file=sys.stderr)
+        print(refused_line(outcome.gave_up), file=sys.stderr)
         return EXIT_NO_SUCCESS
     return exit_code(summary, spec, target.endpoint, interrupted=outcome.interrupted, slos_hold=holds)

@@ -58,9 +58,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..dispatch.runner import REFUSED_HINT
 from ..errors import InputError
-from ..formats import EXIT_NO_SUCCESS, STOPPED
+from ..formats import EXIT_NO_SUCCESS
 from .barrier import READY_TIMEOUT_S, choose_start
 from .spec import RunSpec
 
@@ -437,7 +436,7 @@ def _last_line(e: BaseException) -> str:
 def _finish(spec: RunSpec, specs: list[RunSpec], target: Any, out: Path, outputs: Any, parts: list[Path],
             parts_dir: Path, start: float, outcomes: dict[int, dict[str, Any]], failed: dict[int, str],
             argv: list[str], interrupted: bool) -> int:
-    from .finish import finish_merged
+    from .finish import finish_merged, refused_line
     from .workers import missing_lines, result_ids
 
     n = len(parts)
@@ -468,7 +467,7 @@ def _finish(spec: RunSpec, specs: list[RunSpec], target: Any, out: Path, outputs
     shutil.rmtree(parts_dir, ignore_errors=True)
     if refused:  # one shard's first answers were all one refusal: the rest were stopped
         i, why = refused[0]
-        print(f"{STOPPED} shard actor {i}/{n}: {why}: {REFUSED_HINT} (exit {EXIT_NO_SUCCESS})", file=sys.stderr)
+        print(refused_line(why, f"shard actor {i}/{n}"), file=sys.stderr)
         return EXIT_NO_SUCCESS
     return code
 
