@@ -1,7 +1,7 @@
 """Twin fidelity on real engines: calibrate, plan in virtual time, check against the real server.
 
     SERVEGEN_E2E_DIR=~/.cache/servegen-load/e2e python benchmarks/twin.py [--servers llamacpp,vllm]
-        [--calibrations 3] [--step-duration 30] [--check-seconds 120] [-o twin.json]
+        [--calibrations 3] [--step-duration 30] [--check-seconds 120] [--check-repeats 2] [-o twin.json]
 
 For each real server (llama.cpp via xllamacpp, vLLM CPU; tiny random models, started as the tests
 start them, `tests/real_servers.py`), through the CLI a user runs:
@@ -10,8 +10,10 @@ start them, `tests/real_servers.py`), through the CLI a user runs:
 2. `plan SCENARIO --compare naive` against the real server in real time, and against each twin
    in virtual time (capacity, knee, naive over-statement, replicas for `--peak`; wall seconds);
 3. the realistic scenario at 70% of the real knee (or of the real capacity when no step
-   saturated), a seed the plans did not use: measured once on the server (`calibrate --check`),
-   predicted by every twin: TTFT/TPOT/E2E p50/p90/p99 and their errors;
+   saturated), a seed the plans did not use: measured on the server (`calibrate --check`),
+   predicted by every twin: TTFT/TPOT/E2E p50/p90/p99 and their errors; then measured on the
+   server once more (`--check-repeats`): how far the server differs from itself on the very same
+   requests, the floor under any twin's error on this host;
 4. speed: a 14-step search over 1 h of pool time against the first twin (virtual vs real time).
 
 Everything runs on this (shared, 2-core) machine: the server, the load generator and, right now,
@@ -142,18 +144,34 @@ def one_server(name: str, a: argparse.Namespace, work: Path) -> dict[str, Any]:
         print(f"\n[{name}] fidelity at {frac_rate:.3g} req/s (70% of the real {'knee' if real['knee'] else 'capacity'} "
               f"{ref:.3g}; scenario rate at scale 1 was {base_rate}):\n{r.stdout}")
         meas = percentiles(read_results(str(measured)))
+        again = []
+        for k in range(1, a.check_repeats):
+            m2 = work / f"{name}-measured-{k + 1}.jsonl"
+            cli("calibrate", "--check", "--preset", str(presets[0]), "--endpoint", server.url, *fam,
+                str(check_scen), "--results", str(m2))
+            again.append(percentiles(read_results(str(m2))))
         reqs = list(iter_scenario_requests(str(check_scen)))
         table = []
         for p in presets:
             pred = percentiles(simulate_requests(get_preset(str(p)), reqs))
             table.append({m: {q: (pred[m][q] / meas[m][q] - 1) if meas[m][q] and pred[m][q] is not None else None
                               for q in (50, 90, 99)} for m in ("ttft", "tpot", "e2e")})
-        out["fidelity"] = {"rate": frac_rate, "measured": meas, "errors": table}
-        print(f"[{name}] prediction errors per calibration (predicted / measured - 1):")
-        print(f"  {'metric':8s} " + " ".join(f"{f'twin{i + 1}':>8s}" for i in range(len(table))))
+        floor = [{m: {q: (r[m][q] / meas[m][q] - 1) if meas[m][q] and r[m][q] is not None else None
+                      for q in (50, 90, 99)} for m in ("ttft", "tpot", "e2e")} for r in again]
+        out["fidelity"] = {"rate": frac_rate, "measured": meas, "errors": table, "real_again": floor}
+        print(f"[{name}] prediction errors per calibration (predicted / measured - 1)"
+              + (", and the server itself run again on the same requests (again / first - 1):" if floor else ":"))
+        print(f"  {'metric':8s} " + " ".join(f"{f'twin{i + 1}':>8s}" for i in range(len(table)))
+              + "".join(f" {f'real{i + 2}':>8s}" for i in range(len(floor))))
         for m in ("ttft", "tpot", "e2e"):
             for q in (50, 90, 99):
-                print(f"  {m}_p{q:<3d} " + " ".join(f"{_p(t[m][q]):>8s}" for t in table))
+                print(f"  {m}_p{q:<3d} " + " ".join(f"{_p(t[m][q]):>8s}" for t in table)
+                      + "".join(f" {_p(f[m][q]):>8s}" for f in floor))
+        if floor:
+            twin_err = [abs(t[m][q]) for t in table for m in t for q in t[m] if t[m][q] is not None]
+            real_err = [abs(f[m][q]) for f in floor for m in f for q in f[m] if f[m][q] is not None]
+            print(f"  mean |error|: twins {statistics.mean(twin_err):.1%}, the server against itself "
+                  f"{statistics.mean(real_err):.1%}")
     finally:
         server.process.stop()
         gen.close()
@@ -196,6 +214,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=float, default=5.0)
     ap.add_argument("--max-steps", type=int, default=8)
     ap.add_argument("--check-seconds", type=float, default=120.0)
+    ap.add_argument("--check-repeats", type=int, default=2,
+                    help="times the check runs on the real server (2+: its run-to-run spread is printed)")
     ap.add_argument("--peak", type=float, default=50.0, help="peak req/s to size replicas for")
     ap.add_argument("-o", "--output", default="twin.json")
     a = ap.parse_args()

@@ -1,0 +1,73 @@
+"""A real llama.cpp probe and a real held-out run, kept as data (`tests/data/llamacpp/`).
+
+Measured on this project's 2-core host against `shared/servers/xllamacpp_server.py` (tiny
+model, `--parallel 8 --ctx 16384 --threads 1`; its log says `kv_unified = 'true'`):
+
+- `probe.tar.gz`: the results files of one `calibrate --endpoint ... --server-family llamacpp`
+  probe (73 s);
+- `check-0.82.jsonl.gz`: `calibrate --check` of the shipped m-large pool at 20:00, 0.82 req/s for
+  300 s (266 requests; TTFT p50 0.7 s, so queues form), run minutes later on the same server.
+
+What they pin down: a prompt that arrives while other sequences decode reads their KV cells too
+(the unified buffer), so sustained load costs far more than short bursts suggest. This probe's
+short phases fitted the per-sequence layout slightly better (held-out error 20.6 % against
+22.3 %), and the old selection kept it: its steady phase then ran 1.39 times the model, the
+step costs were scaled up by that, and the twin still put this check's TTFT p99 53 % low. The
+shared layout predicts the steady phase's time within 2 %; these tests fail on the old choice.
+The same server run twice on one scenario differed by 7-17 % per percentile, so the bound
+here is the host's noise plus a margin, not the issue's 9 %.
+"""
+
+from __future__ import annotations
+
+import gzip
+import subprocess
+import sys
+import tarfile
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from servegen_load.calibrate.command import percentiles
+from servegen_load.requests import Request
+from servegen_load.results import read_results
+from servegen_load.sim.presets import get_preset
+from servegen_load.sim.virtual import simulate_requests
+
+DATA = Path(__file__).parent / "data" / "llamacpp"
+CLI = [sys.executable, "-m", "servegen_load.cli"]
+N_CTX = 4096  # the server's context per slot (/props), which `calibrate --from` cannot ask for
+
+
+def _calibrate(tmp_path: Path) -> Path:
+    with tarfile.open(DATA / "probe.tar.gz") as tar:
+        tar.extractall(tmp_path, filter="data")
+    out = tmp_path / "twin.yaml"
+    p = subprocess.run([*CLI, "calibrate", "--from", *sorted(map(str, (tmp_path / "probeA").glob("*.jsonl"))),
+                        "-o", str(out)], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr[-2000:]
+    return out
+
+
+def test_a_real_llamacpp_probe_finds_its_shared_kv_buffer(tmp_path: Path) -> None:
+    import yaml
+
+    doc = yaml.safe_load(_calibrate(tmp_path).read_text())
+    notes = doc["calibration"]["notes"]
+    assert doc["shared_kv"] is True, notes
+    assert 0.85 <= doc["calibration"]["mean_scale"] <= 1.15, notes  # the model explains sustained load
+    assert any("unified KV cache" in n for n in notes), notes
+
+
+def test_its_twin_predicts_a_held_out_real_run(tmp_path: Path) -> None:
+    params = replace(get_preset(str(_calibrate(tmp_path))), max_model_len=N_CTX)
+    check = tmp_path / "check.jsonl"
+    check.write_bytes(gzip.decompress((DATA / "check-0.82.jsonl.gz").read_bytes()))
+    measured = read_results(str(check))
+    c = measured.cols
+    reqs = [Request(str(c["id"][i]), float(c["scheduled"][i]), "check", "language", int(c["input_tokens"][i]),
+                    int(c["output_tokens"][i])) for i in np.argsort(c["scheduled"], kind="stable")]
+    m, p = percentiles(measured), percentiles(simulate_requests(params, reqs))
+    errors = {f"{k}_p{q}": p[k][q] / m[k][q] - 1 for k in ("ttft", "tpot", "e2e") for q in (50, 90, 99)}
+    assert all(abs(e) <= 0.25 for e in errors.values()), errors
