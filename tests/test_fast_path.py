@@ -51,6 +51,10 @@ CASES: dict[str, tuple[bytes, str, int]] = {
                  "protocol_error", 3 + 2),
     "escaped_close_quote": (b"".join(GOOD[:3]) + _chunk(_event(b" x\\")) + GOOD[0], "protocol_error", 3 + 3),
     "not_sse": (GOOD[0] + _chunk(b"garbage line\n\n") + GOOD[1], "protocol_error", 3 + 1),
+    # a client far behind reads 100+ chunks at once: reads over 8 KiB, judged the same way
+    "large_batch": (b"".join(GOOD * 20), "ok", 3 + 80),
+    "large_batch_size_lie": (b"".join(GOOD * 20) + _chunk(_event(b" lie"), size=len(_event(b" lie")) - 1) + GOOD[0],
+                             "protocol_error", 3 + 80),
 }
 
 
@@ -110,3 +114,22 @@ def test_batched_token_chunks_are_judged_like_the_full_parse(server: Server, tmp
     _, status, counted = CASES[mode]
     assert [d["status"] for d in lines] == [status] * 3, [d["error"] for d in lines]
     assert [len(d["chunk_times"]) for d in lines] == [counted] * 3
+
+
+def test_a_read_of_many_chunks_takes_the_fast_path_whatever_its_size() -> None:
+    """80 token chunks in one read (9 KiB, a loop 400 ms late on a 5 ms stream) are taken in one
+    pass: reads over 8 KiB used to go through the strict loop at twice the cost per chunk, so a
+    client that fell behind fell further behind. A size lie anywhere in such a read is refused."""
+    from array import array
+
+    from servegen_load.dispatch.transports.raw import _fast_reads
+
+    pre = _event(b"")[:_event(b"").index(b'"text":"') + 8]
+    suf = _event(b"")[len(pre):] + b"\r\n"
+    read = b"".join(GOOD * 20)
+    assert len(read) > 8192
+    chunks = array("d")
+    assert _fast_reads(read, 1.5, (pre, len(pre), suf, -len(suf), chunks))
+    assert list(chunks) == [1.5] * 80
+    lie = b"".join(GOOD * 20) + _chunk(_event(b" lie"), size=len(_event(b" lie")) - 1) + GOOD[0]
+    assert not _fast_reads(lie, 2.0, (pre, len(pre), suf, -len(suf), chunks)) and len(chunks) == 80

@@ -23,7 +23,9 @@ The per-chunk path, cheapest first:
 2. `_fast_reads`: several whole template chunks in one read (the loop ran late): one split at the
    template suffix, then a lookup and a compare per chunk, so falling behind does not make a
    chunk dearer (`benchmarks/client_cost.py`: 1.0/0.77/0.66 µs per token at 2/4/8 chunks per
-   read, all of a request's Python work included; 0.58 at 1).
+   read, all of a request's Python work included; 0.58 at 1). Whatever the read's size: a client
+   far behind reads 100+ chunks at once, and reads over 8 KiB used to take the strict loop at
+   1.0 µs a token (0.61 at 32 chunks a read), so falling behind made it fall further behind.
 3. `_chunked`'s loop, for reads mixing template chunks with others (the last read: final token,
    usage, `[DONE]`): whole chunks with one `data:` event each, template match (about 1 µs) or
    one orjson parse (`stream.take_data`, about 2 µs).
@@ -154,16 +156,16 @@ def _fast_reads(data: bytes, t: float, fast: _Fast) -> bool:
     read passes; any other read goes to the strict path whole.
     """
     pre, lpre, suf, _, chunks = fast
-    n = len(data)
     ls = len(suf)
-    if n > _FAST_MAX or data[n - ls:] != suf:
+    if data[len(data) - ls:] != suf:
         return False
     parts = data.split(suf)
     parts.pop()  # the empty tail after the last suffix
     if len(parts) < 2:
         return False
     for p in parts:
-        head = _HEADS[len(p) + ls]
+        n = len(p) + ls
+        head = _HEADS[n] if n <= _FAST_MAX else None
         if head is None:
             return False
         lh = len(head)
