@@ -21,9 +21,10 @@ has not seen:
    holds a_q has a twin where prompts attend over a KV buffer shared by every sequence
    (llama.cpp's unified KV cache: a prompt arriving beside decoding sequences reads their cells
    too); of the two, the one whose prediction of the steady phase's total time is nearer the
-   measured one is kept, unless it predicts the held-out phases much worse (`shared_or_own`). Where the server family says what its engine pays, that comes first
-   (`structure`): llama.cpp always gets a_q, a_bc and a_m (context read dearer once two or
-   more sequences decode), vLLM and SGLang never the shared buffer or a_m;
+   measured one is kept, unless it predicts the held-out phases much worse (`shared_or_own`).
+   Where the server family says what its engine pays, that comes first (`structure`): llama.cpp
+   always gets a_q over the shared buffer, a_bc and a_m (context read dearer once two or more
+   sequences decode), vLLM and SGLang never the shared buffer or a_m;
 3. each parameter's spread is the jackknife over those leave-one-phase-out fits. Phases, not
    requests, are the unit: a busy neighbour slows a whole phase at once, so resampling requests
    (tried first) reported 3-5 % spreads on vLLM where three calibrations moved 25-40 %; the
