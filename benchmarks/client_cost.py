@@ -64,9 +64,13 @@ def response_reads(rid: int, n: int, chat: bool) -> list[bytes]:
     return reads
 
 
-def batched(reads: list[bytes], k: int) -> list[bytes]:
+def batched(reads: list[bytes], k: int, first: int = 0) -> list[bytes]:
     """The same bytes with the token chunks after the first two joined `k` to a read (the head,
-    the first chunks that teach the stream's template and the last read stay as they are)."""
+    the first chunks that teach the stream's template and the last read stay as they are); with
+    `first`, the head and the first `first` chunks come in one read (the stream began while the
+    loop ran late), the rest `k` to a read."""
+    if first:
+        return [b"".join(reads[:first + 1]), *batched(reads[first - 2:], k)[3:]] if first >= 2 else reads
     if k <= 1:
         return reads
     mid = reads[3:-1]
@@ -140,10 +144,13 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=5, help="rounds over the same responses (best is printed)")
     ap.add_argument("--chunks-per-read", type=int, default=1,
                     help="token chunks a read carries after the first two (a loop running late reads several)")
+    ap.add_argument("--first-read", type=int, default=0,
+                    help="the head and this many first chunks in one read (a stream that began while the loop ran late)")
     a = ap.parse_args()
     reqs = [Request(id=str(i), t=i * 1e-3, client="c", category="bench", input_tokens=100, output_tokens=a.tokens)
             for i in range(a.requests)]
-    reads = [batched(response_reads(i, a.tokens, a.api == "chat"), a.chunks_per_read) for i in range(a.requests)]
+    reads = [batched(response_reads(i, a.tokens, a.api == "chat"), a.chunks_per_read, a.first_read)
+             for i in range(a.requests)]
 
     async def rounds_in_a_loop() -> list[dict[str, float]]:  # the transport schedules on the running loop
         return [one_round(reqs, reads, a.api) for _ in range(a.repeat)]
@@ -152,7 +159,7 @@ def main() -> None:
     best = {k: min(r[k] for r in rounds) for k in rounds[0]}
     n, ntok = a.requests, best["tokens"]
     print(f"{Path(__file__).name}: {n} requests x {a.tokens} tokens, {a.api}, {a.chunks_per_read} chunks per read, "
-          f"best of {a.repeat}")
+          + (f"head and {a.first_read} chunks in the first read, " if a.first_read else "") + f"best of {a.repeat}")
     print(f"  build (body + HTTP bytes)   {best['build'] / n * 1e6:8.2f} µs/request")
     print(f"  read (protocol, per token)  {best['read'] / ntok * 1e6:8.3f} µs/token")
     print(f"  complete (result line)      {best['done'] / n * 1e6:8.2f} µs/request")

@@ -28,7 +28,9 @@ The per-chunk path, cheapest first:
    1.0 µs a token (0.61 at 32 chunks a read), so falling behind made it fall further behind.
 3. `_chunked`'s loop, for reads mixing template chunks with others (the last read: final token,
    usage, `[DONE]`): whole chunks with one `data:` event each, template match (about 1 µs) or
-   one orjson parse (`stream.take_data`, about 2 µs).
+   one orjson parse (`stream.take_data`, about 2 µs). Once a parse in it has taught the template
+   (a stream's first read when the loop ran late: head, first token and many more), the rest of
+   the read goes to `_fast_reads` whole if it ends like a template chunk.
 4. The general path: split chunks, several events per chunk, CRLF events, comments.
 
 Connections: a keep-alive pool (LIFO, unbounded: one socket per in-flight request). Before the
@@ -490,7 +492,17 @@ class _Conn(asyncio.Protocol):
             pos = 0
             n = len(data)
             find = data.find
+            bulk = True
             while pos < n:
+                if bulk and pos and f.tpl_pre is not None:
+                    # The template is known now (a stream that began while the loop ran late: its
+                    # head, first token and many more in one read): the rest in one pass if it is
+                    # all template chunks, as in `data_received`, not a chunk at a time.
+                    bulk = False
+                    pre, suf = f.tpl_pre, f.tpl_suf
+                    if data[n - len(suf):] == suf and _fast_reads(data[pos:], t, (pre, len(pre), suf, -len(suf),
+                                                                                  f.chunks)):
+                        return
                 i = find(b"\r\n", pos)
                 if i < 0 or i - pos > 8:
                     break
