@@ -499,9 +499,8 @@ class _Conn(asyncio.Protocol):
                     # head, first token and many more in one read): the rest in one pass if it is
                     # all template chunks, as in `data_received`, not a chunk at a time.
                     bulk = False
-                    pre, suf = f.tpl_pre, f.tpl_suf
-                    if data[n - len(suf):] == suf and _fast_reads(data[pos:], t, (pre, len(pre), suf, -len(suf),
-                                                                                  f.chunks)):
+                    tp, ts = f.tpl_pre, f.tpl_suf
+                    if data[n - len(ts):] == ts and _fast_reads(data[pos:], t, (tp, len(tp), ts, -len(ts), f.chunks)):
                         return
                 i = find(b"\r\n", pos)
                 if i < 0 or i - pos > 8:
