@@ -149,6 +149,11 @@ _SIZES = {b"%x" % _n: _n for _n in range(_FAST_MAX + 1)}
 _Fast = tuple[bytes, int, bytes, int, "array[float]"]
 
 
+def _fast_of(pre: bytes, suf: bytes, chunks: array[float]) -> _Fast:
+    """The fast paths' view of a flight's learned template (see `_Fast`)."""
+    return pre, len(pre), suf, -len(suf), chunks
+
+
 def _fast_reads(data: bytes, t: float, fast: _Fast) -> bool:
     """Several whole template chunks in one read (the loop ran late); True if taken.
 
@@ -287,9 +292,7 @@ class _Conn(asyncio.Protocol):
         if (f is None or self.state != _CHUNKED or not self.ok or self.rbuf or self.rem or f.sse_buf
                 or f.tpl_pre is None or f.status is not None):
             return
-        pre = f.tpl_pre
-        suf = f.tpl_suf
-        self.fast = (pre, len(pre), suf, -len(suf), f.chunks)
+        self.fast = _fast_of(f.tpl_pre, f.tpl_suf, f.chunks)
 
     def eof_received(self) -> bool:
         return False
@@ -499,8 +502,8 @@ class _Conn(asyncio.Protocol):
                     # head, first token and many more in one read): the rest in one pass if it is
                     # all template chunks, as in `data_received`, not a chunk at a time.
                     bulk = False
-                    tp, ts = f.tpl_pre, f.tpl_suf
-                    if data[n - len(ts):] == ts and _fast_reads(data[pos:], t, (tp, len(tp), ts, -len(ts), f.chunks)):
+                    ts = f.tpl_suf  # checked here first: the copy below only for a read that may pass
+                    if data[n - len(ts):] == ts and _fast_reads(data[pos:], t, _fast_of(f.tpl_pre, ts, f.chunks)):
                         return
                 i = find(b"\r\n", pos)
                 if i < 0 or i - pos > 8:
