@@ -151,13 +151,8 @@ def one_server(name: str, a: argparse.Namespace, work: Path) -> dict[str, Any]:
                 str(check_scen), "--results", str(m2))
             again.append(percentiles(read_results(str(m2))))
         reqs = list(iter_scenario_requests(str(check_scen)))
-        table = []
-        for p in presets:
-            pred = percentiles(simulate_requests(get_preset(str(p)), reqs))
-            table.append({m: {q: (pred[m][q] / meas[m][q] - 1) if meas[m][q] and pred[m][q] is not None else None
-                              for q in (50, 90, 99)} for m in ("ttft", "tpot", "e2e")})
-        floor = [{m: {q: (r[m][q] / meas[m][q] - 1) if meas[m][q] and r[m][q] is not None else None
-                      for q in (50, 90, 99)} for m in ("ttft", "tpot", "e2e")} for r in again]
+        table = [_errors(percentiles(simulate_requests(get_preset(str(p)), reqs)), meas) for p in presets]
+        floor = [_errors(r, meas) for r in again]
         out["fidelity"] = {"rate": frac_rate, "measured": meas, "errors": table, "real_again": floor}
         print(f"[{name}] prediction errors per calibration (predicted / measured - 1)"
               + (", and the server itself run again on the same requests (again / first - 1):" if floor else ":"))
@@ -168,10 +163,7 @@ def one_server(name: str, a: argparse.Namespace, work: Path) -> dict[str, Any]:
                 print(f"  {m}_p{q:<3d} " + " ".join(f"{_p(t[m][q]):>8s}" for t in table)
                       + "".join(f" {_p(f[m][q]):>8s}" for f in floor))
         if floor:
-            twin_err = [abs(t[m][q]) for t in table for m in t for q in t[m] if t[m][q] is not None]
-            real_err = [abs(f[m][q]) for f in floor for m in f for q in f[m] if f[m][q] is not None]
-            print(f"  mean |error|: twins {statistics.mean(twin_err):.1%}, the server against itself "
-                  f"{statistics.mean(real_err):.1%}")
+            print(f"  mean |error|: twins {_mean_abs(table):.1%}, the server against itself {_mean_abs(floor):.1%}")
     finally:
         server.process.stop()
         gen.close()
@@ -190,6 +182,16 @@ def speed(preset: Path, work: Path) -> dict[str, Any]:
     print(f"\nspeed: {len(d['plan']['steps'])} steps over 1 h of m-large pool time each: {sim_s:,.0f} s of load "
           f"in {wall:.1f} s of wall time (CLI included) = {sim_s / wall:,.0f}x faster than real time")
     return {"steps": len(d["plan"]["steps"]), "simulated_seconds": sim_s, "wall_seconds": wall}
+
+
+def _errors(got: dict[str, Any], meas: dict[str, Any]) -> dict[str, dict[int, float | None]]:
+    """got / measured - 1 for TTFT/TPOT/E2E p50/p90/p99 (None where either is missing)."""
+    return {m: {q: (got[m][q] / meas[m][q] - 1) if meas[m][q] and got[m][q] is not None else None
+                for q in (50, 90, 99)} for m in ("ttft", "tpot", "e2e")}
+
+
+def _mean_abs(tables: list[dict[str, dict[int, float | None]]]) -> float:
+    return statistics.mean(abs(v) for t in tables for row in t.values() for v in row.values() if v is not None)
 
 
 def _r(v: float | None) -> str:
