@@ -28,6 +28,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from servegen_load.calibrate.command import percentiles
 from servegen_load.requests import Request
@@ -40,28 +41,31 @@ CLI = [sys.executable, "-m", "servegen_load.cli"]
 N_CTX = 4096  # the server's context per slot (/props), which `calibrate --from` cannot ask for
 
 
-def _calibrate(tmp_path: Path) -> Path:
+@pytest.fixture(scope="module")
+def twin(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`calibrate --from` the kept probe, once for both tests."""
+    tmp = tmp_path_factory.mktemp("llamacpp")
     with tarfile.open(DATA / "probe.tar.gz") as tar:
-        tar.extractall(tmp_path, filter="data")
-    out = tmp_path / "twin.yaml"
-    p = subprocess.run([*CLI, "calibrate", "--from", *sorted(map(str, (tmp_path / "probeA").glob("*.jsonl"))),
+        tar.extractall(tmp, filter="data")
+    out = tmp / "twin.yaml"
+    p = subprocess.run([*CLI, "calibrate", "--from", *sorted(map(str, (tmp / "probeA").glob("*.jsonl"))),
                         "-o", str(out)], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr[-2000:]
     return out
 
 
-def test_a_real_llamacpp_probe_finds_its_shared_kv_buffer(tmp_path: Path) -> None:
+def test_a_real_llamacpp_probe_finds_its_shared_kv_buffer(twin: Path) -> None:
     import yaml
 
-    doc = yaml.safe_load(_calibrate(tmp_path).read_text())
+    doc = yaml.safe_load(twin.read_text())
     notes = doc["calibration"]["notes"]
     assert doc["shared_kv"] is True, notes
     assert 0.85 <= doc["calibration"]["mean_scale"] <= 1.15, notes  # the model explains sustained load
     assert any("unified KV cache" in n for n in notes), notes
 
 
-def test_its_twin_predicts_a_held_out_real_run(tmp_path: Path) -> None:
-    params = replace(get_preset(str(_calibrate(tmp_path))), max_model_len=N_CTX)
+def test_its_twin_predicts_a_held_out_real_run(twin: Path, tmp_path: Path) -> None:
+    params = replace(get_preset(str(twin)), max_model_len=N_CTX)
     check = tmp_path / "check.jsonl"
     check.write_bytes(gzip.decompress((DATA / "check-0.82.jsonl.gz").read_bytes()))
     measured = read_results(str(check))
