@@ -1,12 +1,12 @@
 """Twin fidelity on real engines: calibrate, plan in virtual time, check against the real server.
 
     SERVEGEN_E2E_DIR=~/.cache/servegen-load/e2e python benchmarks/twin.py [--servers llamacpp,vllm]
-        [--calibrations 3] [--step-duration 30] [--check-seconds 120] [--check-repeats 2] [-o twin.json]
+        [--calibrations 3] [--rounds 3] [--step-duration 30] [--check-seconds 120] [--check-repeats 2] [-o twin.json]
 
 For each real server (llama.cpp via xllamacpp, vLLM CPU; tiny random models, started as the tests
 start them, `tests/real_servers.py`), through the CLI a user runs:
 
-1. `calibrate --endpoint` N times (stability: each parameter's mean and spread over the N);
+1. `calibrate --endpoint --rounds R` N times (stability: each parameter's mean and spread over the N);
 2. `plan SCENARIO --compare naive` against the real server in real time, and against each twin
    in virtual time (capacity, knee, naive over-statement, replicas for `--peak`; wall seconds);
 3. the realistic scenario at 70% of the real knee (or of the real capacity when no step
@@ -91,7 +91,7 @@ def one_server(name: str, a: argparse.Namespace, work: Path) -> dict[str, Any]:
             p = work / f"{name}-cal{i + 1}.yaml"
             t = time.perf_counter()
             r = cli("calibrate", "--endpoint", server.url, *fam, "--probe-concurrency", str(a.probe_concurrency),
-                    "-o", str(p))
+                    "--rounds", str(a.rounds), "-o", str(p))
             print(f"\n[{name}] calibration {i + 1} ({time.perf_counter() - t:.0f} s)\n{r.stdout}", flush=True)
             presets.append(p)
         vals = {k: [getattr(get_preset(str(p)), k) for p in presets] for k in PARAMS}
@@ -211,6 +211,7 @@ def main() -> None:
     ap.add_argument("--servers", default="llamacpp,vllm")
     ap.add_argument("--calibrations", type=int, default=3)
     ap.add_argument("--probe-concurrency", type=int, default=24)
+    ap.add_argument("--rounds", type=int, default=3, help="probes per calibration (`calibrate --rounds`)")
     ap.add_argument("--rate", type=float, default=1.0, help="the plan scenario's rate at scale 1 (req/s)")
     ap.add_argument("--step-duration", type=float, default=30.0)
     ap.add_argument("--warmup", type=float, default=5.0)

@@ -568,7 +568,7 @@ def plan_cmd(
 def calibrate_cmd(
     paths: list[str] = typer.Argument(None, help="With --from: results files to fit; with --check: the held-out scenario."),  # noqa: B008
     endpoint: str | None = typer.Option(None, "--endpoint", help="OpenAI-compatible base URL to probe (or to check against)."),
-    from_results: bool = typer.Option(False, "--from", help="Fit the results files given as arguments instead of probing (streamed runs with chunk times, e.g. a kept --probe-dir)."),
+    from_results: bool = typer.Option(False, "--from", help="Fit the results files given as arguments instead of probing (streamed runs with chunk times); directories are rounds (a kept --probe-dir, or one directory per probe)."),
     output: str = typer.Option("calibrated.yaml", "-o", "--output", help="The preset YAML to write."),
     model: str | None = typer.Option(None, "--model", help="Model name (default: the endpoint's first model)."),
     server_family: str | None = typer.Option(None, "--server-family", help="vllm, sglang, llamacpp, openai, sim (how exact output lengths are asked for; default vllm)."),
@@ -579,6 +579,7 @@ def calibrate_cmd(
     probe_max_prompt: int = typer.Option(2048, "--probe-max-prompt", help="Longest probe prompt (the long bursts use half); keep it near your traffic's long prompts."),
     probe_budget: float = typer.Option(180.0, "--probe-budget", help="Seconds the probe may take before noisy phases stop being repeated."),
     probe_steady: float = typer.Option(30.0, "--probe-steady", help="Seconds of steady open-loop load at the end of the probe (its mean step time scales the twin's step costs; 0: none)."),
+    rounds: int = typer.Option(3, "--rounds", help="Probes run back to back, each fitted; the preset is the round whose saturation rate is the median (a round in a slow or fast spell of the host is outvoted)."),
     check: bool = typer.Option(False, "--check", help="Replay SCENARIO on --endpoint and on --preset's twin; print predicted vs measured."),
     preset: str | None = typer.Option(None, "--preset", help="With --check: the calibrated preset YAML."),
     slo: list[str] = typer.Option([], "--slo", help="With --check: also plan both with these SLOs and compare capacities (repeatable)."),  # noqa: B008
@@ -616,7 +617,7 @@ def calibrate_cmd(
                             server_family=server_family, api_key=key, probe_dir=probe_dir,
                             max_concurrency=probe_concurrency, probe_output=probe_output,
                             probe_max_prompt=probe_max_prompt, probe_budget=probe_budget,
-                            probe_steady=probe_steady)
+                            probe_steady=probe_steady, rounds=rounds)
     if as_json:
         with atomic_write(as_json) as fh:
             fh.write(json.dumps(doc, indent=2, default=str) + "\n")

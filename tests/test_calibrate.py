@@ -46,7 +46,7 @@ def test_calibrate_recovers_a_known_preset(tmp_path: Path) -> None:
     out, probe = tmp_path / "fitted.yaml", tmp_path / "probe"
     with SimProcess(str(known)) as sim:
         p = subprocess.run([*CLI, "calibrate", "--endpoint", sim.url, "--server-family", "sim",
-                            "--probe-dir", str(probe), "--probe-steady", "8", "-o", str(out)],
+                            "--probe-dir", str(probe), "--probe-steady", "8", "--rounds", "1", "-o", str(out)],
                            capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
     # the steady phase ran open-loop at 60 % of the saturation rate the short phases predicted
@@ -149,12 +149,21 @@ def test_virtual_plan_agrees_with_the_real_time_plan(tmp_path: Path) -> None:
 
 @pytest.mark.timeout(300)
 def test_calibrate_real_llamacpp_writes_a_loadable_preset(llamacpp_server, tmp_path: Path) -> None:
-    out = tmp_path / "llama.yaml"
+    out, probe = tmp_path / "llama.yaml", tmp_path / "probe"
     p = subprocess.run([*CLI, "calibrate", "--endpoint", llamacpp_server.url, "--server-family", "llamacpp",
                         "--probe-concurrency", "10", "--probe-output", "16", "--probe-max-prompt", "512",
-                        "--probe-steady", "5", "-o", str(out)],
+                        "--probe-steady", "5", "--rounds", "2", "--probe-dir", str(probe), "-o", str(out)],
                        capture_output=True, text=True, timeout=280)
     assert p.returncode == 0, p.stderr[-3000:]
+    # two probes, each fitted; the slower one kept (the lower of the middle two)
+    rounds = yaml.safe_load(out.read_text())["calibration"]["rounds"]
+    assert rounds["saturation_rates"][rounds["kept"] - 1] == min(rounds["saturation_rates"]), rounds
+    assert "round 2 of 2" in p.stderr and "kept round" in p.stdout
+    again = tmp_path / "again.yaml"  # the kept --probe-dir refits round by round
+    q = subprocess.run([*CLI, "calibrate", "--from", str(probe), "-o", str(again)], capture_output=True, text=True,
+                       timeout=120)
+    assert q.returncode == 0, q.stderr[-2000:]
+    assert len(yaml.safe_load(again.read_text())["calibration"]["rounds"]["saturation_rates"]) == 2
     fitted = get_preset(str(out))
     assert fitted.max_num_seqs == 8 and fitted.max_model_len > 0  # llama.cpp /props: --parallel 8
     assert fitted.prefill_token_s + fitted.prefill_attention_s > 0

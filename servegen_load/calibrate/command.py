@@ -1,7 +1,8 @@
 """`servegen-load calibrate`: fit a twin of an endpoint, and check it against the real thing.
 
-    calibrate --endpoint URL -o mine.yaml        probe (a minute or two), fit, write the preset
-    calibrate --from probe/*.jsonl -o mine.yaml  fit results files already measured
+    calibrate --endpoint URL -o mine.yaml        probe (a minute or two a round, 3 rounds), fit each
+                                                 round, write the median round's preset
+    calibrate --from probe/ -o mine.yaml         fit results already measured (directories: rounds)
     calibrate --check --preset mine.yaml --endpoint URL SCENARIO
                                                  replay SCENARIO on both; predicted vs measured
 """
@@ -13,13 +14,16 @@ import math
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import InputError
+from ..results import read_results
 from .fit import NAMES, Fit
+from .select import fit_results
 
 LABELS = {"request_overhead_s": "request overhead", "step_base_s": "step base t0",
           "prefill_token_s": "prefill per token a_p", "decode_seq_s": "decode per sequence a_d",
@@ -65,16 +69,56 @@ def format_fit(fit: Fit, params: Any, sources: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
+SPREAD_WARN = 0.15  # rounds whose saturation rates spread more than this (of the median) get a warning
+
+
+@dataclass
+class Round:
+    """One probe's fit: its preset parameters and the saturation rate rounds are ranked by."""
+
+    inputs: list[str]
+    requests: int
+    fit: Fit
+    params: Any
+    sources: dict[str, str]
+    saturation: float
+
+
+def round_inputs(paths: list[str]) -> list[list[str]]:
+    """`--from` arguments as rounds: results files are one round; each directory is one (its
+    `*.jsonl`), or, holding none, each of its `round-*` subdirectories (a multi-round `--probe-dir`)."""
+    dirs = [Path(p) for p in paths if Path(p).is_dir()]
+    if not dirs:
+        return [paths]
+    if len(dirs) != len(paths):
+        raise InputError("give --from either results files (one probe) or directories (one probe each), not both")
+    rounds: list[list[str]] = []
+    for d in dirs:
+        files = sorted(str(f) for f in d.glob("*.jsonl"))
+        subs = [sorted(str(f) for f in s.glob("*.jsonl")) for s in sorted(d.glob("round-*")) if s.is_dir()]
+        found = [files] if files else [f for f in subs if f]
+        if not found:
+            raise InputError(f"{d}: no results files (*.jsonl) in it or in its round-* directories")
+        rounds += found
+    return rounds
+
+
+def median_round(rounds: list[Round]) -> int:
+    """The round whose saturation rate is the median (the lower of the middle two): a probe run in
+    a slow or fast spell of the host is outvoted by the others, and its parameters are never mixed in."""
+    order = sorted(range(len(rounds)), key=lambda i: rounds[i].saturation)
+    return order[(len(order) - 1) // 2]
+
+
 def calibrate(*, endpoint: str | None, inputs: list[str], output: str, model: str | None,
               server_family: str | None, api_key: str | None, probe_dir: str | None,
               max_concurrency: int, probe_output: int, probe_max_prompt: int = 2048,
-              probe_budget: float = 180.0, probe_steady: float = 30.0) -> dict[str, Any]:
-    """Probe (or read) timings, fit the engine model, write the preset; the preset document."""
-    from ..results import read_results
+              probe_budget: float = 180.0, probe_steady: float = 30.0, rounds: int = 3) -> dict[str, Any]:
+    """Probe (or read) timings, fit the engine model per round, write the median round's preset;
+    the preset document."""
     from .fit import cache_block
     from .preset import build_params, preset_doc, write_preset
     from .probe import CACHE_SHARED, prompt_room, run_probe, server_limits
-    from .select import fit_results
 
     if (endpoint is None) == (not inputs):
         raise InputError("give either --endpoint URL (probe it) or --from RESULTS... (fit measured results)")
@@ -88,6 +132,8 @@ def calibrate(*, endpoint: str | None, inputs: list[str], output: str, model: st
         raise InputError("expected a positive number of seconds", field="--probe-budget")
     if not probe_steady >= 0:
         raise InputError("expected 0 (no steady phase) or more seconds", field="--probe-steady")
+    if rounds < 1:
+        raise InputError("expected at least 1", field="--rounds")
     limits: dict[str, Any] = {}
     shared = None
     tmp = None
@@ -100,30 +146,50 @@ def calibrate(*, endpoint: str | None, inputs: list[str], output: str, model: st
             if probe_dir is None:
                 tmp = tempfile.TemporaryDirectory(prefix="servegen-calibrate-")
                 probe_dir = tmp.name
-            family = server_family or "vllm"
-            paths = run_probe(endpoint, model, family, Path(probe_dir),
-                              api_key=api_key, max_model_len=int(limits.get("max_model_len") or 4096),
-                              max_concurrency=max_concurrency, output=probe_output, max_prompt=probe_max_prompt,
-                              budget_s=probe_budget, steady_s=probe_steady, limits=limits, log=_log)
-            inputs = [str(p) for p in paths]
+            groups = []
+            for r in range(rounds):
+                if rounds > 1:
+                    _log(f"calibrate: round {r + 1} of {rounds}")
+                outdir = Path(probe_dir) / f"round-{r + 1}" if rounds > 1 else Path(probe_dir)
+                paths = run_probe(endpoint, model, server_family or "vllm", outdir, api_key=api_key,
+                                  max_model_len=int(limits.get("max_model_len") or 4096),
+                                  max_concurrency=max_concurrency, output=probe_output, max_prompt=probe_max_prompt,
+                                  budget_s=probe_budget, steady_s=probe_steady, limits=limits, log=_log)
+                groups.append([str(p) for p in paths])
             shared = min(CACHE_SHARED, prompt_room(int(limits.get("max_model_len") or 4096), probe_output,
                                                    probe_max_prompt) // 2)
             _log(f"calibrate: probe took {time.perf_counter() - t0:.1f} s"
                  + (f"; results kept in {probe_dir}" if tmp is None else ""))
-        res = read_results(*inputs)
-        headers = res.headers
-        if model is None:
-            model = next((h.get("model") for h in headers if h.get("model")), None) or "calibrated"
-        fit, rows = fit_results(res, int(limits.get("max_num_batched_tokens") or 2048))
-        cache = cache_block(rows.cached, shared)
-        params, sources = build_params(fit, limits, model, cache=cache)
-        doc = preset_doc(params, fit, sources, endpoint=endpoint, inputs=inputs if tmp is None else [])
+        else:
+            groups = round_inputs(inputs)
+        fitted = []
+        for files in groups:
+            res = read_results(*files)
+            name = model or next((h.get("model") for h in res.headers if h.get("model")), None) or "calibrated"
+            fit, rows = fit_results(res, int(limits.get("max_num_batched_tokens") or 2048))
+            params, sources = build_params(fit, limits, name, cache=cache_block(rows.cached, shared))
+            fitted.append(Round(files, res.n, fit, params, sources, params.saturation_rate(1000, 200)))
+        k = median_round(fitted)
+        kept = fitted[k]
+        doc = preset_doc(kept.params, kept.fit, kept.sources, endpoint=endpoint,
+                         inputs=kept.inputs if tmp is None else [])
+        if len(fitted) > 1:
+            sats = [r.saturation for r in fitted]
+            spread = (max(sats) - min(sats)) / kept.saturation
+            doc["calibration"]["rounds"] = {"saturation_rates": sats, "kept": k + 1, "spread": spread}
         write_preset(output, doc)
-        print(f"calibrated engine model of {endpoint or f'{len(inputs)} results file(s)'} "
-              f"({res.n} requests) -> {output}")
-        print(format_fit(fit, params, sources))
-        sat = params.saturation_rate(1000, 200)
-        print(f"saturation at 1000 prompt / 200 output tokens: {sat:.3g} req/s; "
+        print(f"calibrated engine model of {endpoint or f'{sum(map(len, groups))} results file(s)'} "
+              f"({kept.requests} requests{f', round {k + 1} of {len(fitted)}' if len(fitted) > 1 else ''}) "
+              f"-> {output}")
+        print(format_fit(kept.fit, kept.params, kept.sources))
+        if len(fitted) > 1:
+            print(f"rounds: saturation at 1000 prompt / 200 output tokens {', '.join(f'{s:.3g}' for s in sats)} "
+                  f"req/s; kept round {k + 1} (the median), spread {spread:.0%} of it")
+            if spread > SPREAD_WARN:
+                print(f"  warning: the rounds differ by {spread:.0%} of the median (a busy host, a shared GPU, a "
+                      "scaling event?): plans follow the median round; run `calibrate --check` before trusting "
+                      "them, and calibrate again when the host is quiet")
+        print(f"saturation at 1000 prompt / 200 output tokens: {kept.saturation:.3g} req/s; "
               f"`servegen-load plan SCENARIO --preset {output} --slo ...` plans it in virtual time")
         return doc
     finally:
@@ -148,7 +214,6 @@ def check(*, preset: str, endpoint: str, scenario: str, model: str | None, serve
           api_key: str | None, results: str | None, slos: Any = None, step_duration: float = 20.0,
           warmup: float = 3.0, max_steps: int = 8) -> dict[str, Any]:
     """Replay `scenario` on the endpoint and on the twin; print predicted vs measured."""
-    from ..results import read_results
     from ..run import run
     from ..run.spec import RunSpec
     from ..sim.config import build_config
