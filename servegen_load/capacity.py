@@ -492,6 +492,13 @@ def plan_capacity(scenario_path: str, slos: SLOSet, opts: PlanOptions, *, compar
     scenario = load_scenario(scenario_path)
     if compare_naive and scenario.kind != "realistic":
         raise InputError("--compare naive needs a realistic scenario (pool/pools)", path=scenario.path)
+    from .calibrate.preset import SPREAD_WARN, calibration_rounds
+
+    rounds = calibration_rounds(opts.preset) if opts.virtual and not opts.endpoint else None
+    if rounds and rounds["spread"] > SPREAD_WARN:
+        opts.log(f"plan: {opts.preset} was calibrated in {len(rounds['saturation_rates'])} rounds whose saturation "
+                 f"rates spread {rounds['spread']:.0%} (the endpoint's speed varied while it was probed): read "
+                 "these capacities as uncertain by about that much")
     tmp = None
     if opts.results_dir:
         workdir = Path(opts.results_dir)
@@ -510,7 +517,8 @@ def plan_capacity(scenario_path: str, slos: SLOSet, opts: PlanOptions, *, compar
                         "start_scale": opts.start_scale, "endpoint": opts.endpoint,
                         "preset": None if opts.endpoint else (opts.preset or "llama3-8b-h100"),
                         "sim_time_scale": None if opts.endpoint else opts.sim_time_scale,
-                        "sim_params": opts.sim_params or None, "clock": "virtual" if opts.virtual else "real"},
+                        "sim_params": opts.sim_params or None, "clock": "virtual" if opts.virtual else "real",
+                        "calibration_rounds": rounds},
             "plan": main,
         }
         cap = main["capacity"]["rate"]

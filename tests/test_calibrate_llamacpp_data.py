@@ -25,6 +25,7 @@ here is the host's noise plus a margin, not the issue's 9 %.
 from __future__ import annotations
 
 import gzip
+import json
 import subprocess
 import sys
 import tarfile
@@ -104,3 +105,11 @@ def test_a_probe_run_in_a_slow_spell_of_the_host_is_outvoted_by_the_other_rounds
     assert "warning: the rounds differ" in p.stdout and "kept round" in p.stdout, p.stdout
     errors = held_out_errors(voted, tmp_path)
     assert all(abs(e) <= 0.25 for e in errors.values()), errors
+    # a plan against the twin says how far apart its rounds were, on the terminal and in its JSON
+    scen, plan = tmp_path / "m-large.yaml", tmp_path / "plan.json"
+    scen.write_text('pool: m-large\nstart: "20:00"\nduration: 600\nrate: 1\nseed: 2\n')
+    q = subprocess.run([*CLI, "plan", str(scen), "--preset", str(voted), "--slo", "ttft_p90<=2s", "--max-steps", "3",
+                        "-o", str(plan)], capture_output=True, text=True, timeout=120)
+    assert q.returncode == 0, q.stderr[-2000:]
+    assert f"3 rounds whose saturation rates spread {rounds['spread']:.0%}" in q.stderr, q.stderr
+    assert json.loads(plan.read_text())["options"]["calibration_rounds"]["kept"] == rounds["kept"]

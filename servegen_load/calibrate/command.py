@@ -69,9 +69,6 @@ def format_fit(fit: Fit, params: Any, sources: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
-SPREAD_WARN = 0.15  # rounds whose saturation rates spread more than this (of the median) get a warning
-
-
 @dataclass
 class Round:
     """One probe's fit: its preset parameters and the saturation rate rounds are ranked by."""
@@ -117,7 +114,7 @@ def calibrate(*, endpoint: str | None, inputs: list[str], output: str, model: st
     """Probe (or read) timings, fit the engine model per round, write the median round's preset;
     the preset document."""
     from .fit import cache_block
-    from .preset import build_params, preset_doc, write_preset
+    from .preset import SPREAD_WARN, build_params, preset_doc, write_preset
     from .probe import CACHE_SHARED, prompt_room, run_probe, server_limits
 
     if (endpoint is None) == (not inputs):

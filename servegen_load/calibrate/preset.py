@@ -20,6 +20,7 @@ from ..sim.presets import PRESETS, validate
 from .fit import NAMES, Fit
 
 BASE = "tiny-cpu"
+SPREAD_WARN = 0.15  # calibration rounds whose saturation rates spread more than this (of the median): warned
 
 
 def build_params(fit: Fit, limits: dict[str, Any], model: str, *, cache: tuple[bool | None, int | None],
@@ -92,3 +93,17 @@ def write_preset(path: str | Path, doc: dict[str, Any]) -> None:
             "# Load with `servegen-load sim --preset FILE` or `servegen-load plan --preset FILE`.\n")
     with atomic_write(str(path)) as fh:
         fh.write(head + yaml.safe_dump(doc, sort_keys=False))
+
+
+def calibration_rounds(preset: str | None) -> dict[str, Any] | None:
+    """A calibrated preset file's `calibration.rounds` (`calibrate --rounds`), or None."""
+    if not preset or Path(preset).suffix not in (".yaml", ".yml") or not Path(preset).is_file():
+        return None
+    try:
+        doc = yaml.safe_load(Path(preset).read_text())
+    except (OSError, yaml.YAMLError):
+        return None  # loading the preset itself names what is wrong
+    cal = doc.get("calibration") if isinstance(doc, dict) else None
+    rounds = cal.get("rounds") if isinstance(cal, dict) else None
+    ok = isinstance(rounds, dict) and isinstance(rounds.get("spread"), float | int) and rounds.get("saturation_rates")
+    return rounds if ok else None
