@@ -186,7 +186,8 @@ def test_a_shared_kv_buffer_is_found_where_the_engine_has_one(shared: bool) -> N
 def test_the_server_family_decides_the_engine_terms() -> None:
     """llama.cpp's engine pays a_q, a_bc and a_m whatever a noisy probe's held-out errors say, and
     its prompts may attend over the shared buffer; vLLM pages its KV per sequence, so neither
-    the shared buffer nor a_m is ever fitted there, even on timings that have them."""
+    the shared buffer nor a_m is ever fitted there, even on timings that have them, but its
+    prompts pay causal attention (a_q) always."""
     from dataclasses import replace
 
     from servegen_load.calibrate.probe import STEADY_LOAD, steady_means, steady_phase
@@ -207,3 +208,4 @@ def test_the_server_family_decides_the_engine_terms() -> None:
     paged = fit_rows(rows)
     assert not {"shared_attention_s", "multi_context_s"} & set(paged.selection["terms"]), paged.notes
     assert paged.values["multi_context_s"] == 0 and paged.values["shared_attention_s"] == 0
+    assert "prefill_attention_s" in paged.selection["terms"], paged.notes  # causal attention: always
