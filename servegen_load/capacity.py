@@ -494,7 +494,7 @@ def plan_capacity(scenario_path: str, slos: SLOSet, opts: PlanOptions, *, compar
         raise InputError("--compare naive needs a realistic scenario (pool/pools)", path=scenario.path)
     from .calibrate.preset import SPREAD_WARN, calibration_rounds
 
-    rounds = calibration_rounds(opts.preset) if opts.virtual and not opts.endpoint else None
+    rounds = calibration_rounds(opts.preset) if opts.virtual else None  # virtual: no endpoint (validate)
     if rounds and rounds["spread"] > SPREAD_WARN:
         opts.log(f"plan: {opts.preset} was calibrated in {len(rounds['saturation_rates'])} rounds whose saturation "
                  f"rates spread {rounds['spread']:.0%} (the endpoint's speed varied while it was probed): read "
