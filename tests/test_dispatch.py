@@ -3,6 +3,8 @@ one line per scheduled request, usage placements, concurrency cap, errors, timeo
 
 from __future__ import annotations
 
+import asyncio
+import time
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +13,7 @@ from test_dispatch_fixtures import free_port, make_requests, poisson_times, read
 
 from servegen_load.dispatch.limits import Timeouts
 from servegen_load.dispatch.runner import RunConfig, run
+from servegen_load.dispatch.transports.raw import RawTransport
 from servegen_load.metrics.stats import summarize
 from servegen_load.results import read_results
 
@@ -109,6 +112,27 @@ def test_total_timeout_keeps_the_timings_it_had(start_fake, tmp_path: Path) -> N
     (d,) = lines
     assert d["status"] == "timeout" and "not complete" in d["error"]
     assert d["first_token"] is not None and 2 <= len(d["chunk_times"]) <= 7
+
+
+def test_a_stalled_loop_does_not_delay_the_first_token(start_fake, tmp_path: Path, monkeypatch) -> None:
+    """The client's loop blocked for 40 ms just after each send (a busy machine, a GC pause):
+    the first token, which reached this host 20 ms after the send, is timed at its arrival (the
+    kernel's receive time), not when the loop came round at 45 ms; later tokens keep their
+    read times."""
+    fs = start_fake(ttft_ms=20, itl_ms=60, max_tokens=4)
+    submit = RawTransport.submit
+
+    def submit_then_stall(self: RawTransport, f) -> None:
+        submit(self, f)
+        asyncio.get_running_loop().call_later(0.005, time.sleep, 0.04)
+
+    monkeypatch.setattr(RawTransport, "submit", submit_then_stall)
+    reqs = make_requests([0.0, 0.3, 0.6], output_tokens=4)
+    _, _, lines = _run(fs.url, reqs, tmp_path / "r.jsonl", api="chat")
+    assert {d["status"] for d in lines} == {"ok"}
+    for d in lines:
+        assert 0.0195 < d["first_token"] - d["sent"] < 0.03, d  # read when the stall ended: >= 0.045
+        assert np.allclose(np.diff(d["chunk_times"]), 0.06, atol=0.01)
 
 
 def test_duration_limits_what_is_scheduled(fake_server, tmp_path: Path) -> None:

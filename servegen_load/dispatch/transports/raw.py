@@ -78,12 +78,15 @@ import errno
 import functools
 import os
 import re
+import select
 import socket
 import ssl
+import struct
+import sys
 from array import array
 from collections import deque
 from collections.abc import Coroutine
-from time import perf_counter
+from time import perf_counter, time
 from typing import Any
 
 from ..endpoint import Endpoint, scrub
@@ -144,6 +147,15 @@ def _plain(mid: bytes) -> bool:
 
 _SIZES = {b"%x" % _n: _n for _n in range(_FAST_MAX + 1)}
 
+# Kernel receive timestamps for first tokens (`_Conn._watch`): Linux's SO_TIMESTAMPNS (35 on
+# x86, ARM, POWER, s390, RISC-V; Python does not export it). A TCP recvmsg then carries the time
+# the last segment it read reached this host, as a `struct timespec` in CLOCK_REALTIME.
+_SO_TIMESTAMPNS = 35 if sys.platform == "linux" else 0
+_TIMESPEC = struct.Struct("@ll")
+_RX_BYTES = 256 * 1024  # one read's most, as the loop's own reads
+_RX_ANC = socket.CMSG_SPACE(_TIMESPEC.size) if _SO_TIMESTAMPNS else 0
+_RX_ONCE = (select.EPOLLIN | select.EPOLLONESHOT) if _SO_TIMESTAMPNS else 0
+
 
 # (template prefix, its length, template suffix, minus its length, the flight's chunk times)
 _Fast = tuple[bytes, int, bytes, int, "array[float]"]
@@ -201,10 +213,13 @@ class _Conn(asyncio.Protocol):
         "rbuf",
         "rem",
         "reused",
+        "rx",
+        "rx_err",
         "served",
         "state",
         "tail",
         "tr",
+        "watching",
     )
 
     def __init__(self, owner: RawTransport) -> None:
@@ -226,6 +241,11 @@ class _Conn(asyncio.Protocol):
         self.fast: _Fast | None = None  # while the fast path is on (`_arm`)
         self.tail = b""  # a dialed request's bytes the socket did not take (`RawTransport._dial`)
         self.dropped = False  # its flight ended before the transport was made: close on arrival
+        # While a flight waits for its first token (`watching`), its answer is read by recvmsg
+        # on `rx`, a duplicate of the socket's descriptor, not by the transport (`_watch`).
+        self.rx: socket.socket | None = None
+        self.watching = False
+        self.rx_err: OSError | None = None  # what recvmsg met, for `connection_lost`
 
     # --- asyncio callbacks ---
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -241,6 +261,11 @@ class _Conn(asyncio.Protocol):
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.owner.rx_poll is not None:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+        if self.flight is not None:  # dialed: its request is on the wire already (`RawTransport._dial`)
+            self._watch()
 
     def data_received(self, data: bytes) -> None:
         t = perf_counter()
@@ -265,6 +290,10 @@ class _Conn(asyncio.Protocol):
             if _fast_reads(data, t, fast):
                 return
             self.fast = None
+        self._strict(data, t)
+
+    def _strict(self, data: bytes, t: float) -> None:
+        """A read the fast path did not take, by the state of the answer."""
         st = self.state
         if st == _CHUNKED:
             self._chunked(data, t)
@@ -280,6 +309,89 @@ class _Conn(asyncio.Protocol):
             self.alive = False
             if self.tr is not None:
                 self.tr.abort()
+
+    def _watch(self) -> None:
+        """Read this flight's answer by recvmsg until its first token, for the kernel's receive time.
+
+        Why: TTFT is the one time users gate on, and a read stamped in user space is late by
+        however long this process waited for a CPU or for its loop to come round; on a machine
+        shared with the server or another process that was most of the TTFT error at 300 req/s.
+        The kernel stamps each segment as it arrives (SO_TIMESTAMPNS), whatever the loop is
+        doing, so the first token's time is when it reached this host. Only until then: the
+        transport's own reads (the token fast path) stay as they are. Meanwhile the transport is
+        paused and its socket read through a duplicate descriptor (the loop allows one watcher
+        per descriptor), kept for the connection's life and armed one-shot in the transport's
+        own epoll (`RawTransport.rx_poll`): a loop reader per request cost 20 system calls.
+        Plain HTTP on Linux only: TLS bytes are the TLS layer's to read.
+        """
+        tr = self.tr
+        owner = self.owner
+        if self.watching or owner.rx_poll is None or tr is None or tr.is_closing():
+            return
+        rx = self.rx
+        try:
+            if rx is None:
+                sock = tr.get_extra_info("socket")
+                rx = self.rx = socket.socket(sock.family, sock.type, 0, os.dup(sock.fileno()))
+                owner.rx_conns[rx.fileno()] = self
+                owner.rx_poll.register(rx.fileno(), _RX_ONCE)
+            else:
+                owner.rx_poll.modify(rx.fileno(), _RX_ONCE)
+        except OSError:
+            return
+        self.watching = True
+        tr.pause_reading()
+
+    def _unwatch(self) -> None:
+        """Back to the transport's reads (see `_watch`); a one-shot still armed fires once, unheeded."""
+        if self.watching:
+            self.watching = False
+            tr = self.tr
+            if tr is not None and not tr.is_closing():
+                tr.resume_reading()
+
+    def rx_read(self) -> None:
+        """One read while watching for the first token (`_watch`), stamped by the kernel.
+
+        The stamp is the arrival of the last segment the read took. Segments that wait unread
+        are merged by the kernel under the latest one's time, so a first token read after later
+        ones had come (the loop more than a token interval late) is stamped when the last of them
+        came: still no later than the read, and exact whenever the loop is less late than that.
+        """
+        f = self.flight
+        if not self.watching or f is None or not self.alive:  # ended meanwhile: the transport closes it
+            self._unwatch()
+            return
+        rx: socket.socket = self.rx  # type: ignore[assignment]
+        try:
+            data, anc, _, _ = rx.recvmsg(_RX_BYTES, _RX_ANC)
+        except (BlockingIOError, InterruptedError):
+            self.owner.rx_poll.modify(rx.fileno(), _RX_ONCE)  # type: ignore[union-attr]
+            return
+        except OSError as e:  # reset: the transport's next read ends the connection; this says why
+            self.rx_err = e
+            self._unwatch()
+            return
+        t = perf_counter()
+        if not data:  # EOF: the transport's next read sees it too
+            self._unwatch()
+            return
+        hooks = self.hooks
+        if t >= hooks.next_due:
+            hooks.tick(t)
+        at = t
+        for level, kind, raw in anc:
+            if level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS and len(raw) >= _TIMESPEC.size:
+                sec, ns = _TIMESPEC.unpack_from(raw)
+                k = sec + ns * 1e-9 - (time() - perf_counter())  # realtime -> perf_counter
+                if f.sent is not None and f.sent <= k <= t:  # a clock step in between: keep t
+                    at = k
+        self._strict(data, at)
+        f = self.flight  # a new flight if this answer ended here and the connection was reused
+        if f is None or f.first_token is not None or self.state not in (_HEAD, _CHUNKED):
+            self._unwatch()
+        elif self.watching:
+            self.owner.rx_poll.modify(rx.fileno(), _RX_ONCE)  # type: ignore[union-attr]
 
     def _arm(self) -> None:
         """Turn the `data_received` fast path on when nothing is pending between reads.
@@ -300,6 +412,15 @@ class _Conn(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.alive = False
         self.fast = None
+        self._unwatch()
+        rx = self.rx
+        if rx is not None:
+            self.rx = None
+            self.owner.rx_conns.pop(rx.fileno(), None)
+            with contextlib.suppress(OSError, ValueError):  # ValueError: the transport closed its epoll
+                self.owner.rx_poll.unregister(rx.fileno())  # type: ignore[union-attr]
+            rx.close()
+        exc = exc or self.rx_err
         f = self.flight
         if f is None:
             if self.served and perf_counter() - self.idle_since < CLOSES_AFTER_S:
@@ -331,6 +452,7 @@ class _Conn(asyncio.Protocol):
         self.bind(f, reused)
         f.sent = perf_counter()
         self.tr.write(f.wire)  # type: ignore[union-attr]
+        self._watch()
 
     def bind(self, f: Flight, reused: bool) -> None:
         """Make `f` this connection's flight, its answer still to come (`start` also sends)."""
@@ -718,6 +840,10 @@ class RawTransport:
             head += f"Authorization: Bearer {api_key}\r\n"
         self._prefix = (head + "Content-Length: ").encode("latin-1")
         self._ssl: ssl.SSLContext | None = endpoint.ssl_context()
+        # First tokens read with their kernel receive time (`_Conn._watch`): the connections
+        # watching, by their duplicate descriptor, in one epoll the loop watches.
+        self.rx_poll: select.epoll | None = None
+        self.rx_conns: dict[int, _Conn] = {}
         self._addr: tuple[int, str] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._factory = functools.partial(_Conn, self)
@@ -735,10 +861,20 @@ class RawTransport:
     async def open(self) -> None:
         """Resolve the host once and open the first spare connections before the clock starts."""
         self._loop = asyncio.get_running_loop()
+        if _SO_TIMESTAMPNS and self._ssl is None:
+            self.rx_poll = select.epoll()
+            self._loop.add_reader(self.rx_poll.fileno(), self._rx_ready)
         self._addr = await self._answering(self.endpoint.addresses())
         self._top_up()
         if self._spare_tasks:
             await asyncio.gather(*list(self._spare_tasks), return_exceptions=True)
+
+    def _rx_ready(self) -> None:
+        conns = self.rx_conns
+        for fd, _ in self.rx_poll.poll(0):  # type: ignore[union-attr]
+            c = conns.get(fd)
+            if c is not None:
+                c.rx_read()
 
     async def _answering(self, addrs: list[tuple[int, str]]) -> tuple[int, str]:
         """The first of the host's addresses that takes a connection (kept as an idle one when the
@@ -1053,6 +1189,9 @@ class RawTransport:
         pending = list(self._tasks) + list(self._spare_tasks)
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
+        if self.rx_poll is not None:
+            self._loop.remove_reader(self.rx_poll.fileno())  # type: ignore[union-attr]
+            self.rx_poll.close()
 
 
 def _os_error_text(e: OSError, ep: Endpoint) -> str:
