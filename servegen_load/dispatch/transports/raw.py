@@ -66,8 +66,11 @@ match the bytes that follow, a bad Content-Length), an SSE event that is not a J
 line that is no SSE field, an event over `--max-event-bytes`.
 
 Timestamps: `sent` is taken just before the request bytes are written (like the C reference
-client), chunk times at `data_received` entry. Each `data_received` also asks the scheduler to
-send whatever is already due, so a busy loop never delays a send behind a long run of reads.
+client), chunk times at `data_received` entry, except until a flight's first token: on Linux over
+plain HTTP those reads are the kernel's receive times of the segments (`_Conn._watch`), so a loop
+that runs late, or a process that waits for a CPU, does not add its delay to TTFT. Each read
+also asks the scheduler to send whatever is already due, so a busy loop never delays a send
+behind a long run of reads.
 """
 
 from __future__ import annotations
@@ -331,6 +334,8 @@ class _Conn(asyncio.Protocol):
         rx = self.rx
         try:
             if rx is None:
+                if len(owner.rx_conns) >= owner.rx_budget:  # descriptors are for sockets first
+                    return
                 sock = tr.get_extra_info("socket")
                 rx = self.rx = socket.socket(sock.family, sock.type, 0, os.dup(sock.fileno()))
                 owner.rx_conns[rx.fileno()] = self
@@ -844,6 +849,7 @@ class RawTransport:
         # watching, by their duplicate descriptor, in one epoll the loop watches.
         self.rx_poll: select.epoll | None = None
         self.rx_conns: dict[int, _Conn] = {}
+        self.rx_budget = 0  # duplicate descriptors it may hold (`_rx_budget`)
         self._addr: tuple[int, str] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._factory = functools.partial(_Conn, self)
@@ -863,6 +869,7 @@ class RawTransport:
         self._loop = asyncio.get_running_loop()
         if _SO_TIMESTAMPNS and self._ssl is None:
             self.rx_poll = select.epoll()
+            self.rx_budget = _rx_budget()
             self._loop.add_reader(self.rx_poll.fileno(), self._rx_ready)
         self._addr = await self._answering(self.endpoint.addresses())
         self._top_up()
@@ -1192,6 +1199,16 @@ class RawTransport:
         if self.rx_poll is not None:
             self._loop.remove_reader(self.rx_poll.fileno())  # type: ignore[union-attr]
             self.rx_poll.close()
+
+
+def _rx_budget() -> int:
+    """An eighth of the open-file limit (raised by the runner before the transport opens): the
+    first-token watch's duplicate descriptors never cost a request its socket, only the kernel
+    stamps of the connections past the budget."""
+    import resource
+
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return 1 << 20 if soft == resource.RLIM_INFINITY else soft // 8
 
 
 def _os_error_text(e: OSError, ep: Endpoint) -> str:
