@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_dispatch_fixtures import free_port, make_requests, poisson_times, read_lines
+from test_dispatch_fixtures import free_port, make_requests, poisson_times, read_lines, write_requests
 
 from servegen_load.dispatch.limits import Timeouts
 from servegen_load.dispatch.runner import RunConfig, run
@@ -133,6 +133,27 @@ def test_a_stalled_loop_does_not_delay_the_first_token(start_fake, tmp_path: Pat
     for d in lines:
         assert 0.0195 < d["first_token"] - d["sent"] < 0.03, d  # read when the stall ended: >= 0.045
         assert np.allclose(np.diff(d["chunk_times"]), 0.06, atol=0.01)
+
+
+def test_the_first_token_watch_never_costs_a_request_its_socket(start_fake, tmp_path: Path) -> None:
+    """An open-file limit of 512 and 320 streams waiting for their first token at once, sent over
+    2 s: each watched stream would hold a second descriptor (`_Conn._watch`), and the connects
+    of the later ones would fail with EMFILE; the watch keeps to an eighth of the limit and
+    every request is ok."""
+    import resource
+    import subprocess
+    import sys
+
+    fs = start_fake(ttft_ms=2500, itl_ms=5, max_tokens=4)  # all in flight together; connects go on
+    req = write_requests(tmp_path / "q.jsonl", make_requests([0.006 * i for i in range(320)], output_tokens=4))
+    out = tmp_path / "r.jsonl"
+    p = subprocess.run([sys.executable, "-m", "servegen_load.cli", "run", str(req), "--endpoint", fs.url,
+                        "--api", "completions", "-o", str(out)], capture_output=True, text=True, timeout=120,
+                       preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (512, 512)))
+    assert p.returncode == 0, p.stderr[-2000:]
+    _, lines = read_lines(out)
+    assert len(lines) == 320 and {d["status"] for d in lines} == {"ok"}, {d["error"] for d in lines}
+    assert fs.stats()["max_active"] >= 300  # they were in flight together
 
 
 def test_duration_limits_what_is_scheduled(fake_server, tmp_path: Path) -> None:
