@@ -80,6 +80,7 @@ import contextlib
 import errno
 import functools
 import os
+import platform
 import re
 import select
 import socket
@@ -153,7 +154,8 @@ _SIZES = {b"%x" % _n: _n for _n in range(_FAST_MAX + 1)}
 # Kernel receive timestamps for first tokens (`_Conn._watch`): Linux's SO_TIMESTAMPNS (35 on
 # x86, ARM, POWER, s390, RISC-V; Python does not export it). A TCP recvmsg then carries the time
 # the last segment it read reached this host, as a `struct timespec` in CLOCK_REALTIME.
-_SO_TIMESTAMPNS = 35 if sys.platform == "linux" else 0
+_SO_TIMESTAMPNS = 35 if sys.platform == "linux" and platform.machine() in {
+    "x86_64", "i686", "aarch64", "armv7l", "ppc64le", "s390x", "riscv64"} else 0
 _TIMESPEC = struct.Struct("@ll")
 _RX_BYTES = 256 * 1024  # one read's most, as the loop's own reads
 _RX_ANC = socket.CMSG_SPACE(_TIMESPEC.size) if _SO_TIMESTAMPNS else 0
