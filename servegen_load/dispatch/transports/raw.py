@@ -94,7 +94,7 @@ from time import perf_counter, time
 from typing import Any
 
 from ..endpoint import Endpoint, scrub
-from ..limits import Limits, Timeouts
+from ..limits import Limits, Timeouts, raise_nofile_limit
 from ..stream import Flight, feed_sse, plain_text, take_data
 from .base import Hooks
 
@@ -851,7 +851,7 @@ class RawTransport:
         # watching, by their duplicate descriptor, in one epoll the loop watches.
         self.rx_poll: select.epoll | None = None
         self.rx_conns: dict[int, _Conn] = {}
-        self.rx_budget = 0  # duplicate descriptors it may hold (`_rx_budget`)
+        self.rx_budget = 0  # duplicate descriptors it may hold (set in `open`)
         self._addr: tuple[int, str] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._factory = functools.partial(_Conn, self)
@@ -871,7 +871,9 @@ class RawTransport:
         self._loop = asyncio.get_running_loop()
         if _SO_TIMESTAMPNS and self._ssl is None:
             self.rx_poll = select.epoll()
-            self.rx_budget = _rx_budget()
+            # an eighth of the open-file limit (the runner raised it already): the watch's
+            # duplicates never cost a request its socket, only the kernel stamps past the budget
+            self.rx_budget = raise_nofile_limit(None) // 8
             self._loop.add_reader(self.rx_poll.fileno(), self._rx_ready)
         self._addr = await self._answering(self.endpoint.addresses())
         self._top_up()
@@ -1201,16 +1203,6 @@ class RawTransport:
         if self.rx_poll is not None:
             self._loop.remove_reader(self.rx_poll.fileno())  # type: ignore[union-attr]
             self.rx_poll.close()
-
-
-def _rx_budget() -> int:
-    """An eighth of the open-file limit (raised by the runner before the transport opens): the
-    first-token watch's duplicate descriptors never cost a request its socket, only the kernel
-    stamps of the connections past the budget."""
-    import resource
-
-    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    return 1 << 20 if soft == resource.RLIM_INFINITY else soft // 8
 
 
 def _os_error_text(e: OSError, ep: Endpoint) -> str:
