@@ -341,7 +341,7 @@ def run_cmd(
     model: str | None = typer.Option(None, "--model", help="Model name (default: the first id of the endpoint's /v1/models)."),
     api: str = typer.Option("chat", "--api", help="chat (/v1/chat/completions) or completions (/v1/completions)."),
     server_family: str | None = typer.Option(None, "--server-family", help="How output length is forced: vllm, sglang, llamacpp, openai, sim (default: vllm; sim without --endpoint)."),
-    api_key_file: str | None = typer.Option(None, "--api-key-file", help="File holding the API key (default: $OPENAI_API_KEY). Never written anywhere."),
+    api_key_file: str | None = typer.Option(None, "--api-key-file", help="File holding the API key (default: $OPENAI_API_KEY): sent as Authorization: Bearer, or, written as 'api-key: KEY', as that header. Never written anywhere."),
     max_concurrency: int | None = typer.Option(None, "--max-concurrency", help="Cap on requests in flight; waiting time is recorded as queue_time."),
     duration: float | None = typer.Option(None, "--duration", help="Only requests scheduled before this many seconds (after --rate)."),
     rate: float | None = typer.Option(None, "--rate", help="Mean req/s: a scenario's own `rate` (same duration); a requests file or replay is compressed in time to it (same count)."),

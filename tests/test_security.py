@@ -252,6 +252,67 @@ def test_key_from_file_never_leaks_even_when_the_server_echoes_it(tmp_path: Path
         srv.stop()
 
 
+def gateway_app(secret: str) -> tuple[web.Application, dict[str, int]]:
+    """A gateway in the Azure OpenAI manner: the key in an `api-key` header, 401 without it (or
+    with a Bearer header as well); every fifth answer a 403 that quotes the key back."""
+    seen = {"models": 0, "ok": 0, "refused": 0}
+
+    def allowed(request: web.Request) -> bool:
+        return request.headers.get("api-key") == secret and "Authorization" not in request.headers
+
+    async def models(request: web.Request) -> web.Response:
+        seen["models"] += 1
+        return await _models(request) if allowed(request) else web.json_response({"error": "no key"}, status=401)
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        if not allowed(request):
+            seen["refused"] += 1
+            return web.json_response({"error": {"message": "missing api-key"}}, status=401)
+        seen["ok"] += 1
+        if seen["ok"] % 5 == 0:
+            return web.json_response({"error": {"message": f"quota exceeded for key {secret}"}}, status=403)
+        return await _stream(request, [_token("a"), _token("b"), USAGE, DONE])
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    app.router.add_get("/v1/models", models)
+    return app, seen
+
+
+def test_a_key_written_as_a_header_line_is_sent_as_that_header_and_never_leaks(tmp_path: Path) -> None:
+    """`api-key: KEY` in the key file (or OPENAI_API_KEY): gateways that want their own header
+    (Azure OpenAI, `x-api-key`) get it on every request, model discovery and both transports
+    included, and their echo of the key is masked like a Bearer key's."""
+    key = "sk-test-" + secrets.token_hex(16)
+    key_file = tmp_path / "key.txt"
+    key_file.write_text(f"api-key: {key}\n")
+    env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
+    src = write_requests(tmp_path / "req.jsonl", make_requests([0.02 * i for i in range(20)], output_tokens=2))
+    app, seen = gateway_app(key)
+    srv = ThreadServer(app)
+    try:
+        for transport, how in (("raw", "file"), ("aiohttp", "env")):
+            o = tmp_path / f"res.{transport}.jsonl"
+            args = [*CLI, "run", str(src), "-o", str(o), "--endpoint", f"http://127.0.0.1:{srv.port}",
+                    "--server-family", "openai", "--progress", "plain", "--transport", transport]
+            r = subprocess.run(args + (["--api-key-file", str(key_file)] if how == "file" else []), capture_output=True,
+                               env=env if how == "file" else {**env, "OPENAI_API_KEY": f"api-key: {key}"}, timeout=120)
+            assert r.returncode == 0, r.stderr
+            _, lines = read_lines(o)
+            assert [d["status"] for d in lines].count("ok") == 16, [d["status"] for d in lines]
+            refused = [d for d in lines if d["status"] != "ok"]
+            assert {(d["status"], d["http_status"]) for d in refused} == {("http_error", 403)}
+            assert all("***" in d["error"] for d in refused)  # the echo was there, and masked
+            blobs = {f"run {transport} stdout": r.stdout, f"run {transport} stderr": r.stderr}
+            blobs.update(after_run_commands(o, tmp_path, env))
+            blobs.update({k: v for k, v in all_files(tmp_path).items() if not k.endswith("key.txt")})
+            scan_for_key(key, blobs)
+        assert seen["refused"] == 0 and seen["models"] == 2  # the model was discovered with the header too
+    finally:
+        srv.stop()
+
+
 # --- TLS -------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -330,6 +391,7 @@ HOSTILE_ENV_KEYS = {
 }
 HOSTILE_FILE_KEYS = {
     "carriage return inside": b"sk-SECRETPART1234\rX-Injected: 1\n",
+    "a framing header": b"Content-Length: SECRETPART1234\n",  # a key as a header line may not frame the request
     "NUL": b"sk-SECRETPART1234\x00X\n",
     "not UTF-8": b"sk-SECRETPART1234\xff\xfe\n",
 }

@@ -308,7 +308,9 @@ def server_limits(endpoint: str, api_key: str | None = None) -> dict[str, Any]:
     base = endpoint.rstrip("/")
     if base.endswith("/v1"):
         base = base[:-3]
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    from ..dispatch.endpoint import auth_headers
+
+    headers = auth_headers(api_key)
 
     def get(path: str) -> bytes | None:
         try:

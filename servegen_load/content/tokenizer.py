@@ -95,9 +95,10 @@ class _Http:
         self.port = u.port or (443 if self.https else 80)
         self.base_path = u.path.rstrip("/")
         self.root = self.base_path.rsplit("/", 1)[0] if self.base_path.split("/")[-1].startswith("v") else self.base_path
-        self.headers = {"Content-Type": "application/json"}
-        if api_key:
-            self.headers["Authorization"] = f"Bearer {api_key}"
+        from ..dispatch.endpoint import auth_headers
+
+        self.api_key = api_key
+        self.headers = {"Content-Type": "application/json", **auth_headers(api_key)}
         self.timeout = timeout
         self._local = threading.local()
         self._all: list[http.client.HTTPConnection] = []
@@ -223,7 +224,7 @@ def _masked(http: _Http, text: str) -> str:
     """Server text headed for stderr and the results header: the key masked (`endpoint.scrub`)."""
     from ..dispatch.endpoint import scrub
 
-    return scrub(text, http.headers.get("Authorization", "").removeprefix("Bearer ") or None)
+    return scrub(text, http.api_key)
 
 
 def probe_overheads(model: TokenModel, http: _Http, api: str, family: str, served_model: str,

@@ -99,14 +99,46 @@ class Endpoint:
 
 def check_key(key: str, where: str, path: str | None = None) -> str:
     """The key, if it can only ever be one header value: printable ASCII, no CR/LF/NUL (a line
-    break would inject headers into every request). The error names the position, never the key."""
+    break would inject headers into every request), and, written as a header line (`auth_headers`),
+    not a header that frames or routes the request. The error names the position, never the key."""
     for i, c in enumerate(key):
         if not " " <= c <= "~":
             what = ("a line break" if c in "\r\n" else "a NUL byte" if c == "\0" else
                     "a control character" if ord(c) < 32 or ord(c) == 127 else "a non-ASCII character")
             raise InputError(f"the API key holds {what} at character {i + 1}; expected printable ASCII "
                              "(the key is not shown)", path=path, field=where)
+    m = _KEY_HEADER.fullmatch(key)
+    if m and m[1].lower() in _OWN_HEADERS:
+        raise InputError(f"the API key is written as a {m[1]!r} header, which this client sets itself; expected "
+                         "`Name: value` with a header such as api-key or x-api-key, or the bare key for "
+                         "`Authorization: Bearer` (the key is not shown)", path=path, field=where)
     return key
+
+
+# A key written as a header line is sent as that header (`auth_headers`).
+_KEY_HEADER = re.compile(r"([!#$%&'*+.^_`|~0-9A-Za-z-]+): +(\S.*)")
+_OWN_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "content-type", "connection", "accept",
+                          "accept-encoding", "user-agent", "expect", "te", "trailer", "upgrade", "keep-alive"})
+
+
+def auth_headers(api_key: str | None) -> dict[str, str]:
+    """The header that carries the key: `Authorization: Bearer KEY`, or, when the key is written as
+    a header line (`api-key: KEY`, `x-api-key: KEY`, `Authorization: Basic ...`), that line.
+
+    Why in the key and not an option: every command, `--workers` child and Ray actor already gets
+    the key, in memory, from the file or the environment, and nothing else does; a header value
+    is as secret as the key, so it travels the same way and is masked the same way (`scrub`).
+    """
+    if not api_key:
+        return {}
+    m = _KEY_HEADER.fullmatch(api_key)
+    return {m[1]: m[2]} if m else {"Authorization": f"Bearer {api_key}"}
+
+
+def secret_of(api_key: str | None) -> str | None:
+    """What a server could echo of the key: the header value of a key written as a header line."""
+    m = _KEY_HEADER.fullmatch(api_key) if api_key else None
+    return m[2] if m else api_key
 
 
 def load_api_key(path: Path | None) -> str | None:
@@ -173,6 +205,7 @@ def scrub(text: str, key: str | None) -> str:
         text = _BEARER.sub(r"\1***", text)
     if "://" in text and "@" in text:
         text = redact_url(text)
+    key = secret_of(key)
     if key:
         if key in text:
             text = text.replace(key, "***")
@@ -198,8 +231,7 @@ async def discover_model(endpoint: Endpoint, api_key: str | None, timeout: float
     """
     import aiohttp
 
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    headers["Accept-Encoding"] = "identity"
+    headers = {**auth_headers(api_key), "Accept-Encoding": "identity"}
     url = endpoint.url + "/models"
     try:
         async with asyncio.timeout(timeout), \

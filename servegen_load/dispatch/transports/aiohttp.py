@@ -28,7 +28,7 @@ from time import perf_counter
 
 import aiohttp
 
-from ..endpoint import Endpoint, scrub
+from ..endpoint import Endpoint, auth_headers, scrub
 from ..limits import MAX_EVENT_BYTES, Limits, Timeouts
 from ..stream import Flight, feed_sse
 from .base import Hooks
@@ -140,8 +140,7 @@ class AiohttpTransport:
         self.api_key = api_key
         self.headers = {"Content-Type": "application/json", "Accept": "text/event-stream",
                         "Accept-Encoding": "identity"}
-        if api_key:
-            self.headers["Authorization"] = f"Bearer {api_key}"
+        self.headers.update(auth_headers(api_key))
         self.session: aiohttp.ClientSession | None = None
         self.active: dict[Flight, asyncio.Task[None]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None

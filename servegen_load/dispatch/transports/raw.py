@@ -93,7 +93,7 @@ from collections.abc import Coroutine
 from time import perf_counter, time
 from typing import Any
 
-from ..endpoint import Endpoint, scrub
+from ..endpoint import Endpoint, auth_headers, scrub
 from ..limits import Limits, Timeouts, raise_nofile_limit
 from ..stream import Flight, feed_sse, plain_text, take_data
 from .base import Hooks
@@ -843,8 +843,7 @@ class RawTransport:
         head = (f"POST {endpoint.path(api)} HTTP/1.1\r\nHost: {endpoint.host_header}\r\n"
                 "User-Agent: servegen-load\r\nContent-Type: application/json\r\n"
                 "Accept: text/event-stream\r\n")
-        if api_key:
-            head += f"Authorization: Bearer {api_key}\r\n"
+        head += "".join(f"{k}: {v}\r\n" for k, v in auth_headers(api_key).items())
         self._prefix = (head + "Content-Length: ").encode("latin-1")
         self._ssl: ssl.SSLContext | None = endpoint.ssl_context()
         # First tokens read with their kernel receive time (`_Conn._watch`): the connections
