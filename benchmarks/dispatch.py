@@ -2,6 +2,7 @@
 
     python benchmarks/dispatch.py [--duration 20] [--rates 300,1000] [--repeat 1] [--contend N]
                                   [--transports raw,aiohttp] [--api completions] [--no-tty] [--floor]
+                                  [--max-tokens 128]
 
 Why this shape: a user runs the command, not the runner API, and on a machine others share. So
 each run here is `servegen-load run REQUESTS --endpoint URL --api completions -o R` with every
@@ -236,6 +237,7 @@ def _contenders(n: int) -> list[subprocess.Popen]:
 
 
 def main() -> None:
+    global MAX_TOKENS
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--duration", type=float, default=20.0, help="seconds of schedule per run (default 20)")
     ap.add_argument("--rates", default="300,1000")
@@ -247,7 +249,11 @@ def main() -> None:
     ap.add_argument("--no-tty", action="store_true", help="run the command with stderr on a pipe (plain progress)")
     ap.add_argument("--floor", action="store_true",
                     help="also run benchmarks/uvloop_floor.py (a do-nothing uvloop client): CPU only")
+    ap.add_argument("--max-tokens", type=int, default=MAX_TOKENS,
+                    help="tokens per stream (default 128, the issue's targets): fewer tokens weigh each request's "
+                         "fixed work more in CPU per token")
     a = ap.parse_args()
+    MAX_TOKENS = a.max_tokens
 
     tmp = Path(tempfile.mkdtemp(prefix="sgl-bench-"))
     fake, ref = tmp / "fake_server", tmp / "ref_client"
