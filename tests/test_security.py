@@ -313,6 +313,17 @@ def test_a_key_written_as_a_header_line_is_sent_as_that_header_and_never_leaks(t
         srv.stop()
 
 
+def test_an_authorization_line_key_is_masked_by_its_token_alone() -> None:
+    """`Authorization: Basic CREDENTIALS` as the key: sent as written, and an echo of the
+    credentials alone (without the scheme) is masked too."""
+    from servegen_load.dispatch.endpoint import auth_headers, scrub
+
+    key = "Authorization: Basic dXNlcjpzZWNyZXRwYXNz"
+    assert auth_headers(key) == {"Authorization": "Basic dXNlcjpzZWNyZXRwYXNz"}
+    assert auth_headers("sk-plain") == {"Authorization": "Bearer sk-plain"}
+    assert "dXNlcjpz" not in scrub('{"error": "bad credentials dXNlcjpzZWNyZXRwYXNz"}', key)
+
+
 # --- TLS -------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

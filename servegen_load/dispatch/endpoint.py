@@ -136,9 +136,14 @@ def auth_headers(api_key: str | None) -> dict[str, str]:
 
 
 def secret_of(api_key: str | None) -> str | None:
-    """What a server could echo of the key: the header value of a key written as a header line."""
+    """What a server could echo of the key: the header value of a key written as a header line,
+    without its scheme for `Authorization` (`Bearer TOKEN`, `Basic CREDENTIALS`: the token alone
+    is the secret, and is what an echo may hold)."""
     m = _KEY_HEADER.fullmatch(api_key) if api_key else None
-    return m[2] if m else api_key
+    if m is None:
+        return api_key
+    scheme, _, rest = m[2].partition(" ")
+    return rest.strip() if m[1].lower() == "authorization" and rest.strip() and scheme.isalpha() else m[2]
 
 
 def load_api_key(path: Path | None) -> str | None:
