@@ -304,12 +304,11 @@ def server_limits(endpoint: str, api_key: str | None = None) -> dict[str, Any]:
     import urllib.request
 
     from ..direct import urlopen
+    from ..dispatch.endpoint import auth_headers
 
     base = endpoint.rstrip("/")
     if base.endswith("/v1"):
         base = base[:-3]
-    from ..dispatch.endpoint import auth_headers
-
     headers = auth_headers(api_key)
 
     def get(path: str) -> bytes | None:

@@ -97,6 +97,12 @@ class Endpoint:
         return list(dict.fromkeys((fam, str(addr[0])) for fam, _, _, _, addr in infos))
 
 
+# A key written as a header line is sent as that header (`auth_headers`).
+_KEY_HEADER = re.compile(r"([!#$%&'*+.^_`|~0-9A-Za-z-]+): +(\S.*)")
+_OWN_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "content-type", "connection", "accept",
+                          "accept-encoding", "user-agent", "expect", "te", "trailer", "upgrade", "keep-alive"})
+
+
 def check_key(key: str, where: str, path: str | None = None) -> str:
     """The key, if it can only ever be one header value: printable ASCII, no CR/LF/NUL (a line
     break would inject headers into every request), and, written as a header line (`auth_headers`),
@@ -113,12 +119,6 @@ def check_key(key: str, where: str, path: str | None = None) -> str:
                          "`Name: value` with a header such as api-key or x-api-key, or the bare key for "
                          "`Authorization: Bearer` (the key is not shown)", path=path, field=where)
     return key
-
-
-# A key written as a header line is sent as that header (`auth_headers`).
-_KEY_HEADER = re.compile(r"([!#$%&'*+.^_`|~0-9A-Za-z-]+): +(\S.*)")
-_OWN_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "content-type", "connection", "accept",
-                          "accept-encoding", "user-agent", "expect", "te", "trailer", "upgrade", "keep-alive"})
 
 
 def auth_headers(api_key: str | None) -> dict[str, str]:
