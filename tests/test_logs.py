@@ -109,6 +109,29 @@ def test_quoted_csv_slow_path_and_iso_offsets(tmp_path: Path) -> None:
     assert log.clients[log.client[0]] == "acme, inc"
 
 
+def test_many_iso_times_with_offsets_on_the_fast_csv_path(tmp_path: Path) -> None:
+    """Unquoted CSV times are read as bytes; numpy 2.4 killed the process (SIGSEGV) casting a
+    few hundred of them with a "Z" or "+02:00" offset. In a child process: a crash must fail
+    this test, not the whole run."""
+    p = tmp_path / "gw.csv"
+    base = np.datetime64("2024-05-29T16:00:00", "ms")
+    rows = []
+    for i in range(3000):  # alternately written in UTC+2, UTC and UTC-05:30, 0.25 s apart
+        t = base + np.timedelta64(250 * i, "ms")
+        text = str(t + np.timedelta64(2, "h")) + "+02:00" if i % 3 == 0 else (
+            str(t) + "Z" if i % 3 == 1 else str(t - np.timedelta64(330, "m")) + "-05:30")
+        rows.append(f"{text},c{i % 4},{100 + i % 50},{10 + i % 7}")
+    p.write_text("time,client,input_tokens,output_tokens\n" + "\n".join(rows) + "\n")
+    code = ("import sys, numpy as np; from servegen_load.workload.logs import load_log; "
+            "log = load_log(sys.argv[1]); print(len(log.t), float(np.abs(np.diff(log.t) - 0.25).max()))")
+    r = subprocess.run([sys.executable, "-c", code, str(p)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, (r.returncode, r.stderr[-2000:])
+    n, worst = r.stdout.split()
+    assert int(n) == 3000 and float(worst) < 1e-6
+    r = cli("fit", str(p), "-o", str(tmp_path / "gw.npz"))
+    assert r.returncode == 0 and "fitted 3000 requests" in r.stderr, r.stderr
+
+
 def test_bad_rows_counted_with_line_numbers(tmp_path: Path) -> None:
     p = tmp_path / "bad.csv"
     p.write_text("time,input_tokens,output_tokens\n"

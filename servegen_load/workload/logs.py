@@ -628,7 +628,10 @@ def _iso_ns(v: Any) -> tuple[np.ndarray, np.ndarray]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            d = arr.astype("datetime64[ns]")
+            # From text, not bytes: numpy 2.4 crashes the process (SIGSEGV) casting a few hundred
+            # byte strings with a UTC offset ("Z", "+02:00") to datetime64; text casts fine.
+            # Non-ASCII bytes raise UnicodeDecodeError (a ValueError): the slow path below.
+            d = (arr.astype("U") if arr.dtype.kind == "S" else arr).astype("datetime64[ns]")
             # numpy also reads "now" and "today" (the clock of the machine reading the log)
             first = np.char.lstrip(arr).astype(arr.dtype.kind + "1")
             digit = np.isin(first, [c.encode() if arr.dtype.kind == "S" else c for c in "0123456789"])
