@@ -337,3 +337,21 @@ def test_a_forced_or_fitting_window_stays(tmp_path: Path) -> None:
     assert pool.window == 600.0 and pool.meta["fit"]["window_choice"]["auto"]
     forced, _ = fit_logs([tmp_path / "p.csv"], options=FitOptions(window=300.0), stream=open("/dev/null", "w"))  # noqa: SIM115
     assert forced.window == 300.0 and not forced.meta["fit"]["window_choice"]["auto"]
+
+
+def test_a_log_timed_to_the_millisecond_is_not_a_one_millisecond_tick(tmp_path: Path) -> None:
+    """A bursty client (Gamma CV 3) logged to the ms (seconds from its start, as BurstGPT writes
+    them): a fifth of its gaps round to 0, which makes it
+    a batching candidate, and every gap is a whole number of ms. That grid is the log's clock, not
+    batches: the tick models (which count and simulate every period: a day of 1 ms ticks took 35 s
+    and 3.5 GB) are not candidates, and the fit still keeps the counts' burstiness."""
+    rng = np.random.default_rng(4)
+    t = _renewal(lambda x: np.full_like(x, 3.0), 4 * 3600.0, 3.0, rng)
+    _write(tmp_path / "ms.csv", 0.25 + np.round(t, 3), rng)
+    pool = _fit(tmp_path / "ms.csv", tmp_path, 7200.0)
+    assert float(pool.extra["zero_gap_share"][0]) >= 0.2  # a batching candidate
+    assert int(pool.extra["arrival_model"][0]) in (0, 2)
+    assert float(pool.extra["batch_period"][0]) == 0.0 or not np.isfinite(pool.extra["batch_period"][0])
+    assert np.isnan(pool.extra["arrival_score"][0][[1, 3]]).all()
+    rows = _heldout(tmp_path, tmp_path / "ms.csv", 7200.0, 4 * 3600.0)
+    assert rows and all(r.verdict != "LOSES" for r in rows), [(r.scale, r.gen, r.real, r.poisson) for r in rows]
