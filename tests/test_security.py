@@ -4,7 +4,8 @@ The leak tests run the real commands a user runs (`run` with `--metrics-port`, `
 `report --html`, `gate`) with a fresh random key, once from `OPENAI_API_KEY` against the
 simulator with faults, once from `--api-key-file` against a hostile server that echoes the
 `Authorization` header back in every place an error text is taken from (error bodies, in-stream
-error events, non-JSON events, garbage lines, a body cut mid-key), then search every file
+error events, non-JSON events, garbage lines, a body cut mid-key, a redirect's Location cut
+mid-key with more text after it), then search every file
 written, stdout/stderr and a `/metrics` scrape for the key and for any 8 characters of its
 random part.
 """
@@ -129,7 +130,10 @@ def echo_app() -> web.Application:
         auth = request.headers.get("Authorization", "")
         key = auth.removeprefix("Bearer ")
         i = n["i"] = n["i"] + 1
-        kind = i % 7
+        kind = i % 8
+        if kind == 7:  # a redirect whose Location is cut at 200 characters inside the key, text after it
+            await request.read()
+            return web.Response(status=307, headers={"Location": "http://127.0.0.1:9/" + "a" * 161 + key})
         if kind == 0:
             await request.read()
             return web.json_response({"error": {"message": f"invalid credentials: {auth}"}}, status=401)
@@ -229,7 +233,7 @@ def test_key_from_file_never_leaks_even_when_the_server_echoes_it(tmp_path: Path
     key_file = tmp_path / "key.txt"
     key_file.write_text(key + "\n")
     env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
-    reqs = make_requests([0.02 * i for i in range(42)], output_tokens=2)
+    reqs = make_requests([0.02 * i for i in range(48)], output_tokens=2)
     src = write_requests(tmp_path / "req.jsonl", reqs)
     out = tmp_path / "res.jsonl"
     srv = ThreadServer(echo_app())

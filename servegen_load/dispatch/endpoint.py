@@ -203,8 +203,9 @@ _MIN_PARTIAL = 6
 def scrub(text: str, key: str | None) -> str:
     """Remove the key from a string that might echo request headers (error bodies, stream events).
 
-    Also masks any `Bearer <token>`, and a prefix of the key (6 characters or more) that ends
-    the text: error texts are truncated, and a cut key is still a leaked key.
+    Also masks any `Bearer <token>`, and any piece of the key of 6 characters or more, wherever
+    it sits: error texts are truncated (a body cut at 200 bytes, then more text after it), and a
+    cut key is still a leaked key.
     """
     if "earer" in text or "EARER" in text:
         text = _BEARER.sub(r"\1***", text)
@@ -216,10 +217,31 @@ def scrub(text: str, key: str | None) -> str:
             text = text.replace(key, "***")
         if "\\" in text or "%" in text or "+" in text:
             text = _echo_pattern(key).sub("***", text)
-        for n in range(min(len(key) - 1, len(text)), _MIN_PARTIAL - 1, -1):
-            if text.endswith(key[:n]):
-                return text[:-n] + "***"
+        text = _mask_pieces(text, key)
     return text
+
+
+def _mask_pieces(text: str, key: str) -> str:
+    """`text` with every run made of key pieces of `_MIN_PARTIAL` characters replaced by `***`."""
+    n = _MIN_PARTIAL
+    if len(key) < n or len(text) < n:
+        return text
+    pieces = {key[i:i + n] for i in range(len(key) - n + 1)}
+    spans: list[list[int]] = []
+    for i in range(len(text) - n + 1):
+        if text[i:i + n] in pieces:
+            if spans and i <= spans[-1][1]:
+                spans[-1][1] = i + n
+            else:
+                spans.append([i, i + n])
+    if not spans:
+        return text
+    out, last = [], 0
+    for a, b in spans:
+        out += (text[last:a], "***")
+        last = b
+    out.append(text[last:])
+    return "".join(out)
 
 
 MAX_MODELS_BYTES = 4 << 20  # a /v1/models answer larger than this is refused, not read
