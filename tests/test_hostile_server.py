@@ -154,16 +154,18 @@ VALID: dict[str, tuple[list[bytes], bool]] = {
     "lfonly": ([HEAD.replace(b"\r\n", b"\n"), *(_chunk(e) for e in STREAM), _END], True),  # bare LF head lines
     "obsfold": ([HEAD[:-2] + b"X-Long: a\r\n  continued\r\n\r\n", *(_chunk(e) for e in STREAM), _END], True),
     "noreason": ([b"HTTP/1.1 200\r\n" + HEAD.split(b"\r\n", 1)[1], *(_chunk(e) for e in STREAM), _END], True),
-    # valid streams that prove less: no usage (counts unknown, not invented); no token at all
+    # a valid stream that proves less: no usage (counts unknown, not invented)
     "nousage": ([_body([*GOOD, _DONE])], True),
-    "doneonly": ([_body([_DONE])], True),
+    # `"error": null` beside the usage (some gateways always send the field): no error
+    "errornull": ([_body([*GOOD, _ev(b'{"choices":[],"usage":{"prompt_tokens":20,"completion_tokens":3},"error":null}'),
+                          _DONE])], True),
     # any other reason a stream ends with is an answer: OpenAI's content filter, a reason nobody knows yet
     "finfilter": ([_body([*GOOD[:2], _event(b" c").replace(b'"finish_reason":null', b'"finish_reason":"content_filter"'),
                           USAGE, _DONE])], True),
     "finnovel": ([_body([*GOOD, _finish(b'{"type":"stop","matched":2}'), USAGE, _DONE])], True),
 }
 JUNK_AFTER = _body(STREAM) + b"junk\r\n"  # a whole answer, then bytes that are no answer
-THIN = {"nousage": TOKENS, "doneonly": 0}  # `ok` streams without usage: token chunks they carry
+THIN = {"nousage": TOKENS}  # `ok` streams without usage: token chunks they carry
 
 # Hostile answers, each with the status it truly is and a word of its error.
 HOSTILE: dict[str, tuple[list[bytes], str, str]] = {
@@ -184,6 +186,29 @@ HOSTILE: dict[str, tuple[list[bytes], str, str]] = {
                                                   _DONE)), _END], "http_error", "out of memory"),
     "errobject": ([HEAD, _chunk(GOOD[0]), _chunk(_ev(b'{"object":"error","message":"boom: bad state","type":"InternalServerError",'
                                                      b'"code":500}')), _chunk(_DONE), _END], "http_error", "boom: bad state"),
+    # an error in an event that also carries tokens or usage is still an error
+    "errwithusage": ([_body([*GOOD, _ev(b'{"choices":[],"usage":{"prompt_tokens":20,"completion_tokens":3},'
+                                        b'"error":{"message":"boom: engine crashed"}}'), _DONE])],
+                     "http_error", "boom: engine crashed"),
+    "errwithtoken": ([_body([GOOD[0], _ev(_TEXT_EVENT.replace(b'"finish_reason":null}]}', b'"finish_reason":null}],'
+                                                             b'"error":{"message":"boom: mid-answer"}}') % b" b"),
+                             *TAIL])], "http_error", "boom: mid-answer"),
+    # streams that end well but carry no token: nothing proves an answer was generated
+    "doneonly": ([_body([_DONE])], "protocol_error", "no token and no usage"),
+    "emptychoices": ([_body([_ev(b'{"choices":[]}')] * 3 + [_usage(b"16"), _DONE])],
+                     "protocol_error", "usage counts 16 completion tokens"),
+    "nodelta": ([_body([_ev(b'{"object":"chat.completion.chunk","choices":[{"index":0}]}')] * 3
+                       + [_usage(b"16"), _DONE])], "protocol_error", "no token"),
+    # a partial event after [DONE], then a clean end
+    "afterdonepart": ([_body([*STREAM, b'data: {"choices":[{"text":"AFTER'])], "protocol_error", "after data: [DONE]"),
+    # counts that cannot be: usage that is no object, parts larger than their whole
+    "usagenotobj": ([_body([*GOOD, _ev(b'{"choices":[],"usage":"16 tokens"}'), _DONE])], "protocol_error", "usage"),
+    "cachedover": ([_body([*GOOD, _ev(b'{"choices":[],"usage":{"prompt_tokens":20,"completion_tokens":3,'
+                                      b'"prompt_tokens_details":{"cached_tokens":5000}}}'), _DONE])],
+                   "protocol_error", "cached_tokens"),
+    "reasonover": ([_body([*GOOD, _ev(b'{"choices":[],"usage":{"prompt_tokens":20,"completion_tokens":3,'
+                                      b'"completion_tokens_details":{"reasoning_tokens":999}}}'), _DONE])],
+                   "protocol_error", "reasoning_tokens"),
     "errevent2": ([HEAD, _chunk(GOOD[0]), _chunk(b'event: error\ndata: {"message":"boom: overloaded"}\n\n')],
                   "http_error", "boom: overloaded"),
     "usageneg": ([_body([*GOOD, _usage(b"-3"), _DONE])], "protocol_error", "usage"),
@@ -357,6 +382,13 @@ class Hostile:
             for i in range(0, len(big), 16384):
                 await send(_chunk(big[i:i + 16384]))
             await _until_closed(reader)
+            return False
+        if mode == "blast":  # token chunks without end, many per write, as fast as the client reads
+            await send(HEAD, *good)
+            burst = _chunk(_event(b"x")) * 2000
+            with contextlib.suppress(ConnectionError):
+                while True:
+                    await send(burst)
             return False
         if mode == "closeafter":  # a whole valid answer, then a close (llama.cpp does this after streams)
             await send(HEAD + b"".join(good + [_chunk(e) for e in TAIL]) + b"0\r\n\r\n")
@@ -824,3 +856,16 @@ def test_caps_come_from_the_command_line(hostile: Hostile, tmp_path: Path) -> No
     assert by_id["big"]["status"] == "client_error" and "4096" in by_id["big"]["error"]
     for i in ("r0", "r1"):
         assert by_id[i]["status"] == "protocol_error" and "over 65536 bytes" in by_id[i]["error"]
+
+
+@pytest.mark.parametrize("transport", ["raw", "aiohttp"])
+def test_an_answer_that_never_stops_is_cut_before_it_takes_the_memory(hostile: Hostile, tmp_path: Path,
+                                                                       transport: str) -> None:
+    """Token chunks without end (thousands a millisecond, each a timestamp kept): cut as
+    `protocol_error` once past 8 chunks per token asked and 65,536, long before the total timeout
+    (a 3 s stream of them held 1.1 million timestamps, 86 MB, and a 10 MB results line)."""
+    lines = _run(hostile, "blast", tmp_path, transport, n=1, timeouts=Timeouts(connect=2.0, first_token=1.5,
+                                                                                total=60.0, idle=1.0))
+    d = lines[0]
+    assert d["status"] == "protocol_error" and "does not stop" in d["error"], d
+    assert 65536 < len(d["chunk_times"]) < 4_000_000, len(d["chunk_times"])

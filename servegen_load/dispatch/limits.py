@@ -53,6 +53,8 @@ class Timeouts:
 MAX_EVENT_BYTES = 4 << 20
 MAX_PROMPT_TOKENS = 1 << 21
 MAX_REQUEST_BYTES = 256 << 20
+CHUNKS_PER_TOKEN = 8  # token chunks per token asked before an answer is cut (`Limits.over_chunks`)
+MIN_CHUNK_CAP = 65536
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +79,21 @@ class Limits:
             v = getattr(self, name)
             if type(v) is not int or v < 1:
                 raise InputError(f"expected a positive integer, got {v!r}", field=f"--{name.replace('_', '-')}")
+
+    @staticmethod
+    def over_chunks(flights: Iterable[Any]) -> list[tuple[Any, str]]:
+        """The flights whose answer sent far more token chunks than the tokens asked for (each
+        chunk carries one token or more; `CHUNKS_PER_TOKEN` per token allows for a server that
+        splits characters, `MIN_CHUNK_CAP` for one that ignores max_tokens a little): a stream
+        of tiny chunks must not hold a timestamp each until the machine runs out of memory (one
+        such answer gathered 1.1 million in 3 s). Both transports call this from `sweep`."""
+        over = []
+        for f in flights:
+            n = len(f.chunks)
+            if n > MIN_CHUNK_CAP and n > CHUNKS_PER_TOKEN * f.req.output_tokens:
+                over.append((f, f"{n} token chunks for {f.req.output_tokens} tokens asked: "
+                                f"the answer does not stop (over {CHUNKS_PER_TOKEN} chunks per token)"))
+        return over
 
     def prompt_excess(self, req: Any) -> str | None:
         """Why `req` must not be sent (its prompt is over the cap), else None."""

@@ -158,6 +158,24 @@ def feed_sse(f: Flight, data: bytes, t: float, cap: int = MAX_EVENT_BYTES) -> No
         f.sse_buf = b""
 
 
+def end_of_stream(f: Flight) -> None:
+    """The verdict on a 200 stream that ended cleanly with nothing decided yet: `ok` only for an
+    answer that proves itself. Both transports call it."""
+    if f.status is not None:
+        return
+    if not f.done:  # the answer may be cut short (fault no_done)
+        f.fail("protocol_error", "stream ended without data: [DONE]")
+    elif f.sse_buf.strip():
+        f.fail("protocol_error", "stream data after data: [DONE]: "
+               + bytes(f.sse_buf[:80]).decode("utf-8", "replace"))
+    elif not f.chunks and (f.completion_tokens is None or f.completion_tokens > 1):
+        # one token may be an end-of-sequence token the server shows as no text; more is not
+        f.fail("protocol_error", "the stream carried no token" + (
+            f", but usage counts {f.completion_tokens} completion tokens" if f.completion_tokens else " and no usage"))
+    else:
+        f.status = "ok"
+
+
 def _too_big(f: Flight, cap: int) -> None:
     f.sse_buf = b""
     f.fail("protocol_error", f"stream event over {cap} bytes (--max-event-bytes)")
@@ -224,6 +242,15 @@ def take_data(f: Flight, payload: bytes, t: float) -> bool:
 
 
 def _take(f: Flight, obj: dict[str, Any], payload: bytes, t: float) -> None:
+    err = obj.get("error")
+    if err or obj.get("object") == "error":
+        # {"error": {...}} (vLLM, SGLang, OpenAI) or a bare ErrorResponse {"object": "error", ...},
+        # whatever else the event carries (tokens, usage); `"error": null` is no error
+        if not err:
+            err = obj
+        msg = err.get("message", err) if isinstance(err, dict) else err
+        f.fail("http_error", "server error in stream: " + str(msg)[:200])
+        return
     choices = obj.get("choices")
     if choices:
         c0 = choices[0]
@@ -270,11 +297,6 @@ def _take(f: Flight, obj: dict[str, Any], payload: bytes, t: float) -> None:
     usage = obj.get("usage")
     if usage:
         _take_usage(f, usage)
-    elif not choices and ("error" in obj or obj.get("object") == "error"):
-        # {"error": {...}} (vLLM, SGLang, OpenAI) or a bare ErrorResponse {"object": "error", ...}
-        err = obj.get("error", obj)
-        msg = err.get("message", err) if isinstance(err, dict) else err
-        f.fail("http_error", "server error in stream: " + str(msg)[:200])
 
 
 # A 200 stream that ends with one of these did not generate what was asked: the server gave up
@@ -361,6 +383,7 @@ def _take_usage(f: Flight, usage: Any) -> None:
     totals, which keep this true), is a `protocol_error`.
     """
     if not isinstance(usage, dict):
+        f.fail("protocol_error", "usage is not an object: " + _dumps(usage).decode()[:80])
         return
     pt = usage.get("prompt_tokens")
     ct = usage.get("completion_tokens")
@@ -384,4 +407,9 @@ def _take_usage(f: Flight, usage: Any) -> None:
     except _NotACount as e:
         f.fail("protocol_error", str(e))
         return
+    for part, whole in (("reasoning_tokens", "completion_tokens"), ("cached_tokens", "prompt_tokens")):
+        a, b = getattr(f, part), getattr(f, whole)
+        if a is not None and b is not None and a > b:
+            f.fail("protocol_error", f"usage counts {a} {part}, more than its {b} {whole}")
+            return
     _check_count(f)

@@ -30,7 +30,7 @@ import aiohttp
 
 from ..endpoint import Endpoint, auth_headers, scrub
 from ..limits import MAX_EVENT_BYTES, Limits, Timeouts
-from ..stream import Flight, feed_sse
+from ..stream import Flight, end_of_stream, feed_sse
 from .base import Hooks
 
 _MAX_ERR_BODY = 300
@@ -77,11 +77,7 @@ async def call(session: aiohttp.ClientSession, url: str, headers: dict[str, str]
                 if f.status is not None:  # corrupt, oversized or an error event: end it now
                     resp.close()
                     return
-        if f.status is None:
-            if f.done:
-                f.status = "ok"
-            else:  # a clean end without `data: [DONE]`: the answer may be cut short (fault no_done)
-                f.fail("protocol_error", "stream ended without data: [DONE]")
+        end_of_stream(f)
     except aiohttp.ClientConnectorError as e:
         f.sent = None
         f.attempts -= 1  # nothing was written: there was no connection
@@ -89,7 +85,7 @@ async def call(session: aiohttp.ClientSession, url: str, headers: dict[str, str]
     except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError, aiohttp.ClientOSError,
             ConnectionError) as e:  # ClientOSError: a reset before the response head (reset_before_first_byte)
         if f.done:
-            f.status = f.status or "ok"
+            end_of_stream(f)
         else:
             # no answer at all on a connection closed cleanly: maybe a stale keep-alive one
             f.stale = f.http_status is None and isinstance(e, aiohttp.ServerDisconnectedError)
@@ -200,6 +196,8 @@ class AiohttpTransport:
     def sweep(self, now: float) -> None:
         for f, msg in _framing_errors(self.active):
             self.end_flight(f, "protocol_error", scrub(msg, self.api_key))
+        for f, msg in Limits.over_chunks(self.active):
+            self.end_flight(f, "protocol_error", msg)
         late = self.timeouts.late(self.active, now)
         for f, msg in late:
             self.end_flight(f, "timeout", msg)

@@ -95,7 +95,7 @@ from typing import Any
 
 from ..endpoint import Endpoint, auth_headers, scrub
 from ..limits import Limits, Timeouts, raise_nofile_limit
-from ..stream import Flight, feed_sse, plain_text, take_data
+from ..stream import Flight, end_of_stream, feed_sse, plain_text, take_data
 from .base import Hooks
 
 _IDLE, _HEAD, _CHUNKED, _LENGTH, _UNTIL_CLOSE = range(5)
@@ -804,11 +804,8 @@ class _Conn(asyncio.Protocol):
         if not self.ok:
             body = self.errbody[:300].decode("utf-8", "replace").strip()
             f.fail("http_error", scrub(f"HTTP {f.http_status}: {body}", self.owner.api_key))
-        elif f.status is None:
-            if f.done:
-                f.status = "ok"
-            else:  # a clean end without `data: [DONE]`: the answer may be cut short (fault no_done)
-                f.fail("protocol_error", "stream ended without data: [DONE]")
+        else:
+            end_of_stream(f)
         self.owner.finish(f)
 
     def _protocol_error(self, msg: str) -> None:
@@ -1164,6 +1161,8 @@ class RawTransport:
 
     def sweep(self, now: float) -> None:
         self._unpark(now)
+        for f, msg in Limits.over_chunks(self.active):
+            self.end_flight(f, "protocol_error", msg)
         late = self.timeouts.late(self.active, now)
         for f, msg in late:
             self.end_flight(f, "timeout", msg)
