@@ -83,6 +83,14 @@ def _writable(option: str, path: str) -> None:
         raise InputError(f"cannot create: {parent} is not a folder", path=path, field=option)
     if not os.access(parent, os.W_OK | os.X_OK):
         raise InputError(f"cannot create: no write permission in {parent}", path=path, field=option)
+    if parent == target.parent:  # a trial file: root passes access(), yet /proc or a read-only mount refuse
+        try:
+            fd, name = tempfile.mkstemp(dir=parent, prefix=".servegen-load-check-")
+        except OSError as e:
+            raise InputError(f"cannot create: {e.strerror}", path=path, field=option) from None
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(name)
 
 
 def check_paths(outputs: Named, inputs: Named = ()) -> None:

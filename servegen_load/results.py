@@ -304,6 +304,10 @@ class _Columns:
                 arr.append(v)
             else:
                 raise InputError(f"expected a number or null, got {v!r}", path=path, line=line, field=k)
+        for a, b in _IN_ORDER:  # a TTFT or E2E below zero is no measurement (an edited or foreign file)
+            ta, tb = d.get(a), d.get(b)
+            if ta is not None and tb is not None and tb < ta:
+                raise InputError(f"expected a time at or after {a} ({ta}), got {tb}", path=path, line=line, field=b)
         r = d.get("retries") or 0
         if type(r) is not int:
             raise InputError(f"expected an integer, got {r!r}", path=path, line=line, field="retries")
@@ -322,6 +326,7 @@ class _Columns:
 
 
 _NAN = float("nan")
+_IN_ORDER = (("sent", "first_token"), ("first_token", "last_token"))
 
 
 def _load_file(path: Path, cols: _Columns, warnings: list[str]) -> dict[str, Any]:

@@ -68,6 +68,25 @@ MAX_YAML_DEPTH = 64
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True, validate_assignment=False, allow_inf_nan=False)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, data: Any) -> Any:
+        """`rate: true` is no rate: pydantic would read it as 1."""
+        if isinstance(data, dict):
+            for k, v in data.items():
+                f = cls.model_fields.get(k) if isinstance(v, bool) else None
+                if f is not None and _numeric(f.annotation):
+                    raise ValueError(f"{k}: expected a number, got {str(v).lower()}")
+        return data
+
+
+def _numeric(ann: Any) -> bool:
+    """Whether a field annotation takes numbers and not booleans (int, float, or an optional one)."""
+    import typing
+
+    args = typing.get_args(ann) if typing.get_origin(ann) is not None else (ann,)
+    return bool not in args and any(a in (int, float) for a in args)
+
 
 def parse_clock(value: Any) -> float:
     """Seconds from a number (>= 0) or a clock string "HH:MM" / "HH:MM:SS" (hours 0-23)."""

@@ -288,6 +288,8 @@ def load_slo_file(path: str | Path) -> tuple[list[str], str | None]:
         doc = yaml.safe_load(p.read_text(encoding="utf-8"))
     except OSError as e:
         raise InputError(f"cannot read SLO file: {e.strerror}", path=str(p)) from None
+    except UnicodeDecodeError as e:
+        raise InputError(f"not UTF-8 text (byte {e.start})", path=str(p)) from None
     except yaml.YAMLError as e:
         raise InputError(f"invalid YAML: {str(e).splitlines()[0]}", path=str(p)) from None
     if isinstance(doc, list):
@@ -476,4 +478,6 @@ def parse_fraction(text: str | float, field: str) -> float:
         raise InputError(f"expected a percentage like 10% or a fraction like 0.1, got {text!r}", field=field) from None
     if not math.isfinite(v) or v < 0:
         raise InputError(f"expected a percentage >= 0, got {text!r}", field=field)
+    if v > 1 and not s.endswith("%"):  # `10` meant 10 %, not 1000 %: say which
+        raise InputError(f"expected a percentage like {s}% or a fraction like {v / 100:g}, got {text!r}", field=field)
     return v

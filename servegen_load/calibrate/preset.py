@@ -100,8 +100,8 @@ def calibration_rounds(preset: str | None) -> dict[str, Any] | None:
     if not preset or Path(preset).suffix not in (".yaml", ".yml") or not Path(preset).is_file():
         return None
     try:
-        doc = yaml.safe_load(Path(preset).read_text())
-    except (OSError, yaml.YAMLError):
+        doc = yaml.safe_load(Path(preset).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
         return None  # loading the preset itself names what is wrong
     cal = doc.get("calibration") if isinstance(doc, dict) else None
     rounds = cal.get("rounds") if isinstance(cal, dict) else None

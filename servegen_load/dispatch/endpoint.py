@@ -34,8 +34,12 @@ class Endpoint:
 
     @classmethod
     def parse(cls, url: str) -> Endpoint:
-        parts = urlsplit(url if "://" in url else "http://" + url)
         shown = redact_url(url)
+        try:
+            parts = urlsplit(url if "://" in url else "http://" + url)
+        except ValueError as e:  # "Invalid IPv6 URL": an unclosed [
+            raise InputError(f"expected an http(s) URL like http://127.0.0.1:8000, got {shown!r} ({e})",
+                             field="--endpoint") from None
         if parts.username is not None or parts.password is not None:
             # refused rather than used: a credential in the URL is shown wherever the endpoint is
             raise InputError(f"credentials in the URL ({shown}) are not supported: pass the key in "

@@ -26,6 +26,8 @@ def run(spec: RunSpec, argv: list[str] | None = None) -> int:
             from ..dispatch.endpoint import Endpoint
 
             Endpoint.parse(spec.endpoint)
+        if spec.pushgateway:
+            _check_url(spec.pushgateway, "--pushgateway")
         inputs = [("SOURCE", spec.source), ("--api-key-file", spec.api_key_file), ("--tokenizer", spec.tokenizer)]
         # outputs checked and -o locked before anything is contacted
         with run_outputs(spec.output, spec.summary_json, inputs) as outs:
@@ -44,3 +46,16 @@ def run(spec: RunSpec, argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("servegen-load: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+def _check_url(url: str, option: str) -> None:
+    """A URL (or host:port) urllib can split, port included: one line, not a traceback later."""
+    from urllib.parse import urlsplit
+
+    from ..dispatch.endpoint import redact_url
+    from ..errors import InputError
+
+    try:
+        urlsplit(url if "://" in url else "http://" + url).port  # noqa: B018 (raises on a bad port)
+    except ValueError as e:
+        raise InputError(f"expected host:port or a URL, got {redact_url(url)!r} ({e})", field=option) from None

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..formats import EXIT_FAIL, EXIT_INTERRUPTED, EXIT_NO_SUCCESS, STOPPED
+from ..formats import EXIT_FAIL, EXIT_INPUT, EXIT_INTERRUPTED, EXIT_NO_SUCCESS, STOPPED
 from ..metrics.summary import Summary
 from .spec import RunSpec
 from .target import redact
@@ -74,10 +74,10 @@ def exit_code(summary: Summary, spec: RunSpec, endpoint: str, *, interrupted: bo
         print(f"servegen-load: WARNING: {req.by_status['connect_error']} requests could not connect to "
               f"{redact(endpoint)} (status connect_error: refused, TLS or DNS failure; the endpoint may "
               "have gone away)", file=sys.stderr)
-    if req.scheduled == 0:  # an all-dash summary must not look like a result
+    if req.scheduled == 0:  # an all-dash summary must not look like a result: the input is what is wrong
         print(f"servegen-load: the source scheduled no request (check --duration/--count and the source); "
-              f"exit {EXIT_FAIL}", file=sys.stderr)
-        return EXIT_FAIL
+              f"exit {EXIT_INPUT}", file=sys.stderr)
+        return EXIT_INPUT
     if req.ok == 0 and req.errors > 0:
         print(f"servegen-load: no request succeeded (exit {EXIT_NO_SUCCESS})", file=sys.stderr)
         return EXIT_NO_SUCCESS

@@ -50,7 +50,12 @@ def redact(url: str) -> str:
     """A URL without user:password (for headers naming the run)."""
     from urllib.parse import urlsplit, urlunsplit
 
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # not a URL ("Invalid IPv6 URL"): whatever userinfo it holds, masked
+        from ..dispatch.endpoint import redact_url
+
+        return redact_url(url)
     if parts.username is None and parts.password is None:
         return url
     host = parts.hostname or ""

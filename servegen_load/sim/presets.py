@@ -97,9 +97,13 @@ def _load_yaml(path: Path) -> EngineParams:
     import yaml
 
     try:
-        doc = yaml.safe_load(path.read_text()) or {}
+        doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
         raise InputError(f"not valid YAML: {str(e).splitlines()[0]}", path=str(path)) from None
+    except UnicodeDecodeError as e:
+        raise InputError(f"not UTF-8 text (byte {e.start})", path=str(path)) from None
+    except OSError as e:
+        raise InputError(f"cannot read the preset: {e.strerror}", path=str(path)) from None
     if not isinstance(doc, dict):
         raise InputError("expected a mapping of parameter: value", path=str(path))
     doc.pop("calibration", None)  # what `calibrate` measured: uncertainties, residuals, sources

@@ -238,8 +238,9 @@ class WindowGaps:
         g_id = gid[1:][same]
         cnt = np.bincount(gid, minlength=ng_groups).astype(np.int64)
         ng = np.bincount(g_id, minlength=ng_groups).astype(np.float64)
-        s1 = np.bincount(g_id, weights=gaps, minlength=ng_groups)
-        s2 = np.bincount(g_id, weights=gaps * gaps, minlength=ng_groups)
+        # float64 even without a gap (numpy's bincount of nothing is int64, whatever the weights)
+        s1 = np.bincount(g_id, weights=gaps, minlength=ng_groups).astype(np.float64)
+        s2 = np.bincount(g_id, weights=gaps * gaps, minlength=ng_groups).astype(np.float64)
         # a client's first group may continue the window it had open at the end of the last block
         first_of_client = np.empty(gc.size, dtype=bool)
         first_of_client[0] = True

@@ -1,0 +1,98 @@
+"""Bad input to the commands a red team tried first: one line naming what is wrong, exit 2, no
+traceback, and nothing sent before the line (each case here once ended otherwise: a traceback, a
+silent misreading or an exit code that meant something else)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from hostile import assert_failed, assert_ok, run_cli
+from test_dispatch_fixtures import make_requests, write_requests
+
+NOT_UTF8 = bytes(range(128, 256)) * 8
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small valid results file: 30 requests against the simulator."""
+    from servegen_load.sim import SimProcess
+
+    tmp = tmp_path_factory.mktemp("res")
+    reqs = write_requests(tmp / "req.jsonl", make_requests([0.05 * i for i in range(30)], output_tokens=8))
+    out = tmp / "res.jsonl"
+    with SimProcess("tiny-cpu") as sim:
+        assert_ok(run_cli("run", reqs, "-o", out, "--endpoint", sim.url, "--progress", "off"))
+    return out
+
+
+def test_a_bare_number_over_one_is_not_a_fraction(results: Path) -> None:
+    """`--max-regression 10` read as 1000 % made the regression gate unable to fail."""
+    r = run_cli("gate", results, "--baseline", results, "--max-regression", "10")
+    assert "10%" in assert_failed(r, "--max-regression")
+    assert_ok(run_cli("gate", results, "--baseline", results, "--max-regression", "10%"))
+
+
+@pytest.mark.parametrize("cmd", [["gate", "{res}", "--slo-file", "{bad}"], ["report", "{res}", "--slo-file", "{bad}"],
+                                 ["plan", "{scen}", "--preset", "{bad}", "--slo", "ttft_p90<=2s"]])
+def test_files_that_are_not_utf8_text(tmp_path: Path, results: Path, cmd: list[str]) -> None:
+    bad = tmp_path / "garbage.yaml"
+    bad.write_bytes(NOT_UTF8)
+    scen = Path(__file__).resolve().parents[1] / "scenarios" / "language.yaml"
+    r = run_cli(*(a.format(res=results, bad=bad, scen=scen) for a in cmd))
+    assert "UTF-8" in assert_failed(r, bad)
+
+
+def test_inspect_a_requests_file_where_no_client_sends_twice(tmp_path: Path) -> None:
+    src = write_requests(tmp_path / "one.jsonl", make_requests([0.0], output_tokens=4))
+    r = run_cli("inspect", src)
+    assert_ok(r)
+    assert "output_tokens" in r.out
+
+
+@pytest.mark.parametrize("opts,field", [(["--endpoint", "http://[::1"], "--endpoint"),
+                                        (["--pushgateway", "http://[::1"], "--pushgateway"),
+                                        (["--pushgateway", "localhost:99999"], "--pushgateway"),
+                                        (["--summary-json", "/proc/servegen-load-x"], "--summary-json")])
+def test_bad_urls_and_outputs_are_refused_before_any_traffic(tmp_path: Path, opts: list[str], field: str) -> None:
+    """Port 9 (discard) has no listener here: an error about the connection would mean the
+    command went on to the network before checking its options."""
+    src = write_requests(tmp_path / "r.jsonl", make_requests([0.0], output_tokens=4))
+    base = ["--endpoint", "http://127.0.0.1:9"] if "--endpoint" not in opts else []
+    r = run_cli("run", src, "-o", tmp_path / "out.jsonl", *base, *opts)
+    line = assert_failed(r, field)
+    assert "connection" not in line and not (tmp_path / "out.jsonl").exists()
+
+
+def test_a_source_that_schedules_nothing_is_bad_input(tmp_path: Path) -> None:
+    from servegen_load.sim import SimProcess
+
+    src = write_requests(tmp_path / "r.jsonl", [])
+    with SimProcess("tiny-cpu") as sim:
+        r = run_cli("run", src, "-o", tmp_path / "out.jsonl", "--endpoint", sim.url, "--progress", "off")
+    assert r.code == 2 and "scheduled no request" in r.err and "Traceback" not in r.err, r
+
+
+def test_a_first_token_before_its_send_is_no_measurement(tmp_path: Path, results: Path) -> None:
+    """A TTFT below zero (an edited or foreign file) passed `gate --slo ttft_p99<=1ms`."""
+    head, *lines = results.read_text().splitlines()
+    d = json.loads(lines[3])
+    d["first_token"] = d["sent"] - 5.0
+    lines[3] = json.dumps(d)
+    bad = tmp_path / "edited.jsonl"
+    bad.write_text("\n".join([head, *lines]) + "\n")
+    assert f"{bad}:5: first_token" in assert_failed(run_cli("gate", bad, "--slo", "ttft_p99<=1ms"), bad)
+
+
+@pytest.mark.parametrize("field,text", [("rate", "naive:\n  rate: true\n  input_tokens: 10\n  output_tokens: 5\nduration: 2\n"),
+                                        ("duration", "naive:\n  rate: 2\n  input_tokens: 10\n  output_tokens: 5\nduration: true\n"),
+                                        ("seed", "naive:\n  rate: 2\n  input_tokens: 10\n  output_tokens: 5\nduration: 2\nseed: yes\n")])
+def test_booleans_are_not_numbers(tmp_path: Path, field: str, text: str) -> None:
+    """YAML's `true` (and `yes`) is no rate, duration or seed: pydantic read it as 1."""
+    p = tmp_path / "s.yaml"
+    p.write_text(text)
+    out = tmp_path / "req.jsonl"
+    assert "expected a number" in assert_failed(run_cli("generate", p, "-o", out), p, field, out=out)
+    assert not os.path.exists(out)
