@@ -240,7 +240,8 @@ def _mask_pieces(text: str, key: str) -> str:
                 spans.append([i, i + n])
     if not spans:
         return text
-    out, last = [], 0
+    out: list[str] = []
+    last = 0
     for a, b in spans:
         out += (text[last:a], "***")
         last = b
