@@ -9,6 +9,7 @@ most the last flush interval lost), the summary, and the documented exit code
 from __future__ import annotations
 
 import collections
+import contextlib
 import math
 import os
 import signal
@@ -141,3 +142,39 @@ def test_sigkill_loses_at_most_the_last_flush_interval(tmp_path: Path) -> None:
     cut.write_bytes(data.rstrip(b"\n") + b"\n" + body[-1][:25])
     res = read_results(cut)
     assert res.n == len(docs) and any("truncated last line" in w for w in res.warnings)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_during_a_hanging_start_up_probe_still_leaves_every_line(sig: signal.Signals, tmp_path: Path) -> None:
+    """A server that accepts and never answers: the model listing waits (10 s), and a signal then
+    ended the command with no results file (SIGTERM: killed, exit 143). Now: exit 130 and one
+    `cancelled`, unsent line per scheduled request, as after a signal mid-run."""
+    import socket
+    import threading
+
+    reqs = make_requests([0.1 * i for i in range(25)], output_tokens=4)
+    src = write_requests(tmp_path / "req.jsonl", reqs)
+    out = tmp_path / "res.jsonl"
+    ls = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                held.append(ls.accept()[0])
+
+    threading.Thread(target=accept, daemon=True).start()
+    p = spawn(["run", str(src), "-o", str(out), "--endpoint", f"http://127.0.0.1:{ls.getsockname()[1]}",
+               "--progress", "off"], tmp_path)
+    try:
+        wait_for(lambda: len(held) >= 2, 30, "the probe's connection")  # the reachability check, then the listing
+        p.send_signal(sig)
+        assert p.wait(8) == 130, (tmp_path / "stderr").read_text()
+    finally:
+        if p.poll() is None:
+            p.kill()
+        ls.close()
+    _, lines = read_lines(out)
+    assert sorted(d["id"] for d in lines) == sorted(r.id for r in reqs)
+    assert all(d["status"] == "cancelled" and d["sent"] is None for d in lines)
+    assert "interrupted before the first request" in (tmp_path / "stderr").read_text()

@@ -9,6 +9,8 @@ resolved target (`target`), what is sent (`source`), running it here (`local`), 
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
 
 from ..formats import EXIT_INTERRUPTED
@@ -21,6 +23,10 @@ def run(spec: RunSpec, argv: list[str] | None = None) -> int:
     from .source import check_source
 
     argv = list(sys.argv if argv is None else argv)
+    # SIGTERM as Ctrl-C until the engine installs its own handlers: a start-up probe that hangs
+    # ends with the results file, not a killed process (the engine's handlers replace this one)
+    with contextlib.suppress(ValueError):  # not the main thread: signals are not ours to handle
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         if spec.endpoint:  # a bad URL (or one carrying credentials) before anything is written
             from ..dispatch.endpoint import Endpoint

@@ -92,7 +92,13 @@ def run_local(spec: RunSpec, outputs: Any, argv: list[str]) -> int:
     api_key_of(spec)  # an unreadable key file is input, named before anything starts
     opened = open_for(spec)  # validates every line of a requests file now
     with contextlib.ExitStack() as stack:
-        target = resolve_target(spec, stack)
+        try:
+            target = resolve_target(spec, stack)
+        except KeyboardInterrupt:  # in a start-up probe of a server that hangs: nothing was sent
+            n = _all_unsent(spec, opened)
+            print(f"servegen-load: interrupted before the first request was sent: {n} result lines, "
+                  f"all cancelled, in {spec.output}", file=sys.stderr)
+            return EXIT_INTERRUPTED
         cfg = engine_config(spec, target, opened, argv, Path(spec.output),
                             results_copy=outputs.copy if outputs is not None else None)
         try:
@@ -125,3 +131,22 @@ def run_local(spec: RunSpec, outputs: Any, argv: list[str]) -> int:
         print(refused_line(outcome.gave_up), file=sys.stderr)
         return EXIT_NO_SUCCESS
     return exit_code(summary, spec, target.endpoint, interrupted=outcome.interrupted, slos_hold=holds)
+
+
+def _all_unsent(spec: RunSpec, opened: Opened) -> int:
+    """The results file of a run stopped before it began: every request `cancelled`, unsent (one
+    line per scheduled request, as after an interruption mid-run)."""
+    import time
+
+    from ..results import ResultSink, unsent_line
+    from .target import redact
+
+    header = {"endpoint": redact(spec.endpoint) if spec.endpoint else None, "model": spec.model, "api": spec.api,
+              "started_unix": time.time(), "source": opened.info["source"], "source_kind": opened.info["source_kind"]}
+    sink = ResultSink(spec.output, header)
+    n = 0
+    for r in opened.requests:
+        sink.add(unsent_line(r, error="run stopped before it began (interrupted during start-up)"))
+        n += 1
+    sink.close()
+    return n
