@@ -92,6 +92,9 @@ async def call(session: aiohttp.ClientSession, url: str, headers: dict[str, str]
             f.fail("disconnect", scrub(f"connection closed by server ({type(e).__name__})", api_key))
     except (TimeoutError, aiohttp.ServerTimeoutError):
         f.fail("timeout", "timed out")
+    except aiohttp.ClientResponseError as e:  # aiohttp's parser refused the answer: its "400" is not the server's
+        what = " ".join(str(e.message).split())
+        f.fail("protocol_error", scrub(f"bad response framing ({type(e).__name__}: {what})"[:200], api_key))
     except aiohttp.ClientError as e:
         f.fail("protocol_error", scrub(f"{type(e).__name__}: {e}"[:200], api_key))
     except asyncio.CancelledError:
