@@ -258,3 +258,50 @@ def test_cli_unreadable_log_is_one_line_exit_2(tmp_path: Path) -> None:
     assert r.returncode == 2, r.stderr
     assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr and str(p) in r.stderr
     assert not (tmp_path / "x.npz").exists()
+
+
+def test_nested_usage_of_a_gateway_log_is_found(tmp_path: Path) -> None:
+    """OpenAI-style response logs keep the counts in `usage`: guessed as `usage.prompt_tokens`
+    and `usage.completion_tokens` (and named so with --input-column), `user` as the client."""
+    p = tmp_path / "gw.jsonl"
+    rows = [{"id": f"c{i}", "created": 1715299200 + i, "model": "m", "user": f"t{i % 3}",
+             "usage": None if i == 0 else {"prompt_tokens": 100 + i, "completion_tokens": 10 + i,
+                                           "completion_tokens_details": {"reasoning_tokens": i % 5}}}
+            for i in range(50)]
+    p.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    log = load_log(p)
+    np.testing.assert_array_equal(log.input, [100 + i for i in range(1, 50)])  # row 0 has no counts: bad row
+    np.testing.assert_array_equal(log.output, [10 + i for i in range(1, 50)])
+    assert sorted(log.clients) == ["t0", "t1", "t2"]
+    assert log.reason is not None and list(log.reason[:3]) == [1, 2, 3]
+    named = load_log(p, columns=ColumnMap(input="usage.prompt_tokens", output="usage.completion_tokens"))
+    np.testing.assert_array_equal(named.input, log.input)
+
+
+def test_json_logs_are_decoded_in_bounded_batches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch ends at `JSON_CHUNK_BYTES` as well as at a row count (Bailian rows carry hundreds of
+    hash ids: a million of them decoded at once took gigabytes); the log read is the same."""
+    from servegen_load.workload import logs
+
+    p = tmp_path / "b.jsonl"
+    p.write_text("\n".join(json.dumps({"timestamp": 1000 * i, "input_length": 50 + i, "output_length": 5 + i % 7,
+                                       "hash_ids": list(range(i % 40))}) for i in range(3000)) + "\n")
+    whole = load_log(p)
+    monkeypatch.setattr(logs, "JSON_CHUNK_BYTES", 4096)
+    chunks = list(read_log(p))
+    assert len(chunks) > 20 and max(c.rows for c in chunks) < 100
+    parts = load_log(p)
+    np.testing.assert_array_equal(parts.t, whole.t)
+    np.testing.assert_array_equal(parts.input, whole.input)
+
+
+def test_zero_output_rows_are_said_not_silently_made_one_token(tmp_path: Path) -> None:
+    """BurstGPT logs failed requests with 0 response tokens: kept as arrivals, and the fit says
+    they will be generated with 1 token (no request asks for 0)."""
+    p = tmp_path / "bg.csv"
+    rows = [f"{i * 0.5:.1f},ChatGPT,{100 + i},{0 if i % 10 == 0 else 20 + i % 9},{120 + i},Conversation log"
+            for i in range(400)]
+    p.write_text("Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type\n" + "\n".join(rows) + "\n")
+    r = cli("fit", str(p), "-o", str(tmp_path / "bg.npz"))
+    assert r.returncode == 0, r.stderr
+    assert "40 request(s) (10.0%) have 0 output tokens" in r.stderr and "fitted 400 requests" in r.stderr

@@ -406,8 +406,14 @@ def _collect(chunks: Iterable[LogChunk], report: FitReport) -> _Columns:
     t = take("t")
     origin = float(t.min())
     report.requests = int(t.size)
+    output = take("output")
+    zero = int(np.count_nonzero(output == 0))
+    if zero:  # a log's failed or cancelled requests: their arrivals count, their length cannot be 0
+        report.notes.append(f"{zero} request(s) ({zero / t.size:.1%}) have 0 output tokens (failed or cancelled "
+                            "in the log?): kept as arrivals, and generated with 1 output token, the least a "
+                            "request can ask for")
     return _Columns(t=t, client=take("client"), names=list(names), has_client=has_client,
-                    input=take("input"), output=take("output"), reason=cat("reason"), session=cat("session"),
+                    input=take("input"), output=output, reason=cat("reason"), session=cat("session"),
                     media={k: v for k in MEDIA if (v := cat(k)) is not None}, origin=origin,
                     wall_clock=wall == {True})
 

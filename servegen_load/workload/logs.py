@@ -80,6 +80,7 @@ _PAD = 256  # zero bytes after a CSV block; fields longer than this take the slo
 _REQUIRED = ("time", "input", "output")  # a row missing one of these (when mapped) is bad
 
 # Column names tried, in order, when a role is not named explicitly (case and punctuation ignored).
+JSON_CHUNK_BYTES = 16 << 20  # JSON lines decoded at once (their objects take several times that)
 GUESSES: dict[str, tuple[str, ...]] = {
     "time": ("timestamp", "time", "t", "ts", "arrival_time", "arrival", "request_time", "created_at",
              "created", "start_time", "scheduled", "datetime", "date", "request_timestamp", "arrival_timestamp",
@@ -90,12 +91,14 @@ GUESSES: dict[str, tuple[str, ...]] = {
     "session": ("session", "session_id", "conversation", "conversation_id", "chat_id", "thread_id"),
     "input": ("input_tokens", "prompt_tokens", "request_tokens", "input_length", "contexttokens", "context_tokens",
               "num_prompt_tokens", "input_len", "prompt_len", "text_tokens", "prompt_length", "prompt_token_count",
-              "input_token_count", "num_input_tokens", "tokens_in", "in_tokens"),
+              "input_token_count", "num_input_tokens", "tokens_in", "in_tokens",
+              "usage.prompt_tokens", "usage.input_tokens"),  # JSON logs of OpenAI / Anthropic responses
     "output": ("output_tokens", "completion_tokens", "response_tokens", "output_length", "generatedtokens", "generated_tokens",
                "num_completion_tokens", "output_len", "completion_len", "completion_length", "completion_token_count",
                "output_token_count", "candidates_token_count", "num_output_tokens", "tokens_out", "out_tokens",
-               "response_length", "generated_length"),
-    "reason": ("reason_tokens", "reasoning_tokens", "thinking_tokens"),
+               "response_length", "generated_length", "usage.completion_tokens", "usage.output_tokens"),
+    "reason": ("reason_tokens", "reasoning_tokens", "thinking_tokens",
+               "usage.completion_tokens_details.reasoning_tokens"),
     **{m: (m, m.replace("_count", "s") if m.endswith("_count") else m, f"num_{m.split('_')[0]}s")
        for m in MEDIA},
 }
@@ -879,9 +882,13 @@ class _JsonReader:
             roots: dict[int, int] = {}
             while True:
                 batch: list[bytes] = []
+                size = 0
                 for raw in fh:
                     batch.append(raw)
-                    if len(batch) >= self.chunk_rows:
+                    size += len(raw)
+                    # rows or bytes: a trace with hundreds of hash ids a row (Bailian) decoded a
+                    # million rows at once into 19 GB of Python objects
+                    if len(batch) >= self.chunk_rows or size >= JSON_CHUNK_BYTES:
                         break
                 if not batch:
                     break
@@ -899,7 +906,7 @@ class _JsonReader:
                             yield _empty_chunk(ps, self.fmt, rows, bad)
                         continue
                     keys = list(objs[0].keys())
-                    roles = self._roles(keys, objs[0], ps)
+                    roles = self._roles(keys + _nested_keys(objs[:100], set(keys)), objs[0], ps)
                     conv = _Converter(ps, self.fmt, self.cols, roles)
                 if not rows:
                     continue
@@ -935,6 +942,9 @@ class _JsonReader:
         if "|" in key:  # first non-null of several keys
             a, b = key.split("|", 1)
             vals = [o.get(a) if o.get(a) is not None else o.get(b) for o in objs]
+        elif "." in key and not any(key in o for o in objs[:100]):  # a nested key: usage.prompt_tokens
+            path = key.split(".")
+            vals = [_dig(o, path) for o in objs]
         else:
             vals = [o.get(key) for o in objs]
         if role in ("client", "session"):
@@ -947,6 +957,33 @@ class _JsonReader:
             except (ValueError, TypeError):
                 return np.array(["" if x is None else str(x) for x in vals])
         return vals
+
+
+def _nested_keys(objs: list[dict[str, Any]], top: set[str], depth: int = 3) -> list[str]:
+    """Dotted names of the values inside objects (`usage.prompt_tokens`, as an OpenAI-style gateway
+    logs the response's usage), in order of first appearance, at most `depth` levels down."""
+    out: dict[str, None] = {}
+
+    def walk(d: dict[str, Any], prefix: str, level: int) -> None:
+        for k, v in d.items():
+            if isinstance(v, dict) and level < depth:
+                walk(v, f"{prefix}{k}.", level + 1)
+            elif prefix and f"{prefix}{k}" not in top:
+                out.setdefault(f"{prefix}{k}")
+
+    for o in objs:
+        for k, v in o.items():
+            if isinstance(v, dict):
+                walk(v, f"{k}.", 2)
+    return list(out)
+
+
+def _dig(o: Any, path: list[str]) -> Any:
+    for part in path:
+        if not isinstance(o, dict):
+            return None
+        o = o.get(part)
+    return o
 
 
 def _decode_lines(batch: list[bytes], first: int, bad: BadRows) -> tuple[list[dict[str, Any]], np.ndarray]:
