@@ -423,3 +423,46 @@ def test_workers_stop_when_the_endpoint_refuses_the_run(tmp_path: Path) -> None:
     assert sorted(d["id"] for d in lines) == sorted(x.id for x in reqs)
     statuses = [d["status"] for d in lines]
     assert set(statuses) == {"http_error", "cancelled"} and statuses.count("cancelled") > 100, statuses
+
+
+def test_a_shard_whose_every_request_failed_does_not_stop_the_others(tmp_path: Path) -> None:
+    """One client's requests all fail (HTTP 500), the other's succeed; with --workers 2 each is a
+    shard. The failing shard runs its schedule and exits 3 (none of its requests succeeded): a
+    result, not a worker failure, so the healthy shard goes on (it was stopped, 25 of its 30
+    requests `cancelled`), and the merged run exits 0 like the single process."""
+    import dataclasses
+    import json
+
+    from aiohttp import web
+    from test_security import ThreadServer
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        body = json.loads(await request.read())
+        if body.get("max_tokens") == 5:
+            return web.json_response({"error": {"message": "boom"}}, status=500)
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        for t in ("a", "b", "c", "d"):
+            await resp.write(b"data: " + orjson.dumps({"choices": [{"index": 0, "delta": {"content": t}}]}) + b"\n\n")
+        await resp.write(b'data: {"choices":[],"usage":{"prompt_tokens":20,"completion_tokens":4}}\n\ndata: [DONE]\n\n')
+        await resp.write_eof()
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    bad = make_requests([0.3 * i for i in range(3)], output_tokens=5, clients=["bad"])
+    good = make_requests([0.1 * i for i in range(30)], output_tokens=4, clients=["good"])
+    reqs = sorted([*(dataclasses.replace(r, id=f"b{r.id}") for r in bad), *good], key=lambda r: r.t)
+    source, out = write_requests(tmp_path / "reqs.jsonl", reqs), tmp_path / "merged.jsonl"
+    srv = ThreadServer(app)
+    try:
+        r = run_cli("run", str(source), "-o", str(out), "--endpoint", f"http://127.0.0.1:{srv.port}", "--model", "m",
+                    "--api", "chat", "--workers", "2", "--progress", "off", "--keep-going")
+    finally:
+        srv.stop()
+    assert r.returncode == 0, r.stderr
+    assert "failed (exit" not in r.stderr and "cancelled" not in r.stderr, r.stderr
+    _, lines = read(out)
+    by = {(d["client"], d["status"]) for d in lines}
+    assert by == {("bad", "http_error"), ("good", "ok")}, by
+    assert len(lines) == 33

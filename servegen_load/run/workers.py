@@ -368,7 +368,10 @@ def _wait(workers: list[Worker], received: list[int], failed: list[Worker], star
                     w.rc = w.proc.wait(timeout=0.05)
                     w.ended = time.time()
                     stopped = w.rc in (-signal.SIGINT, -signal.SIGTERM) and bool(received)  # by our signal
-                    if w.rc not in (0, EXIT_INTERRUPTED) and not stopped:
+                    # exit 3 after its whole schedule (none of its requests succeeded) is a result,
+                    # not a failure: the other shards go on; exit 3 on a refusal stops them
+                    ran = w.rc == EXIT_NO_SUCCESS and STOPPED not in stderr_tail(w)
+                    if w.rc not in (0, EXIT_INTERRUPTED) and not stopped and not ran:
                         failed.append(w)
         if failed and forwarded == 0:
             received.append(signal.SIGTERM)  # one worker failed: stop the rest, keep what they did
