@@ -142,6 +142,7 @@ class Step:
     checks: list[Check]
     seconds: float
     results: str | None = None
+    answered: float | None = None  # output tokens the ok answers carried / those they asked for
 
     @property
     def passed(self) -> bool:
@@ -158,7 +159,22 @@ class Step:
                 "served_rate": self.served_rate, "completion_rate": self.completion_rate, "requests": self.requests, "passed": self.passed,
                 "saturated": self.saturated, "seconds": round(self.seconds, 2),
                 "metrics": {c.slo.label: c.value for c in self.checks},
-                "checks": [c.to_dict() for c in self.checks], "results": self.results}
+                "checks": [c.to_dict() for c in self.checks], "results": self.results,
+                "answered_token_share": self.answered}
+
+
+SHORT_ANSWERS = 0.8  # a step whose ok answers carried less of the output asked is measured on less work
+
+
+def answered_share(res: Any) -> float | None:
+    """Output tokens the ok answers carried (usage, else token chunks) over those they asked for."""
+    c = res.cols
+    ok = c["status"] == "ok"
+    asked = float(np.nansum(c["output_tokens"][ok]))
+    if not ok.any() or asked <= 0:
+        return None
+    got = np.where(np.isfinite(c["completion_tokens"]), c["completion_tokens"], res.chunk_counts)[ok]
+    return float(np.nansum(got)) / asked
 
 
 def window_rates(res: Any, t0: float, t1: float) -> tuple[float | None, float | None, float | None, int]:
@@ -263,6 +279,7 @@ class Stepper:
             raise InputError("the scenario has no traffic in its first "
                              f"{self.run_seconds:g} s; nothing to plan", path=scenario.path)
         self.steps: list[Step] = []
+        self.warned_short = False
         self.sim: Any = None
         self.endpoint = opts.endpoint
         self.model = opts.model
@@ -325,7 +342,14 @@ class Stepper:
         stop_if_refused(f"plan step {idx} (scale {scale:.4g})", res, outcome.gave_up)
         if outcome.interrupted:
             raise KeyboardInterrupt
-        return self._judge(idx, scale, rate, res, t, str(out) if o.results_dir else None)
+        st = self._judge(idx, scale, rate, res, t, str(out) if o.results_dir else None)
+        st.answered = answered_share(res)
+        if st.answered is not None and st.answered < SHORT_ANSWERS and not self.warned_short:
+            self.warned_short = True  # once: every step of a plan meets the same server
+            o.log(f"plan: WARNING: step {idx}: the ok answers carried {st.answered:.0%} of the output tokens "
+                  "asked: a capacity measured on shorter answers overstates the real one (does the endpoint "
+                  "honour max_tokens and forced lengths? see --server-family)")
+        return st
 
     def _judge(self, idx: int, scale: float, rate: float, res: Results, t: float, path: str | None) -> Step:
         """The step's verdict from its results (real or virtual alike), recorded and logged."""

@@ -171,3 +171,37 @@ def test_a_plan_against_an_endpoint_refusing_every_request_stops_at_its_first_st
     assert first in p.stderr and "failed with HTTP 404 (" in p.stderr, p.stderr
     assert "refused with 404" in p.stderr and "step 2" not in p.stderr + p.stdout
     assert "concurrency 2" not in p.stderr + p.stdout
+
+
+def test_a_plan_on_answers_shorter_than_asked_says_so(tmp_path: Path) -> None:
+    """An endpoint that stops after one token whatever max_tokens says (a server ignoring forced
+    lengths) served every step "well": the plan now warns that its capacity was measured on 20 %
+    of the output asked, and each step's JSON carries that share."""
+    from aiohttp import web
+    from test_security import ThreadServer
+
+    async def completions(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        await resp.write(b'data: {"choices":[{"index":0,"text":" a","finish_reason":"stop"}]}\n\n'
+                         b'data: {"choices":[],"usage":{"prompt_tokens":10,"completion_tokens":1}}\n\ndata: [DONE]\n\n')
+        await resp.write_eof()
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/v1/completions", completions)
+    naive = write(tmp_path, "naive.yaml", "naive: {rate: 4, input_tokens: 10, output_tokens: 5}\nduration: 5\n")
+    srv = ThreadServer(app)
+    try:
+        p = subprocess.run([*CLI, "plan", str(naive), "--slo", "ttft_p99<=1s", "--endpoint", f"http://127.0.0.1:{srv.port}",
+                            "--model", "m", "--api", "completions", "--step-duration", "2", "--warmup", "0", "--max-steps", "2",
+                            "-o", str(tmp_path / "cap.json")], capture_output=True, text=True, timeout=120)
+    finally:
+        srv.stop()
+    assert p.returncode == 0, p.stderr
+    warn = [x for x in p.stderr.splitlines() if "WARNING" in x and "output tokens asked" in x]
+    assert len(warn) == 1 and "carried 20% of the output" in warn[0], p.stderr
+    doc = json.loads((tmp_path / "cap.json").read_text())
+    steps = doc["plan"]["steps"]
+    assert steps and all(abs(s["answered_token_share"] - 0.2) < 1e-9 for s in steps), steps
