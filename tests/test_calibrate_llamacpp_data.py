@@ -113,3 +113,26 @@ def test_a_probe_run_in_a_slow_spell_of_the_host_is_outvoted_by_the_other_rounds
     assert q.returncode == 0, q.stderr[-2000:]
     assert f"3 rounds whose saturation rates spread {rounds['spread']:.0%}" in q.stderr, q.stderr
     assert json.loads(plan.read_text())["options"]["calibration_rounds"]["kept"] == rounds["kept"]
+
+
+def test_a_probe_whose_prompt_counts_follow_nothing_is_refused(tmp_path: Path) -> None:
+    """The kept probe with every `usage.prompt_tokens` rewritten to 10 (a gateway that rewrites
+    usage, or a server that ignores the prompt): a model fitted to those counts put a server
+    serving 180 req/s at 0.2. `calibrate --from` refuses it in one line (exit 2)."""
+    with tarfile.open(DATA / "probe.tar.gz") as tar:
+        tar.extractall(tmp_path, filter="data")
+    files = sorted((tmp_path / "probeA").glob("*.jsonl"))
+    for f in files:
+        head, *lines = f.read_text().splitlines()
+        out = [head]
+        for line in lines:
+            d = json.loads(line)
+            if d.get("prompt_tokens") is not None:
+                d["prompt_tokens"] = 10
+            out.append(json.dumps(d))
+        f.write_text("\n".join(out) + "\n")
+    p = subprocess.run([*CLI, "calibrate", "--from", *map(str, files), "-o", str(tmp_path / "t.yaml")],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2, p.stderr[-2000:]
+    assert "usage.prompt_tokens does not follow the prompts sent" in p.stderr and "Traceback" not in p.stderr
+    assert not (tmp_path / "t.yaml").exists()

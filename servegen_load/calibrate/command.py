@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from ..results import read_results
+from ..results import Results, read_results
 from .fit import NAMES, Fit
 from .select import fit_results
 
@@ -162,6 +162,7 @@ def calibrate(*, endpoint: str | None, inputs: list[str], output: str, model: st
         fitted = []
         for files in groups:
             res = read_results(*files)
+            check_prompt_counts(res, files)
             name = model or next((h.get("model") for h in res.headers if h.get("model")), None) or "calibrated"
             fit, rows = fit_results(res, int(limits.get("max_num_batched_tokens") or 2048))
             params, sources = build_params(fit, limits, name, cache=cache_block(rows.cached, shared))
@@ -192,6 +193,27 @@ def calibrate(*, endpoint: str | None, inputs: list[str], output: str, model: st
     finally:
         if tmp is not None:
             tmp.cleanup()
+
+
+def check_prompt_counts(res: Results, files: list[str]) -> None:
+    """An InputError when the server's `usage.prompt_tokens` does not follow the prompts sent.
+
+    The fit charges prefill by the server's counts: a server (or a gateway) that reports a
+    constant or unrelated count would make a model of nothing; one calibration against such a
+    server put its saturation at 0.2 req/s where it served 180."""
+    c = res.cols
+    sent = c["input_tokens"] + np.nan_to_num(c["media_tokens"])
+    ok = (c["status"] == "ok") & np.isfinite(c["prompt_tokens"]) & (sent > 0)
+    if ok.sum() < 10 or np.ptp(sent[ok]) == 0:
+        return  # too few counts, or nothing to follow
+    said, asked = c["prompt_tokens"][ok], sent[ok]
+    ratio = float(np.median(said / asked))
+    corr = float(np.corrcoef(np.log1p(said), np.log1p(asked))[0, 1]) if np.ptp(said) > 0 else 0.0
+    if not (0.5 <= ratio <= 2.0 and corr >= 0.9):
+        raise InputError(f"the server's usage.prompt_tokens does not follow the prompts sent (median "
+                         f"{ratio:.2g} of them, correlation {corr:.2f} over {int(ok.sum())} answers): a model "
+                         "fitted to those counts would be wrong; check the endpoint (a gateway rewriting usage?)",
+                         path=files[0] if len(files) == 1 else None)
 
 
 # --- check: the twin against the real endpoint on a held-out scenario ---
