@@ -143,6 +143,7 @@ class Step:
     seconds: float
     results: str | None = None
     answered: float | None = None  # output tokens the ok answers carried / those they asked for
+    errors: dict[str, int] = field(default_factory=dict)  # failed requests of the measured window, by status
 
     @property
     def passed(self) -> bool:
@@ -160,7 +161,7 @@ class Step:
                 "saturated": self.saturated, "seconds": round(self.seconds, 2),
                 "metrics": {c.slo.label: c.value for c in self.checks},
                 "checks": [c.to_dict() for c in self.checks], "results": self.results,
-                "answered_token_share": self.answered}
+                "answered_token_share": self.answered, "errors": self.errors}
 
 
 SHORT_ANSWERS = 0.8  # a step whose ok answers carried less of the output asked is measured on less work
@@ -358,6 +359,9 @@ class Stepper:
         checks = evaluate(measured, self.slos, lag_threshold=o.lag_threshold)
         offered, served, done, n = window_rates(res, o.warmup, self.run_seconds)
         st = Step(idx, scale, rate, offered, served, done, n, checks, time.perf_counter() - t, path)
+        status = measured["status"] if measured.n else np.zeros(0, dtype=object)
+        kinds, counts = np.unique(status[status != "ok"].astype(str), return_counts=True)
+        st.errors = {str(k): int(v) for k, v in zip(kinds, counts, strict=True)}
         self.steps.append(st)
         o.log(self._line(st))
         return st
@@ -368,6 +372,8 @@ class Stepper:
         sat = " SATURATED (not sustainable)" if st.saturated else ""
         rates = (f"served {st.served_rate:.3g} of {st.offered_rate:.3g} req/s offered{sat}"
                  if st.offered_rate is not None and st.served_rate is not None else "")
+        if st.errors:  # a server that fails is not a saturated one: say which it was
+            rates += "; failed: " + ", ".join(f"{v} {k}" for k, v in sorted(st.errors.items(), key=lambda x: -x[1]))
         return (f"plan {self.name} step {st.index}: scale {st.scale:.4g} (planned {st.rate:.3g} req/s) "
                 f"{'PASS' if st.passed else 'FAIL'}: {vals} | {rates} [{st.seconds:.0f} s]")
 

@@ -357,3 +357,15 @@ def test_a_low_open_file_limit_is_raised_or_warned_not_fatal(tmp_path: Path) -> 
     assert over.returncode == 2 and over.stderr.strip() == (
         "servegen-load: error: the open-file limit is 256, below the 1064 this run needs (one socket per "
         "in-flight request); raise it, e.g. `ulimit -n 1064`, or lower --max-concurrency"), over.stderr
+
+
+@pytest.mark.parametrize(("value", "seconds"), [("3", 3.0), (" 2.5 ", 2.5), ("0", 0.0), ("1_000", None), ("1e3", None),
+                                                ("\u00a05", None), ("-5", None), ("inf", None), ("nan", None),
+                                                ("soon", None), ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0)])
+def test_retry_after_takes_delay_seconds_or_a_date_and_nothing_python_would_also_read(value: str,
+                                                                                     seconds: float | None) -> None:
+    """RFC 9110: digits or an HTTP date. `float` also reads "1_000", "1e3" and a no-break space:
+    those are junk, so the back-off applies (a date in the past is 0 s)."""
+    from servegen_load.dispatch.retry import retry_after_seconds
+
+    assert retry_after_seconds(value) == seconds

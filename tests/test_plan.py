@@ -205,3 +205,42 @@ def test_a_plan_on_answers_shorter_than_asked_says_so(tmp_path: Path) -> None:
     doc = json.loads((tmp_path / "cap.json").read_text())
     steps = doc["plan"]["steps"]
     assert steps and all(abs(s["answered_token_share"] - 0.2) < 1e-9 for s in steps), steps
+
+
+def test_a_plan_step_says_which_requests_failed(tmp_path: Path) -> None:
+    """Every other request answered HTTP 500: the step line names the failures (a failing server
+    is not a saturated one) and the step's JSON counts them by status."""
+    import itertools
+
+    from aiohttp import web
+    from test_security import ThreadServer
+
+    n = itertools.count()
+
+    async def completions(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        if next(n) % 2:
+            return web.json_response({"error": {"message": "boom"}}, status=500)
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        for _ in range(5):
+            await resp.write(b'data: {"choices":[{"index":0,"text":" a"}]}\n\n')
+        await resp.write(b'data: {"choices":[],"usage":{"prompt_tokens":10,"completion_tokens":5}}\n\ndata: [DONE]\n\n')
+        await resp.write_eof()
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/v1/completions", completions)
+    naive = write(tmp_path, "naive.yaml", "naive: {rate: 4, input_tokens: 10, output_tokens: 5}\nduration: 5\n")
+    srv = ThreadServer(app)
+    try:
+        p = subprocess.run([*CLI, "plan", str(naive), "--slo", "ttft_p99<=1s", "--endpoint", f"http://127.0.0.1:{srv.port}",
+                            "--model", "m", "--api", "completions", "--step-duration", "2", "--warmup", "0",
+                            "--max-steps", "2", "-o", str(tmp_path / "cap.json")], capture_output=True, text=True, timeout=120)
+    finally:
+        srv.stop()
+    assert p.returncode == 0, p.stderr
+    step = [x for x in p.stderr.splitlines() if x.startswith("plan scenario step 1:")]
+    assert len(step) == 1 and "http_error" in step[0].split("failed:")[1], p.stderr
+    errors = json.loads((tmp_path / "cap.json").read_text())["plan"]["steps"][0]["errors"]
+    assert set(errors) == {"http_error"} and errors["http_error"] >= 1, errors

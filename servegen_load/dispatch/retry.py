@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import math
+import re
 import time
 from typing import Any
 
@@ -42,14 +43,17 @@ BACKOFF_S = 0.5
 DEFAULT_MAX_WAIT_S = 10.0
 
 
+_SECONDS = re.compile(r"[0-9]+(?:\.[0-9]+)?")
+
+
 def retry_after_seconds(value: str | None, now_unix: float | None = None) -> float | None:
     """Seconds a `Retry-After` header asks for (delta-seconds or an HTTP date); None if absent or bad."""
     if not value:
         return None
-    v = value.strip()
-    try:
+    v = value.strip(" \t")
+    if _SECONDS.fullmatch(v):  # RFC 9110 delay-seconds (digits; a fraction tolerated): not "1_000", "1e3"
         s = float(v)
-    except ValueError:
+    else:
         try:
             when = email.utils.parsedate_to_datetime(v)
         except (TypeError, ValueError, IndexError):

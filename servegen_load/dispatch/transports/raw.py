@@ -448,8 +448,9 @@ class _Conn(asyncio.Protocol):
             # may have closed it idle just as we wrote, or read the request, worked, and closed.
             # Nothing tells them apart, so it is not re-sent here (only under --retries).
             f.stale = True
-            f.fail("disconnect", "connection closed by server before any byte of answer (a reused "
-                   "keep-alive connection; the request may have been received: not re-sent without --retries)")
+            f.fail("disconnect", "connection closed by server before any byte of answer (an idle keep-alive "
+                   "connection, opened ahead or reused; the request may have been received: not re-sent "
+                   "without --retries)")
         else:
             f.fail("disconnect", f"connection closed by server ({exc})" if exc else "connection closed by server")
         self.owner.finish(f)
