@@ -206,6 +206,9 @@ HOSTILE: dict[str, tuple[list[bytes], str, str]] = {
     "cachedover": ([_body([*GOOD, _ev(b'{"choices":[],"usage":{"prompt_tokens":20,"completion_tokens":3,'
                                       b'"prompt_tokens_details":{"cached_tokens":5000}}}'), _DONE])],
                    "protocol_error", "cached_tokens"),
+    "detailsnotobj": ([_body([*GOOD, _ev(b'{"choices":[],"usage":{"prompt_tokens":20,"completion_tokens":3,'
+                                         b'"completion_tokens_details":"lots"}}'), _DONE])],
+                      "protocol_error", "completion_tokens_details is not an object"),
     "reasonover": ([_body([*GOOD, _ev(b'{"choices":[],"usage":{"prompt_tokens":20,"completion_tokens":3,'
                                       b'"completion_tokens_details":{"reasoning_tokens":999}}}'), _DONE])],
                    "protocol_error", "reasoning_tokens"),

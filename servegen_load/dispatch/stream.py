@@ -368,6 +368,14 @@ def _int_or_none(v: Any, name: str = "") -> int | None:
     raise _NotACount(f"usage.{name} is not a token count: {str(v)[:40]}")
 
 
+def _details(usage: dict[str, Any], name: str) -> dict[str, Any] | None:
+    """`usage.<name>`: an object, or None when absent (null); anything else is no count."""
+    d = usage.get(name)
+    if d is None or isinstance(d, dict):
+        return d
+    raise _NotACount(f"usage.{name} is not an object: {str(d)[:40]}")
+
+
 def _check_count(f: Flight) -> None:
     """Each token chunk carries at least one token: fewer completion tokens than chunks is no count."""
     ct = f.completion_tokens
@@ -396,13 +404,13 @@ def _take_usage(f: Flight, usage: Any) -> None:
     try:
         f.prompt_tokens = _int_or_none(usage.get("prompt_tokens"), "prompt_tokens")
         f.completion_tokens = ct = _int_or_none(usage.get("completion_tokens"), "completion_tokens")
-        details = usage.get("completion_tokens_details")
-        if isinstance(details, dict):
+        details = _details(usage, "completion_tokens_details")
+        if details is not None:
             f.reasoning_tokens = _int_or_none(details.get("reasoning_tokens"), "reasoning_tokens")
         if f.reasoning_tokens is None:
             f.reasoning_tokens = _int_or_none(usage.get("reasoning_tokens"), "reasoning_tokens")
-        pdet = usage.get("prompt_tokens_details")
-        if isinstance(pdet, dict):
+        pdet = _details(usage, "prompt_tokens_details")
+        if pdet is not None:
             f.cached_tokens = _int_or_none(pdet.get("cached_tokens"), "cached_tokens")
     except _NotACount as e:
         f.fail("protocol_error", str(e))
