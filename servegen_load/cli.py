@@ -642,8 +642,20 @@ def main() -> None:
 
     # SIGTERM unwinds like Ctrl-C (`run` installs its own handler), so partial outputs are removed
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    from typer.exceptions import Abort, TyperException
+
     try:
-        app()
+        rv = app(standalone_mode=False)
+    except TyperException as e:  # a mistyped option or value (usage error): one line, not a boxed panel
+        ctx = getattr(e, "ctx", None)
+        where = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+        message = e.format_message()  # type: ignore[attr-defined]
+        if message:  # none: no arguments at all, and the help was shown
+            print(f"servegen-load: error: {_one_line(message)}{where}", file=sys.stderr)
+        sys.exit(getattr(e, "exit_code", 2))
+    except Abort:  # Ctrl-C outside `run` (which handles its own): said, and the exit a shell expects
+        print("servegen-load: interrupted", file=sys.stderr)
+        sys.exit(130)
     except InputError as e:
         print(f"servegen-load: error: {_one_line(str(e))}", file=sys.stderr)
         sys.exit(2)
@@ -652,6 +664,7 @@ def main() -> None:
             raise
         print(f"servegen-load: error: {_one_line(f'{e.filename}: {e.strerror or e}')}", file=sys.stderr)
         sys.exit(2)
+    sys.exit(rv if isinstance(rv, int) else 0)  # a command's `typer.Exit(code)` comes back as its code
 
 
 def _one_line(text: str) -> str:

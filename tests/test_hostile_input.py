@@ -11,6 +11,7 @@ of the package source for code that could execute an input file (eval, pickle, u
 
 from __future__ import annotations
 
+import copy
 import functools
 import io
 import json
@@ -103,18 +104,20 @@ def mutated_scenarios(draw: st.DrawFn) -> tuple[str, str]:
     for _ in range(draw(st.integers(1, 3))):
         paths = _paths(doc) if isinstance(doc, dict) else []
         op = draw(st.sampled_from(["set", "set", "set", "delete", "unknown", "root"] if paths else ["root"]))
+        # copies: a drawn {} or [] is the strategy's own object, and a later edit of it would change
+        # what the strategy draws next (hypothesis: FlakyStrategyDefinition)
         if op == "root":
-            doc = draw(st.one_of(HOSTILE, st.lists(HOSTILE, max_size=3)))
+            doc = copy.deepcopy(draw(st.one_of(HOSTILE, st.lists(HOSTILE, max_size=3))))
             continue
         path = draw(st.sampled_from(paths))
         parent = _parent(doc, path)
         if op == "set":
-            parent[path[-1]] = draw(HOSTILE)
+            parent[path[-1]] = copy.deepcopy(draw(HOSTILE))
         elif op == "delete":
             del parent[path[-1]]
         else:
             target = parent if isinstance(parent, dict) else doc
-            target[draw(st.sampled_from(["unknown", "rates", "Pool", "startt", "x" * 40]))] = draw(HOSTILE)
+            target[draw(st.sampled_from(["unknown", "rates", "Pool", "startt", "x" * 40]))] = copy.deepcopy(draw(HOSTILE))
     return name, yaml.safe_dump(doc, allow_unicode=True)
 
 
