@@ -692,8 +692,11 @@ def test_entry_point_behaves_like_in_process(tmp_path: Path) -> None:
     (["fit", "a.csv", "-o", "p.npz", "--window", "ten"], "--window"),
 ])
 def test_usage_errors_exit_2(argv: list[str], text: str) -> None:
+    """One line naming the mistake and where the help is, as for any bad input (not click's panel)."""
     r = run_cli(*argv)
     assert r.code == 2 and "Traceback" not in r.err and text in r.err, r
+    lines = r.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("servegen-load: error: ") and "--help" in lines[0], r
 
 
 @pytest.fixture
