@@ -135,6 +135,32 @@ def test_a_stalled_loop_does_not_delay_the_first_token(start_fake, tmp_path: Pat
         assert np.allclose(np.diff(d["chunk_times"]), 0.06, atol=0.01)
 
 
+def test_a_stalled_loop_does_not_delay_the_first_token_on_a_new_connection(start_fake, tmp_path: Path,
+                                                                          monkeypatch) -> None:
+    """As above, on connections dialed for their request (llama.cpp's family keeps no idle ones):
+    the loop blocked for 80 ms as soon as the socket's transport is made, the first token due 60
+    ms after the send. uvloop resumed reading a new transport after `connection_made`, undoing
+    the watch's pause there, so the transport read the first token when the stall ended."""
+    from servegen_load.content.payload import PayloadOptions
+
+    fs = start_fake(ttft_ms=60, itl_ms=60, max_tokens=4)
+    adopt = RawTransport._adopt
+    stalls = [0.08]  # once: later requests are sent when it ends, and must not meet another
+
+    async def adopt_then_stall(self: RawTransport, sock, conn) -> None:
+        await adopt(self, sock, conn)
+        if stalls:
+            asyncio.get_running_loop().call_soon(time.sleep, stalls.pop())
+
+    monkeypatch.setattr(RawTransport, "_adopt", adopt_then_stall)
+    reqs = make_requests([0.0, 0.01, 0.02], output_tokens=4)  # none finds a free connection: three dials
+    _, _, lines = _run(fs.url, reqs, tmp_path / "r.jsonl", api="chat", payload=PayloadOptions(server_family="llamacpp"))
+    assert {d["status"] for d in lines} == {"ok"}
+    for d in lines:
+        assert 0.0595 < d["first_token"] - d["sent"] < 0.075, d  # read when the stall ended: >= 0.08
+        assert min(d["chunk_times"]) >= 0, d
+
+
 def test_the_first_token_watch_never_costs_a_request_its_socket(start_fake, tmp_path: Path) -> None:
     """An open-file limit of 512 and 320 streams waiting for their first token at once, sent over
     2 s: each watched stream would hold a second descriptor (`_Conn._watch`), and the connects

@@ -269,8 +269,6 @@ class _Conn(asyncio.Protocol):
             if self.owner.rx_poll is not None:
                 with contextlib.suppress(OSError):
                     sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
-        if self.flight is not None:  # dialed: its request is on the wire already (`RawTransport._dial`)
-            self._watch()
 
     def data_received(self, data: bytes) -> None:
         t = perf_counter()
@@ -295,6 +293,8 @@ class _Conn(asyncio.Protocol):
             if _fast_reads(data, t, fast):
                 return
             self.fast = None
+        if self.watching:  # the transport read before the watch did (see `_adopt`): this answer has no
+            self.watching = False  # kernel stamp, and `rx_read` must not stamp a later token before this one
         self._strict(data, t)
 
     def _strict(self, data: bytes, t: float) -> None:
@@ -1052,6 +1052,13 @@ class RawTransport:
             f = conn.flight
             if f is not None:
                 self.end_flight(f, *self._connect_failure(e))
+            return
+        # Watched only now: uvloop starts reading a transport made around a socket after
+        # `connection_made`, undoing a pause made there (so the transport, not the watch, read the
+        # first token, and the watch stamped a later one before it). The head may have come.
+        f = conn.flight
+        if f is not None and f.first_token is None and conn.state in (_HEAD, _CHUNKED):
+            conn._watch()
 
     def _wait(self, f: Flight, sock: socket.socket | None) -> None:
         """`f` waits for the first connection freed or for one connect of its own (on `sock`,
