@@ -327,8 +327,8 @@ class _Columns:
 
 _NAN = float("nan")
 _IN_ORDER = (("sent", "first_token"), ("first_token", "last_token"))
-# A first token stamped by the kernel (`_Conn.rx_read`) is converted from the wall clock once per
-# read: tens of µs of jitter can put it after the next chunk's user-space stamp (seen: 26-43 µs)
+# Slack for two clocks: a first token stamped by the kernel (`_Conn.rx_read`, the wall clock
+# converted once per read) against later tokens stamped in user space
 _ORDER_SLACK = 0.001
 
 
