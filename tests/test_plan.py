@@ -14,6 +14,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -173,24 +174,14 @@ def test_a_plan_against_an_endpoint_refusing_every_request_stops_at_its_first_st
     assert "concurrency 2" not in p.stderr + p.stdout
 
 
-def test_a_plan_on_answers_shorter_than_asked_says_so(tmp_path: Path) -> None:
-    """An endpoint that stops after one token whatever max_tokens says (a server ignoring forced
-    lengths) served every step "well": the plan now warns that its capacity was measured on 20 %
-    of the output asked, and each step's JSON carries that share."""
+def _plan_against(handler: Callable[..., Any], tmp_path: Path) -> tuple[subprocess.CompletedProcess[str], dict]:
+    """`plan` (two 2 s steps of 4 req/s, 5 output tokens) against an aiohttp `/v1/completions`
+    handler on 127.0.0.1; the process and its capacity document."""
     from aiohttp import web
     from test_security import ThreadServer
 
-    async def completions(request: web.Request) -> web.StreamResponse:
-        await request.read()
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await resp.prepare(request)
-        await resp.write(b'data: {"choices":[{"index":0,"text":" a","finish_reason":"stop"}]}\n\n'
-                         b'data: {"choices":[],"usage":{"prompt_tokens":10,"completion_tokens":1}}\n\ndata: [DONE]\n\n')
-        await resp.write_eof()
-        return resp
-
     app = web.Application()
-    app.router.add_post("/v1/completions", completions)
+    app.router.add_post("/v1/completions", handler)
     naive = write(tmp_path, "naive.yaml", "naive: {rate: 4, input_tokens: 10, output_tokens: 5}\nduration: 5\n")
     srv = ThreadServer(app)
     try:
@@ -200,9 +191,33 @@ def test_a_plan_on_answers_shorter_than_asked_says_so(tmp_path: Path) -> None:
     finally:
         srv.stop()
     assert p.returncode == 0, p.stderr
+    return p, json.loads((tmp_path / "cap.json").read_text())
+
+
+async def _stream(request: Any, tokens: int) -> Any:
+    from aiohttp import web
+
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await resp.prepare(request)
+    for _ in range(tokens):
+        await resp.write(b'data: {"choices":[{"index":0,"text":" a"}]}\n\n')
+    await resp.write(b'data: {"choices":[],"usage":{"prompt_tokens":10,"completion_tokens":%d}}\n\ndata: [DONE]\n\n'
+                     % tokens)
+    await resp.write_eof()
+    return resp
+
+
+def test_a_plan_on_answers_shorter_than_asked_says_so(tmp_path: Path) -> None:
+    """An endpoint that stops after one token whatever max_tokens says (a server ignoring forced
+    lengths) served every step "well": the plan now warns that its capacity was measured on 20 %
+    of the output asked, and each step's JSON carries that share."""
+    async def one_token(request: Any) -> Any:
+        await request.read()
+        return await _stream(request, 1)
+
+    p, doc = _plan_against(one_token, tmp_path)
     warn = [x for x in p.stderr.splitlines() if "WARNING" in x and "output tokens asked" in x]
     assert len(warn) == 1 and "carried 20% of the output" in warn[0], p.stderr
-    doc = json.loads((tmp_path / "cap.json").read_text())
     steps = doc["plan"]["steps"]
     assert steps and all(abs(s["answered_token_share"] - 0.2) < 1e-9 for s in steps), steps
 
@@ -213,34 +228,17 @@ def test_a_plan_step_says_which_requests_failed(tmp_path: Path) -> None:
     import itertools
 
     from aiohttp import web
-    from test_security import ThreadServer
 
     n = itertools.count()
 
-    async def completions(request: web.Request) -> web.StreamResponse:
+    async def every_other_fails(request: Any) -> Any:
         await request.read()
         if next(n) % 2:
             return web.json_response({"error": {"message": "boom"}}, status=500)
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await resp.prepare(request)
-        for _ in range(5):
-            await resp.write(b'data: {"choices":[{"index":0,"text":" a"}]}\n\n')
-        await resp.write(b'data: {"choices":[],"usage":{"prompt_tokens":10,"completion_tokens":5}}\n\ndata: [DONE]\n\n')
-        await resp.write_eof()
-        return resp
+        return await _stream(request, 5)
 
-    app = web.Application()
-    app.router.add_post("/v1/completions", completions)
-    naive = write(tmp_path, "naive.yaml", "naive: {rate: 4, input_tokens: 10, output_tokens: 5}\nduration: 5\n")
-    srv = ThreadServer(app)
-    try:
-        p = subprocess.run([*CLI, "plan", str(naive), "--slo", "ttft_p99<=1s", "--endpoint", f"http://127.0.0.1:{srv.port}",
-                            "--model", "m", "--api", "completions", "--step-duration", "2", "--warmup", "0",
-                            "--max-steps", "2", "-o", str(tmp_path / "cap.json")], capture_output=True, text=True, timeout=120)
-    finally:
-        srv.stop()
-    assert p.returncode == 0, p.stderr
+    p, doc = _plan_against(every_other_fails, tmp_path)
     step = [x for x in p.stderr.splitlines() if x.startswith("plan scenario step 1:")]
     assert len(step) == 1 and "http_error" in step[0].split("failed:")[1], p.stderr
-    errors = json.loads((tmp_path / "cap.json").read_text())["plan"]["steps"][0]["errors"]
+    errors = doc["plan"]["steps"][0]["errors"]
     assert set(errors) == {"http_error"} and errors["http_error"] >= 1, errors
