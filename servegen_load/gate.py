@@ -178,9 +178,14 @@ def compare(current: dict[str, np.ndarray], baseline: dict[str, np.ndarray], *, 
         col, q = parse_metric(name)
         cur = current[col][np.isfinite(current[col])]
         base = baseline[col][np.isfinite(baseline[col])]
-        if len(cur) < MIN_SAMPLES or len(base) < MIN_SAMPLES:
+        if len(cur) < MIN_SAMPLES:  # an outage measures nothing: it must not pass as "no regression"
+            out.append(Regression(name, None, None, None, None, None, limit, False,
+                                  f"failed: {len(cur)} current samples (< {MIN_SAMPLES}): too few ok requests to "
+                                  "compare (an outage, or a run too short)"))
+            continue
+        if len(base) < MIN_SAMPLES:
             out.append(Regression(name, None, None, None, None, None, limit, True,
-                                  f"skipped: {len(cur)} current / {len(base)} baseline samples (< {MIN_SAMPLES})"))
+                                  f"skipped: {len(base)} baseline samples (< {MIN_SAMPLES})"))
             continue
         qb, qc = float(np.percentile(base, q)), float(np.percentile(cur, q))
         if qb <= 0:
@@ -268,7 +273,7 @@ def _rows(g: GateResult) -> tuple[list[list[str]], list[list[str]]]:
     reg_rows = []
     for r in g.regressions:
         if r.ratio is None:
-            reg_rows.append([r.metric, "-", "-", "-", "-", f"<= {r.limit:.2f}", "PASS", r.note])
+            reg_rows.append([r.metric, "-", "-", "-", "-", f"<= {r.limit:.2f}", "PASS" if r.passed else "FAIL", r.note])
         else:
             reg_rows.append([r.metric, format_value(r.baseline, "time"), format_value(r.current, "time"),
                              f"{r.ratio:.3f}", f"[{r.lo:.3f}, {r.hi:.3f}]", f"lo <= {r.limit:.2f}",

@@ -150,5 +150,29 @@ def test_bootstrap_is_seeded_and_calibrated() -> None:
     assert ratio_ci(b, a, 50)[1] > 1.1
     assert ratio_ci(b, a, 90) == ratio_ci(b, a, 90)  # seeded: identical twice
     cols = {"ttft": a, "tpot": a, "e2e": a}
-    few = compare({k: v[:5] for k, v in cols.items()}, cols, max_regression=0.1)
-    assert all(r.passed and r.note.startswith("skipped") for r in few)
+    few = compare({k: v[:5] for k, v in cols.items()}, cols, max_regression=0.1)  # too few measured now: no pass
+    assert all(not r.passed and "too few ok requests" in r.note for r in few)
+    thin = compare(cols, {k: v[:5] for k, v in cols.items()}, max_regression=0.1)  # a thin baseline: nothing to say
+    assert all(r.passed and r.note.startswith("skipped") for r in thin)
+
+
+def test_a_run_with_too_few_ok_requests_fails_the_regression_gate(runs: dict[str, Path], tmp_path: Path) -> None:
+    """Every request failed (an outage), or none was kept: a gate on --baseline alone went green
+    with every percentile check "skipped". Now each check fails, saying why (exit 1)."""
+    base = tmp_path / "base.json"
+    assert cli("report", str(runs["A1"]), "--json", "-o", str(base)).returncode == 0
+    head, *lines = runs["A2"].read_text().splitlines()
+    failed = []
+    for line in lines:
+        d = json.loads(line)
+        d.update(status="http_error", error="HTTP 500: boom", http_status=500, first_token=None, last_token=None,
+                 chunk_times=[], completion_tokens=None)
+        failed.append(json.dumps(d))
+    outage = tmp_path / "outage.jsonl"
+    outage.write_text("\n".join([head, *failed]) + "\n")
+    for results in (outage, runs["A2"]):
+        args = ["--warmup", "1e6"] if results == runs["A2"] else []  # a warm-up that keeps no request
+        p = cli("gate", str(results), "--baseline", str(base), *args)
+        assert p.returncode == 1, p.stdout
+        rows = [ln for ln in p.stdout.splitlines() if ln.startswith(("ttft_p", "tpot_p", "e2e_p"))]
+        assert len(rows) == 9 and all("FAIL" in r and "too few ok requests" in r for r in rows), p.stdout
