@@ -466,3 +466,25 @@ def test_a_shard_whose_every_request_failed_does_not_stop_the_others(tmp_path: P
     by = {(d["client"], d["status"]) for d in lines}
     assert by == {("bad", "http_error"), ("good", "ok")}, by
     assert len(lines) == 33
+
+
+@pytest.mark.parametrize("source", ["language", "naive"])
+def test_workers_report_the_whole_runs_intended_load(tmp_path: Path, source: str) -> None:
+    """The merged results of --workers 2 said one shard's intended load (48.9 requests of 90) as
+    the run's: each shard now records its share (1/N when split by request) and the merge sums them."""
+    from servegen_load.run.source import open_source
+    from servegen_load.sim import SimProcess
+
+    if source == "language":
+        scen = Path(__file__).resolve().parents[1] / "scenarios" / "language.yaml"
+    else:
+        scen = tmp_path / "naive.yaml"
+        scen.write_text("naive: {rate: 8, input_tokens: 10, output_tokens: 4}\nduration: 4\nseed: 2\n")
+    want = open_source(str(scen), duration=4.0).info["intended"]
+    out = tmp_path / "w.jsonl"
+    with SimProcess("tiny-cpu") as sim:
+        r = run_cli("run", str(scen), "-o", str(out), "--endpoint", sim.url, "--server-family", "sim",
+                    "--duration", "4", "--workers", "2", "--progress", "off", timeout=120)
+    assert r.returncode == 0, r.stderr
+    got = read(out)[0]["intended"]
+    assert abs(got["requests"] / want["requests"] - 1) < 0.01 and abs(got["rate"] / want["rate"] - 1) < 0.01, (got, want)

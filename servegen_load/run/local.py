@@ -59,7 +59,11 @@ def engine_config(spec: RunSpec, target: Target, opened: Opened, argv: list[str]
     if "seed" in info:
         header["seed"] = info["seed"]
     if "intended" in info:  # report hook: what the scenario meant to schedule (metrics.render prints it)
-        header["intended"] = info["intended"]
+        intended = dict(info["intended"])
+        if spec.shard is not None and spec.shard_by == "request":  # every n-th request: 1/n of the load
+            n = int(spec.shard.split("/")[1])
+            intended.update({k: intended[k] / n for k in ("requests", "rate") if intended.get(k) is not None})
+        header["intended"] = intended  # a shard's own share: `merge.merged_header` sums them
     if spec.shard is not None:
         header["shard"] = spec.shard
     if start_at is not None:

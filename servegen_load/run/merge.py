@@ -154,13 +154,22 @@ def merged_header(parts: Sequence[Path], extra: dict[str, Any], argv: list[str])
     parent's command line (already without secrets)."""
     import contextlib
 
-    head: dict[str, Any] = {}
+    heads: list[dict[str, Any]] = []
     for p in parts:
         with contextlib.suppress(OSError, ValueError), p.open("rb") as fh:
             d = orjson.loads(fh.readline())
             if isinstance(d, dict):
-                head = d
-                break
+                heads.append(d)
+    head = dict(heads[0]) if heads else {}
+    shares = [h.get("intended") for h in heads]
+    if len(heads) < len(parts):  # a share unread: no total rather than a wrong one
+        head.pop("intended", None)
+    elif len(shares) > 1 and all(isinstance(x, dict) for x in shares):  # each shard's share of the load
+        total = dict(shares[0])  # type: ignore[arg-type]
+        for k in ("requests", "rate"):
+            vals = [x.get(k) for x in shares]  # type: ignore[union-attr]
+            total[k] = sum(vals) if all(isinstance(v, int | float) for v in vals) else None
+        head["intended"] = total
     head.pop("format", None)
     head.pop("shard", None)
     head.pop("shard_by", None)
