@@ -230,7 +230,9 @@ def test_prefix_cache_reports_cached_tokens_on_a_repeat_only(sim: SimProcess) ->
 
 
 def test_small_endpoints(sim: SimProcess) -> None:
-    assert sim.get("/v1/models")["data"][0]["id"] == "servegen/tiny-sim"
+    model = sim.get("/v1/models")["data"][0]
+    assert model["id"] == "servegen/tiny-sim"
+    assert abs(model["created"] - time.time()) < 3600  # a Unix time, as OpenAI's (it was seconds since boot)
 
     async def get(path: str) -> tuple[int, str]:
         async with aiohttp.ClientSession() as s, s.get(sim.url + path) as r:

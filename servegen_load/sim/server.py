@@ -178,6 +178,7 @@ class SimServer:
         self.engine = Engine(cfg.params, self._emit)
         self.faults = FaultPlan(dict(cfg.faults), seed=cfg.seed)
         self.started = time.monotonic()
+        self.started_unix = int(time.time())  # `created` of /v1/models: a Unix time, as OpenAI's
         self.n_received = self.n_accepted = self.n_finished = self.n_rejected = self.n_aborted = 0
         self.active_requests = self.max_requests = self.active_streams = self.max_streams = 0
         self.sum_prompt = self.sum_output = 0
@@ -362,7 +363,7 @@ class SimServer:
 
     async def models(self, request: web.Request) -> web.Response:
         p = self.cfg.params
-        data = [{"id": p.model, "object": "model", "created": int(self.started), "owned_by": "servegen-sim",
+        data = [{"id": p.model, "object": "model", "created": self.started_unix, "owned_by": "servegen-sim",
                  "root": p.model, "parent": None, "max_model_len": p.max_model_len}]
         return web.json_response({"object": "list", "data": data}, dumps=_dumps)
 
