@@ -159,7 +159,9 @@ def test_fell_behind_is_said_once(fake_server, tmp_path: Path) -> None:
 def test_bad_shard_and_start_at_are_one_line(tmp_path: Path) -> None:
     source = write_requests(tmp_path / "reqs.jsonl", make_requests([0.0]))
     for flag, value, word in (("--shard", "3/3", "--shard"), ("--shard", "x", "--shard"),
-                              ("--start-at", "1790000000000", "milliseconds")):
+                              ("--start-at", "1790000000000", "milliseconds"),
+                              # months past (the README's literal example, copied): everything at once
+                              ("--start-at", f"{time.time() - 86400 * 90:.0f}", "in the past")):
         r = run_cli("run", str(source), "-o", str(tmp_path / "o.jsonl"), "--endpoint", "http://127.0.0.1:1",
                     "--model", "m", flag, value)
         assert r.returncode == 2 and r.stderr.count("\n") == 1 and word in r.stderr, r.stderr

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
@@ -34,6 +35,9 @@ PromptFormat = Literal["auto", "ids", "text"]
 def flag(name: str) -> str:
     """The command-line flag of a spec field."""
     return "--" + name.replace("_", "-")
+
+
+MAX_START_LATE_S = 3600.0  # --start-at further in the past is a mistake, not a late shard
 
 
 class RunSpec(BaseModel):
@@ -176,6 +180,10 @@ class RunSpec(BaseModel):
             raise ValueError(f"expected a unix timestamp in seconds, got {v!r}")
         if v > 1e11:
             raise ValueError(f"expected seconds since 1970, got {v:g} (milliseconds?)")
+        late = time.time() - v
+        if late > MAX_START_LATE_S:  # a shard a little late keeps the shared clock; this is no shared start
+            raise ValueError(f"{v:.0f} is {late:,.0f} s in the past: every request would be sent at once; give "
+                             "an instant ahead, e.g. $(( $(date +%s) + 60 ))")
         return float(v)
 
     @field_validator("shard")
