@@ -79,8 +79,9 @@ BURSTGPT_COLUMNS = ("Timestamp", "Model", "Request tokens", "Response tokens")
 _PAD = 256  # zero bytes after a CSV block; fields longer than this take the slow slicing path
 _REQUIRED = ("time", "input", "output")  # a row missing one of these (when mapped) is bad
 
-# Column names tried, in order, when a role is not named explicitly (case and punctuation ignored).
 JSON_CHUNK_BYTES = 16 << 20  # JSON lines decoded at once (their objects take several times that)
+
+# Column names tried, in order, when a role is not named explicitly (case and punctuation ignored).
 GUESSES: dict[str, tuple[str, ...]] = {
     "time": ("timestamp", "time", "t", "ts", "arrival_time", "arrival", "request_time", "created_at",
              "created", "start_time", "scheduled", "datetime", "date", "request_timestamp", "arrival_timestamp",
@@ -968,7 +969,7 @@ def _nested_keys(objs: list[dict[str, Any]], top: set[str], depth: int = 3) -> l
         for k, v in d.items():
             if isinstance(v, dict) and level < depth:
                 walk(v, f"{prefix}{k}.", level + 1)
-            elif prefix and f"{prefix}{k}" not in top:
+            elif f"{prefix}{k}" not in top:
                 out.setdefault(f"{prefix}{k}")
 
     for o in objs:
