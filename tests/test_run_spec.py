@@ -11,6 +11,7 @@ import os
 import pickle
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,8 @@ from test_dispatch_fixtures import free_port, make_requests, poisson_times, writ
 
 from servegen_load.cli import parse_run_argv
 from servegen_load.run.spec import RunSpec
+
+AHEAD = float(int(time.time()) + 86400)  # a shared start a day ahead (one far in the past is refused)
 
 pytest_plugins = ["test_dispatch_fixtures"]  # fake_server
 
@@ -52,7 +55,7 @@ def every_option(tmp_path: Path) -> RunSpec:
         timeout_first_token=2.0, timeout_total=3.0, timeout_idle=4.0, retries=2, retry_max_wait=1.0,
         keep_going=True, transport="aiohttp", max_event_bytes=1 << 20, max_prompt_tokens=1 << 16, push_timeout=2.5, metrics_port=0, metrics_host="0.0.0.0", metrics_linger=1.0, pushgateway="h:1",
         progress="plain", lag_threshold_ms=5.0, summary_json=str(tmp_path / "s.json"),
-        slo=("ttft_p99<=2s", "error_rate<=1%"), shard="1/3", shard_by="request", start_at=1.7e9)
+        slo=("ttft_p99<=2s", "error_rate<=1%"), shard="1/3", shard_by="request", start_at=AHEAD)
 
 
 def test_every_option_survives_the_worker_command_line(tmp_path: Path) -> None:
@@ -84,13 +87,13 @@ def test_workers_and_ray_shards_get_the_local_runs_options(tmp_path: Path) -> No
                             prompt_format=spec.prompt_format)
         if salt is not None:
             target = target.__class__(**{**target.__dict__, "salt": salt})
-        workers = shard_specs(spec, pinned_spec(spec, target), 2, 3, 1.8e9)
-        ray = [pickle.loads(pickle.dumps(s)) for s in shipped_specs(spec, target, 2, 3, 1.8e9)]
+        workers = shard_specs(spec, pinned_spec(spec, target), 2, 3, AHEAD)
+        ray = [pickle.loads(pickle.dumps(s)) for s in shipped_specs(spec, target, 2, 3, AHEAD)]
         for i, (w, r) in enumerate(zip(workers, ray, strict=True)):
             assert parse_run_argv(w.to_argv()) == w
             same = {"output", "metrics_host", "pushgateway"}
             assert w.model_dump(exclude=same) == r.model_dump(exclude=same)
-            assert w.shard == f"{i}/2" and w.start_at == 1.8e9 and w.max_concurrency == 2
+            assert w.shard == f"{i}/2" and w.start_at == AHEAD and w.max_concurrency == 2
             for f in CONTENT[:-1]:
                 assert getattr(w, f) == getattr(spec, f), f
             assert w.content_salt == (salt or target.salt)  # one salt for every shard
@@ -121,7 +124,7 @@ def test_one_client_is_split_by_request(tmp_path: Path) -> None:
     source = write_requests(tmp_path / "reqs.jsonl", make_requests([0.1 * i for i in range(21)], clients=["only"]))
     spec = RunSpec.build(source=str(source), output=str(tmp_path / "r.jsonl"), workers="2")
     target = target_for("http://127.0.0.1:9", "m", "sim", "chat", None)
-    shards = [[r.id for r in open_for(s).requests] for s in shard_specs(spec, pinned_spec(spec, target), 2, 1, 1e9)]
+    shards = [[r.id for r in open_for(s).requests] for s in shard_specs(spec, pinned_spec(spec, target), 2, 1, AHEAD)]
     assert all(len(s) >= 10 for s in shards), "no worker idles"
     assert sorted(shards[0] + shards[1]) == sorted(f"r{i}" for i in range(21))
 
