@@ -370,7 +370,7 @@ def _wait(workers: list[Worker], received: list[int], failed: list[Worker], star
                     stopped = w.rc in (-signal.SIGINT, -signal.SIGTERM) and bool(received)  # by our signal
                     # exit 3 after its whole schedule (none of its requests succeeded) is a result,
                     # not a failure: the other shards go on; exit 3 on a refusal stops them
-                    ran = w.rc == EXIT_NO_SUCCESS and STOPPED not in stderr_tail(w)
+                    ran = w.rc == EXIT_NO_SUCCESS and not _refused(w)
                     if w.rc not in (0, EXIT_INTERRUPTED) and not stopped and not ran:
                         failed.append(w)
         if failed and forwarded == 0:
@@ -426,9 +426,14 @@ def result_ids(path: Path) -> set[str]:
     return ids
 
 
+def _refused(w: Worker) -> bool:
+    """Did the worker stop on first answers that were all one refusal (`runner._watch_start`)?"""
+    return w.rc == EXIT_NO_SUCCESS and STOPPED in stderr_tail(w)
+
+
 def refused_run(failed: list[Worker]) -> bool:
-    """Did every failed worker stop on first answers that were all one refusal (`runner._watch_start`)?"""
-    return bool(failed) and all(w.rc == EXIT_NO_SUCCESS and STOPPED in stderr_tail(w) for w in failed)
+    """Did every failed worker stop on a refusal (`_refused`)?"""
+    return bool(failed) and all(_refused(w) for w in failed)
 
 
 def finish_workers(spec: RunSpec, workers: list[Worker], out: Path, outputs: Any, argv: list[str], target: Any,

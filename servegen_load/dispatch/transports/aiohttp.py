@@ -93,14 +93,19 @@ async def call(session: aiohttp.ClientSession, url: str, headers: dict[str, str]
     except (TimeoutError, aiohttp.ServerTimeoutError):
         f.fail("timeout", "timed out")
     except aiohttp.ClientResponseError as e:  # aiohttp's parser refused the answer: its "400" is not the server's
-        what = " ".join(str(e.message).split())
-        f.fail("protocol_error", scrub(f"bad response framing ({type(e).__name__}: {what})"[:200], api_key))
+        f.fail("protocol_error", scrub(_framing(e), api_key))
     except aiohttp.ClientError as e:
         f.fail("protocol_error", scrub(f"{type(e).__name__}: {e}"[:200], api_key))
     except asyncio.CancelledError:
         raise
     except Exception as e:  # whatever it was, the request did not succeed: say so
         f.fail("client_error", scrub(f"{type(e).__name__}: {e}"[:200], api_key))
+
+
+def _framing(exc: BaseException) -> str:
+    """The error text of an answer aiohttp's parser refused (its message, on one line)."""
+    what = " ".join(str(getattr(exc, "message", "") or exc).split())
+    return f"bad response framing ({type(exc).__name__}: {what})"[:200]
 
 
 def _framing_errors(flights: Iterable[Flight]) -> list[tuple[Flight, str]]:
@@ -117,9 +122,7 @@ def _framing_errors(flights: Iterable[Flight]) -> list[tuple[Flight, str]]:
         proto = conn.protocol if conn is not None else None
         exc = proto.exception() if proto is not None else None
         if exc is not None:
-            cause = exc.__cause__ or exc
-            what = " ".join(str(getattr(cause, "message", "") or cause).split())
-            bad.append((f, f"bad response framing ({type(cause).__name__}: {what})"[:200]))
+            bad.append((f, _framing(exc.__cause__ or exc)))
     return bad
 
 
