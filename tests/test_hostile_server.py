@@ -214,6 +214,11 @@ HOSTILE: dict[str, tuple[list[bytes], str, str]] = {
                    "protocol_error", "reasoning_tokens"),
     "errevent2": ([HEAD, _chunk(GOOD[0]), _chunk(b'event: error\ndata: {"message":"boom: overloaded"}\n\n')],
                   "http_error", "boom: overloaded"),
+    # n=1 was asked: tokens of another choice are not this answer's
+    "choice1": ([_body([GOOD[0], _ev(b'{"choices":[{"index":1,"text":" x","finish_reason":null}]}'), *GOOD[1:], *TAIL])],
+                "protocol_error", "more than the one choice"),
+    "twochoices": ([_body([GOOD[0], _ev(b'{"choices":[{"index":0,"text":" b"},{"index":1,"text":" x"}]}'),
+                           GOOD[2], *TAIL])], "protocol_error", "more than the one choice"),
     "usageneg": ([_body([*GOOD, _usage(b"-3"), _DONE])], "protocol_error", "usage"),
     "usagefloat": ([_body([*GOOD, _usage(b"3.5"), _DONE])], "protocol_error", "usage"),
     "usagestr": ([_body([*GOOD, _usage(b'"3"'), _DONE])], "protocol_error", "usage"),

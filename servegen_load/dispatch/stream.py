@@ -254,6 +254,10 @@ def _take(f: Flight, obj: dict[str, Any], payload: bytes, t: float) -> None:
     choices = obj.get("choices")
     if choices:
         c0 = choices[0]
+        if len(choices) > 1 or c0.get("index") not in (None, 0):  # n=1 was asked: another choice's
+            f.fail("protocol_error", "stream carries more than the one choice asked for (n=1): "
+                   + payload[:80].decode("utf-8", "replace"))  # tokens are not this answer's
+            return
         delta = c0.get("delta")
         if delta is None:  # /v1/completions: all text is answer
             answer = c0.get("text")
