@@ -397,6 +397,13 @@ class Scenario(_Model):
     def _start(cls, v: Any) -> float:
         return parse_clock(v)
 
+    @field_validator("slo")
+    @classmethod
+    def _slo(cls, v: list[str] | None) -> list[str] | None:
+        from .slo import check_slo_specs
+
+        return check_slo_specs(v)
+
     @field_validator("length_correlation")
     @classmethod
     def _rho(cls, v: float | str) -> float | str:

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -238,6 +238,16 @@ def parse_slo(spec: str) -> SLO:
     return SLO(spec=spec.strip(), metric=metric, kind=kind, threshold=Threshold(_OPS[m["op"]], value), scope=scope)  # type: ignore[arg-type]
 
 
+def check_slo_specs(specs: Sequence[str] | None) -> Sequence[str] | None:
+    """`specs` unchanged if each parses (a model validator's check: a ValueError saying which does not)."""
+    for s in specs or ():
+        try:
+            parse_slo(s)
+        except InputError as e:
+            raise ValueError(str(e)) from None
+    return specs
+
+
 def parse_request_slo(spec: str) -> RequestSLO:
     """`ttft<=2s,tpot<=100ms` -> RequestSLO; InputError naming the spec and the expected form."""
     items: list[tuple[str, Threshold]] = []
@@ -279,7 +289,8 @@ def load_slo_file(path: str | Path) -> tuple[list[str], str | None]:
     Accepted forms: a list of spec strings; or a mapping with `slo:` (a list of strings, or a
     mapping METRIC: "OP VALUE", e.g. `ttft_p99: "<=2s"`) and optional `request_slo:` (a string
     `ttft<=2s,tpot<=100ms` or a mapping `ttft: "<=2s"`). Other keys are ignored, so the same file
-    may hold other sections.
+    may hold other sections, but not a key that names an SLO otherwise (`slos:`, `request_slos:`):
+    a misspelt section would pass every gate unchecked.
     """
     import yaml
 
@@ -296,6 +307,9 @@ def load_slo_file(path: str | Path) -> tuple[list[str], str | None]:
         doc = {"slo": doc}
     if not isinstance(doc, dict) or ("slo" not in doc and "request_slo" not in doc):
         raise InputError("expected a list of SLO specs, or a mapping with `slo:` (and `request_slo:`)", path=str(p))
+    for key in doc:
+        if "slo" in str(key).lower() and key not in ("slo", "request_slo"):
+            raise InputError(f"unknown key {key!r}; expected `slo:` or `request_slo:`", path=str(p), field=str(key))
 
     def as_specs(v: Any, key: str, sep: str) -> list[str]:
         if v is None:

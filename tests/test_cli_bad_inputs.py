@@ -55,7 +55,8 @@ def test_inspect_a_requests_file_where_no_client_sends_twice(tmp_path: Path) -> 
 @pytest.mark.parametrize("opts,field", [(["--endpoint", "http://[::1"], "--endpoint"),
                                         (["--pushgateway", "http://[::1"], "--pushgateway"),
                                         (["--pushgateway", "localhost:99999"], "--pushgateway"),
-                                        (["--summary-json", "/proc/servegen-load-x"], "--summary-json")])
+                                        (["--summary-json", "/proc/servegen-load-x"], "--summary-json"),
+                                        (["--slo", "banana"], "--slo")])
 def test_bad_urls_and_outputs_are_refused_before_any_traffic(tmp_path: Path, opts: list[str], field: str) -> None:
     """Port 9 (discard) has no listener here: an error about the connection would mean the
     command went on to the network before checking its options."""
@@ -64,6 +65,16 @@ def test_bad_urls_and_outputs_are_refused_before_any_traffic(tmp_path: Path, opt
     r = run_cli("run", src, "-o", tmp_path / "out.jsonl", *base, *opts)
     line = assert_failed(r, field)
     assert "connection" not in line and not (tmp_path / "out.jsonl").exists()
+
+
+def test_a_scenario_slo_that_does_not_parse_is_refused_before_any_traffic(tmp_path: Path) -> None:
+    """It was found only after the whole run."""
+    scen = tmp_path / "s.yaml"
+    scen.write_text("naive:\n  rate: 1\n  input_tokens: 10\n  output_tokens: 4\nduration: 2\n"
+                    "slo: [ttft_p99<=2s, banana]\n")
+    r = run_cli("run", scen, "-o", tmp_path / "out.jsonl", "--endpoint", "http://127.0.0.1:9")
+    line = assert_failed(r, "banana")
+    assert "slo" in line and "connection" not in line and not (tmp_path / "out.jsonl").exists()
 
 
 def test_a_source_that_schedules_nothing_is_bad_input(tmp_path: Path) -> None:

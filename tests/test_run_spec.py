@@ -144,6 +144,11 @@ def test_count_and_rate_overrides(fake_server, tmp_path: Path) -> None:
             "--progress", "off")
     assert r.returncode == 0, r.stderr
     assert sorted(d["id"] for d in lines(out)) == sorted(f"r{i}" for i in range(7))
+    # two requests over three workers: a shard with none is no bad input, and stops no other shard
+    r = cli("run", str(source), "-o", str(out), "--endpoint", fake_server.url, "--count", "2", "--workers", "3",
+            "--progress", "off")
+    assert r.returncode == 0, r.stderr
+    assert sorted((d["id"], d["status"]) for d in lines(out)) == [("r0", "ok"), ("r1", "ok")]
 
 
 def test_header_slos_and_exit_codes(fake_server, tmp_path: Path) -> None:
@@ -170,6 +175,15 @@ def test_inputs_are_checked_before_anything_starts(tmp_path: Path) -> None:
     assert "--model" not in r.stderr
     r = cli("--version")
     assert r.returncode == 0 and r.stdout.startswith("servegen-load ")
+
+
+def test_a_relative_source_reaches_ray_actors_as_an_absolute_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ray actors run in another directory: `run q.jsonl --ray ...` said q.jsonl was not readable there."""
+    write_requests(tmp_path / "q.jsonl", make_requests([0.0]))
+    monkeypatch.chdir(tmp_path)
+    spec = RunSpec.build(source="q.jsonl", output="r.jsonl", ray="auto")
+    assert spec.source == str(tmp_path / "q.jsonl")
+    assert RunSpec.build(source="-", output="r.jsonl").source == "-"
 
 
 def test_plan_steps_use_the_runs_token_model(tmp_path: Path) -> None:

@@ -114,6 +114,10 @@ def test_slo_file_list_and_mapping_forms(tmp_path: Path) -> None:
     assert specs == ["ttft_p99<=2s", "tpot_p50<=50ms"] and req == "ttft<=2s,tpot<=100ms"
     slos = build_slos(["error_rate<=1%"], str(b))
     assert [s.metric for s in slos.slos] == ["ttft_p99", "tpot_p50", "error_rate"] and slos.request is not None
+    misspelt = tmp_path / "d.yaml"  # `slos:` once passed every gate unchecked
+    misspelt.write_text("slo: [ttft_p99<=2s]\nslos: [ttft_p99<=1ms]\nother: {kept: for others}\n")
+    with pytest.raises(InputError, match=r"slos.*unknown key"):
+        load_slo_file(misspelt)
     bad = tmp_path / "c.yaml"
     bad.write_text("slo: [ttft_p99<=2lightyears]\n")
     with pytest.raises(InputError, match="ttft_p99<=2lightyears"):

@@ -130,6 +130,14 @@ class RunSpec(BaseModel):
             raise ValueError(f"expected a number >= 0, got {v}")
         return v
 
+    @field_validator("slo")
+    @classmethod
+    def _slo(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        from ..slo import check_slo_specs
+
+        check_slo_specs(v)  # before the run, not after it
+        return v
+
     @field_validator("server_family")
     @classmethod
     def _family(cls, v: str | None) -> str | None:
@@ -215,6 +223,9 @@ class RunSpec(BaseModel):
         """A validated spec; a bad value is one `InputError` naming its flag."""
         if fields.get("tokenizer") not in (None, "server", "words"):
             fields["tokenizer"] = os.path.abspath(str(fields["tokenizer"]))  # workers may run elsewhere
+        src = fields.get("source")
+        if isinstance(src, str) and src != "-" and os.path.exists(src):
+            fields["source"] = os.path.abspath(src)  # the same path on every node (--ray), as the README says
         if fields.get("api_key_file"):
             fields["api_key_file"] = os.path.abspath(str(fields["api_key_file"]))
         try:
