@@ -24,6 +24,7 @@ import gzip
 import socket
 import struct
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -459,6 +460,12 @@ class Hostile:
         if mode == "models-redirect":
             await send(b"HTTP/1.1 302 Found\r\nLocation: %b\r\nContent-Length: 0\r\n\r\n" % self.redirect_to.encode())
             return True
+        if mode == "models-keyecho":  # the key in the redirect's query
+            auth = next((h.split(b":", 1)[1].strip() for h in self.heads[mode].split(b"\r\n")
+                         if h.lower().startswith(b"authorization:")), b"")
+            await send(b"HTTP/1.1 302 Found\r\nLocation: http://127.0.0.1:9/next?token=%b\r\nContent-Length: 0\r\n\r\n"
+                       % auth.split(b" ")[-1])
+            return True
         if mode == "models-hang":
             await _until_closed(reader)
             return False
@@ -472,6 +479,16 @@ class Hostile:
             await send(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%b"
                        % (len(body), body))
             return True
+        if mode == "keyecho":  # every POST (/tokenize, the overhead probes, requests): a status line with the key
+            auth = next((h.split(b":", 1)[1].strip() for h in self.heads[mode].split(b"\r\n")
+                         if h.lower().startswith(b"authorization:")), b"")
+            await send(b"HTTP/1.1 4x4 invalid key %b\r\nContent-Length: 0\r\n\r\n" % auth)
+            return False
+        if mode == "headtrickle":  # a head a byte at a time, never ending
+            for b in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 10_000:
+                await send(bytes([b]))
+                await asyncio.sleep(0.05)
+            return False
         if mode == "tokenize":  # POST /tokenize (any prefix) cut short: http.client.IncompleteRead
             await send(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{\"tok")
             return False
@@ -845,6 +862,37 @@ def test_tokenize_probe_cut_short_is_a_warning_not_a_crash(hostile: Hostile, tmp
     assert "tokenize" in r.err, r
     _, lines = read_lines(out)
     assert len(lines) == 2 and all(d["status"] == "disconnect" for d in lines), lines
+
+
+def test_start_up_probes_never_show_the_key_a_server_echoes(hostile: Hostile, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """/tokenize and /v1/models echoing the key (a status line, a redirect's query, their error
+    texts) reached stderr and the results header unmasked."""
+    key = "sk-Ab12Cd34Ef56Gh78Ij90KlMnOpQr"
+    monkeypatch.setenv("OPENAI_API_KEY", key)
+    src = write_requests(tmp_path / "req.jsonl", make_requests([0.0]))
+    out = tmp_path / "out.jsonl"
+    r = run_cli("run", src, "-o", out, "--endpoint", f"{hostile.url}/keyecho", "--model", "m", "--api", "chat",
+                "--server-family", "vllm", "--tokenizer", "server", "--progress", "off")
+    assert "tokenize" in r.err, r  # the probe's failure is said, masked
+    r2 = run_cli("run", src, "-o", tmp_path / "out2.jsonl", "--endpoint", f"{hostile.url}/keyecho",
+                 "--api", "completions", "--progress", "off")
+    assert "redirect" in _one_line(r2, "pass --model"), r2
+    for text in (r.out, r.err, r2.out, r2.err, out.read_text()):
+        assert "Ab12Cd" not in text and "KlMnOpQr" not in text, text
+
+
+def test_a_probe_whose_answer_never_ends_stops_at_its_deadline(hostile: Hostile) -> None:
+    """A head trickled a byte at a time held the /tokenize probe for ever (a socket timeout
+    bounds each read only)."""
+    from servegen_load.content.tokenizer import _Http
+
+    http = _Http(f"{hostile.url}/headtrickle/v1", None, timeout=0.5)
+    t0 = time.monotonic()
+    with pytest.raises(TimeoutError, match=r"within 0\.5s"):
+        http.post("/headtrickle/tokenize", b"{}")
+    assert time.monotonic() - t0 < 3
+    http.close()
 
 
 def test_caps_come_from_the_command_line(hostile: Hostile, tmp_path: Path) -> None:

@@ -25,8 +25,10 @@ workload asked. A server without usage leaves the overheads at 0 (noted in the r
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
+import socket
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -125,18 +127,35 @@ class _Http:
             self._all.clear()
 
     def post(self, path: str, body: bytes) -> tuple[int, bytes]:
+        """Status and body, the whole exchange within `timeout` seconds: the socket timeout bounds
+        each read only, and a server trickling its head a byte at a time held a probe for ever."""
         for attempt in (0, 1):  # a keep-alive connection the server closed: reconnect once
             c = self._conn()
+            late: list[bool] = []
+            timer = threading.Timer(self.timeout, _cut, (c, late))
+            timer.start()
             try:
                 c.request("POST", path, body=body, headers=self.headers)
                 r = c.getresponse()
                 return r.status, _read_bounded(r, self.timeout)
-            except (ConnectionError, http.client.HTTPException):
+            except (OSError, http.client.HTTPException) as e:
                 c.close()
                 self._local.conn = None
-                if attempt:
+                if late:
+                    raise TimeoutError(f"no complete answer within {self.timeout:g}s") from None
+                if attempt or not isinstance(e, (ConnectionError, http.client.HTTPException)):
                     raise
+            finally:
+                timer.cancel()
         raise AssertionError("unreachable")
+
+
+def _cut(c: http.client.HTTPConnection, late: list[bool]) -> None:
+    """`_Http.post`'s deadline: end the exchange (the blocked read returns at once)."""
+    late.append(True)
+    if c.sock is not None:
+        with contextlib.suppress(OSError):
+            c.sock.shutdown(socket.SHUT_RDWR)
 
 
 def _read_bounded(r: http.client.HTTPResponse, timeout: float) -> bytes:
@@ -173,7 +192,7 @@ def server_tokenizer(http: _Http, model: str) -> Tokenize:
         try:
             status, data = http.post(path, body)
         except PROBE_ERRORS as e:
-            failed.append(f"POST {path}: {type(e).__name__}: {e}"[:200])
+            failed.append(_masked(http, f"POST {path}: {type(e).__name__}: {e}"[:200]))
             raise TokenizeUnavailable(failed[0]) from None
         if status != 200:
             raise TokenizeUnavailable(f"POST {path} answered HTTP {status}")
@@ -314,5 +333,5 @@ def _learn(choice: str, http: _Http, api: str, family: str, model: str, prompt_f
         tm = calibrate_words(local_tokenizer(choice), f"tokenizer:{choice}")
     if family != "sim":
         tm = probe_overheads(tm, http, api, family, model, prompt_format)
-    return tm
+    return replace(tm, notes=tuple(_masked(http, n) for n in tm.notes))  # bound for the results
 

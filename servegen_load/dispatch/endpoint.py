@@ -270,7 +270,7 @@ async def discover_model(endpoint: Endpoint, api_key: str | None, timeout: float
                 aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as s, \
                 s.get(url, headers=headers, ssl=endpoint.ssl_context() or True, allow_redirects=False) as resp:
             if 300 <= resp.status < 400:
-                where = redact_url(resp.headers.get("Location", "")[:200])
+                where = scrub(redact_url(resp.headers.get("Location", "")[:200]), api_key)
                 raise InputError(f"GET {url} answered HTTP {resp.status} (redirect to {where!r}, not followed); "
                                  "pass --model, or the final URL as --endpoint", field="--model")
             if resp.status != 200:
@@ -287,6 +287,9 @@ async def discover_model(endpoint: Endpoint, api_key: str | None, timeout: float
         msg = scrub(what[:200], api_key)
         raise InputError(f"cannot list models at {url} ({msg}); pass --model", field="--model") from None
     try:
-        return str(data["data"][0]["id"])
+        model = str(data["data"][0]["id"])
     except (KeyError, IndexError, TypeError):
         raise InputError(f"{url} lists no model; pass --model", field="--model") from None
+    if scrub(model, api_key) != model:  # it would be printed and kept in the results
+        raise InputError(f"{url} lists a model id that carries the API key; pass --model", field="--model")
+    return model
