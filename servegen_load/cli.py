@@ -360,7 +360,7 @@ def run_cmd(
     metrics_linger: float = typer.Option(0.0, "--metrics-linger", help="Keep /metrics up this many seconds after the run (final values)."),
     pushgateway: str | None = typer.Option(None, "--pushgateway", help="Push the final metrics to this Pushgateway (host:port or URL)."),
     push_timeout: float = typer.Option(5.0, "--push-timeout", help="Seconds the end of the run waits for the Pushgateway (then warns and exits)."),
-    transport: str = typer.Option("raw", "--transport", help="raw (lean asyncio HTTP/1.1, default) or aiohttp (proxies from the environment)."),
+    transport: str = typer.Option("raw", "--transport", help="raw (lean asyncio HTTP/1.1, default) or aiohttp (a second HTTP stack: slower per chunk; no proxies, as raw)."),
     max_event_bytes: int = typer.Option(4 << 20, "--max-event-bytes", help="Cap on one SSE event of an answer (bytes); past it the request ends as protocol_error."),
     max_prompt_tokens: int = typer.Option(1 << 21, "--max-prompt-tokens", help="Cap on a request's input + media tokens, checked before its body is built; past it the request is not sent (client_error)."),
     lag_threshold_ms: float = typer.Option(10.0, "--lag-threshold-ms", help="Warn when the send lag p99 exceeds this."),

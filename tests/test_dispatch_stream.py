@@ -423,6 +423,42 @@ def test_a_handshake_that_never_ends_is_a_connect_timeout(loop_run) -> None:
     assert f.status == "timeout" and f.error == "connect timeout after 0.3s" and f.sent is None, (f.status, f.error)
 
 
+async def _one_aiohttp_request(url: str, timeouts: Timeouts) -> Flight:
+    from servegen_load.dispatch.transports.aiohttp import AiohttpTransport
+
+    hooks = _Hooks()
+    tr = AiohttpTransport(Endpoint.parse(url), "completions", hooks, timeouts)
+    await tr.open()
+    f = Flight(make_requests([0.0])[0], tr.wire(b'{"model":"m","prompt":"x","stream":true}'))
+    tr.submit(f)
+    await asyncio.wait_for(hooks.done.wait(), 20)
+    await tr.close()
+    return f
+
+
+def test_aiohttp_counts_connection_set_up_as_send_lag_not_ttft() -> None:
+    """aiohttp stamped `sent` before its pool had a connection: a slow handshake (a far or busy
+    server, TLS) was reported as the server's TTFT, and a connect timeout as a request sent."""
+    server = _Backlogged()
+    go = threading.Timer(0.3, server.go.set)  # after the first SYN was dropped: its retry (1 s) connects
+    t0 = time.perf_counter()
+    go.start()
+    try:
+        f = asyncio.run(_one_aiohttp_request(f"http://127.0.0.1:{server.port}", Timeouts()))
+    finally:
+        go.join()
+        server.close()
+    assert f.status == "ok" and f.attempts == 1, (f.status, f.error)
+    assert f.sent is not None and f.sent - t0 > 0.5 and f.first_token is not None
+    assert f.first_token - f.sent < 0.5
+    server = _Backlogged()  # never told to serve
+    try:
+        f = asyncio.run(_one_aiohttp_request(f"http://127.0.0.1:{server.port}", Timeouts(connect=0.3)))
+    finally:
+        server.close()
+    assert (f.status, f.error, f.sent, f.attempts) == ("timeout", "connect timeout after 0.3s", None, 0)
+
+
 def test_connections_for_a_burst_are_open_before_it(script_server, tmp_path: Path) -> None:
     """One request, then 120 due at once 1.2 s later (what bursty arrivals do): the runner reads
     the burst in its look-ahead and opens connections ahead of it, so no request of the burst

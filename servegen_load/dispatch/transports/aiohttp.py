@@ -1,9 +1,9 @@
 """One streaming OpenAI call over aiohttp (`--transport aiohttp`), and its transport wrapper.
 
 aiohttp was measured far faster than httpx for this job (httpx added about 2 s to the TTFT p50
-at 100 req/s), and it brings what the raw transport leaves out: proxies from the environment,
-compression, redirects. It is still slower per chunk than `raw` (a future wake-up and a
-coroutine resume per read), so it is the fallback, not the default. Measured side by side
+at 100 req/s). It is a second, independent HTTP stack beside the raw transport (a way to tell a
+server's fault from a client's), slower per chunk than `raw` (a future wake-up and a coroutine
+resume per read), so it is the fallback, not the default. Measured side by side
 against the C fake server (benchmarks/dispatch.py --transports raw,aiohttp, 10 s per rate,
 128-token streams, same machine and minute):
 
@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable
 from time import perf_counter
+from typing import Any
 
 import aiohttp
 
@@ -38,11 +39,15 @@ _MAX_ERR_BODY = 300
 
 async def call(session: aiohttp.ClientSession, url: str, headers: dict[str, str], f: Flight,
                api_key: str | None = None, max_event_bytes: int = MAX_EVENT_BYTES) -> None:
-    """Send `f.wire` (a JSON body) to `url` and read the SSE stream into `f`; sets `f.status`."""
+    """Send `f.wire` (a JSON body) to `url` and read the SSE stream into `f`; sets `f.status`.
+
+    `sent` and `attempts` are set once a connection carries the request (`_CONNECTED`), as the
+    raw transport does: connection set-up is the client's time (send lag), never the server's
+    (TTFT), and a request that never had a connection was never sent."""
     try:
-        f.attempts += 1
-        f.sent = perf_counter()
-        async with session.post(url, data=f.wire, headers=headers, allow_redirects=False) as resp:
+        f.sent = None
+        async with session.post(url, data=f.wire, headers=headers, allow_redirects=False,
+                                trace_request_ctx=f) as resp:
             f.http_status = resp.status
             version = resp.version
             if version is not None and version[0] != 1:  # aiohttp takes any "HTTP/x.y"; raw does not
@@ -78,9 +83,9 @@ async def call(session: aiohttp.ClientSession, url: str, headers: dict[str, str]
                     resp.close()
                     return
         end_of_stream(f)
+    except aiohttp.ConnectionTimeoutError:
+        f.fail("timeout", f"connect timeout after {session.timeout.sock_connect:g}s")
     except aiohttp.ClientConnectorError as e:
-        f.sent = None
-        f.attempts -= 1  # nothing was written: there was no connection
         f.fail("connect_error", scrub(f"cannot connect: {e.os_error.strerror or e}", api_key))
     except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError, aiohttp.ClientOSError,
             ConnectionError) as e:  # ClientOSError: a reset before the response head (reset_before_first_byte)
@@ -100,6 +105,19 @@ async def call(session: aiohttp.ClientSession, url: str, headers: dict[str, str]
         raise
     except Exception as e:  # whatever it was, the request did not succeed: say so
         f.fail("client_error", scrub(f"{type(e).__name__}: {e}"[:200], api_key))
+
+
+async def _connected(session: aiohttp.ClientSession, ctx: Any, params: Any) -> None:
+    """A connection (new or pooled) now carries the request: it is sent (see `call`)."""
+    f = ctx.trace_request_ctx
+    f.sent = perf_counter()
+    f.attempts += 1
+
+
+_CONNECTED = aiohttp.TraceConfig()
+_CONNECTED.on_connection_create_end.append(_connected)
+_CONNECTED.on_connection_reuseconn.append(_connected)
+_CONNECTED.freeze()
 
 
 def _framing(exc: BaseException) -> str:
@@ -155,7 +173,7 @@ class AiohttpTransport:
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=None, enable_cleanup_closed=False,
                                          ssl=self._ssl)
         self.session = aiohttp.ClientSession(
-            connector=connector, auto_decompress=False,
+            connector=connector, auto_decompress=False, trace_configs=[_CONNECTED],
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.timeouts.connect))
 
     async def prewarm(self, n: int) -> int:
