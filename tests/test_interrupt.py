@@ -144,11 +144,15 @@ def test_sigkill_loses_at_most_the_last_flush_interval(tmp_path: Path) -> None:
     assert res.n == len(docs) and any("truncated last line" in w for w in res.warnings)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_a_signal_during_a_hanging_start_up_probe_still_leaves_every_line(sig: signal.Signals, tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig,times,more", [(signal.SIGINT, 1, []), (signal.SIGTERM, 1, []), (signal.SIGINT, 2, []),
+                                            (signal.SIGINT, 1, ["--workers", "2"]),
+                                            (signal.SIGINT, 2, ["--workers", "2"])])
+def test_a_signal_during_a_hanging_start_up_probe_still_leaves_every_line(sig: signal.Signals, times: int,
+                                                                          more: list[str], tmp_path: Path) -> None:
     """A server that accepts and never answers: the model listing waits (10 s), and a signal then
-    ended the command with no results file (SIGTERM: killed, exit 143). Now: exit 130 and one
-    `cancelled`, unsent line per scheduled request, as after a signal mid-run."""
+    ended the command with no results file (SIGTERM: killed, exit 143; with --workers, any signal;
+    two Ctrl-C back to back: a header and no line). Now: exit 130 and one `cancelled`, unsent line
+    per scheduled request, as after a signal mid-run."""
     import socket
     import threading
 
@@ -165,10 +169,13 @@ def test_a_signal_during_a_hanging_start_up_probe_still_leaves_every_line(sig: s
 
     threading.Thread(target=accept, daemon=True).start()
     p = spawn(["run", str(src), "-o", str(out), "--endpoint", f"http://127.0.0.1:{ls.getsockname()[1]}",
-               "--progress", "off"], tmp_path)
+               "--progress", "off", *more], tmp_path)
     try:
         wait_for(lambda: len(held) >= 2, 30, "the probe's connection")  # the reachability check, then the listing
-        p.send_signal(sig)
+        for i in range(times):
+            if i:
+                time.sleep(0.002)  # a user's second Ctrl-C, after the first was taken
+            p.send_signal(sig)
         assert p.wait(8) == 130, (tmp_path / "stderr").read_text()
     finally:
         if p.poll() is None:
@@ -178,3 +185,20 @@ def test_a_signal_during_a_hanging_start_up_probe_still_leaves_every_line(sig: s
     assert sorted(d["id"] for d in lines) == sorted(r.id for r in reqs)
     assert all(d["status"] == "cancelled" and d["sent"] is None for d in lines)
     assert "interrupted before the first request" in (tmp_path / "stderr").read_text()
+
+
+def test_ctrl_c_while_the_command_loads_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    """The console script's imports take a few tenths of a second; Ctrl-C in them printed a
+    traceback. Here the signal comes exactly while `typer` is imported."""
+    code = ("import builtins, os, signal, sys\n"
+            "real = builtins.__import__\n"
+            "def hook(name, *a, **k):\n"
+            "    if name == 'typer':\n"
+            "        os.kill(os.getpid(), signal.SIGINT)\n"
+            "    return real(name, *a, **k)\n"
+            "builtins.__import__ = hook\n"
+            "sys.argv = ['servegen-load', '--version']\n"
+            "from servegen_load.__main__ import main\n"
+            "main()\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert r.returncode == 130 and r.stderr.strip() == "servegen-load: interrupted", r.stderr

@@ -26,7 +26,8 @@ def run(spec: RunSpec, argv: list[str] | None = None) -> int:
     # SIGTERM as Ctrl-C until the engine installs its own handlers: a start-up probe that hangs
     # ends with the results file, not a killed process (the engine's handlers replace this one)
     with contextlib.suppress(ValueError):  # not the main thread: signals are not ours to handle
-        signal.signal(signal.SIGTERM, signal.default_int_handler)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, _interrupt_once)
     try:
         if spec.endpoint:  # a bad URL (or one carrying credentials) before anything is written
             from ..dispatch.endpoint import Endpoint
@@ -52,6 +53,14 @@ def run(spec: RunSpec, argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("servegen-load: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+def _interrupt_once(signum: int, frame: object) -> None:
+    """Ctrl-C (or SIGTERM) before the engine runs: KeyboardInterrupt, and later signals ignored,
+    so a second one cannot cut the results file `local.interrupted_at_start` is writing."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise KeyboardInterrupt
 
 
 def _check_url(url: str, option: str) -> None:

@@ -99,10 +99,7 @@ def run_local(spec: RunSpec, outputs: Any, argv: list[str]) -> int:
         try:
             target = resolve_target(spec, stack)
         except KeyboardInterrupt:  # in a start-up probe of a server that hangs: nothing was sent
-            n = _all_unsent(spec, opened)
-            print(f"servegen-load: interrupted before the first request was sent: {n} result lines, "
-                  f"all cancelled, in {spec.output}", file=sys.stderr)
-            return EXIT_INTERRUPTED
+            return interrupted_at_start(spec, opened)
         cfg = engine_config(spec, target, opened, argv, Path(spec.output),
                             results_copy=outputs.copy if outputs is not None else None)
         try:
@@ -137,9 +134,11 @@ def run_local(spec: RunSpec, outputs: Any, argv: list[str]) -> int:
     return exit_code(summary, spec, target.endpoint, interrupted=outcome.interrupted, slos_hold=holds)
 
 
-def _all_unsent(spec: RunSpec, opened: Opened) -> int:
-    """The results file of a run stopped before it began: every request `cancelled`, unsent (one
-    line per scheduled request, as after an interruption mid-run)."""
+def interrupted_at_start(spec: RunSpec, opened: Opened) -> int:
+    """Ctrl-C before the first request (a start-up probe of a server that hangs, `--workers` or
+    `--ray` alike): the results file all the same, every request `cancelled`, unsent (one line per
+    scheduled request, as after an interruption mid-run; `run._interrupt_once` keeps a second
+    Ctrl-C from cutting it). The exit code."""
     import time
 
     from ..results import ResultSink, unsent_line
@@ -153,4 +152,6 @@ def _all_unsent(spec: RunSpec, opened: Opened) -> int:
         sink.add(unsent_line(r, error="run stopped before it began (interrupted during start-up)"))
         n += 1
     sink.close()
-    return n
+    print(f"servegen-load: interrupted before the first request was sent: {n} result lines, "
+          f"all cancelled, in {spec.output}", file=sys.stderr)
+    return EXIT_INTERRUPTED

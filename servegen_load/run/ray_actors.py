@@ -285,11 +285,11 @@ def ray_run(spec: RunSpec, outputs: Any, argv: list[str]) -> int:
         raise InputError("--ray needs Ray: pip install 'servegen-load[ray]'", field="--ray") from None
     ray: Any = ray_module
     from .fill_in import check_source_ids
-    from .local import open_for
+    from .local import interrupted_at_start, open_for
     from .target import api_key_of, resolve_target
 
     api_key_of(spec)
-    open_for(spec)
+    opened = open_for(spec)
     check_source_ids(spec.source)  # shards are merged by id: duplicates refused before anything is sent
     out = Path(outputs.readback if outputs is not None else spec.output)
     address = spec.ray or "local"
@@ -301,7 +301,10 @@ def ray_run(spec: RunSpec, outputs: Any, argv: list[str]) -> int:
                 raise InputError("a Ray cluster's actors cannot reach the embedded simulator: give --endpoint",
                                  field="--ray")
             n, _, clients = shard_count(ray, spec)
-            target = resolve_target(spec, stack)
+            try:
+                target = resolve_target(spec, stack)
+            except KeyboardInterrupt:  # no actor started yet
+                return interrupted_at_start(spec, opened)
             return _drive(ray, spec, target, out, outputs, n, clients, argv)
     finally:
         if started:

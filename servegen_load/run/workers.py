@@ -198,16 +198,19 @@ class Worker:
 def workers_run(spec: RunSpec, outputs: Any, argv: list[str]) -> int:
     """`run --workers`: see the module docstring."""
     from .fill_in import check_source_ids
-    from .local import open_for
+    from .local import interrupted_at_start, open_for
     from .target import api_key_of, pinned_spec, resolve_target
 
     api_key_of(spec)
-    open_for(spec)  # the source's own errors, once, before any worker starts
+    opened = open_for(spec)  # the source's own errors, once, before any worker starts
     check_source_ids(spec.source)  # shards are merged by id: a duplicate would be found after the load was sent
     out = Path(outputs.readback if outputs is not None else spec.output)
     with contextlib.ExitStack() as stack:
         n, total, clients = resolve_workers(spec, spec.endpoint is None)
-        target = resolve_target(spec, stack, note=" (shared by all workers)")
+        try:
+            target = resolve_target(spec, stack, note=" (shared by all workers)")
+        except KeyboardInterrupt:  # no worker started yet
+            return interrupted_at_start(spec, opened)
         parts = Path(tempfile.mkdtemp(prefix=f".{Path(spec.output).name}.parts-", dir=parts_home(spec, outputs)))
         private = spec.metrics_port is not None or spec.pushgateway is not None
         pinned = pinned_spec(spec, target).replace(metrics_port=None, pushgateway=None, metrics_linger=0.0)
