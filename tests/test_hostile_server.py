@@ -125,6 +125,11 @@ def _usage(v: bytes) -> bytes:
 # alone (a short pause between), `keep` says whether the connection stays open for the next one.
 VALID: dict[str, tuple[list[bytes], bool]] = {
     "crlf": ([HEAD, *(_chunk(e.replace(b"\n", b"\r\n")) for e in STREAM), _END], True),
+    "bom": ([HEAD, _chunk(b"\xef\xbb\xbf" + STREAM[0]), *(_chunk(e) for e in STREAM[1:]), _END], True),
+    "donespaces": ([HEAD, *(_chunk(e) for e in STREAM[:-1]), _chunk(b"data:   [DONE]\n\n"), _END], True),
+    "contentparts": ([_body([*(_ev(b'{"object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":'
+                                   b'[{"type":"text","text":"%b"}]}}]}' % w) for w in (b" a", b" b", b" c")), *TAIL])],
+                     True),
     "cr": ([HEAD, *(_chunk(e.replace(b"\n", b"\r")) for e in STREAM), _END], True),
     "crlf-split": ([HEAD, *(_chunk(p) for e in STREAM for p in (e.replace(b"\n", b"\r\n")[:-3],
                                                                  e.replace(b"\n", b"\r\n")[-3:])), _END], True),
@@ -220,11 +225,16 @@ HOSTILE: dict[str, tuple[list[bytes], str, str]] = {
                 "protocol_error", "more than the one choice"),
     "twochoices": ([_body([GOOD[0], _ev(b'{"choices":[{"index":0,"text":" b"},{"index":1,"text":" x"}]}'),
                            GOOD[2], *TAIL])], "protocol_error", "more than the one choice"),
+    "errtypeonly": ([_body([GOOD[0], _ev(b'{"type":"error","message":"boom: typed error"}'), *GOOD[1:], *TAIL])],
+                    "http_error", "boom: typed error"),
+    "jsonerr200": ([_whole(b"application/json", b'{"object":"error","message":"boom: model not loaded","code":503}')],
+                   "http_error", "boom: model not loaded"),
     "usageneg": ([_body([*GOOD, _usage(b"-3"), _DONE])], "protocol_error", "usage"),
     "usagefloat": ([_body([*GOOD, _usage(b"3.5"), _DONE])], "protocol_error", "usage"),
     "usagestr": ([_body([*GOOD, _usage(b'"3"'), _DONE])], "protocol_error", "usage"),
     "usagehuge": ([_body([*GOOD, _usage(b"1" + b"0" * 30), _DONE])], "protocol_error", ""),
     "usageearly": ([_body([GOOD[0], _usage(b"1"), *GOOD[1:], _DONE])], "protocol_error", "but 3 token chunks"),
+    "usagemany": ([_body([*GOOD, _usage(b"4000"), _DONE])], "protocol_error", "were asked for"),
     "usagefew": ([_body([*GOOD, _usage(b"1"), _DONE])], "protocol_error", "usage"),
     "clandchunked": ([HEAD[:-2] + b"Content-Length: 40\r\n\r\n", *(_chunk(e) for e in STREAM), _END],
                      "protocol_error", ""),
@@ -233,6 +243,9 @@ HOSTILE: dict[str, tuple[list[bytes], str, str]] = {
                    "protocol_error", ""),
     "tegzip": ([HEAD.replace(b"chunked", b"gzip, chunked"), *(_chunk(e) for e in STREAM), _END],
                "protocol_error", "gzip"),
+    # no body, whatever the head says: not read until close (the error once said "body unfinished")
+    "status204": ([b"HTTP/1.1 204 No Content\r\n\r\n"], "http_error", "HTTP 204: "),
+    "status304": ([b"HTTP/1.1 304 Not Modified\r\nTransfer-Encoding: chunked\r\n\r\n"], "http_error", "HTTP 304: "),
     "status201": ([HEAD.replace(b"200 OK", b"201 Created"), *(_chunk(e) for e in STREAM), _END], "http_error", "201"),
     "textint": ([HEAD, *(_chunk(e) for e in (*GOOD, _ev(b'{"choices":[{"index":0,"text":5}]}')))],
                 "protocol_error", "unexpected stream event"),
@@ -627,6 +640,8 @@ def test_hostile_answers_have_their_true_status(hostile: Hostile, tmp_path: Path
     _parts, status, text = HOSTILE[mode]
     lines = _run(hostile, mode, tmp_path, transport)
     _all(lines, status, text)
+    if mode in ("status204", "status304"):  # ended by the head, not at a timeout
+        assert not any("unfinished" in d["error"] for d in lines), lines
     assert all(len(d["chunk_times"]) <= TOKENS for d in lines)
 
 

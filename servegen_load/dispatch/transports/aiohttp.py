@@ -57,7 +57,7 @@ async def call(session: aiohttp.ClientSession, url: str, headers: dict[str, str]
             if resp.status != 200:
                 f.retry_after = resp.headers.get("Retry-After")  # read by dispatch.retry (429/503)
                 body = (await resp.content.read(_MAX_ERR_BODY)).decode("utf-8", "replace").strip()
-                if 300 <= resp.status < 400:
+                if 300 <= resp.status < 400 and "Location" in resp.headers:
                     body = (f"redirect to {resp.headers.get('Location', '')[:200]} not followed "
                             f"(give the final URL as --endpoint); {body}")
                 f.fail("http_error", scrub(f"HTTP {resp.status}: {body}", api_key))

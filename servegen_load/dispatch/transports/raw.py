@@ -582,8 +582,10 @@ class _Conn(asyncio.Protocol):
             self._protocol_error("compressed answer (Content-Encoding: " + coding[:40].decode("latin-1")
                                  + ") although none was asked for")
             return
-        if 300 <= code < 400:
+        if 300 <= code < 400 and location:
             self.errbody = b"redirect to " + location[:200] + b" not followed (give the final URL as --endpoint); "
+        if code == 204 or code == 304:  # never a body, whatever the head says (RFC 9112 6.3)
+            chunked, length = False, 0
         if chunked:
             if plain:  # remembered for `_head`'s fast path (bounded: a Date header changes each second)
                 heads = self.owner.heads
