@@ -206,15 +206,18 @@ class GateResult:
     warmup: float = 0.0
     confidence: float = 0.95
     goodput: Goodput | None = None  # `slo.goodput_summary` when a per-request SLO was given
+    incomplete: str | None = None  # why the results are not a whole run (`_incomplete`): a failed check
 
     @property
     def passed(self) -> bool:
-        return all(c.passed for c in self.checks) and all(r.passed for r in self.regressions)
+        return (self.incomplete is None and all(c.passed for c in self.checks)
+                and all(r.passed for r in self.regressions))
 
     @property
     def failed(self) -> list[str]:
-        return ([c.slo.spec for c in self.checks if not c.passed]
-                + [f"{r.metric} regression" for r in self.regressions if not r.passed])
+        return ([f"whole run ({self.incomplete})"] if self.incomplete else []) + \
+            [c.slo.spec for c in self.checks if not c.passed] + \
+            [f"{r.metric} regression" for r in self.regressions if not r.passed]
 
     @property
     def exit_code(self) -> int:
@@ -222,6 +225,7 @@ class GateResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {"passed": self.passed, "requests": self.n_requests, "warmup_s": self.warmup,
+                "incomplete": self.incomplete,
                 "checks": [c.to_dict() for c in self.checks],
                 "regressions": [r.to_dict() for r in self.regressions], "failed": self.failed,
                 "goodput": None if self.goodput is None else asdict(self.goodput)}
@@ -248,8 +252,9 @@ def run_gate(paths: list[str], slos: SLOSet, *, baseline: str | None = None, max
         if not merge_unrelated:
             check_related(res.headers, res.paths)
         check_unique_ids(res["id"], res.file_index, res.paths)
+    incomplete = _incomplete(res)
     res = after_warmup(res, warmup)
-    out = GateResult(n_requests=res.n, warmup=warmup, confidence=confidence)
+    out = GateResult(n_requests=res.n, warmup=warmup, confidence=confidence, incomplete=incomplete)
     out.checks = evaluate(res, slos, lag_threshold=lag_threshold)
     if slos.request is not None:
         from .slo import goodput_summary
@@ -263,6 +268,20 @@ def run_gate(paths: list[str], slos: SLOSet, *, baseline: str | None = None, max
         out.regressions = compare(request_latencies(res), base, max_regression=max_regression, metrics=metrics,
                                   confidence=confidence)
     return out
+
+
+def _incomplete(res: Results) -> str | None:
+    """Why these results are not a whole run, if they are not: a gate passed on the part of a run
+    that an interruption or a kill left would pass what was never measured."""
+    never = [p for p, h in zip(res.paths, res.headers, strict=True) if h.get("complete") is False]
+    if never:
+        return f"{never[0]} was never closed: the run was killed or is still running"
+    status = res["status"]
+    for st, why in (("cancelled", "the run was interrupted"), ("lost", "a worker died")):
+        n = int(np.count_nonzero(status == st))
+        if n:
+            return f"{n} of {res.n} requests {st}: {why}"
+    return None
 
 
 # --- rendering ---
@@ -292,7 +311,7 @@ def _plain_table(head: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def verdict_line(g: GateResult) -> str:
-    n = len(g.checks) + len(g.regressions)
+    n = len(g.checks) + len(g.regressions) + (g.incomplete is not None)
     if g.passed:
         if n == 0:
             return f"gate: PASS (no SLO or baseline to check; goodput of {g.n_requests} requests reported)"

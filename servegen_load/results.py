@@ -34,6 +34,7 @@ import contextlib
 import errno
 import os
 import queue
+import stat
 import threading
 from array import array
 from dataclasses import dataclass, field
@@ -149,6 +150,17 @@ def unsent_line(req: Request, status: str = "cancelled", error: str = "run stopp
     }, option=_NL)
 
 
+def _regular(fh: Any) -> bool:
+    try:
+        return stat.S_ISREG(os.fstat(fh.fileno()).st_mode)
+    except OSError:
+        return False
+
+
+INCOMPLETE = ("the run that wrote it never finished (killed, or still running): requests after its last line "
+              "have no line")
+
+
 class ResultSink:
     """Append-only results file: header first, then encoded lines buffered until `flush()`.
 
@@ -185,7 +197,17 @@ class ResultSink:
         self._good = [0] * len(self._fhs)  # bytes of whole lines written, per file
         self._cut = [self.name != "-"] + [True] * (len(self._fhs) - 1)  # stdout may be appended to
         self.error: OSError | None = None
-        self._write(_dumps({"format": RESULTS_FORMAT, **header}, option=_NL))
+        # `"complete": false` until `close()` rewrites it in place as `true ` (the same length: a
+        # reader can tell a run killed mid-way, which leaves whole lines only, from a finished one).
+        # Only where the file can be rewritten: a pipe's or device's header says nothing.
+        head = {"format": RESULTS_FORMAT, **header}
+        self._flag = -1
+        if _regular(self._fhs[0]):
+            head["complete"] = False
+        line = _dumps(head, option=_NL)
+        if "complete" in head:
+            self._flag = line.rindex(b"false")
+        self._write(line)
         if self.error is not None:
             self._close_files()
             raise self.error
@@ -254,6 +276,10 @@ class ResultSink:
             self._buf.clear()
             self._q.put(None)
             self._thread.join()
+            if self.error is None and self._flag >= 0:
+                for fh in self._fhs:
+                    with contextlib.suppress(OSError):
+                        os.pwrite(fh.fileno(), b"true ", self._flag)
             self._close_files()
         if self.error is not None:
             raise self.error
@@ -347,6 +373,8 @@ def _load_file(path: Path, cols: _Columns, warnings: list[str]) -> dict[str, Any
             raise InputError(f"not a results file: first line must carry format {RESULTS_FORMAT!r}",
                              path=str(path), line=1)
         where = str(path)
+        if head.get("complete") is False:
+            warnings.append(f"{path}: {INCOMPLETE}")
         for n, raw in enumerate(fh, start=2):
             if not raw.strip():
                 continue

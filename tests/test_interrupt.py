@@ -23,8 +23,10 @@ import pytest
 from test_dispatch_fixtures import make_requests, poisson_times, read_lines, wait_for, write_requests
 
 from servegen_load.dispatch.runner import FLUSH_S, HOUSEKEEPING_S
+from servegen_load.gate import run_gate
 from servegen_load.results import read_results
 from servegen_load.sim import SimProcess
+from servegen_load.slo import build_slos
 
 CLI = [sys.executable, "-c", "from servegen_load.cli import main; main()"]
 
@@ -62,7 +64,9 @@ def test_signal_leaves_one_line_per_request_a_summary_and_exit_130(sig: signal.S
     unsent = [d for d in lines if d["status"] == "cancelled" and d["sent"] is None]
     assert unsent and all(d["scheduled"] > 1.0 for d in unsent)
     res = read_results(out)  # valid for every reader, nothing skipped
-    assert res.n == len(reqs) and not res.warnings
+    assert res.n == len(reqs) and not res.warnings and res.headers[0]["complete"] is True
+    g = run_gate([str(out)], build_slos(["ttft_p99<=60s"]))  # a part of a run passes no gate
+    assert not g.passed and g.checks[0].passed and f"{st['cancelled']} of 400 requests cancelled" in g.incomplete
     stdout = (tmp_path / "stdout").read_text()
     assert "400 scheduled" in stdout and "cancelled" in stdout  # the summary was printed
 
@@ -137,6 +141,10 @@ def test_sigkill_loses_at_most_the_last_flush_interval(tmp_path: Path) -> None:
     assert 0 <= missing <= bound, (missing, bound, finished, len(docs))
     res = read_results(out)
     assert res.n == len(docs)
+    # The file says it was never closed: report warns, gate fails (80 of 240 lines once passed as a whole run)
+    assert res.headers[0]["complete"] is False and any("never finished" in w for w in res.warnings)
+    g = run_gate([str(out)], build_slos(["error_rate<=1%"]))
+    assert not g.passed and g.checks[0].passed and "never closed" in (g.incomplete or "")
     # A line cut by the kill is skipped with a clear warning, never a crash.
     cut = tmp_path / "cut.jsonl"
     cut.write_bytes(data.rstrip(b"\n") + b"\n" + body[-1][:25])

@@ -171,6 +171,7 @@ def merged_header(parts: Sequence[Path], extra: dict[str, Any], argv: list[str])
             total[k] = sum(vals) if all(isinstance(v, int | float) for v in vals) else None
         head["intended"] = total
     head.pop("format", None)
+    head["complete"] = True  # written whole or not at all (`atomic_write`); a dead shard's lines say `lost`
     head.pop("shard", None)
     head.pop("shard_by", None)
     for k, v in extra.items():
