@@ -20,6 +20,7 @@ import pytest
 from test_dispatch_fixtures import free_port, make_requests, poisson_times, write_requests
 
 from servegen_load.cli import parse_run_argv
+from servegen_load.errors import InputError
 from servegen_load.run.spec import RunSpec
 
 AHEAD = float(int(time.time()) + 86400)  # a shared start a day ahead (one far in the past is refused)
@@ -98,6 +99,12 @@ def test_workers_and_ray_shards_get_the_local_runs_options(tmp_path: Path) -> No
                 assert getattr(w, f) == getattr(spec, f), f
             assert w.content_salt == (salt or target.salt)  # one salt for every shard
             assert (w.retries, w.timeout_idle, w.api) == (1, 9.0, "completions")
+    # a cap's shares sum to it (2 over 3 workers once gave 1 each: 3 in flight), and each needs one
+    spec = spec.replace(max_concurrency=5, workers="3")
+    pinned = pinned_spec(spec, target)
+    assert [s.max_concurrency for s in shard_specs(spec, pinned, 3, 3, AHEAD)] == [2, 2, 1]
+    with pytest.raises(InputError, match="2 slots cannot be shared by 3 workers"):
+        shard_specs(spec.replace(max_concurrency=2), pinned, 3, 3, AHEAD)
 
 
 def test_workers_results_carry_the_local_content_options(fake_server, tmp_path: Path) -> None:

@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..errors import InputError
 from ..formats import EXIT_INTERRUPTED, EXIT_NO_SUCCESS, STOPPED
 from .shard import SNAPSHOT_ENV
 from .spec import RunSpec
@@ -126,7 +127,7 @@ def resolve_workers(spec: RunSpec, local_sim: bool, cpus: int | None = None) -> 
         return int(str(spec.workers)), total, clients
     want = max(1, math.ceil(peak / PROCESS_RATE))
     room = max(1, (cpus if cpus is not None else cores()) - (1 if local_sim else 0))
-    n = min(want, room)
+    n = min(want, room, spec.max_concurrency or want)  # each worker needs a slot of the cap
     print(f"servegen-load: --workers auto: busiest second {peak:.0f} req/s ({total} requests); "
           f"~{PROCESS_RATE:.0f} req/s per process -> {want} process(es), {room} core(s) free -> {n}",
           file=sys.stderr)
@@ -147,16 +148,20 @@ def shard_specs(spec: RunSpec, pinned: RunSpec, n: int, clients: int, start: flo
     if by == "request":
         print(f"servegen-load: {clients} client(s) for {n} workers: splitting by request", file=sys.stderr)
     common: dict[str, Any] = {"start_at": start, "start_barrier": start is None, "shard_by": by}
-    if spec.max_concurrency is not None:
-        per = math.ceil(spec.max_concurrency / n)
-        common["max_concurrency"] = per
-        if per * n != spec.max_concurrency:
-            print(f"servegen-load: --max-concurrency {spec.max_concurrency} over {n} workers: {per} each",
-                  file=sys.stderr)
+    caps: list[dict[str, Any]] = [{} for _ in range(n)]
+    if spec.max_concurrency is not None:  # shares that sum to the cap: it is never exceeded
+        cap = spec.max_concurrency
+        if cap < n:
+            raise InputError(f"{cap} slots cannot be shared by {n} workers (each needs one): give --workers {cap} "
+                             "or fewer", field="--max-concurrency")
+        caps = [{"max_concurrency": cap // n + (i < cap % n)} for i in range(n)]
+        print(f"servegen-load: --max-concurrency {cap} over {n} workers: "
+              f"{', '.join(str(c['max_concurrency']) for c in caps)} (each worker queues for its own share)",
+              file=sys.stderr)
     if spec.count is not None:
         common.update(count=None, duration=count_cut(spec.source, rate=spec.rate, duration=spec.duration,
                                                      count=spec.count))
-    return [pinned.replace(shard=f"{i}/{n}", **common) for i in range(n)]
+    return [pinned.replace(shard=f"{i}/{n}", **common, **caps[i]) for i in range(n)]
 
 
 # --- the parent ---
