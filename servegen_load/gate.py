@@ -245,13 +245,9 @@ def run_gate(paths: list[str], slos: SLOSet, *, baseline: str | None = None, max
     for m in metrics:
         parse_metric(m)
     res = read_results(*paths)
-    if len(paths) > 1:  # shards merge only if disjoint (a file given twice would double-count)
-        from .report.related import check_related
-        from .run.merge import check_unique_ids
+    from .report.related import check_mergeable
 
-        if not merge_unrelated:
-            check_related(res.headers, res.paths)
-        check_unique_ids(res["id"], res.file_index, res.paths)
+    check_mergeable(res, merge_unrelated)  # shards merge only if disjoint
     incomplete = _incomplete(res)
     res = after_warmup(res, warmup)
     out = GateResult(n_requests=res.n, warmup=warmup, confidence=confidence, incomplete=incomplete)

@@ -150,6 +150,14 @@ def test_unrelated_runs_are_not_merged_unless_asked(tmp_path: Path) -> None:
     g = cli("gate", str(a), str(b), "--slo", "error_rate<=1%")
     assert g.returncode == 2 and "from another run" in g.stderr
     assert cli("gate", str(a), str(b), "--slo", "error_rate<=1%", "--merge-unrelated").returncode == 0
+    # two runs of one scenario share their ids: `--merge-unrelated` merges them (it once refused),
+    c = write(tmp_path / "c.jsonl", [row(i, i * 0.5) for i in range(5)], started_unix=1_800_000_900.0)
+    assert summary(str(a), str(c), "--merge-unrelated")["requests"]["scheduled"] == 10
+    # but one file with an id twice is counted by neither report nor gate
+    d = write(tmp_path / "d.jsonl", [row(i, i * 0.5) for i in range(5)] + [row(3, 2.6)])
+    for cmd in (["report", str(d)], ["gate", str(d), "--slo", "error_rate<=1%"]):
+        p = cli(*cmd)
+        assert p.returncode == 2 and "request id 'r3' has two lines" in p.stderr, p.stderr
     # shards of one run (a common --start-at) merge without asking
     s0 = write(tmp_path / "s0.jsonl", [row(i, i * 0.5) for i in range(5)], start_at=1.8e9, shard="0/2")
     s1 = write(tmp_path / "s1.jsonl", [row(10 + i, i * 0.5) for i in range(5)], start_at=1.8e9, shard="1/2")

@@ -347,7 +347,8 @@ def test_ray_address_is_optional_on_the_command_line() -> None:
 # --- truthfulness under scale-out (issue 12) ------------------------------------------------------
 
 
-def test_duplicate_ids_are_refused_before_anything_is_sent(fake_server, tmp_path: Path) -> None:
+@pytest.mark.parametrize("more", [["--workers", "2"], []])
+def test_duplicate_ids_are_refused_before_anything_is_sent(fake_server, tmp_path: Path, more: list[str]) -> None:
     reqs = make_requests([0.01 * i for i in range(40)])
     source = write_requests(tmp_path / "reqs.jsonl", reqs)
     lines = source.read_bytes().split(b"\n")
@@ -356,12 +357,11 @@ def test_duplicate_ids_are_refused_before_anything_is_sent(fake_server, tmp_path
     source.write_bytes(b"\n".join(lines))
     out = tmp_path / "merged.jsonl"
     before = fake_server.stats()["requests"]
-    r = run_cli("run", str(source), "-o", str(out), "--endpoint", fake_server.url, "--progress", "off",
-                "--workers", "2")
+    r = run_cli("run", str(source), "-o", str(out), "--endpoint", fake_server.url, "--progress", "off", *more)
     assert r.returncode == 2, r.stderr
     assert r.stderr.strip().splitlines() == [
         f"servegen-load: error: {source}:27: id: duplicate request id 'r3' (first on line 5): ids must be unique "
-        "when the run is split into shards (their results are merged by id)"], r.stderr
+        "(results are read and merged by id)"], r.stderr
     assert fake_server.stats()["requests"] == before, "nothing may be sent"
     assert not out.exists() and not list(tmp_path.glob(".merged.jsonl.parts-*"))
 

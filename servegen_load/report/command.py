@@ -18,7 +18,7 @@ from typing import Any
 
 from ..errors import InputError
 from ..formats import CAPACITY_FORMAT
-from .related import check_related
+from .related import check_mergeable
 
 
 def detect(path: str) -> str:
@@ -88,12 +88,7 @@ def report_command(paths: list[str], *, as_json: bool, output: str | None, lag_t
     from ..slo import after_warmup, evaluate, goodput_summary
 
     res = read_results(*paths)
-    if len(paths) > 1:  # scale hook: shards merge only if disjoint (a file given twice double-counts)
-        from ..run.merge import check_unique_ids
-
-        if not merge_unrelated:
-            check_related(res.headers, res.paths)
-        check_unique_ids(res["id"], res.file_index, res.paths)
+    check_mergeable(res, merge_unrelated)  # scale hook: shards merge only if disjoint
     res = after_warmup(res, warmup)
     if res.n == 0:
         print(f"servegen-load: no requests to summarize in {', '.join(paths)}"

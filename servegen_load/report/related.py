@@ -27,3 +27,13 @@ def check_related(headers: list[dict[str, Any]], paths: list[str]) -> None:
         if run_identity(h) != first:
             raise InputError(f"{p} is from another run than {paths[0]} (different run id, source or start); "
                              "pass --merge-unrelated to merge them anyway")
+
+
+def check_mergeable(res: Any, merge_unrelated: bool) -> None:
+    """Results files read together (`report`, `gate`) count each request once: parts of one run
+    (`check_related`) with no id twice; `--merge-unrelated` files may share ids, not within one."""
+    from ..run.merge import check_unique_ids
+
+    if len(res.paths) > 1 and not merge_unrelated:
+        check_related(res.headers, res.paths)
+    check_unique_ids(res["id"], res.file_index, res.paths, across=not merge_unrelated)

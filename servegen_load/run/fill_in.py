@@ -80,8 +80,8 @@ def check_source_ids(source: str | os.PathLike[str]) -> None:
     for line, rid in _ids(p):
         if hash(rid) in suspects:
             if rid in first:
-                raise InputError(f"duplicate request id {rid.decode('utf-8', 'replace')!r} (first on line {first[rid]}): ids must be unique "
-                                 "when the run is split into shards (their results are merged by id)",
+                raise InputError(f"duplicate request id {rid.decode('utf-8', 'replace')!r} (first on line "
+                                 f"{first[rid]}): ids must be unique (results are read and merged by id)",
                                  path=str(p), line=line, field="id")
             first[rid] = line
 

@@ -95,6 +95,10 @@ def run_local(spec: RunSpec, outputs: Any, argv: list[str]) -> int:
 
     api_key_of(spec)  # an unreadable key file is input, named before anything starts
     opened = open_for(spec)  # validates every line of a requests file now
+    if spec.source != "-":
+        from .fill_in import check_source_ids
+
+        check_source_ids(spec.source)  # results are read by id: two lines of one would count as two
     with contextlib.ExitStack() as stack:
         try:
             target = resolve_target(spec, stack)

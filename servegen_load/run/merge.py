@@ -24,17 +24,23 @@ from ..errors import InputError
 from ..formats import RESULTS_FORMAT
 
 
-def check_unique_ids(ids: np.ndarray, file_index: np.ndarray, paths: Sequence[str]) -> None:
-    """Raise InputError naming one id that appears in more than one of `paths`."""
-    if len(paths) < 2 or not len(ids):
+def check_unique_ids(ids: np.ndarray, file_index: np.ndarray, paths: Sequence[str], *, across: bool = True) -> None:
+    """Raise InputError naming one id that appears twice in one of `paths` (a line counted twice),
+    or, with `across`, in two of them (a shard's file given twice)."""
+    if len(ids) < 2:
         return
     order = np.lexsort((file_index, ids))
     s_ids, s_file = ids[order], file_index[order]
-    same = (s_ids[1:] == s_ids[:-1]) & (s_file[1:] != s_file[:-1])
+    same = s_ids[1:] == s_ids[:-1]
+    if not across:
+        same &= s_file[1:] == s_file[:-1]
     if same.any():
         k = int(np.argmax(same))
-        raise InputError(f"request id {str(s_ids[k])!r} is in both {paths[int(s_file[k])]} and "
-                         f"{paths[int(s_file[k + 1])]}: each shard's results file must be given once")
+        a, b = paths[int(s_file[k])], paths[int(s_file[k + 1])]
+        if a == b and s_file[k] == s_file[k + 1]:
+            raise InputError(f"request id {str(s_ids[k])!r} has two lines: each request has one", path=a)
+        raise InputError(f"request id {str(s_ids[k])!r} is in both {a} and {b}: each shard's results file "
+                         "must be given once (files of unrelated runs: --merge-unrelated)")
 
 
 def _index(path: Path, data: Any, file_no: int) -> tuple[dict[str, Any], list[float], list[int], list[int], list[str]]:
