@@ -224,7 +224,7 @@ def fit_cmd(
     data_window: float = typer.Option(21600.0, "--data-window", help="Length-table window (s)."),
     name: str | None = typer.Option(None, "--name", help="Pool name (default: the first log's file name)."),
     category: str | None = typer.Option(None, "--category", help="language, multimodal or reason (default: from the columns)."),
-    min_requests: int = typer.Option(50, "--min-requests", help="Clients with fewer requests are merged into 'other'."),
+    min_requests: int = typer.Option(50, "--min-requests", min=0, help="Clients with fewer requests are merged into 'other'."),
     start_of_day: bool = typer.Option(False, "--start-of-day", help="Pool time 0 = the midnight (UTC) before the first request."),
     ks_max: float = typer.Option(0.004, "--ks-max", help="Max KS distance of each stored length table."),
     time_range: str | None = typer.Option(None, "--range", help="Fit only START:END seconds after the first request."),
@@ -420,11 +420,11 @@ def report_cmd(
 ) -> None:
     """Summarize results: TTFT, TPOT, ITL, E2E, send lag, throughput, errors, goodput (or a plan's capacity file)."""
     from .report.command import report_command
-    from .slo import build_slos
+    from .slo import build_slos, check_lag_threshold
 
     slos = build_slos(slo, slo_file, request_slo) if slo or slo_file or request_slo else None
-    code = report_command(results, as_json=as_json, output=output, lag_threshold=lag_threshold_ms / 1e3, html=html,
-                          warmup=warmup, slos=slos, csv=csv, merge_unrelated=merge_unrelated)
+    code = report_command(results, as_json=as_json, output=output, lag_threshold=check_lag_threshold(lag_threshold_ms),
+                          html=html, warmup=warmup, slos=slos, csv=csv, merge_unrelated=merge_unrelated)
     if code:
         sys.exit(code)
 
@@ -478,12 +478,12 @@ def gate_cmd(
 ) -> None:
     """Check SLOs and regressions: exit 0 when all hold, 1 when one fails, 2 on bad input."""
     from .gate import DEFAULT_METRICS, print_gate, run_gate
-    from .slo import build_slos, parse_fraction
+    from .slo import build_slos, check_lag_threshold, parse_fraction
 
     slos = build_slos(slo, slo_file, request_slo)
     g = run_gate(results, slos, baseline=baseline, max_regression=parse_fraction(max_regression, "--max-regression"),
                  warmup=warmup, metrics=tuple(metric) or DEFAULT_METRICS,
-                 confidence=parse_fraction(confidence, "--confidence"), lag_threshold=lag_threshold_ms / 1e3,
+                 confidence=parse_fraction(confidence, "--confidence"), lag_threshold=check_lag_threshold(lag_threshold_ms),
                  merge_unrelated=merge_unrelated)
     print_gate(g, as_json=as_json)
     if g.exit_code:

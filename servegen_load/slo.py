@@ -102,11 +102,18 @@ def select(res: Results, mask: np.ndarray) -> Results:
 
 def after_warmup(res: Results, warmup: float) -> Results:
     """Requests scheduled at or after `warmup` seconds from the run's start."""
+    if not (warmup >= 0 and math.isfinite(warmup)):  # nan compares false with everything: check it first
+        raise InputError(f"expected seconds >= 0, got {warmup:g}", field="--warmup")
     if not warmup:
         return res
-    if warmup < 0:
-        raise InputError(f"expected seconds >= 0, got {warmup:g}", field="--warmup")
     return select(res, res["scheduled"] >= warmup)
+
+
+def check_lag_threshold(ms: float) -> float:
+    """`--lag-threshold-ms` in seconds; InputError unless a number >= 0 (`run` checks it the same way)."""
+    if not (ms >= 0 and math.isfinite(ms)):
+        raise InputError(f"expected a number >= 0, got {ms:g}", field="--lag-threshold-ms")
+    return ms / 1e3
 
 
 # --- metric catalog ---
@@ -210,8 +217,9 @@ def _convert(num: float, unit: str, kind: Kind, spec: str, metric: str) -> float
     if u not in units:
         raise InputError(f"unit {u!r} does not fit {metric} in SLO {spec!r}; expected {_UNIT_HELP[kind]}")
     v = num * units[u]
-    if kind == "ratio" and u == "" and v > 1 and metric != "rate_ratio":
-        raise InputError(f"{metric} is a fraction in SLO {spec!r}: write {num:g}% or {num / 100:g}")
+    if kind == "ratio" and v > 1 and metric != "rate_ratio":  # a share: 150% can never be reached or missed
+        raise InputError(f"{metric} is a fraction in SLO {spec!r}: write {num:g}% or {num / 100:g}" if u == ""
+                         else f"{metric} is a share of requests in SLO {spec!r}: expected at most 100%")
     if v < 0:
         raise InputError(f"expected a value >= 0 in SLO {spec!r}")
     return v

@@ -107,3 +107,13 @@ def test_booleans_are_not_numbers(tmp_path: Path, field: str, text: str) -> None
     out = tmp_path / "req.jsonl"
     assert "expected a number" in assert_failed(run_cli("generate", p, "-o", out), p, field, out=out)
     assert not os.path.exists(out)
+
+
+@pytest.mark.parametrize("cmd", [["gate", "{res}", "--slo", "error_rate<=1%"], ["report", "{res}"]])
+@pytest.mark.parametrize("opts,field", [(["--warmup", "nan"], "--warmup"), (["--lag-threshold-ms", "-1"],
+                                                                              "--lag-threshold-ms")])
+def test_reading_options_out_of_range_are_bad_input(results: Path, cmd: list[str], opts: list[str], field: str) -> None:
+    """`--warmup nan` ended as exit 1 "no requests in scope"; `--lag-threshold-ms -1` was taken
+    (and every run then "fell behind")."""
+    r = run_cli(*(a.format(res=results) for a in cmd), *opts)
+    assert_failed(r, field)

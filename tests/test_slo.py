@@ -100,6 +100,8 @@ def test_bad_request_slo_and_goodput_without_request_slo() -> None:
         parse_request_slo("ttft<=2s,e2e_p99<=3s")
     with pytest.raises(InputError, match="expected ITEM"):
         parse_request_slo("ttft")
+    with pytest.raises(InputError, match="at most 100%"):  # once accepted: a check that cannot fail
+        parse_slo("error_rate<=150%")
     with pytest.raises(InputError, match="need a per-request SLO"):
         build_slos(["goodput>=10req/s"])
 
