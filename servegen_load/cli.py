@@ -542,6 +542,13 @@ def plan_cmd(
                        results_dir=results_dir, clock=clock, tokenizer=tokenizer, prompt_format=prompt_format)
     if endpoint is not None and (preset or sim_param or sim_time_scale != 1.0):
         raise InputError("--preset/--sim-param/--sim-time-scale apply to the embedded simulator only (no --endpoint)")
+    from .outputs import check_paths
+
+    check_paths([("-o", output), ("--html", html)], [("SCENARIO", scenario)])  # before the search, not after
+    if html:
+        from .report.plots import mpl
+
+        mpl()  # installed? (the search can take hours against a real endpoint)
     if concurrency is not None:  # sweep hook: closed-loop levels (servegen_load/sweep.py)
         from .sweep import concurrency_sweep, parse_levels, render_sweep
 
@@ -596,9 +603,12 @@ def calibrate_cmd(
     from .atomic import atomic_write
     from .calibrate import command as cal
     from .dispatch.endpoint import load_api_key
+    from .outputs import check_paths
 
     key = load_api_key(Path(api_key_file) if api_key_file else None)
     paths = list(paths or [])
+    check_paths([("--json", as_json), ("--results", results)] + ([] if check else [("-o", output)]),
+                [("PATH", p) for p in paths])  # before the probe or the check's run, not after
     if check:
         if not (preset and endpoint and len(paths) == 1):
             raise InputError("--check needs --preset FILE, --endpoint URL and one SCENARIO")

@@ -117,3 +117,14 @@ def test_reading_options_out_of_range_are_bad_input(results: Path, cmd: list[str
     (and every run then "fell behind")."""
     r = run_cli(*(a.format(res=results) for a in cmd), *opts)
     assert_failed(r, field)
+
+
+@pytest.mark.parametrize("cmd", [["calibrate", "--endpoint", "http://127.0.0.1:9", "-o", "{dir}"],
+                                 ["plan", "{scen}", "--slo", "ttft_p90<=2s", "-o", "{dir}"],
+                                 ["plan", "{scen}", "--slo", "ttft_p90<=2s", "--html", "{dir}"]])
+def test_plan_and_calibrate_check_their_outputs_before_the_work(tmp_path: Path, cmd: list[str]) -> None:
+    """A probe of minutes, or a search of hours, once ended in "Is a directory"."""
+    scen = Path(__file__).resolve().parents[1] / "scenarios" / "language.yaml"
+    r = run_cli(*(a.format(dir=tmp_path, scen=scen) for a in cmd))
+    line = assert_failed(r, "is a folder")
+    assert "connection" not in line and "step" not in r.err, r.err
