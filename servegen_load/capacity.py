@@ -128,6 +128,8 @@ def mean_rate(s: Scenario, t0: float = 0.0, t1: float | None = None) -> float:
 
 # --- one step ---
 
+SIM_FLAGS = ("--sim-param", "--sim-time-scale")  # what `plan` calls the simulator's --param/--time-scale
+
 @dataclass
 class Step:
     """One run at one scale and its verdict."""
@@ -292,7 +294,7 @@ class Stepper:
             from .sim.process import SimProcess
 
             self.sim = SimProcess(self.opts.preset or "llama3-8b-h100", params=self.opts.sim_params,
-                                  time_scale=self.opts.sim_time_scale).start()
+                                  time_scale=self.opts.sim_time_scale, flags=SIM_FLAGS).start()
             self.endpoint = self.sim.url
         if self.model is None:
             import asyncio
@@ -387,7 +389,8 @@ class VirtualStepper(Stepper):
         from .sim.config import build_config
 
         o = self.opts
-        cfg = build_config(o.preset or "llama3-8b-h100", dict(o.sim_params), time_scale=o.sim_time_scale)
+        cfg = build_config(o.preset or "llama3-8b-h100", dict(o.sim_params), time_scale=o.sim_time_scale,
+                           flags=SIM_FLAGS)
         self.params = cfg.params
         self.model = self.model or cfg.params.model
         self.endpoint = f"virtual:{o.preset or 'llama3-8b-h100'}"

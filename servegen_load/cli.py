@@ -538,7 +538,7 @@ def plan_cmd(
     opts = PlanOptions(step_duration=step_duration, warmup=warmup, tolerance=parse_fraction(tolerance, "--tolerance"),
                        start_scale=start_scale, max_steps=max_steps, endpoint=endpoint, model=model, api=api,
                        server_family=server_family, api_key=load_api_key(Path(api_key_file) if api_key_file else None),
-                       preset=preset, sim_params=parse_params(sim_param), sim_time_scale=sim_time_scale,
+                       preset=preset, sim_params=parse_params(sim_param, "--sim-param"), sim_time_scale=sim_time_scale,
                        results_dir=results_dir, clock=clock, tokenizer=tokenizer, prompt_format=prompt_format)
     if endpoint is not None and (preset or sim_param or sim_time_scale != 1.0):
         raise InputError("--preset/--sim-param/--sim-time-scale apply to the embedded simulator only (no --endpoint)")

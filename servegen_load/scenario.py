@@ -56,6 +56,7 @@ from pydantic import (
 )
 
 from .errors import InputError
+from .formats import first_object, format_kind
 
 DAY = 86400.0
 _KINDS = ("pool", "pools", "naive", "constant", "replay")
@@ -708,6 +709,11 @@ def load_scenario(path: str | Path) -> Scenario:
         raise InputError("no such scenario file", path=str(p)) from None
     except (OSError, UnicodeDecodeError) as e:
         raise InputError(f"cannot read scenario file ({e})", path=str(p)) from None
+    head = first_object(text[:4096].encode())
+    kind = format_kind(head) if head is not None else None
+    if kind is not None:  # another file of ours (`generate`'s requests, `run`'s results)
+        raise InputError(f"is a {kind} file, not a scenario YAML (plan and calibrate --check scale a scenario's "
+                         "rate; see scenarios/)", path=str(p))
     try:
         data = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as e:

@@ -128,3 +128,22 @@ def test_plan_and_calibrate_check_their_outputs_before_the_work(tmp_path: Path, 
     r = run_cli(*(a.format(dir=tmp_path, scen=scen) for a in cmd))
     line = assert_failed(r, "is a folder")
     assert "connection" not in line and "step" not in r.err, r.err
+
+
+@pytest.mark.parametrize("opts,field", [(["--sim-time-scale", "0"], "--sim-time-scale"),
+                                        (["--sim-param", "foo"], "--sim-param")])
+def test_plan_names_its_own_flags(opts: list[str], field: str) -> None:
+    """It named the simulator's --time-scale and --param, which `plan` does not have."""
+    scen = Path(__file__).resolve().parents[1] / "scenarios" / "language.yaml"
+    assert_failed(run_cli("plan", scen, "--slo", "ttft_p90<=2s", *opts), field)
+
+
+def test_plan_says_what_it_was_given_instead(tmp_path: Path) -> None:
+    """A requests file was "invalid YAML: expected '<document start>'"; a dead port was "--model:
+    cannot list models ... pass --model"."""
+    src = write_requests(tmp_path / "r.jsonl", make_requests([0.0]))
+    assert "is a requests file, not a scenario" in assert_failed(run_cli("plan", src, "--slo", "ttft_p90<=2s"), src)
+    scen = Path(__file__).resolve().parents[1] / "scenarios" / "language.yaml"
+    line = assert_failed(run_cli("plan", scen, "--slo", "ttft_p90<=2s", "--endpoint", "http://127.0.0.1:9"),
+                         "--endpoint")
+    assert "cannot connect to http://127.0.0.1:9" in line and "--model" not in line

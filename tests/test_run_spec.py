@@ -156,6 +156,11 @@ def test_count_and_rate_overrides(fake_server, tmp_path: Path) -> None:
             "--progress", "off")
     assert r.returncode == 0, r.stderr
     assert sorted((d["id"], d["status"]) for d in lines(out)) == [("r0", "ok"), ("r1", "ok")]
+    # merged results on stdout: once refused, blaming --start-barrier (which was never given)
+    r = cli("run", str(source), "-o", "-", "--endpoint", fake_server.url, "--count", "2", "--workers", "2",
+            "--progress", "off")
+    assert r.returncode == 0, r.stderr
+    assert sorted(orjson.loads(x)["id"] for x in r.stdout.splitlines()[1:] if x.startswith("{")) == ["r0", "r1"]
 
 
 def test_header_slos_and_exit_codes(fake_server, tmp_path: Path) -> None:

@@ -281,6 +281,9 @@ async def discover_model(endpoint: Endpoint, api_key: str | None, timeout: float
             data = json.loads(body)
     except InputError:
         raise
+    except aiohttp.ClientConnectorError as e:  # no server there: what `run` says, not "pass --model"
+        why = e.os_error.strerror or type(e.os_error).__name__
+        raise InputError(f"cannot connect to {redact_url(endpoint.url)} ({why})", field="--endpoint") from None
     except Exception as e:  # any failure of a probe is one line, not a traceback
         what = f"no complete answer within {timeout:g}s" if isinstance(e, TimeoutError) else \
             f"{type(e).__name__}: {e}" if str(e) else type(e).__name__

@@ -138,10 +138,11 @@ def resolve_workers(spec: RunSpec, local_sim: bool, cpus: int | None = None) -> 
     return n, total, clients
 
 
-def shard_specs(spec: RunSpec, pinned: RunSpec, n: int, clients: int, start: float | None) -> list[RunSpec]:
-    """The spec of each of n shards: the pinned spec with its shard, the common start (None: the
-    ready barrier picks it), a share of `--max-concurrency`, and `--count` as a time cut (shards
-    cannot count a global order)."""
+def shard_specs(spec: RunSpec, pinned: RunSpec, n: int, clients: int, start: float | None,
+                outputs: list[str] | None = None) -> list[RunSpec]:
+    """The spec of each of n shards: the pinned spec with its shard, its output (`outputs`, else
+    the spec's), the common start (None: the ready barrier picks it), a share of
+    `--max-concurrency`, and `--count` as a time cut (shards cannot count a global order)."""
     from .source import count_cut
 
     by = "client" if clients >= n else "request"
@@ -161,7 +162,8 @@ def shard_specs(spec: RunSpec, pinned: RunSpec, n: int, clients: int, start: flo
     if spec.count is not None:
         common.update(count=None, duration=count_cut(spec.source, rate=spec.rate, duration=spec.duration,
                                                      count=spec.count))
-    return [pinned.replace(shard=f"{i}/{n}", **common, **caps[i]) for i in range(n)]
+    return [pinned.replace(shard=f"{i}/{n}", **common, **caps[i], **({"output": outputs[i]} if outputs else {}))
+            for i in range(n)]
 
 
 # --- the parent ---
@@ -219,9 +221,9 @@ def workers_run(spec: RunSpec, outputs: Any, argv: list[str]) -> int:
         parts = Path(tempfile.mkdtemp(prefix=f".{Path(spec.output).name}.parts-", dir=parts_home(spec, outputs)))
         private = spec.metrics_port is not None or spec.pushgateway is not None
         pinned = pinned_spec(spec, target).replace(metrics_port=None, pushgateway=None, metrics_linger=0.0)
-        workers = [Worker(i, s.replace(output=str(parts / f"part-{i}.jsonl")), parts / f"part-{i}.stderr",
-                          parts / f"metrics-{i}.txt", _free_port() if private else None)
-                   for i, s in enumerate(shard_specs(spec, pinned, n, clients, spec.start_at))]
+        outs = [str(parts / f"part-{i}.jsonl") for i in range(n)]
+        workers = [Worker(i, s, parts / f"part-{i}.stderr", parts / f"metrics-{i}.txt", _free_port() if private else None)
+                   for i, s in enumerate(shard_specs(spec, pinned, n, clients, spec.start_at, outs))]
         for w in workers:
             if w.port is not None:
                 w.spec = w.spec.replace(metrics_port=w.port, metrics_host="127.0.0.1")

@@ -40,12 +40,13 @@ def build_config(preset: str = DEFAULT_PRESET, params: list[str] | dict[str, Any
                  faults: list[str] | dict[str, float] | None = None, *, seed: int = 0,
                  time_scale: float = 1.0, host: str = "127.0.0.1", port: int = 8000,
                  stall_seconds: float = 5.0, slow_accept_seconds: float = 2.0,
-                 hang_seconds: float = 600.0) -> SimConfig:
-    """Validate everything and resolve the engine parameters; raises InputError."""
+                 hang_seconds: float = 600.0, flags: tuple[str, str] = ("--param", "--time-scale")) -> SimConfig:
+    """Validate everything and resolve the engine parameters; raises InputError naming `flags`
+    (the parameter and time-scale options of the command that was given them)."""
     base = get_preset(preset)
-    overrides = parse_params(params) if isinstance(params, list) else dict(params or {})
-    engine = with_overrides(base, overrides)
-    ts = _positive("--time-scale", time_scale, allow_zero=False)
+    overrides = parse_params(params, flags[0]) if isinstance(params, list) else dict(params or {})
+    engine = with_overrides(base, overrides, where=flags[0])
+    ts = _positive(flags[1], time_scale, allow_zero=False)
     if isinstance(faults, dict):
         fault_rates = parse_faults([f"{k}={v}" for k, v in faults.items()])
     else:

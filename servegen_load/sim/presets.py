@@ -113,13 +113,13 @@ def _load_yaml(path: Path) -> EngineParams:
     return with_overrides(PRESETS[base], doc, where=str(path))
 
 
-def parse_params(items: list[str] | None) -> dict[str, str]:
-    """``["name=value", ...]`` (the ``--param`` flags) -> dict; names are checked later."""
+def parse_params(items: list[str] | None, flag: str = "--param") -> dict[str, str]:
+    """``["name=value", ...]`` (the ``--param`` flags; `plan`'s ``--sim-param``) -> dict; names are checked later."""
     out: dict[str, str] = {}
     for item in items or []:
         name, sep, value = item.partition("=")
         if not sep or not name.strip():
-            raise InputError(f"expected name=value, got {item!r}", field="--param")
+            raise InputError(f"expected name=value, got {item!r}", field=flag)
         out[name.strip().replace("-", "_")] = value.strip()
     return out
 

@@ -42,11 +42,11 @@ class SimProcess:
                  faults: dict[str, float] | None = None, *, seed: int = 0, time_scale: float = 1.0,
                  host: str = "127.0.0.1", port: int = 0, stall_seconds: float = 5.0,
                  slow_accept_seconds: float = 2.0, hang_seconds: float = 600.0,
-                 startup_timeout: float = 30.0) -> None:
+                 startup_timeout: float = 30.0, flags: tuple[str, str] = ("--param", "--time-scale")) -> None:
         self.params = dict(params or {})
         self.config = build_config(preset, self.params, faults, seed=seed, time_scale=time_scale, host=host,
                                    port=port, stall_seconds=stall_seconds,
-                                   slow_accept_seconds=slow_accept_seconds, hang_seconds=hang_seconds)
+                                   slow_accept_seconds=slow_accept_seconds, hang_seconds=hang_seconds, flags=flags)
         self.startup_timeout = startup_timeout
         self.url: str = ""
         self.proc: subprocess.Popen[bytes] | None = None
