@@ -13,8 +13,9 @@ windows cover [0, end):
   and day type when weekdays and weekends were told apart, otherwise), or cyclically the fitted
   windows in order when the log is shorter than that period. Its rate is the profile at w's own
   wall-clock phase plus the source's shrunk deviation, r_w = p_w + (r'_s - p_s) (>= 0), and its
-  gap family and shape are the source's. Where the profile never saw w's phase (a log shorter
-  than a day), p_w = p_s: the fitted windows are replayed, shrunk, in their own order. So the level and the daily and weekly cycles follow the
+  gap family and shape are the source's. A phase the log never saw (a log shorter than a day)
+  has the profile interpolated around the cycle from the seen ones (`arrival_fit.rate_profile`):
+  the level goes on from the latest seen towards the earliest. So the level and the daily and weekly cycles follow the
   profile, and burstiness at every scale (within and across windows) that of the fitted log.
 - outages (`outage_windows`: at least `OUTAGE_MIN` seconds in which no client sent anything,
   between windows whose rate predicts at least `OUTAGE_EXPECTED` requests there) are a service or
