@@ -468,6 +468,10 @@ class _Converter:
             ints[role] = np.where(ok & (vals >= 0) & (vals < 2**31), vals, -1).astype(np.int32)
         client = self._codes(raw["client"]) if "client" in raw else np.zeros(n, dtype=np.int32)
         session = _hash_codes(raw["session"]) if "session" in raw else None
+        if session is not None and "client" in raw:  # a session is a client's: tenants number theirs alike
+            with np.errstate(over="ignore"):
+                mixed = (session.astype(np.uint64) ^ (client.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)))
+            session = np.where(session >= 0, (mixed >> np.uint64(1)).astype(np.int64), -1)
 
         examples: list[tuple[int, str]] = []
         for mask, why in reasons:
