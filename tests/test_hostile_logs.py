@@ -385,3 +385,21 @@ def test_servegen_errors_through_the_entry_point(tmp_path: Path) -> None:
     assert_failed(b, bad, '"0".input_tokens', out=out)
     assert (a.code, a.err) == (b.code, b.err)
     assert not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.parametrize("stray", ["1970-01-01T00:00:00Z", "2099-12-31T23:59:59Z"])
+def test_a_stray_clock_row_is_dropped_not_a_pool_of_decades(tmp_path: Path, stray: str) -> None:
+    """One row at epoch 0 beside three hours of traffic made a 56-year pool (3 million windows,
+    1 GB, an `inspect` that never ended), and `--range` counted from 1970."""
+    rng = np.random.default_rng(4)
+    t0 = np.datetime64("2026-11-30T09:00:00", "s").astype(np.int64)
+    times = np.sort(t0 + rng.uniform(0, 3 * 3600, 3000))
+    rows = [f"{np.datetime64(int(x), 's')}Z,{rng.integers(10, 900)},{rng.integers(1, 300)}" for x in times]
+    rows.insert(1500, f"{stray},100,10")
+    log = tmp_path / "log.csv"
+    write_log(log, "timestamp,prompt_tokens,completion_tokens", rows)
+    r = run_cli("fit", log, "-o", tmp_path / "p.npz", "--range", "0:3600")
+    assert_ok(r)
+    assert "dropped 1 row(s) timed far from all the others" in r.err and stray[:10] in r.err
+    pool = load_pool(tmp_path / "p.npz")
+    assert pool.window_start.size <= 7 and 900 <= round(float(pool.rate.sum()) * pool.window) <= 1100

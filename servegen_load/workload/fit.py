@@ -236,7 +236,7 @@ def fit_chunks(chunks: Iterable[LogChunk], options: FitOptions | None = None) ->
     if opts.category is not None and opts.category not in CATEGORIES:
         raise InputError(f"expected a category among {', '.join(CATEGORIES)}, got {opts.category!r}")
     report = FitReport()
-    cols = _collect(chunks, report)
+    cols = _drop_strays(_collect(chunks, report), report)
     if opts.window is None:
         return _fit_auto(cols, opts, report)
     pool = _fit(cols, opts, report)
@@ -553,14 +553,59 @@ def _select(cols: _Columns, start: float, end: float | None, where: str | None =
     if not keep.any():
         raise InputError(f"no requests in the range {start:g}..{'' if end is None else f'{end:g}'} s after the "
                          "first request", path=where)
+    return replace(_keep(cols, keep), origin=cols.origin)
 
+
+STRAY_SHARE = 0.001  # at most this share of the rows (and at least 1) may be dropped as stray times
+STRAY_GAP = 10.0  # ... when a gap this many times the rest's span (and over a day) sets them apart
+
+
+def _drop_strays(cols: _Columns, report: FitReport) -> _Columns:
+    """The rows without a few whose times sit far from all the others (a clock at 0, 1970 or 2099).
+
+    Why: one row at epoch 0 beside three hours of traffic made a pool of 56 years (3 million
+    windows, a gigabyte, an `inspect` that never ended) and moved `--range`'s origin. A handful
+    of rows (`STRAY_SHARE`), across a gap over `STRAY_GAP` times the span of the rest and over a
+    day, are dropped and named in a note; two real captures a week apart stay (neither is a handful).
+    """
+    t = cols.t
+    n = t.size
+    limit = max(1, int(STRAY_SHARE * n))
+    s = np.sort(t)
+    lo, hi = 0, n  # the rows kept: s[lo:hi]
+    for _ in range(4):
+        if hi - lo < 3:
+            break
+        gaps = np.diff(s[lo:hi])
+        i = int(np.argmax(gaps))
+        left, right = i + 1, hi - lo - i - 1
+        bulk = (s[hi - 1] - s[lo + i + 1]) if left < right else (s[lo + i] - s[lo])
+        if min(left, right) > limit or gaps[i] <= max(STRAY_GAP * bulk, 86400.0):
+            break
+        if left < right:
+            lo += left
+        else:
+            hi -= right
+    if lo == 0 and hi == n:
+        return cols
+    keep = (t >= s[lo]) & (t <= s[hi - 1])
+    gone = t[~keep]
+    when = ", ".join(str(np.datetime64(round(x), "s")) if cols.wall_clock else f"{x:g} s"
+                     for x in np.unique(gone)[:3])
+    report.notes.append(f"dropped {gone.size} row(s) timed far from all the others ({when}): a stray clock, "
+                        "not traffic")
+    return _keep(cols, keep)
+
+
+def _keep(cols: _Columns, keep: np.ndarray) -> _Columns:
     def k(a: np.ndarray | None) -> np.ndarray | None:
         return None if a is None else a[keep]
 
-    return _Columns(t=cols.t[keep], client=cols.client[keep], names=cols.names, has_client=cols.has_client,
+    t = cols.t[keep]
+    return _Columns(t=t, client=cols.client[keep], names=cols.names, has_client=cols.has_client,
                     input=cols.input[keep], output=cols.output[keep], reason=k(cols.reason),
                     session=k(cols.session), media={m: v[keep] for m, v in cols.media.items()},
-                    origin=cols.origin, wall_clock=cols.wall_clock)
+                    origin=float(t.min()), wall_clock=cols.wall_clock)
 
 
 def _merge_sparse(cols: _Columns, opts: FitOptions, report: FitReport) -> tuple[np.ndarray, list[str]]:
