@@ -403,3 +403,25 @@ def test_a_stray_clock_row_is_dropped_not_a_pool_of_decades(tmp_path: Path, stra
     assert "dropped 1 row(s) timed far from all the others" in r.err and stray[:10] in r.err
     pool = load_pool(tmp_path / "p.npz")
     assert pool.window_start.size <= 7 and 900 <= round(float(pool.rate.sum()) * pool.window) <= 1100
+
+
+def test_the_client_is_the_account_not_a_mostly_empty_user_field(tmp_path: Path) -> None:
+    """A LiteLLM spend log (api_key, user, team_id; `user` empty on most rows): `user` was guessed,
+    and its empty value became one client holding 90 % of the traffic, without a word."""
+    rng = np.random.default_rng(2)
+    t0 = np.datetime64("2026-11-30T09:00:00", "s").astype(np.int64)
+    rows = []
+    for i, x in enumerate(np.sort(t0 + rng.uniform(0, 3600, 2000))):
+        key = f"{'abc'[i % 3] * 8}{i % 3}"
+        user = f"u{i % 7}" if i % 10 == 0 else ""
+        rows.append(f"r{i},{np.datetime64(int(x), 's')}Z,{key},{user},team-{i % 3},{rng.integers(10, 900)},"
+                    f"{rng.integers(1, 300)}")
+    log = tmp_path / "spend.csv"
+    write_log(log, "request_id,startTime,api_key,user,team_id,prompt_tokens,completion_tokens", rows)
+    r = run_cli("fit", log, "-o", tmp_path / "p.npz")
+    assert_ok(r)
+    assert "client 'api_key'" in r.err and "WARNING" not in r.err, r.err
+    assert load_pool(tmp_path / "p.npz").n_clients == 3
+    r = run_cli("fit", log, "-o", tmp_path / "q.npz", "--client-column", "user")
+    assert_ok(r)
+    assert "WARNING: 90% of rows have an empty client value ('user' column)" in r.err, r.err

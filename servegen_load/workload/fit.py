@@ -356,6 +356,7 @@ def _collect(chunks: Iterable[LogChunk], report: FitReport) -> _Columns:
                                                            *MEDIA)}
     seen = {"reason": False, "session": False, **dict.fromkeys(MEDIA, False)}
     has_client = False
+    client_col = None
     wall: set[bool] = set()
     files: dict[str, bool] = {}
     for c in chunks:
@@ -371,6 +372,7 @@ def _collect(chunks: Iterable[LogChunk], report: FitReport) -> _Columns:
             continue
         wall.add(c.wall_clock)
         has_client = has_client or c.has_client
+        client_col = c.roles.get("client", client_col)
         lut = np.array([names.setdefault(nm, len(names)) for nm in c.clients], dtype=np.int32)
         parts["t"].append(c.origin + c.t)
         parts["client"].append(lut[c.client] if lut.size else np.zeros(n, dtype=np.int32))
@@ -389,6 +391,13 @@ def _collect(chunks: Iterable[LogChunk], report: FitReport) -> _Columns:
     for p, hc in files.items():
         if not hc:
             report.notes.append(f"{p} has no client column: its requests are one client 'all'")
+    if "" in names:  # rows with an empty client value: one client named "" that may hold most of the log
+        empty = sum(int(np.count_nonzero(c == names[""])) for c in parts["client"])
+        total = sum(c.size for c in parts["client"])
+        if empty > 0.2 * total:
+            report.notes.append(f"WARNING: {empty / total:.0%} of rows have an empty client value ({client_col!r} "
+                                "column): they are one client, merging whoever sent them; name a column every row "
+                                "fills with --client-column")
     if len(wall) > 1:
         report.notes.append("some logs have wall-clock times and others relative times: merged as given")
 

@@ -86,9 +86,12 @@ GUESSES: dict[str, tuple[str, ...]] = {
     "time": ("timestamp", "time", "t", "ts", "arrival_time", "arrival", "request_time", "created_at",
              "created", "start_time", "scheduled", "datetime", "date", "request_timestamp", "arrival_timestamp",
              "received_at", "submitted_at", "requested_at", "event_time", "request_start"),
-    "client": ("client", "client_id", "tenant", "tenant_id", "customer", "customer_id", "user", "user_id",
-               "api_key", "api_key_id", "app", "app_id", "org", "org_id", "organization", "organization_id",
-               "project", "project_id", "account", "account_id", "team", "team_id", "end_user", "application"),
+    # the account that pays (a key, a team) before the end user: OpenAI's `user` field is optional and
+    # mostly empty in gateway logs (LiteLLM's spend logs: api_key, user, team_id)
+    "client": ("client", "client_id", "tenant", "tenant_id", "customer", "customer_id", "api_key", "api_key_id",
+               "api_key_hash", "hashed_api_key", "key_hash", "org", "org_id", "organization", "organization_id",
+               "account", "account_id", "team", "team_id", "project", "project_id", "app", "app_id", "application",
+               "user", "user_id", "end_user"),
     "session": ("session", "session_id", "conversation", "conversation_id", "chat_id", "thread_id"),
     "input": ("input_tokens", "prompt_tokens", "request_tokens", "input_length", "contexttokens", "context_tokens",
               "num_prompt_tokens", "input_len", "prompt_len", "text_tokens", "prompt_length", "prompt_token_count",
