@@ -170,6 +170,16 @@ ReasonColumn = Annotated[str | None, typer.Option("--reason-column", help="Reaso
 ColumnRoles = Annotated[list[str], typer.Option("--column", help="ROLE=NAME for any role, e.g. image_count=n_images.")]
 
 
+def _requests_duration(path: str) -> float | None:
+    """The schedule's length a requests file's header gives (`generate` writes it), else None."""
+    from .formats import first_object
+
+    with open(path, "rb") as fh:
+        head = first_object(fh.readline())
+    d = head.get("duration") if head is not None else None
+    return float(d) if isinstance(d, int | float) and d > 0 else None
+
+
 def _column_map(time_column: str | None, time_unit: str, client_column: str | None, session_column: str | None,
                 input_column: str | None, output_column: str | None, reason_column: str | None,
                 column: list[str]) -> object:
@@ -291,11 +301,17 @@ def compare_cmd(
         log = load_log(path, f, cols, warn=False)  # bad-row warnings once both streams are usable
         read_as.append(f"servegen-load: {which}: {path}: read as {log.describe()}")
         logs.append(log)
+        start, end = None, None  # the stream's span, where it is known (else its first to last request)
+        if f in ("requests", "results"):  # the schedule's t = 0 (log times count from the first row's),
+            start, end = -log.origin, _requests_duration(path) if f == "requests" else None  # to its length
+            end = None if end is None else end - log.origin
         if window is not None:
+            first = float(log.t.min()) if len(log) else 0.0  # ranges count from the first request
             log = log.time_range(*window)
             if len(log) == 0:
                 raise InputError(f"no requests in {option} {rng}", path=path)
-        return stream_stats(log, path if window is None else f"{path} [{rng}]")
+            start, end = first + window[0], None if window[1] is None else first + window[1]
+        return stream_stats(log, path if window is None else f"{path} [{rng}]", start, end)
 
     sa, sb = load(a, format_a, range_a, "--range-a", "A"), load(b, format_b, range_b, "--range-b", "B")
     for line in read_as:

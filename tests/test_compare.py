@@ -243,3 +243,25 @@ def test_compare_takes_fits_column_options(tmp_path: Path) -> None:
     assert rows["clients.count"]["a"] == 3 and rows["duration"]["a"] == pytest.approx(sent[-1] - sent[0], abs=1e-3)
     bad = cli("compare", str(log), str(log), "--time-column", "nope")
     assert bad.returncode == 2 and "no column 'nope'" in bad.stderr
+
+
+def test_a_requests_file_is_compared_over_its_schedule_not_from_its_first_request(tmp_path: Path) -> None:
+    """Generated traffic silent for its first 10 minutes of 30: aligned to its own first request it
+    read as 2.0 req/s (5 % off a log at 2 req/s); over its schedule (`duration` in the header) it
+    is 1.33 req/s. The same for a `--range` of a log: from the range's start, not its first request."""
+    rng = np.random.default_rng(0)
+    late = np.sort(rng.uniform(600, 1800, 2400))
+    req = [{"format": "servegen-load/requests/v1", "seed": 0, "duration": 1800.0}]
+    req += [{"id": f"r{i}", "t": round(float(x), 6), "client": "c", "category": "language", "input_tokens": 100,
+             "output_tokens": 10} for i, x in enumerate(late)]
+    (tmp_path / "req.jsonl").write_text("".join(json.dumps(x) + "\n" for x in req))
+    full = np.sort(rng.uniform(0, 1800, 3600))
+    (tmp_path / "log.csv").write_text("timestamp,prompt_tokens,completion_tokens\n"
+                                      + "".join(f"{1796000000 + x:.3f},100,10\n" for x in full))
+    r = cli("compare", str(tmp_path / "req.jsonl"), str(tmp_path / "log.csv"), "--json")
+    rows = {x["key"]: x for x in json.loads(r.stdout)["rows"]}
+    assert rows["rate.mean"]["a"] == pytest.approx(2400 / 1800, rel=0.01), rows["rate.mean"]
+    r = cli("compare", str(tmp_path / "log.csv"), str(tmp_path / "log.csv"), "--range-a", "300:900", "--json")
+    rows = {x["key"]: x for x in json.loads(r.stdout)["rows"]}
+    n = int(np.count_nonzero((full - full[0] >= 300) & (full - full[0] < 900)))
+    assert rows["rate.mean"]["a"] == pytest.approx(n / 600, rel=0.01), rows["rate.mean"]

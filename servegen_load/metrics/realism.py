@@ -173,13 +173,18 @@ class Comparison:
 # --------------------------------------------------------------------------- statistics
 
 
-def stream_stats(log: LogChunk, name: str | None = None) -> StreamStats:
-    """All the statistics of one stream (times aligned to its first request)."""
+def stream_stats(log: LogChunk, name: str | None = None, start: float | None = None,
+                 end: float | None = None) -> StreamStats:
+    """All the statistics of one stream over [start, end) of its time axis (default: its first
+    request to its last). Give them where they are known (a `--range`, a requests file's
+    schedule): aligned to its own first request, a stream missing its first 10 minutes, or one
+    that starts late, compared as if it had not (37 % fewer requests passed as 5 % off in rate)."""
     t = np.sort(log.t)
     if t.size == 0:
         raise ValueError("a stream needs at least one request")
-    t = t - t[0]
-    dur = float(t[-1])
+    t0 = float(t[0]) if start is None or not math.isfinite(start) else min(float(start), float(t[0]))
+    t = t - t0
+    dur = float(t[-1]) if end is None or not math.isfinite(end) else max(float(end) - t0, float(t[-1]))
     curves = {b: _counts(t, b, dur) for b in CURVE_BINS}
     per_minute = curves[CURVE_BIN]
     burst: dict[float, tuple[float, float, int, float]] = {}
