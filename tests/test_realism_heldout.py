@@ -378,3 +378,28 @@ def test_a_log_shorter_than_a_day_continues_from_its_latest_level(tmp_path: Path
     gen_rate, fit_rate = gen.size / (span - split), np.count_nonzero(lt < split) / split
     assert abs(gen_rate / real_rate - 1) <= 1 / 3, (gen_rate, real_rate)
     assert abs(gen_rate - real_rate) < abs(fit_rate - real_rate), (gen_rate, fit_rate, real_rate)
+
+
+def test_days_and_weekends_are_the_logs_local_ones(tmp_path: Path) -> None:
+    """A Tokyo service logged with +09:00 times, weekends at a quarter of weekdays: its Saturday
+    begins at 15:00 UTC on Friday. Day types were taken from UTC days, and the generated weekend
+    mornings came 3-4x too high (+30 % over the held-out Sunday). Now the offset the times carry is
+    the clock hours and days are read on."""
+    rng = np.random.default_rng(5)
+
+    def rate(x: np.ndarray) -> np.ndarray:  # x: seconds since Monday 00:00 local time
+        h = (x / 3600.0) % 24
+        return 0.05 * (1 + 0.8 * np.sin(2 * np.pi * (h - 9) / 24)) * np.where((x // 86400) % 7 >= 5, 0.25, 1.0)
+
+    t = np.sort(_renewal(rate, 8 * 86400.0, 1.2, rng))
+    stamps = [f"{np.datetime64(int(MONDAY + x), 's')}.{int(x % 1 * 1000):03d}+09:00" for x in t]
+    log = tmp_path / "tokyo.csv"
+    log.write_text("timestamp,prompt_tokens,completion_tokens\n" + "".join(f"{s},100,20\n" for s in stamps))
+    split = 6.5 * 86400.0 - t[0]  # to local Sunday noon, in seconds after the first request
+    pool = _fit(log, tmp_path, split)
+    assert pool.meta["arrival"]["profile_kind"] == "day+weekend" and pool.meta["arrival"]["utc_offset"] == 32400
+    gen = t[0] + split + _times(tmp_path, {"pool": "pool.npz", "start": split, "duration": 36 * 3600.0, "seed": 2})
+    for a, b in ((6.5, 7.0), (7.0, 7.375)):  # the Sunday afternoon; Monday to 09:00 (UTC: still Sunday)
+        real = np.count_nonzero((t >= a * 86400) & (t < b * 86400))
+        got = np.count_nonzero((gen >= a * 86400) & (gen < b * 86400))
+        assert abs(got / real - 1.0) <= 0.2, (a, got, real)

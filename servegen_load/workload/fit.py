@@ -63,7 +63,7 @@ needed for a stable length table and a handful of fitted windows) are merged int
 `other`, fitted like any client; a log without client ids is one client `all`. Clients are
 ordered by request count, largest first, `other` last.
 
-Time origin: the earliest request of all logs is pool time 0 (`start_of_day`: the midnight UTC
+Time origin: the earliest request of all logs is pool time 0 (`start_of_day`: the local midnight
 before it, for wall-clock logs, so windows line up with ServeGen's clock-aligned pools). Several
 logs are merged on their absolute times (wall clock when they have one).
 """
@@ -347,6 +347,7 @@ class _Columns:
     media: dict[str, np.ndarray]
     origin: float
     wall_clock: bool
+    utc_offset: float = 0.0  # seconds east of UTC of the logs' local clock (`LogChunk.utc_offset`)
 
 
 def _collect(chunks: Iterable[LogChunk], report: FitReport) -> _Columns:
@@ -357,6 +358,7 @@ def _collect(chunks: Iterable[LogChunk], report: FitReport) -> _Columns:
     seen = {"reason": False, "session": False, **dict.fromkeys(MEDIA, False)}
     has_client = False
     client_col = None
+    offsets: set[float] = set()
     wall: set[bool] = set()
     files: dict[str, bool] = {}
     for c in chunks:
@@ -371,6 +373,8 @@ def _collect(chunks: Iterable[LogChunk], report: FitReport) -> _Columns:
         if n == 0:
             continue
         wall.add(c.wall_clock)
+        if c.wall_clock:
+            offsets.add(c.utc_offset)
         has_client = has_client or c.has_client
         client_col = c.roles.get("client", client_col)
         lut = np.array([names.setdefault(nm, len(names)) for nm in c.clients], dtype=np.int32)
@@ -424,7 +428,26 @@ def _collect(chunks: Iterable[LogChunk], report: FitReport) -> _Columns:
     return _Columns(t=t, client=take("client"), names=list(names), has_client=has_client,
                     input=take("input"), output=output, reason=cat("reason"), session=cat("session"),
                     media={k: v for k in MEDIA if (v := cat(k)) is not None}, origin=origin,
-                    wall_clock=wall == {True})
+                    wall_clock=wall == {True}, utc_offset=_one_offset(offsets, report))
+
+
+def _one_offset(offsets: set[float], report: FitReport) -> float:
+    """The local clock's offset from UTC of the logs (hours of day and weekends are local)."""
+    if not offsets:
+        return 0.0
+    off = min(offsets, key=abs) if len(offsets) > 1 else next(iter(offsets))
+    if len(offsets) > 1:
+        report.notes.append(f"the logs' times carry different UTC offsets; hours of day are taken at "
+                            f"{_offset_text(off)}")
+    elif off:
+        report.notes.append(f"times carry UTC offset {_offset_text(off)}: hours of day, days and weekends are "
+                            "that local clock's")
+    return off
+
+
+def _offset_text(off: float) -> str:
+    m = round(abs(off) / 60)
+    return f"{'+' if off >= 0 else '-'}{m // 60:02d}:{m % 60:02d}"
 
 
 # --------------------------------------------------------------------------- fitting
@@ -444,9 +467,10 @@ def _fit(cols: _Columns, opts: FitOptions, report: FitReport, scales: list[float
         report.requests = int(cols.t.size)
         t0 += a
         span = (b - a) if b is not None else 0.0
-    if opts.start_of_day:
-        span += t0 - float(np.floor(t0 / 86400.0) * 86400.0)
-        t0 = float(np.floor(t0 / 86400.0) * 86400.0)
+    if opts.start_of_day:  # local midnight
+        day0 = float(np.floor((t0 + cols.utc_offset) / 86400.0) * 86400.0) - cols.utc_offset
+        span += t0 - day0
+        t0 = day0
     t = cols.t
     t -= t0  # in place: the columns are ours
     client, names = _merge_sparse(cols, opts, report)
@@ -490,7 +514,8 @@ def _fit(cols: _Columns, opts: FitOptions, report: FitReport, scales: list[float
         _, _, ef, es, _ = _rate_windows(tu, cu, n_clients, n_w, W, opts, FitReport())
         return ef, es
 
-    arr = fit_arrivals(t, client, n_clients, last if span else float(t.max()), W, t0, cols.wall_clock, rate, cv,
+    arr = fit_arrivals(t, client, n_clients, last if span else float(t.max()), W, t0 + cols.utc_offset,
+                       cols.wall_clock, rate, cv,
                        family, shape, epoch_windows, opts.ks_max, scales=scales)
     report.notes.extend(arr.notes)
     report.notes.extend(_shape_notes(rate, W, arr.extra, n_req_by_client=np.bincount(client, minlength=n_clients),
@@ -505,7 +530,7 @@ def _fit(cols: _Columns, opts: FitOptions, report: FitReport, scales: list[float
     extra: dict[str, np.ndarray] = {
         "rank_corr": spearman_by_group(x[sub], cols.output[sub], client[sub], n_clients)}
     extra.update(arr.extra)
-    meta: dict[str, Any] = {"arrival": arr.meta}
+    meta: dict[str, Any] = {"arrival": {**arr.meta, "utc_offset": cols.utc_offset}}
     if cols.session is not None:
         sidx, share, history = _sessions(t, client, n_clients, cols, tables, opts.ks_max)
         extra.update(session_index=sidx, session_share=share)
@@ -614,7 +639,7 @@ def _keep(cols: _Columns, keep: np.ndarray) -> _Columns:
     return _Columns(t=t, client=cols.client[keep], names=cols.names, has_client=cols.has_client,
                     input=cols.input[keep], output=cols.output[keep], reason=k(cols.reason),
                     session=k(cols.session), media={m: v[keep] for m, v in cols.media.items()},
-                    origin=float(t.min()), wall_clock=cols.wall_clock)
+                    origin=float(t.min()), wall_clock=cols.wall_clock, utc_offset=cols.utc_offset)
 
 
 def _merge_sparse(cols: _Columns, opts: FitOptions, report: FitReport) -> tuple[np.ndarray, list[str]]:

@@ -209,6 +209,7 @@ class LogChunk:
     roles: dict[str, str] = field(default_factory=dict)  # role -> the column read for it
     time_unit: str = ""    # the unit the time column was read in (s, ms, us, ns, iso)
     unit_reason: str = ""  # why: given, epoch by magnitude, the column's name, fractional values
+    utc_offset: float = 0.0  # seconds east of UTC the log's ISO times carry (its first ones'; 0 for "Z" or none)
 
     def describe(self) -> str:
         """What was read: format, time column and unit (and why), the other roles' columns."""
@@ -228,7 +229,7 @@ class LogChunk:
             has_client=self.has_client, reason=None if self.reason is None else self.reason[keep],
             session=None if self.session is None else self.session[keep],
             media={k: v[keep] for k, v in self.media.items()}, rows=self.rows, bad=self.bad,
-            roles=self.roles, time_unit=self.time_unit, unit_reason=self.unit_reason,
+            roles=self.roles, time_unit=self.time_unit, unit_reason=self.unit_reason, utc_offset=self.utc_offset,
         )
 
     def time_range(self, start: float | None = None, end: float | None = None) -> LogChunk:
@@ -313,7 +314,7 @@ def concat(chunks: Iterable[LogChunk]) -> LogChunk:
         has_client=first.has_client, reason=None if first.reason is None else cat("reason"),
         session=None if first.session is None else cat("session"), media=media,
         rows=sum(c.rows for c in every), bad=bad, roles=first.roles, time_unit=first.time_unit,
-        unit_reason=first.unit_reason,
+        unit_reason=first.unit_reason, utc_offset=first.utc_offset,
     )
 
 
@@ -435,6 +436,7 @@ class _Converter:
             f"the {fmt} format's unit" if preset is not None and preset.time_unit == cols.time_unit else "given"
         self.origin: float | None = None
         self.origin_ns: int | None = None
+        self.utc_offset = 0.0
         self.wall_clock = False
         self.has_client = "client" in roles
         self.client_codes: dict[Any, int] = {}
@@ -492,6 +494,7 @@ class _Converter:
         return LogChunk(
             path=self.path, fmt=self.fmt, t=sel(t), client=sel(client), input=col("input"), output=col("output"),
             clients=list(self.clients), origin=self.origin or 0.0, wall_clock=self.wall_clock,
+            utc_offset=self.utc_offset,
             has_client=self.has_client, reason=col("reason") if "reason" in self.roles else None,
             session=None if session is None else sel(session),
             media={k: col(k) for k in MEDIA if k in self.roles}, rows=rows, bad=bad, roles=dict(self.roles),
@@ -516,6 +519,7 @@ class _Converter:
             if self.origin_ns is None and (~badm).any():
                 self.origin_ns = int(ns[np.argmax(~badm)])
                 self.origin, self.wall_clock = self.origin_ns / 1e9, True
+                self.utc_offset = _utc_offset(v, ~badm)
             return np.where(badm, np.nan, (ns - (self.origin_ns or 0)).astype(np.float64) / 1e9)
         vals, nonnum = _numeric(v)
         scale = UNIT_SECONDS[unit]
@@ -623,6 +627,26 @@ def _decimal_points(v: Any) -> bool:
         dot = b"." if v.dtype.kind == "S" else "."
         return bool(np.any(np.char.find(v[:1000], dot) >= 0))
     return any(isinstance(x, float) for x in list(v)[:1000])
+
+
+_OFFSET = re.compile(r"([+-])(\d\d):?(\d\d)?\s*$")
+
+
+def _utc_offset(v: Any, good: np.ndarray, sample: int = 1000) -> float:
+    """Seconds east of UTC that most of the first good ISO times say (`+09:00`, `-0800`, `+05`);
+    0 for `Z`, ` UTC` or none. Why: hours of day and weekends are the log's own (a Tokyo service's
+    Saturday begins at 15:00 UTC on Friday); numpy reads the offset and drops it."""
+    idx = np.flatnonzero(good)[:sample]
+    seen: dict[float, int] = {}
+    for i in idx.tolist():
+        x = v[i]
+        text = x.decode("latin-1") if isinstance(x, bytes) else str(x)
+        m = _OFFSET.search(text.strip()) if "T" in text or " " in text.strip() else None
+        off = 0.0
+        if m is not None and ":" in text:  # a time of day precedes it (not a date's -MM-DD)
+            off = (1 if m[1] == "+" else -1) * (int(m[2]) * 3600 + int(m[3] or 0) * 60)
+        seen[off] = seen.get(off, 0) + 1
+    return max(seen, key=lambda k: seen[k]) if seen else 0.0
 
 
 def _iso_ns(v: Any) -> tuple[np.ndarray, np.ndarray]:
