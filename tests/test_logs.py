@@ -305,3 +305,14 @@ def test_zero_output_rows_are_said_not_silently_made_one_token(tmp_path: Path) -
     r = cli("fit", str(p), "-o", str(tmp_path / "bg.npz"))
     assert r.returncode == 0, r.stderr
     assert "40 request(s) (10.0%) have 0 output tokens" in r.stderr and "fitted 400 requests" in r.stderr
+
+
+@pytest.mark.parametrize("name,values", [("time_s", "0,1.5,3"), ("timestamp_ms", "0,1500,3000"),
+                                         ("arrival_time_us", "0,1500000,3000000")])
+def test_a_time_column_named_with_its_unit_is_found(tmp_path: Path, name: str, values: str) -> None:
+    """`time_s` (the README's own example of a unit in a name) and `timestamp_ms` were no time column."""
+    p = tmp_path / "log.csv"
+    p.write_text(f"{name},prompt_tokens,completion_tokens\n" + "".join(f"{v},10,5\n" for v in values.split(",")))
+    log = load_log(p)
+    assert log.roles["time"] == name
+    assert np.allclose(np.sort(log.t) - log.t.min(), [0.0, 1.5, 3.0])

@@ -392,6 +392,17 @@ def _norm(name: str) -> str:
     return re.sub(r"[^a-z0-9]", "", name.lower())
 
 
+def _timed_name(names: list[str]) -> str | None:
+    """The first column named a time word with a unit (`time_s`, `timestamp_ms`, `arrival_time_us`),
+    whose unit `_Converter._numeric_unit` then reads from the name."""
+    words = {_norm(g) for g in GUESSES["time"]}
+    for n in names:
+        m = _UNIT_IN_NAME.search(n.lower())
+        if m is not None and _norm(n[:m.start(1)]) in words:
+            return n
+    return None
+
+
 def _resolve_columns(cols: ColumnMap, names: list[str], path: str) -> dict[str, str]:
     """role -> column name present in the log. Explicit names must exist; others are guessed."""
     by_norm: dict[str, str] = {}
@@ -417,6 +428,10 @@ def _resolve_columns(cols: ColumnMap, names: list[str], path: str) -> dict[str, 
             if hit is not None and (hit not in used or role.endswith("_tokens")):
                 out[role] = hit
                 break
+        if role == "time" and role not in out:
+            hit = _timed_name(names)
+            if hit is not None:
+                out[role] = hit
         if role in out:
             used.add(out[role])
     if "time" not in out:
