@@ -57,9 +57,9 @@ def requests_per_data_window(pool: ClientPool) -> np.ndarray:
     """Expected requests of each client in each data window, shape (clients, data windows)."""
     dw = pool.data_window_of(pool.window_start)
     out = np.zeros((pool.n_clients, pool.data_start.size))
-    rate = pool.rate.astype(np.float64)
+    req = pool.rate.astype(np.float64) * pool.window_seconds()
     for d in range(pool.data_start.size):
-        out[:, d] = rate[:, dw == d].sum(axis=1) * pool.window
+        out[:, d] = req[:, dw == d].sum(axis=1)
     return out
 
 
@@ -164,7 +164,7 @@ def pool_stats(pool: ClientPool) -> dict[str, Any]:
         "sessions": session_model.describe(pool),
         "arrivals": arrival_fit.describe(pool),
         "requests": round(total_req, 1),
-        "mean_rate": round(total_req / pool.span, 4) if pool.span else 0.0,
+        "mean_rate": round(total_req / covered, 4) if (covered := float(pool.window_seconds().sum())) else 0.0,
         "peak_window_rate": round(float(total.max(initial=0.0)), 4),
         "rate_by_hour": by_hour,
         "cv": {"p10": cv_q[0], "p50": cv_q[1], "p90": cv_q[2]},

@@ -183,3 +183,17 @@ def test_a_terminal_that_cannot_show_the_sparklines_gets_escapes_not_a_traceback
                        env={**os.environ, "PYTHONIOENCODING": "ascii"}, timeout=120)
     assert p.returncode == 0 and b"Traceback" not in p.stderr, p.stderr[-2000:]
     assert b"\\u2581" in p.stdout or b"\\u2588" in p.stdout  # the sparkline, escaped
+
+
+def test_a_fitted_log_ending_inside_its_last_window_is_counted_for_its_seconds(tmp_path: Path) -> None:
+    """A 5-minute log in a 600 s window: `inspect` counted the window whole (4,445 requests and half
+    the rate, where 1,552 were fitted)."""
+    from servegen_load.workload.fit import FitOptions, fit_logs
+
+    rng = np.random.default_rng(1)
+    t = np.sort(rng.uniform(0, 300, 1552))
+    log = tmp_path / "five.csv"
+    log.write_text("time,prompt_tokens,completion_tokens\n" + "".join(f"{1796000000 + x:.3f},100,10\n" for x in t))
+    pool, _ = fit_logs([log], options=FitOptions(window=600.0), stream=io.StringIO())
+    s = pool_stats(pool)
+    assert abs(s["requests"] - 1552) <= 5 and s["mean_rate"] == pytest.approx(1552 / 300, rel=0.01), s
