@@ -206,8 +206,8 @@ def stop_if_refused(what: str, res: Results, gave_up: str | None = None) -> None
 
     why = gave_up
     if why is None and res.n:
-        kinds = {refusal(st, None if math.isnan(c) else c) for st, c in zip(res["status"], res["http_status"],
-                                                                             strict=True)}
+        kinds = {refusal(st, None if math.isnan(c) else c, e)
+                 for st, c, e in zip(res["status"], res["http_status"], res["error"], strict=True)}
         kind = kinds.pop() if len(kinds) == 1 else None
         if kind is not None:
             why = f"all {res.n} requests failed with {refused_as(kind, res['error'][0])}"

@@ -109,7 +109,7 @@ def test_batched_token_chunks_are_judged_like_the_full_parse(server: Server, tmp
     out = tmp_path / f"{mode}.jsonl"
     cfg = RunConfig(endpoint=f"http://127.0.0.1:{server.port}/{mode}", model="m", output=out, api="completions",
                     progress="off", handle_signals=False, timeouts=FAST)
-    run(make_requests([0.0, 0.01, 0.02], output_tokens=8), cfg)
+    run(make_requests([0.0, 0.01, 0.02], output_tokens=96), cfg)
     _, lines = read_lines(out)
     _, status, counted = CASES[mode]
     assert [d["status"] for d in lines] == [status] * 3, [d["error"] for d in lines]

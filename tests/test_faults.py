@@ -298,8 +298,8 @@ def test_a_run_whose_first_answers_are_all_one_refusal_stops(tmp_path: Path, cod
     # the stop cancels what is not answered yet (its head may have come: http_status set); an
     # answer already read keeps its status
     cancelled = sum(v for (st, _), v in by.items() if st == "cancelled")
-    if gives_up and codes[0] == 200:  # a JSON answer to a streamed request: no OpenAI stream
-        refused = by[("protocol_error", 200)]
+    if gives_up and codes[0] == 200:  # a JSON error answer to a streamed request: no OpenAI stream
+        refused = by[("http_error", 200)]
         assert 20 <= refused < n and refused + cancelled == n, by
         assert "stopped: the first 20 requests all failed with protocol_error (" in r.stderr, r.stderr
     elif gives_up:

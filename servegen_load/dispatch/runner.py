@@ -56,7 +56,7 @@ from .endpoint import Endpoint, check_key, scrub
 from .limits import NOFILE_WARN_BELOW, Limits, Timeouts, raise_nofile_limit
 from .progress import Mode, Progress, Snapshot
 from .sessions import SessionGate
-from .stream import Flight
+from .stream import JSON_ANSWER, Flight
 from .transports.base import Transport
 
 LOOKAHEAD_S = 2.0
@@ -80,11 +80,14 @@ FULL_GC_S = 600.0  # a full collection this often (a pause of a few ms on a long
 PROVISION_S = 0.3
 
 
-def refusal(status: str | None, http_status: float | None) -> str | None:
+def refusal(status: str | None, http_status: float | None, error: str | None = None) -> str | None:
     """The kind of refusal an answer is, when load cannot explain it: "HTTP 404" (`CONFIG_ERRORS`), or
-    "protocol_error" (not an OpenAI stream: a web page, a server that does not stream); else None."""
+    "protocol_error" (not an OpenAI stream: a web page, a server that does not stream, a JSON
+    error object answering with 200); else None."""
     if status == "http_error" and http_status in CONFIG_ERRORS:
         return f"HTTP {int(http_status)}"
+    if status == "http_error" and http_status == 200 and (error or "").startswith(JSON_ANSWER):
+        return "protocol_error"
     return "protocol_error" if status == "protocol_error" else None
 
 
@@ -357,7 +360,7 @@ class Runner:
         """
         if f.status == "cancelled":
             return
-        kind = refusal(f.status, f.http_status)
+        kind = refusal(f.status, f.http_status, f.error)
         if kind is None or self._watch_kind not in (None, kind):
             self._watch = 0
             return

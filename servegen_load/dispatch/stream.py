@@ -168,7 +168,7 @@ def end_of_stream(f: Flight) -> None:
     if not f.done:  # the answer may be cut short (fault no_done)
         msg = _json_error(f.sse_buf)
         if msg is not None:  # a JSON error answer to a stream request: the server's message, not ours
-            f.fail("http_error", "server error (a JSON answer, not a stream): " + msg)
+            f.fail("http_error", JSON_ANSWER + msg)
         else:
             f.fail("protocol_error", "stream ended without data: [DONE]")
     elif f.sse_buf.strip():
@@ -180,6 +180,9 @@ def end_of_stream(f: Flight) -> None:
             f", but usage counts {f.completion_tokens} completion tokens" if f.completion_tokens else " and no usage"))
     else:
         f.status = "ok"
+
+
+JSON_ANSWER = "server error (a JSON answer, not a stream): "  # `runner.refusal` counts it as no stream
 
 
 def _json_error(rest: bytes | bytearray) -> str | None:
