@@ -278,7 +278,7 @@ def test_workers_killed_worker_is_filled_in(fake_server, tmp_path: Path) -> None
         if p.poll() is None:
             p.kill()
             p.wait()
-    assert p.returncode == 1 and "failed (exit -9)" in err, err
+    assert p.returncode == 1 and "failed (exit -9): killed by SIGKILL" in err, err
     _, merged = read(out)
     assert sorted(d["id"] for d in merged) == sorted(r.id for r in reqs)
     assert {d["status"] for d in merged} == {"cancelled"}

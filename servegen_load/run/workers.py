@@ -470,7 +470,9 @@ def finish_workers(spec: RunSpec, workers: list[Worker], out: Path, outputs: Any
         print(f"{STOPPED} worker {failed[0].index}/{n}: {line.split(STOPPED, 1)[1].strip()}", file=sys.stderr)
         return EXIT_NO_SUCCESS
     for w in failed:
-        print(f"servegen-load: worker {w.index}/{n} failed (exit {w.rc}): {stderr_tail(w)}", file=sys.stderr)
+        why = stderr_tail(w) or (f"killed by {signal.Signals(-w.rc).name}" if w.rc is not None and w.rc < 0
+                                 and -w.rc in signal.valid_signals() else "no message")
+        print(f"servegen-load: worker {w.index}/{n} failed (exit {w.rc}): {why}", file=sys.stderr)
     if failed:
         return 2 if all(w.rc == 2 for w in failed) else 1
     return code
