@@ -183,6 +183,8 @@ def compress(table: LengthTable, ks_max: float = 0.004) -> LengthTable:
         return table
     pmf = np.diff(table.cdf, prepend=0.0)
     width = 2.0 * ks_max
+    if float((pmf[1:] + pmf[:-1]).min()) >= 2.0 * width:  # each atom's mid alone in its bin: nothing merges
+        return table  # (a client's few requests in a data window: 78k such tables took 12 s of a fit)
     while True:
         mid = table.cdf - 0.5 * pmf
         bins = np.floor(mid / width).astype(np.int64)

@@ -586,7 +586,9 @@ class _Converter:
         else:
             vals = ["" if x is None else x if isinstance(x, str) else orjson.dumps(x).decode() for x in v]
         table = self.client_codes
-        for u in set(vals) - table.keys():
+        for u in dict.fromkeys(vals):  # first seen, first coded: a set's order changes with the process's hash seed
+            if u in table:
+                continue
             table[u] = len(self.clients)
             self.clients.append(u.decode("utf-8", "replace") if isinstance(u, bytes) else str(u))
         return np.fromiter(map(table.__getitem__, vals), dtype=np.int32, count=len(vals))
