@@ -125,6 +125,7 @@ def _usage(v: bytes) -> bytes:
 # alone (a short pause between), `keep` says whether the connection stays open for the next one.
 VALID: dict[str, tuple[list[bytes], bool]] = {
     "crlf": ([HEAD, *(_chunk(e.replace(b"\n", b"\r\n")) for e in STREAM), _END], True),
+    "leadcrlf": ([b"\r\n" + HEAD, *(_chunk(e) for e in STREAM), _END], True),  # a stray CRLF before the status line
     "bom": ([HEAD, _chunk(b"\xef\xbb\xbf" + STREAM[0]), *(_chunk(e) for e in STREAM[1:]), _END], True),
     "donespaces": ([HEAD, *(_chunk(e) for e in STREAM[:-1]), _chunk(b"data:   [DONE]\n\n"), _END], True),
     "contentparts": ([_body([*(_ev(b'{"object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":'

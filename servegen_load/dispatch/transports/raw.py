@@ -494,6 +494,10 @@ class _Conn(asyncio.Protocol):
                         self._chunked(data[i + 4:], t)
                     return
         buf = self.rbuf + data if self.rbuf else data
+        if buf[:1] in (b"\r", b"\n"):  # empty lines before the status line (a server's stray CRLF after its last answer)
+            buf = buf.lstrip(b"\r\n")
+            if not buf:
+                return
         interim = 0
         while True:
             if buf[:5] != b"HTTP/"[:len(buf)]:  # garbage ends the request now, not at a timeout
