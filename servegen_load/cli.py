@@ -484,7 +484,7 @@ def gate_cmd(
     slo_file: str | None = typer.Option(None, "--slo-file", help="YAML file with `slo:` (list of specs) and optional `request_slo:`."),
     request_slo: str | None = typer.Option(None, "--request-slo", help="Per-request SLO for goodput, e.g. 'ttft<=2s,tpot<=100ms'."),
     baseline: str | None = typer.Option(None, "--baseline", help="Baseline: `report RESULTS --json -o baseline.json` output, or a results file."),
-    max_regression: str = typer.Option("10%", "--max-regression", help="Allowed slowdown of each percentile vs the baseline."),
+    max_regression: str | None = typer.Option(None, "--max-regression", help="Allowed slowdown of each percentile vs the baseline (default 10%)."),
     metric: list[str] = typer.Option([], "--metric", help="Percentile compared with the baseline (repeatable; default ttft/tpot/e2e p50/p90/p99)."),  # noqa: B008
     confidence: str = typer.Option("95%", "--confidence", help="Bootstrap confidence level of the regression CIs."),
     warmup: float = typer.Option(0.0, "--warmup", help="Exclude requests scheduled in the first S seconds (both sides)."),
@@ -496,8 +496,10 @@ def gate_cmd(
     from .gate import DEFAULT_METRICS, print_gate, run_gate
     from .slo import build_slos, check_lag_threshold, parse_fraction
 
+    if baseline is None and (max_regression is not None or metric):  # a check that would silently not run
+        raise InputError("compares with a baseline: give --baseline", field="--max-regression" if max_regression else "--metric")
     slos = build_slos(slo, slo_file, request_slo)
-    g = run_gate(results, slos, baseline=baseline, max_regression=parse_fraction(max_regression, "--max-regression"),
+    g = run_gate(results, slos, baseline=baseline, max_regression=parse_fraction(max_regression or "10%", "--max-regression"),
                  warmup=warmup, metrics=tuple(metric) or DEFAULT_METRICS,
                  confidence=parse_fraction(confidence, "--confidence"), lag_threshold=check_lag_threshold(lag_threshold_ms),
                  merge_unrelated=merge_unrelated)
@@ -565,6 +567,9 @@ def plan_cmd(
         from .report.plots import mpl
 
         mpl()  # installed? (the search can take hours against a real endpoint)
+    if concurrency is not None and (compare or replicas_for is not None):
+        raise InputError("a concurrency sweep has no capacity to compare or size replicas for: drop --compare/"
+                         "--replicas-for, or --concurrency", field="--concurrency")
     if concurrency is not None:  # sweep hook: closed-loop levels (servegen_load/sweep.py)
         from .sweep import concurrency_sweep, parse_levels, render_sweep
 
@@ -625,6 +630,8 @@ def calibrate_cmd(
     paths = list(paths or [])
     check_paths([("--json", as_json), ("--results", results)] + ([] if check else [("-o", output)]),
                 [("PATH", p) for p in paths])  # before the probe or the check's run, not after
+    if slo and not check:
+        raise InputError("plans both sides of a --check: give --check (a calibration itself checks no SLO)", field="--slo")
     if check:
         if not (preset and endpoint and len(paths) == 1):
             raise InputError("--check needs --preset FILE, --endpoint URL and one SCENARIO")

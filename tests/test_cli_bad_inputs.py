@@ -147,3 +147,14 @@ def test_plan_says_what_it_was_given_instead(tmp_path: Path) -> None:
     line = assert_failed(run_cli("plan", scen, "--slo", "ttft_p90<=2s", "--endpoint", "http://127.0.0.1:9"),
                          "--endpoint")
     assert "cannot connect to http://127.0.0.1:9" in line and "--model" not in line
+
+
+@pytest.mark.parametrize("cmd,field", [(["gate", "{res}", "--slo", "error_rate<=1%", "--max-regression", "5%"],
+                                        "--max-regression"),
+                                       (["gate", "{res}", "--slo", "error_rate<=1%", "--metric", "ttft_p99"], "--metric"),
+                                       (["plan", "{scen}", "--slo", "ttft_p90<=2s", "--concurrency", "1,2",
+                                         "--compare", "naive"], "--concurrency"),
+                                       (["calibrate", "--from", "{res}", "--slo", "ttft_p90<=2s"], "--slo")])
+def test_options_that_would_silently_do_nothing_are_refused(results: Path, cmd: list[str], field: str) -> None:
+    scen = Path(__file__).resolve().parents[1] / "scenarios" / "language.yaml"
+    assert_failed(run_cli(*(a.format(res=results, scen=scen) for a in cmd)), field)
