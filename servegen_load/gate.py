@@ -35,6 +35,7 @@ from .formats import EXIT_FAIL, SAMPLES_FORMAT
 from .formats import EXIT_OK as EXIT_PASS
 from .metrics import stats
 from .metrics.summary import Goodput
+from .report.related import check_mergeable
 from .results import Results, read_results
 from .slo import Check, SLOSet, after_warmup, evaluate, format_threshold, format_value
 
@@ -245,8 +246,6 @@ def run_gate(paths: list[str], slos: SLOSet, *, baseline: str | None = None, max
     for m in metrics:
         parse_metric(m)
     res = read_results(*paths)
-    from .report.related import check_mergeable
-
     check_mergeable(res, merge_unrelated)  # shards merge only if disjoint
     incomplete = _incomplete(res)
     res = after_warmup(res, warmup)

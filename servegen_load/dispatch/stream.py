@@ -249,7 +249,7 @@ def take_data(f: Flight, payload: bytes, t: float) -> bool:
     if f.done:  # nothing may follow [DONE] (the transports' template paths are off after it)
         f.fail("protocol_error", "stream data after data: [DONE]: " + payload[:80].decode("utf-8", "replace"))
         return True
-    if payload[:1] in b"[ " and payload.strip() == b"[DONE]":  # b"" is in it too: then strip() is b""
+    if (payload[:1] == b"[" or payload[:1] == b" ") and payload.strip() == b"[DONE]":  # `data:   [DONE]` too
         f.done = True
         f.tpl_pre = None  # every later event is parsed, and so refused
         _check_count(f)  # a usage sent early, then more tokens than it counted
@@ -282,9 +282,10 @@ def _take(f: Flight, obj: dict[str, Any], payload: bytes, t: float) -> None:
     choices = obj.get("choices")
     if choices:
         c0 = choices[0]
-        if len(choices) > 1 or c0.get("index") not in (None, 0):  # n=1 was asked: another choice's
+        # n=1 was asked: another choice's tokens are not this answer's
+        if len(choices) > 1 or c0.get("index") not in (None, 0):
             f.fail("protocol_error", "stream carries more than the one choice asked for (n=1): "
-                   + payload[:80].decode("utf-8", "replace"))  # tokens are not this answer's
+                   + payload[:80].decode("utf-8", "replace"))
             return
         delta = c0.get("delta")
         if delta is None:  # /v1/completions: all text is answer
