@@ -76,10 +76,10 @@ def _bailian(path: Path, t: np.ndarray) -> None:
 
 
 def _gateway(path: Path, t: np.ndarray) -> None:
-    """A gateway's JSONL: ISO-8601 with a Z, user and session ids, OpenAI usage names."""
+    """A gateway's JSONL: ISO-8601 with a Z, user and session ids (a session is one user's), OpenAI usage names."""
     base = np.datetime64("2026-11-30T08:00:00", "us")
     path.write_text("".join(json.dumps({
-        "timestamp": str(base + np.timedelta64(int(x * 1e6), "us")) + "Z", "user": f"team-{i % 3}",
+        "timestamp": str(base + np.timedelta64(int(x * 1e6), "us")) + "Z", "user": f"team-{i // 3 % 3}",
         "session_id": f"s{i // 3}", "prompt_tokens": 50 + i % 700, "completion_tokens": 5 + i % 90}) + "\n"
         for i, x in enumerate(t)))
 
