@@ -403,3 +403,18 @@ def test_days_and_weekends_are_the_logs_local_ones(tmp_path: Path) -> None:
         real = np.count_nonzero((t >= a * 86400) & (t < b * 86400))
         got = np.count_nonzero((gen >= a * 86400) & (gen < b * 86400))
         assert abs(got / real - 1.0) <= 0.2, (a, got, real)
+
+
+def test_the_hours_before_a_log_begins_are_no_outage(tmp_path: Path) -> None:
+    """With --start-of-day a log starting at 09:00 begins its pool at midnight: those 9 silent
+    hours were reported as an outage "from 0 h to 9 h after the first request"."""
+    import io
+
+    rng = np.random.default_rng(8)
+    t = _renewal(lambda x: np.full_like(x, 0.2), 6 * 3600.0, 1.0, rng)
+    _write(tmp_path / "late.csv", MONDAY + 9 * 3600.0 + t, rng)
+    notes = io.StringIO()
+    fit_logs([tmp_path / "late.csv"], options=FitOptions(start_of_day=True, window=600.0), stream=notes)
+    text = notes.getvalue()
+    assert "no request from midnight to 9 h: before the log begins" in text, text
+    assert "an outage" not in text, text

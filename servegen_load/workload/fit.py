@@ -160,11 +160,15 @@ def _shape_notes(rate: np.ndarray, W: float, extra: dict[str, np.ndarray], n_req
     dispersion the chosen arrival model misses (bursts shorter than the window: a shorter --window)."""
     notes = []
     down = outage_windows(rate, W)
-    if down.any():
-        edges = np.flatnonzero(np.diff(np.concatenate([[0], down.astype(np.int8), [0]])))
-        runs = ", ".join(f"{a * W / 3600:.4g} h to {b * W / 3600:.4g} h" for a, b in zip(edges[::2], edges[1::2],
-                                                                                         strict=True))
-        notes.append(f"no request at all from {runs} after the first request, where the traffic around predicts "
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], down.astype(np.int8), [0]])))
+    spans = list(zip(edges[::2].tolist(), edges[1::2].tolist(), strict=True))
+    if spans and spans[0][0] == 0:  # silence from pool time 0: only --start-of-day puts the log's start later
+        b = spans.pop(0)[1]
+        notes.append(f"no request from midnight to {b * W / 3600:.4g} h: before the log begins (--start-of-day), "
+                     "never replayed past the fitted span")
+    if spans:
+        runs = ", ".join(f"{a * W / 3600:.4g} h to {b * W / 3600:.4g} h" for a, b in spans)
+        notes.append(f"no request at all from {runs} of pool time, where the traffic around predicts "
                      "hundreds: an outage (of the service or its log), kept as history inside the fitted span but "
                      "never replayed past it")
     if suggest and W > 60:  # (without --window, `_fit_auto` tries the shorter windows itself)
