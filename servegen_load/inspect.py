@@ -106,6 +106,7 @@ def pool_stats(pool: ClientPool) -> dict[str, Any]:
     active = rate > 0
     reqs = pool.requests_per_client()
     total_req = float(reqs.sum())
+    covered = float(pool.window_seconds().sum())  # the seconds the rates hold for (a fitted log's last window may be partial)
     days = pool.span / 86400.0
 
     # rate curve over the day
@@ -164,7 +165,7 @@ def pool_stats(pool: ClientPool) -> dict[str, Any]:
         "sessions": session_model.describe(pool),
         "arrivals": arrival_fit.describe(pool),
         "requests": round(total_req, 1),
-        "mean_rate": round(total_req / covered, 4) if (covered := float(pool.window_seconds().sum())) else 0.0,
+        "mean_rate": round(total_req / covered, 4) if covered else 0.0,
         "peak_window_rate": round(float(total.max(initial=0.0)), 4),
         "rate_by_hour": by_hour,
         "cv": {"p10": cv_q[0], "p50": cv_q[1], "p90": cv_q[2]},

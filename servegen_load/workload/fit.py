@@ -439,7 +439,7 @@ def _one_offset(offsets: set[float], report: FitReport) -> float:
     """The local clock's offset from UTC of the logs (hours of day and weekends are local)."""
     if not offsets:
         return 0.0
-    off = min(offsets, key=abs) if len(offsets) > 1 else next(iter(offsets))
+    off = min(offsets, key=abs)
     if len(offsets) > 1:
         report.notes.append(f"the logs' times carry different UTC offsets; hours of day are taken at "
                             f"{_offset_text(off)}")

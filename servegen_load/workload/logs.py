@@ -47,6 +47,7 @@ import re
 import sys
 import warnings
 import zlib
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -646,24 +647,19 @@ def _decimal_points(v: Any) -> bool:
     return any(isinstance(x, float) for x in list(v)[:1000])
 
 
-_OFFSET = re.compile(r"([+-])(\d\d):?(\d\d)?\s*$")
+_OFFSET = re.compile(r"\d:\d\d(?::\d\d(?:[.,]\d+)?)?\s*([+-])(\d\d):?(\d\d)?\s*$")  # after a time of day
 
 
 def _utc_offset(v: Any, good: np.ndarray, sample: int = 1000) -> float:
     """Seconds east of UTC that most of the first good ISO times say (`+09:00`, `-0800`, `+05`);
     0 for `Z`, ` UTC` or none. Why: hours of day and weekends are the log's own (a Tokyo service's
     Saturday begins at 15:00 UTC on Friday); numpy reads the offset and drops it."""
-    idx = np.flatnonzero(good)[:sample]
-    seen: dict[float, int] = {}
-    for i in idx.tolist():
+    seen: Counter[float] = Counter()
+    for i in np.flatnonzero(good)[:sample].tolist():
         x = v[i]
-        text = x.decode("latin-1") if isinstance(x, bytes) else str(x)
-        m = _OFFSET.search(text.strip()) if "T" in text or " " in text.strip() else None
-        off = 0.0
-        if m is not None and ":" in text:  # a time of day precedes it (not a date's -MM-DD)
-            off = (1 if m[1] == "+" else -1) * (int(m[2]) * 3600 + int(m[3] or 0) * 60)
-        seen[off] = seen.get(off, 0) + 1
-    return max(seen, key=lambda k: seen[k]) if seen else 0.0
+        m = _OFFSET.search(x.decode("latin-1") if isinstance(x, bytes) else str(x))
+        seen[0.0 if m is None else (1 if m[1] == "+" else -1) * (int(m[2]) * 3600 + int(m[3] or 0) * 60)] += 1
+    return seen.most_common(1)[0][0] if seen else 0.0
 
 
 def _iso_ns(v: Any) -> tuple[np.ndarray, np.ndarray]:
