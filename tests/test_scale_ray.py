@@ -143,3 +143,15 @@ def test_ray_actors_stop_when_the_endpoint_refuses_the_run(cluster: None, tmp_pa
     assert sorted(d["id"] for d in merged) == sorted(r.id for r in reqs)
     st = [d["status"] for d in merged]
     assert set(st) == {"http_error", "cancelled"} and st.count("cancelled") > 100, st
+
+
+def test_a_shard_failure_is_told_by_the_actor_s_own_error_not_ray_s_traceback() -> None:
+    from ray.exceptions import RayTaskError
+
+    from servegen_load.errors import InputError
+    from servegen_load.run.ray_actors import _last_line
+
+    wrapped = RayTaskError("run", "Traceback (most recent call last):\n  File x\nray.exceptions.RayTaskError",
+                           InputError("not readable on node n1", field="SOURCE"))
+    assert _last_line(wrapped) == "SOURCE: not readable on node n1"
+    assert _last_line(RuntimeError("a\nb")) == "b"

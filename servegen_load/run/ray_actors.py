@@ -432,6 +432,10 @@ def _release(ray: Any, actors: list[Any], runs: list[Any], received: list[int]) 
 
 
 def _last_line(e: BaseException) -> str:
+    """A shard's failure in one line: the actor's own exception, not Ray's wrapped traceback."""
+    cause = getattr(e, "cause", None)
+    if isinstance(cause, BaseException):
+        e = cause
     text = str(e).strip()
     return text.splitlines()[-1][:300] if text else type(e).__name__
 
