@@ -274,6 +274,25 @@ def test_fit_without_clients_and_multimodal_columns(tmp_path: Path) -> None:
     assert counts is not None and counts.values.tolist() == [0.0, 1.0, 2.0]
 
 
+def test_rare_long_prompts_keep_their_share_of_the_tokens(tmp_path: Path) -> None:
+    """0.1 % of prompts at 100-128k tokens hold about a tenth of the prompt tokens; a table bounded
+    in request counts alone folded them into one 8.7k atom. The fitted table keeps them."""
+    rng = np.random.default_rng(5)
+    n = 40_000
+    inp = np.maximum(1, rng.lognormal(6.5, 1.0, n)).astype(int)
+    long = rng.choice(n, n // 1000, replace=False)
+    inp[long] = rng.integers(100_000, 128_000, long.size)
+    t = np.sort(rng.uniform(0.0, 3600.0, n))
+    log = tmp_path / "tail.csv"
+    log.write_text("t,input_tokens,output_tokens\n" + "".join(f"{x:.4f},{i},20\n" for x, i in zip(t, inp, strict=True)))
+    pool, _ = fit_logs([log], options=FitOptions(), stream=io.StringIO())
+    table = pool.table(0, 0, "input_tokens")
+    assert table is not None
+    assert table.values.max() >= 100_000
+    assert table.mean() == pytest.approx(inp.mean(), rel=0.02)
+    assert ks_distance(table, LengthTable.from_samples(inp.astype(np.float64))) <= 0.004
+
+
 @pytest.mark.parametrize("end_given", [False, True])
 def test_partial_last_window_is_a_rate(tmp_path: Path, end_given: bool) -> None:
     """A log of 1000 s in windows of 600 s: the last window's rate is its requests over the 400 s

@@ -418,3 +418,36 @@ def test_the_hours_before_a_log_begins_are_no_outage(tmp_path: Path) -> None:
     text = notes.getvalue()
     assert "no request from midnight to 9 h: before the log begins" in text, text
     assert "an outage" not in text, text
+
+
+def test_tenants_that_left_or_arrived_before_the_split_keep_their_current_level(tmp_path: Path) -> None:
+    """Two days with a daily cycle: tenant 0 stops 8 h before the split, tenant 1 starts 5 h before it,
+    tenant 2 runs throughout. Past the span the source window a day back had 0 still sending and 1
+    not yet (before the fix: 0 generated at its full rate, 1 at none); the last hours of the log say
+    who is sending now."""
+    rng = np.random.default_rng(11)
+    split, end = 34 * 3600.0, 46 * 3600.0
+
+    def daily(x: np.ndarray) -> np.ndarray:
+        return 0.3 * (1 + 0.5 * np.cos(2 * np.pi * (x / 3600 - 15) / 24))
+
+    ts, cs = [], []
+    for c, (a, b) in enumerate([(0.0, split - 8 * 3600), (split - 5 * 3600, end), (0.0, end)]):
+        t = _renewal(daily, end, 2.0, rng)
+        t = t[(t >= a) & (t < b)]
+        ts.append(t)
+        cs.append(np.full(t.size, c))
+    t, cl = np.concatenate(ts), np.concatenate(cs)
+    _write(tmp_path / "churn.csv", MONDAY + 5.0 + t, rng, client=cl)
+    _fit(tmp_path / "churn.csv", tmp_path, split, client=True)
+    gen = prepare(parse_scenario({"pool": "pool.npz", "start": split, "duration": end - split, "seed": 4},
+                                 base_dir=tmp_path))
+    n: dict[str, int] = {}
+    for blk in gen.blocks():
+        for g in np.unique(blk.client):
+            k = gen.names[g].split(":", 1)[1]
+            n[k] = n.get(k, 0) + int(np.count_nonzero(blk.client == g))
+    real = {f"c{c}": int(np.count_nonzero((cl == c) & (t >= split))) for c in range(3)}
+    assert real["c0"] == 0 and n.get("c0", 0) < 0.05 * real["c2"], (n, real)
+    assert 0.5 * real["c1"] < n.get("c1", 0) < 1.5 * real["c1"], (n, real)
+    assert 0.75 * real["c2"] < n.get("c2", 0) < 1.33 * real["c2"], (n, real)

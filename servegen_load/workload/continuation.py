@@ -42,6 +42,10 @@ _WINDOWED = ("epoch_family", "epoch_shape")
 OUTAGE_MIN = 1800.0  # seconds of silence from every client before it can be an outage
 OUTAGE_EXPECTED = 100.0  # requests the neighbouring windows' rate predicts over the silence
 OUTAGE_EDGE = 0.05  # a window next to the silence below this share of the rate around is part of it
+RECENT_S = 3 * 3600.0  # the end of the log a client's current level is read from (at most a quarter of it)
+RECENT_PRIOR = 2.0  # requests (over the Fano factor) of prior belief that the level goes on as the model says
+RECENT_Z = 3.0  # a change of the level must stand this many noise deviations out to count at all (twice: fully)
+RECENT_MAX = 2.0  # the most the recent level multiplies the continuation by; beyond, a new client's rate is added
 
 
 def outage_windows(rate: np.ndarray, W: float) -> np.ndarray:
@@ -110,6 +114,9 @@ def view(pool: ClientPool, end: float, shrink: bool) -> ClientPool:
         B = pool.extra["rate_shrink"].astype(np.float64)[:, None]
         r_src = p_src[:, :n0] + B * (r_src - p_src[:, :n0])
     rate = np.maximum(prof + (r_src[:, src] - p_src), 0.0)
+    if n1 > n0:
+        factor, added = _recent(pool, r_src, prof_src, level, origin, kind, wall)
+        rate[:, n0:] = factor[:, None] * rate[:, n0:] + added[:, None]
     fam = pool.family[:, src].copy()
     shape = pool.shape[:, src].copy()
     cv = pool.cv[:, src].copy()
@@ -135,6 +142,54 @@ def view(pool: ClientPool, end: float, shrink: bool) -> ClientPool:
                   scale=scale, data_start=data_start, table_index=table_index, extra=extra)
     _VIEWS[key] = (pool, out)
     return out
+
+
+def _recent(pool: ClientPool, r_src: np.ndarray, prof_src: np.ndarray, level: np.ndarray, origin: float,
+            kind: str, wall: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Per client (factor, added rate) for windows past the span, from its last `RECENT_S` of log
+    (when a whole period of the profile precedes them: a shorter log is continued by its profile's
+    latest level already).
+
+    The continuation is run as if the log had ended `RECENT_S` earlier, and what it predicts for the
+    last hours is set against what the client sent there: tenants come, go and change level, and a
+    source window a day back knows nothing of it (a client that stopped 8 h before the end was
+    continued at its full rate, one that began 5 h before at none). The factor is the posterior
+    mean of count ratio N / predicted under a Gamma(`RECENT_PRIOR`) prior, with counts divided by
+    the client's count noise per request (its model's, else its windows' CV^2: a bursty client's
+    silence says less), at most `RECENT_MAX`, and it counts only where the difference stands out
+    of that noise (`RECENT_Z`): a steady client's level is not moved by the noise of three hours. Growth beyond that (a new client) adds the median rate of the recent windows: a
+    spike in them (an incident) is not carried on as a level."""
+    W = pool.window
+    n0 = pool.window_start.size
+    meta = pool.meta["arrival"]
+    span = float(meta.get("span", n0 * W))
+    m = round(min(RECENT_S, span / 4) / W)
+    ones, none = np.ones(pool.n_clients), np.zeros(pool.n_clients)
+    step = round((WEEK if kind == "week" else DAY) / W)
+    if m < 1 or n0 - m < step:  # no period before the last hours to predict them from
+        return ones, none
+    src = _sources(n0 - m, n0, W, origin, kind, wall, outage_windows(pool.rate[:, :n0 - m], W))[n0 - m:]
+    mid = np.arange(n0 - m, n0) * W + 0.5 * W
+    own = profile_at(prof_src, level, origin + mid, wall)
+    back = profile_at(prof_src, level, origin + src * W + 0.5 * W, wall)
+    predicted = np.maximum(own + (r_src[:, src] - back), 0.0)
+    cover = window_cover(n0, W, span)[n0 - m:]
+    seen = pool.rate[:, n0 - m:].astype(np.float64)
+    n, pred = seen @ cover, predicted @ cover
+    # count noise per expected request, as the shrinkage has it: the model's, else the windows' CV^2
+    gain = pool.extra.get("rate_noise", np.zeros(pool.n_clients)).astype(np.float64)
+    cv2 = np.maximum(pool.cv[:, :n0].astype(np.float64), 1.0) ** 2
+    busy = pool.rate[:, :n0] > 0
+    typical = np.array([float(np.median(c[b])) if b.any() else 1.0 for c, b in zip(cv2, busy, strict=True)])
+    fano = np.where(gain > 0, np.maximum(gain, 1e-3), typical)
+    raw = (n / fano + RECENT_PRIOR) / (pred / fano + RECENT_PRIOR)
+    z = np.abs(n - pred) / np.sqrt(fano * np.maximum(pred, 1.0))
+    weight = np.clip(z / RECENT_Z - 1.0, 0.0, 1.0)  # within noise: the level the model has stands
+    factor = 1.0 + weight * (np.minimum(raw, RECENT_MAX) - 1.0)
+    full = cover >= 0.5 * W
+    median = np.median(seen[:, full], axis=1) if full.any() else n / max(cover.sum(), 1e-9)
+    added = np.where(raw > RECENT_MAX, weight * np.maximum(median - factor * pred / cover.sum(), 0.0), 0.0)
+    return factor, added
 
 
 def _sources(n0: int, n1: int, W: float, origin: float, kind: str, wall: bool,

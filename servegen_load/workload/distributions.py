@@ -177,27 +177,42 @@ def _cdf_at(t: LengthTable, xs: np.ndarray) -> np.ndarray:
     return np.where(idx >= 0, t.cdf[np.maximum(idx, 0)], 0.0)
 
 
-def compress(table: LengthTable, ks_max: float = 0.004) -> LengthTable:
-    """Fewest-ish atoms with KS distance to `table` at most `ks_max` (see module docstring)."""
+def compress(table: LengthTable, ks_max: float = 0.004, mass: bool = False) -> LengthTable:
+    """Fewest-ish atoms with KS distance to `table` at most `ks_max` (see module docstring).
+
+    `mass`: the token-weighted distribution (atom x probability) is held to the same bound. A
+    count bound alone lets any tail under 2 `ks_max` of the requests fold into one atom: 0.1 % of
+    prompts at 100-128k tokens (a tenth of all prefill tokens) came out at 8.7k."""
     if table.values.size <= 1:
         return table
     pmf = np.diff(table.cdf, prepend=0.0)
+    weighted = None
+    if mass and float(table.values.min()) >= 0 and float(table.values @ pmf) > 0:
+        q = table.values * pmf
+        weighted = LengthTable(table.values, np.cumsum(q) / q.sum())
+        share = np.diff(weighted.cdf, prepend=0.0)
     width = 2.0 * ks_max
     if float((pmf[1:] + pmf[:-1]).min()) >= 2.0 * width:  # each atom's mid alone in its bin: nothing merges
         return table  # (a client's few requests in a data window: 78k such tables took 12 s of a fit)
     while True:
         mid = table.cdf - 0.5 * pmf
+        if weighted is not None:  # bins narrow in both counts and tokens
+            mid = 0.5 * (mid + weighted.cdf - 0.5 * share)
         bins = np.floor(mid / width).astype(np.int64)
         starts = np.flatnonzero(np.diff(bins, prepend=bins[0] - 1))
-        mass = np.add.reduceat(pmf, starts)
+        bin_mass = np.add.reduceat(pmf, starts)
         # representative: first atom whose within-bin cumulative mass reaches half the bin mass
         before = np.repeat(table.cdf[starts] - pmf[starts], np.diff(np.append(starts, pmf.size)))
-        half = np.repeat(mass / 2.0, np.diff(np.append(starts, pmf.size)))
+        half = np.repeat(bin_mass / 2.0, np.diff(np.append(starts, pmf.size)))
         reached = (table.cdf - before) >= half - 1e-15
         bin_of = np.repeat(np.arange(starts.size), np.diff(np.append(starts, pmf.size)))
         first_reach = np.full(starts.size, pmf.size, dtype=np.int64)
         np.minimum.at(first_reach, bin_of[reached], np.flatnonzero(reached))
-        out = LengthTable(table.values[first_reach], np.cumsum(mass) / np.sum(mass))
-        if ks_distance(out, table) <= ks_max or width < 1e-9:
+        out = LengthTable(table.values[first_reach], np.cumsum(bin_mass) / np.sum(bin_mass))
+        ok = ks_distance(out, table) <= ks_max
+        if ok and weighted is not None:
+            qo = out.values * np.diff(out.cdf, prepend=0.0)
+            ok = qo.sum() > 0 and ks_distance(LengthTable(out.values, np.cumsum(qo) / qo.sum()), weighted) <= ks_max
+        if ok or width < 1e-9:
             return out
         width /= 2.0

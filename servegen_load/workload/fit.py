@@ -847,7 +847,8 @@ def fit_gaps(gaps: np.ndarray, group: np.ndarray, n_groups: int, weibull_steps: 
 def _grouped_tables(v: np.ndarray, grp: np.ndarray, n_groups: int, tables: list[LengthTable], ks_max: float,
                     value_scale: float = 1.0) -> np.ndarray:
     """One compressed table per group from integer values (-1 = missing); appends to `tables` and
-    returns each group's table id (-1: no values)."""
+    returns each group's table id (-1: no values). Tokens as well as requests are held to `ks_max`
+    (`compress(mass=True)`): the rare long prompts carry much of a server's work."""
     valid = v >= 0
     key = (grp[valid].astype(np.int64) << 32) | v[valid].astype(np.int64)
     out = np.full(n_groups, -1, dtype=np.int32)
@@ -859,7 +860,7 @@ def _grouped_tables(v: np.ndarray, grp: np.ndarray, n_groups: int, tables: list[
     bounds = np.flatnonzero(np.concatenate([[True], g[1:] != g[:-1], [True]]))
     for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
         out[int(g[a])] = len(tables)
-        tables.append(compress(LengthTable.from_pmf(val[a:b], cnt[a:b].astype(np.float64)), ks_max))
+        tables.append(compress(LengthTable.from_pmf(val[a:b], cnt[a:b].astype(np.float64)), ks_max, mass=True))
     return out
 
 
