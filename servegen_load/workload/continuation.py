@@ -17,6 +17,10 @@ windows cover [0, end):
   has the profile interpolated around the cycle from the seen ones (`arrival_fit.rate_profile`):
   the level goes on from the latest seen towards the earliest. So the level and the daily and weekly cycles follow the
   profile, and burstiness at every scale (within and across windows) that of the fitted log.
+- a client's current level (`_recent`): the last `RECENT_S` of the log against what the
+  continuation would have predicted for them from a period earlier; a count that stands out of the
+  client's count noise scales its continuation (a tenant that left: to ~0) or, for a new client,
+  adds its recent median rate.
 - outages (`outage_windows`: at least `OUTAGE_MIN` seconds in which no client sent anything,
   between windows whose rate predicts at least `OUTAGE_EXPECTED` requests there) are a service or
   its log being down, not traffic: past the span no window takes one as its source (the latest
