@@ -29,7 +29,9 @@ deviations divide by B's value. Rows, their statistic and the deviation that ent
 | session.later_input.ks | KS distance of later turns' input tokens                   | the distance            |
 
 A window scale enters only when both streams have at least `MIN_BINS` and at most `MAX_BINS`
-whole windows of it.
+whole windows of it. Gap rows are taken on the coarser clock of the two streams (`logs.log_clock`):
+a log written in whole seconds has most gaps at 0, which a stream timed to the microsecond
+could only match by sending batches (the other stream's times floored to that clock).
 The summary `distance` is the largest deviation over the rows (minus the ones the caller
 ignores, by glob on the key); it is what `compare --max-distance` gates.
 """
@@ -46,7 +48,7 @@ from typing import Any
 import numpy as np
 
 from ..workload.distributions import LengthTable, ks_distance
-from ..workload.logs import LogChunk
+from ..workload.logs import CLOCKS, LogChunk, log_clock
 
 SCALES = (1.0, 10.0, 60.0, 600.0, 3600.0)
 QUANTILES = (0.10, 0.50, 0.90, 0.99)
@@ -82,6 +84,8 @@ class StreamStats:
     lengths: dict[str, np.ndarray]  # field -> values (>= 0)
     rank_corr: float
     session: dict[str, Any] | None  # share, turns, sessions, think_p50; arrays think, later_input
+    clock: float = 0.0  # the stream's clock (`logs.log_clock`; 0: finer than any of `CLOCKS`)
+    gaps_on: dict[float, tuple[float, float]] = field(default_factory=dict)  # coarser clock -> (gap_cv, gap_cv_window)
 
     @property
     def mean_rate(self) -> float:
@@ -192,8 +196,13 @@ def stream_stats(log: LogChunk, name: str | None = None, start: float | None = N
         c = curves[s] if s in curves else _counts(t, s, dur)
         if c.size >= MIN_BINS and c.mean() > 0:
             burst[s] = (float(c.std() / c.mean()), float(c.var() / c.mean()), int(c.size), float(c.mean()))
-    gaps = np.diff(t)
-    gap_cv = float(gaps.std() / gaps.mean()) if gaps.size > 1 and gaps.mean() > 0 else math.nan
+    gap_cv = _gap_cv(t)
+    clock = log_clock(log.t)
+    gaps_on: dict[float, tuple[float, float]] = {}
+    for c in CLOCKS:
+        if c > clock:  # floored on the absolute clock, as a log written on it would be
+            tc = np.maximum(np.floor(np.sort(log.t) / c) * c - t0, 0.0)
+            gaps_on[c] = (_gap_cv(tc), _gap_cv_window(tc))
     top: dict[int, float] | None = None
     n_clients: int | None = None
     if log.has_client:
@@ -208,8 +217,13 @@ def stream_stats(log: LogChunk, name: str | None = None, start: float | None = N
     return StreamStats(
         name=name or log.path, requests=int(t.size), duration=dur, per_minute=per_minute, curves=curves, burst=burst,
         gap_cv=gap_cv, gap_cv_window=_gap_cv_window(t), clients=n_clients, top=top, lengths=lengths,
-        rank_corr=_rank_corr(log.input, log.output), session=_session_stats(log),
+        rank_corr=_rank_corr(log.input, log.output), session=_session_stats(log), clock=clock, gaps_on=gaps_on,
     )
+
+
+def _gap_cv(t: np.ndarray) -> float:
+    gaps = np.diff(t)
+    return float(gaps.std() / gaps.mean()) if gaps.size > 1 and gaps.mean() > 0 else math.nan
 
 
 def _counts(t: np.ndarray, scale: float, dur: float) -> np.ndarray:
@@ -306,9 +320,11 @@ def compare_streams(a: LogChunk | StreamStats, b: LogChunk | StreamStats,
             rows.append(Row(f"burst.cv.{s:g}s", f"count CV per {s:g} s", cva, cvb, _rel(cva, cvb), weight=w, note=note))
             rows.append(Row(f"burst.fano.{s:g}s", f"Fano factor per {s:g} s", fa, fb, _rel(fa, fb), weight=w,
                             note=note))
-    rows.append(Row("gap.cv", "gap CV (whole stream)", sa.gap_cv, sb.gap_cv, _rel(sa.gap_cv, sb.gap_cv)))
-    rows.append(Row("gap.cv_window", f"gap CV inside {GAP_WINDOW:g} s windows", sa.gap_cv_window,
-                    sb.gap_cv_window, _rel(sa.gap_cv_window, sb.gap_cv_window)))
+    clock = max(sa.clock, sb.clock)
+    (ga, gwa), (gb, gwb) = ((s.gaps_on.get(clock, (s.gap_cv, s.gap_cv_window))) for s in (sa, sb))
+    on = f", on a {clock:g} s clock" if clock else ""
+    rows.append(Row("gap.cv", f"gap CV (whole stream{on})", ga, gb, _rel(ga, gb)))
+    rows.append(Row("gap.cv_window", f"gap CV inside {GAP_WINDOW:g} s windows{on}", gwa, gwb, _rel(gwa, gwb)))
     if sa.top is not None and sb.top is not None:
         rows.append(Row("clients.count", "clients", sa.clients, sb.clients, None, "{:.0f}"))
         for k in TOP:

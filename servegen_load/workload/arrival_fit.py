@@ -68,7 +68,7 @@ BATCH_ZERO_SHARE = 0.2
 MIN_BATCH_REQUESTS = 200
 SIM_BUDGET = 1_000_000  # requests simulated for model scores per fit (about half a second)
 DENSE_BINS = 20_000_000  # client x bin cells counted densely (160 MB at most) rather than sorted
-MIN_PERIOD_SHARE = 0.01  # a tick grid finer than this share of the smallest scale is the log's clock (`_grid`)
+MIN_PERIOD_SHARE = 0.01  # a tick grid finer than this share of the smallest scale is the log's clock (`grid_of`)
 FANO_FLOOR = 0.1  # Fano factors below are one "near deterministic" value to `score`
 GOOD_SCORE = 0.1  # a default that matches the log's counts this well is kept without alternatives
 HOUR, DAY, WEEK = 3600.0, 86400.0, 604800.0
@@ -306,7 +306,7 @@ def fit_arrivals(t: np.ndarray, client: np.ndarray, n_clients: int, span: float,
                                        float(bmean[c]), tables[-1], rng, off_share=float(off[c]),
                                        on_cv=float(on_cv[c])))
         scores[c, 2] = score(fano_of(sim, span, scales), fano[c])
-        grid = _grid(tu, span, scales)
+        grid = grid_of(tu, span, scales)
         if grid is not None:
             period[c], phase[c] = grid
             disp[c] = _tick_dispersion(tc, float(period[c]), float(phase[c]), rate[c].astype(np.float64), W)
@@ -412,7 +412,7 @@ def _collect(chunks: Any) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros(0)
 
 
-def _grid(tu: np.ndarray, span: float, scales: list[float]) -> tuple[float, float] | None:
+def grid_of(tu: np.ndarray, span: float, scales: list[float]) -> tuple[float, float] | None:
     """(period, phase) when distinct timestamps lie on a grid (module docstring), else None.
 
     Not a grid a model could use: one finer than `MIN_PERIOD_SHARE` of the smallest scale scored

@@ -82,10 +82,10 @@ from scipy.special import digamma, gammaln, polygamma
 
 from ..errors import InputError
 from . import session_model
-from .arrival_fit import ARRIVAL_ARRAYS, fit_arrivals, group_time_order
+from .arrival_fit import ARRIVAL_ARRAYS, fit_arrivals, grid_of, group_time_order
 from .continuation import outage_windows
 from .distributions import Family, LengthTable, compress
-from .logs import MEDIA, BadRows, ColumnMap, LogChunk, read_log
+from .logs import MEDIA, BadRows, ColumnMap, LogChunk, log_clock, read_log
 from .pool import CATEGORIES, ClientPool, build_tables
 
 MIN_REQUESTS = 50
@@ -240,7 +240,7 @@ def fit_chunks(chunks: Iterable[LogChunk], options: FitOptions | None = None) ->
     if opts.category is not None and opts.category not in CATEGORIES:
         raise InputError(f"expected a category among {', '.join(CATEGORIES)}, got {opts.category!r}")
     report = FitReport()
-    cols = _drop_strays(_collect(chunks, report), report)
+    cols = _spread_clock(_drop_strays(_collect(chunks, report), report), report)
     if opts.window is None:
         return _fit_auto(cols, opts, report)
     pool = _fit(cols, opts, report)
@@ -633,6 +633,48 @@ def _drop_strays(cols: _Columns, report: FitReport) -> _Columns:
     report.notes.append(f"dropped {gone.size} row(s) timed far from all the others ({when}): a stray clock, "
                         "not traffic")
     return _keep(cols, keep)
+
+
+def _spread_clock(cols: _Columns, report: FitReport) -> _Columns:
+    """Times of a log written on a coarse clock (`logs.log_clock`: whole seconds, say) spread
+    uniformly inside their tick, client by client, unless the client's requests are batches.
+
+    A log's clock is not traffic: 10 req/s logged in whole seconds was fitted as batches of ten sent
+    at once (90 % of gaps exactly 0, Fano 10 at 100 ms where the traffic had 1). A client stays as
+    logged where its requests are batches the clock cannot explain: its distinct times on a
+    grid coarser than the clock (a gateway flushing every 5 s), or a share of same-tick gaps over
+    twice (and 0.1 over) what Poisson arrivals at its rate would put in one tick (an eval harness
+    sending 8 at once, a few times an hour). A fixed seed keeps fits deterministic."""
+    clock = log_clock(cols.t)
+    if clock == 0.0:
+        return cols
+    t, client = cols.t, cols.client
+    n_clients = int(client.max()) + 1
+    order = group_time_order(client, t)
+    ts, cs = t[order], client[order]
+    same = cs[1:] == cs[:-1]
+    zero = same & (ts[1:] - ts[:-1] <= 0.5 * clock)
+    n_gaps = np.bincount(cs[1:][same], minlength=n_clients).astype(np.float64)
+    z = np.bincount(cs[1:][zero], minlength=n_clients) / np.maximum(n_gaps, 1.0)
+    cell = (cs.astype(np.int64) << 32) | (ts // DEFAULT_WINDOW - ts.min() // DEFAULT_WINDOW).astype(np.int64)
+    _, inverse, counts = np.unique(cell, return_inverse=True, return_counts=True)
+    x = counts[inverse] / DEFAULT_WINDOW * clock  # requests a tick at the request's window rate
+    p_same = 1.0 - (-np.expm1(-x)) / x  # Poisson at that rate, on the clock: next request in the same tick
+    expected = np.bincount(cs, weights=p_same, minlength=n_clients) / np.maximum(np.bincount(cs, minlength=n_clients), 1)
+    batched = z > np.maximum(2.0 * expected, expected + 0.1)
+    bounds = np.flatnonzero(np.concatenate([[True], cs[1:] != cs[:-1], [True]]))
+    for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
+        c = int(cs[a])
+        if not batched[c] and b - a >= 20:
+            g = grid_of(np.unique(ts[a:b]), float(ts[b - 1] - ts[a]), [1.0])
+            batched[c] = g is not None and g[0] > 1.5 * clock
+    spread = ~batched[client]
+    rng = np.random.default_rng(0)
+    t = t + np.where(spread, rng.uniform(0.0, clock, t.size), 0.0)
+    kept = int(np.count_nonzero(batched[np.unique(client)]))
+    report.notes.append(f"times are on a {clock:g} s clock: requests spread uniformly inside their tick (the log's "
+                        f"clock, not batches)" + (f"; {kept} client(s) kept as logged (batches)" if kept else ""))
+    return replace(cols, t=t)
 
 
 def _keep(cols: _Columns, keep: np.ndarray) -> _Columns:

@@ -284,6 +284,25 @@ def read_log(path: str | Path, fmt: str = "auto", columns: ColumnMap | None = No
         raise InputError(f"cannot read the log ({type(e).__name__}: {e})", path=str(p)) from None
 
 
+CLOCKS = (1.0, 0.1, 0.01)  # coarse clocks a log may be written on (seconds; finer ones move nothing a server sees)
+
+
+def log_clock(t: np.ndarray, share: float = 0.999) -> float:
+    """The coarsest of `CLOCKS` on which (nearly) every absolute time lies, else 0.
+
+    Why: BurstGPT and many gateways log whole seconds. Ten requests in one second then look like a
+    batch sent at once, which neither `fit` should generate nor `compare` should score against
+    a stream timed to the microsecond."""
+    t = np.asarray(t, dtype=np.float64)
+    if t.size < 2:
+        return 0.0
+    for c in CLOCKS:
+        k = t / c
+        if float(np.mean(np.abs(k - np.rint(k)) < 1e-3)) >= share:
+            return c
+    return 0.0
+
+
 def load_log(path: str | Path, fmt: str = "auto", columns: ColumnMap | None = None,
              chunk_rows: int = 1_000_000, warn: bool = True) -> LogChunk:
     """The whole log as one chunk; prints the bad-row warning on stderr unless `warn` is False."""
