@@ -5,6 +5,8 @@ Every user mistake surfaces as one line on stderr and exit code 2 (see `main`).
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import sys
 from typing import TYPE_CHECKING, Annotated, Any
@@ -15,7 +17,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import typer
 
-from .errors import InputError
+from .errors import InputError, printable
 
 if TYPE_CHECKING:
     from .run.spec import RunSpec
@@ -85,8 +87,10 @@ def pool_import(
     """Import one ServeGen pool folder (trace CSVs + dataset JSONs) into a compact pool file."""
     import shlex
 
+    from .outputs import check_paths
     from .workload.servegen_import import import_servegen
 
+    check_paths([("-o", output)], [("FOLDER", folder)])  # outputs hook: never overwrite the input
     cmd = shlex.join(["servegen-load", "pool", "import", folder, "-o", output]
                      + (["--name", name] if name else []) + (["--category", category] if category else [])
                      + ["--ks-max", f"{ks_max:g}"])
@@ -240,7 +244,10 @@ def fit_cmd(
     time_range: str | None = typer.Option(None, "--range", help="Fit only START:END seconds after the first request."),
 ) -> None:
     """Fit a pool (per-client rate windows, gap families, length tables) to request logs."""
+    from .outputs import check_paths
     from .workload.fit import FitOptions, fit_logs
+
+    check_paths([("-o", output)], [("LOGS", p) for p in logs])
 
     cols = _column_map(time_column, time_unit, client_column, session_column, input_column, output_column,
                        reason_column, column)
@@ -283,8 +290,10 @@ def compare_cmd(
 
     from .atomic import atomic_write
     from .metrics.realism import compare_streams, render_html, render_rich, render_text, stream_stats
+    from .outputs import check_paths
     from .workload.logs import ColumnMap, detect_format, load_log, warn_bad_rows
 
+    check_paths([("--html", html_out)], [("A", a), ("B", b)])
     if results_time not in ("scheduled", "sent"):
         raise InputError(f"--results-time expects scheduled or sent, got {results_time!r}")
     if max_distance is not None and not max_distance >= 0:
@@ -675,35 +684,55 @@ def main() -> None:
 
     # SIGTERM unwinds like Ctrl-C (`run` installs its own handler), so partial outputs are removed
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    from rich.console import Console
     from typer.exceptions import Abort, TyperException
+
+    Console.on_broken_pipe = _raise_broken_pipe  # type: ignore[method-assign]  # rich exits 1 itself: to click's EPIPE path
 
     try:
         rv = app(standalone_mode=False)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
+    except BrokenPipeError:
+        _stdout_closed()
+    except SystemExit as e:  # click turns EPIPE into exit 1 after wrapping stdout: a gate's FAIL, said nowhere
+        if e.code == 1 and type(sys.stdout).__name__ == "PacifyFlushWrapper":
+            _stdout_closed()
+        raise
     except TyperException as e:  # a mistyped option or value (usage error): one line, not a boxed panel
         ctx = getattr(e, "ctx", None)
         where = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
         message = e.format_message()  # type: ignore[attr-defined]
         if message:  # none: no arguments at all, and the help was shown
-            print(f"servegen-load: error: {_one_line(message)}{where}", file=sys.stderr)
+            print(f"servegen-load: error: {printable(message)}{where}", file=sys.stderr)
         sys.exit(getattr(e, "exit_code", 2))
     except Abort:  # Ctrl-C outside `run` (which handles its own): said, and the exit a shell expects
         print("servegen-load: interrupted", file=sys.stderr)
         sys.exit(130)
     except InputError as e:
-        print(f"servegen-load: error: {_one_line(str(e))}", file=sys.stderr)
+        print(f"servegen-load: error: {printable(str(e))}", file=sys.stderr)
         sys.exit(2)
     except OSError as e:
+        if e.errno == errno.EPIPE and e.filename is None:
+            _stdout_closed()
         if e.filename is None:  # not about a file the user named (e.g. a socket): a real failure
             raise
-        print(f"servegen-load: error: {_one_line(f'{e.filename}: {e.strerror or e}')}", file=sys.stderr)
+        print(f"servegen-load: error: {printable(f'{e.filename}: {e.strerror or e}')}", file=sys.stderr)
         sys.exit(2)
     sys.exit(rv if isinstance(rv, int) else 0)  # a command's `typer.Exit(code)` comes back as its code
 
 
-def _one_line(text: str) -> str:
-    """Control characters escaped: a message quoting a hostile file stays one line and cannot send
-    terminal escape codes."""
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+def _raise_broken_pipe(_console: Any) -> None:
+    raise BrokenPipeError(errno.EPIPE, "broken pipe")
+
+
+def _stdout_closed() -> None:
+    """The reader of standard output went away (`| head -1`, `| true`): one line and exit 4, as
+    for `run`'s results (docs/reliability.md), never 1, which `gate` means as FAIL."""
+    with contextlib.suppress(OSError):  # nothing more may reach the closed pipe, at exit either
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    print("servegen-load: error: standard output was closed before everything was written (broken pipe)",
+          file=sys.stderr)
+    sys.exit(4)
 
 
 if __name__ == "__main__":

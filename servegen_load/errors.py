@@ -26,3 +26,11 @@ class InputError(ServegenError):
             where += f"{field}: "
         super().__init__(where + message)
         self.path, self.line, self.field = path, line, field
+
+
+def printable(text: str) -> str:
+    r"""`text` with control characters escaped (`\x1b`, `\n`): a server's words reach a terminal
+    as one line of text, never as escape sequences that retitle it, clear it or forge a line."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)

@@ -271,6 +271,10 @@ def _incomplete(res: Results) -> str | None:
     never = [p for p, h in zip(res.paths, res.headers, strict=True) if h.get("complete") is False]
     if never:
         return f"{never[0]} was never closed: the run was killed or is still running"
+    cut = [(p, h) for p, h in zip(res.paths, res.headers, strict=True) if h.get("missing")]
+    if cut:
+        p, h = cut[0]
+        return f"{p} lacks {h['missing']} of its {h['lines']} result lines: the file was cut"
     status = res["status"]
     for st, why in (("cancelled", "the run was interrupted"), ("lost", "a worker died")):
         n = int(np.count_nonzero(status == st))

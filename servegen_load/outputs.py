@@ -93,6 +93,22 @@ def _writable(option: str, path: str) -> None:
             os.unlink(name)
 
 
+def _files_of(path: str, depth: int = 2, most: int = 100_000) -> list[str]:
+    """`path`, or the files a folder input holds (a ServeGen folder, a kept --probe-dir, a folder of
+    them): an output named after one of them would destroy it."""
+    if not os.path.isdir(path):
+        return [path]
+    out: list[str] = []
+    base = path.rstrip(os.sep).count(os.sep)
+    for root, dirs, files in os.walk(path):
+        out.extend(os.path.join(root, f) for f in files)
+        if root.count(os.sep) - base >= depth - 1:
+            dirs.clear()
+        if len(out) >= most:
+            break
+    return out
+
+
 def check_paths(outputs: Named, inputs: Named = ()) -> None:
     """One InputError for the first output that collides with an input, another output, or
     cannot be written. Special files (devices, pipes) may be shared (two outputs to /dev/null)."""
@@ -101,7 +117,7 @@ def check_paths(outputs: Named, inputs: Named = ()) -> None:
     stdout = [opt for opt, p in outs if is_stdout(p)]
     if len(stdout) > 1:
         raise InputError(f"{' and '.join(stdout)} both write to standard output (-); give one of them a file")
-    in_ids = [(opt, p, _identity(p)) for opt, p in ins]
+    in_ids = [(opt, q, _identity(q)) for opt, p in ins for q in _files_of(p)]
     seen: list[tuple[str, str, tuple[str, tuple[int, int] | None]]] = []
     for opt, p in outs:
         if is_stdout(p):

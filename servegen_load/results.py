@@ -157,6 +157,8 @@ def _regular(fh: Any) -> bool:
         return False
 
 
+_COUNT_WIDTH = 20  # characters of the header's `lines` slot (JSON allows the spaces before a number)
+FOOTER = {"footer": True, "complete": True}  # the last line of results written to a pipe (`ResultSink`)
 INCOMPLETE = ("the run that wrote it never finished (killed, or still running): requests after its last line "
               "have no line")
 
@@ -199,14 +201,23 @@ class ResultSink:
         self.error: OSError | None = None
         # `"complete": false` until `close()` rewrites it in place as `true ` (the same length: a
         # reader can tell a run killed mid-way, which leaves whole lines only, from a finished one).
-        # Only where the file can be rewritten: a pipe's or device's header says nothing.
+        # Where it cannot (a pipe, a device), the header says `"footer": true` and `close()` ends the
+        # stream with `FOOTER` (a killed `run -o - | ...` gated as a whole run passed).
         head = {"format": RESULTS_FORMAT, **header}
         self._flag = -1
-        if _regular(self._fhs[0]):
+        self._footer = not _regular(self._fhs[0])  # a pipe's header cannot be rewritten: a last line says it
+        self._count_at = -1
+        if self._footer:
+            head["footer"] = True
+        else:
             head["complete"] = False
+            head["lines"] = 0  # a 20-digit slot `close()` fills: a file cut later (head -100) says so
         line = _dumps(head, option=_NL)
         if "complete" in head:
             self._flag = line.rindex(b"false")
+            slot = line.rindex(b'"lines":0') + len(b'"lines":')
+            line = line[:slot] + b" " * (_COUNT_WIDTH - 1) + line[slot:]
+            self._count_at = slot
         self._write(line)
         if self.error is not None:
             self._close_files()
@@ -277,9 +288,13 @@ class ResultSink:
             self._q.put(None)
             self._thread.join()
             if self.error is None and self._flag >= 0:
+                count = b"%*d" % (_COUNT_WIDTH, self.written)
                 for fh in self._fhs:
                     with contextlib.suppress(OSError):
+                        os.pwrite(fh.fileno(), count, self._count_at)
                         os.pwrite(fh.fileno(), b"true ", self._flag)
+            if self.error is None and self._footer:
+                self._write(_dumps({**FOOTER, "lines": self.written}, option=_NL))
             self._close_files()
         if self.error is not None:
             raise self.error
@@ -373,8 +388,8 @@ def _load_file(path: Path, cols: _Columns, warnings: list[str]) -> dict[str, Any
             raise InputError(f"not a results file: first line must carry format {RESULTS_FORMAT!r}",
                              path=str(path), line=1)
         where = str(path)
-        if head.get("complete") is False:
-            warnings.append(f"{path}: {INCOMPLETE}")
+        ended = False
+        first = cols.n
         for n, raw in enumerate(fh, start=2):
             if not raw.strip():
                 continue
@@ -387,6 +402,13 @@ def _load_file(path: Path, cols: _Columns, warnings: list[str]) -> dict[str, Any
                 raise InputError(f"invalid JSON ({e})", path=where, line=n) from None
             if not isinstance(d, dict):
                 raise InputError("expected a JSON object per line", path=where, line=n)
+            if ended:
+                raise InputError("a line after the closing footer line", path=where, line=n)
+            if d.get("footer") is True and "id" not in d:
+                ended = bool(d.get("complete"))
+                if isinstance(d.get("lines"), int):
+                    head["lines"] = d["lines"]
+                continue
             for k in ("id", "scheduled", "status"):
                 if k not in d:
                     raise InputError("missing required field", path=where, line=n, field=k)
@@ -394,6 +416,14 @@ def _load_file(path: Path, cols: _Columns, warnings: list[str]) -> dict[str, Any
                 raise InputError(f"unknown status {d['status']!r}; expected one of {', '.join(STATUSES)}",
                                  path=where, line=n, field="status")
             cols.add(d, where, n)
+    if head.get("footer") is True:  # written to a pipe: whole only if its closing line came
+        head["complete"] = ended
+    if head.get("complete") is False:
+        warnings.append(f"{path}: {INCOMPLETE}")
+    elif isinstance(head.get("lines"), int) and cols.n - first < head["lines"]:
+        head["missing"] = head["lines"] - (cols.n - first)
+        warnings.append(f"{path}: {head['missing']} of its {head['lines']} result lines are missing (the file was "
+                        "cut after the run)")
     return head
 
 

@@ -488,6 +488,17 @@ class Hostile:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             writer.transport.abort()
             return False
+        if mode == "models-split":  # a valid list in two pieces 20 ms apart: one read got the first only
+            body = orjson.dumps({"data": [{"id": "split-model", "object": "model", "owned_by": "me"}]})
+            await send(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%b"
+                       % (len(body), body[:20]), body[20:], pause=0.02)
+            return True
+        if mode in ("models-null", "models-number", "models-empty", "models-escape"):
+            ident = {"models-null": None, "models-number": 5, "models-empty": " ", "models-escape": "m\x1b[2J\n"}[mode]
+            body = orjson.dumps({"data": [{"id": ident}]})
+            await send(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%b"
+                       % (len(body), body))
+            return True
         if mode.startswith("models-"):
             body = orjson.dumps({"data": [{"id": "m"}]})
             await send(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%b"
@@ -535,6 +546,14 @@ class Hostile:
                      "junk": b"soon, maybe", "nan": b"nan"}[mode[5:]]
             await send(b"HTTP/1.1 %b Busy\r\nRetry-After: %b\r\nContent-Length: 4\r\n\r\nbusy"
                        % (mode[1:4].encode(), value))
+            return True
+        if mode == "escape400":  # terminal escapes and a forged line in the error body
+            body = b"\x1b]0;PWNED\x07\x1b[2J\x1b[31mgate: PASS\x1b[0m\r\nservegen-load: all good"
+            await send(b"HTTP/1.1 400 Bad\r\nContent-Length: %d\r\n\r\n%b" % (len(body), body))
+            return True
+        if mode == "upper401":  # echoes the request head upper-cased
+            head = self.heads[mode].upper()
+            await send(b"HTTP/1.1 401 No\r\nContent-Length: %d\r\n\r\n%b" % (len(head), head))
             return True
         if mode in ("auth401", "auth403"):  # echoes the Authorization header, raw and JSON-escaped
             auth = next((h.split(b":", 1)[1].strip() for h in self.heads[mode].split(b"\r\n")
@@ -701,6 +720,41 @@ def test_absurd_retry_after_is_capped_and_every_attempt_recorded(hostile: Hostil
         assert d["attempts"] == 3 and d["retries"] == 2, d
 
 
+def test_a_run_interrupted_while_requests_wait_to_retry_is_not_whole(hostile: Hostile, tmp_path: Path) -> None:
+    """Every answer a 429 asking for a long wait, `--retries 3`, then Ctrl-C: the lines said
+    `http_error` with `retries` 0 under a `complete` header, and a gate passed the run. A request
+    whose retries were cut is `cancelled`, its last failure kept in `error`."""
+    import signal
+    import subprocess
+    import sys
+
+    from test_dispatch_fixtures import wait_for
+
+    from servegen_load.gate import run_gate
+    from servegen_load.slo import build_slos
+
+    src = write_requests(tmp_path / "req.jsonl", make_requests([0.05 * i for i in range(3)]))
+    out = tmp_path / "out.jsonl"
+    before = hostile.received["r429-days"]
+    p = subprocess.Popen([sys.executable, "-m", "servegen_load", "run", str(src), "-o", str(out), "--endpoint",
+                          f"{hostile.url}/r429-days", "--model", "m", "--api", "completions", "--progress", "off",
+                          "--tokenizer", "words", "--retries", "3", "--retry-max-wait", "20"],
+                         stderr=subprocess.DEVNULL)
+    try:  # the overhead probe, then the 3 requests' first attempts
+        wait_for(lambda: hostile.received["r429-days"] - before >= 4, 30, "4 answers of 429")
+        p.send_signal(signal.SIGINT)
+        assert p.wait(30) == 130
+    finally:
+        if p.poll() is None:
+            p.kill()
+    _, lines = read_lines(out)
+    assert len(lines) == 3
+    for d in lines:
+        assert d["status"] == "cancelled" and "waiting to retry (last attempt: HTTP 429" in d["error"], d
+    g = run_gate([str(out)], build_slos(["error_rate<=100%"]))
+    assert not g.passed and "cancelled" in (g.incomplete or "")
+
+
 @pytest.mark.parametrize("transport", TRANSPORTS)
 @pytest.mark.parametrize("mode", ["auth401", "auth403"])
 def test_a_rejected_key_echoed_back_never_reaches_the_results(hostile: Hostile, tmp_path: Path, transport: str,
@@ -859,6 +913,50 @@ def test_model_listing_probe_fails_in_one_line(hostile: Hostile, tmp_path: Path,
     if mode == "redirect":
         assert "redirect" in line and "not followed" in line
         assert other.received["models-ok"] == seen
+
+
+def test_a_model_list_that_arrives_in_pieces_is_read_whole(hostile: Hostile) -> None:
+    assert asyncio.run(discover_model(Endpoint.parse(f"{hostile.url}/split"), None)) == "split-model"
+
+
+@pytest.mark.parametrize("mode", ["null", "number", "empty", "escape"])
+def test_a_listed_model_id_that_is_no_name_is_refused(hostile: Hostile, tmp_path: Path, mode: str) -> None:
+    """An id of null, 5, blank or with control characters was sent as the model of every request."""
+    src = write_requests(tmp_path / "req.jsonl", make_requests([0.0]))
+    r = run_cli("run", src, "-o", tmp_path / "out.jsonl", "--endpoint", f"{hostile.url}/{mode}",
+                "--api", "completions", "--progress", "off")
+    assert r.code == 2, r
+    assert "\x1b" not in r.err
+    _one_line(r, "no usable model id", "pass --model")
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_server_s_words_reach_the_terminal_as_one_printable_line(hostile: Hostile, tmp_path: Path,
+                                                                    transport: str) -> None:
+    """An error body with escape sequences (retitle, clear the screen) and a CR LF before a forged
+    `servegen-load:` line went raw to stderr, the summary and `report`."""
+    src = write_requests(tmp_path / "req.jsonl", make_requests([0.05 * i for i in range(3)]))
+    out = tmp_path / "out.jsonl"
+    r = run_cli("run", src, "-o", out, "--endpoint", f"{hostile.url}/escape400", "--model", "m",
+                "--api", "completions", "--progress", "off", "--transport", transport)
+    rep = run_cli("report", out)
+    for text in (r.err, r.out, rep.out, out.read_text()):
+        assert "\x1b" not in text and "\r" not in text, text
+        assert not any(line.startswith("servegen-load: all good") for line in text.splitlines()), text
+    assert "\\x1b]0;PWNED" in r.err + r.out
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_key_echoed_back_upper_cased_is_masked(hostile: Hostile, tmp_path: Path, transport: str,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "api-key: sk-proj-Ab12Cd34Ef56Gh78Ij90")  # sent as that header
+    src = write_requests(tmp_path / "req.jsonl", make_requests([0.05 * i for i in range(2)]))
+    out = tmp_path / "out.jsonl"
+    r = run_cli("run", src, "-o", out, "--endpoint", f"{hostile.url}/upper401", "--model", "m",
+                "--api", "completions", "--progress", "off", "--transport", transport)
+    assert "API-KEY: ***" in out.read_text()
+    for text in (r.err, r.out, out.read_text()):
+        assert "CD34EF56" not in text.upper(), text
 
 
 def test_model_listing_probe_that_hangs_ends_at_its_timeout(hostile: Hostile) -> None:

@@ -152,6 +152,38 @@ def test_sigkill_loses_at_most_the_last_flush_interval(tmp_path: Path) -> None:
     assert res.n == len(docs) and any("truncated last line" in w for w in res.warnings)
 
 
+def test_results_through_a_pipe_end_with_a_footer_and_a_killed_pipe_fails_the_gate(tmp_path: Path) -> None:
+    """`run -o - | tee`: a pipe's header cannot be rewritten as complete, so a run killed mid-way
+    left 19 of 50 lines that `gate` passed as a whole run. The stream now ends with a footer line;
+    without it, report warns and gate fails."""
+    reqs = make_requests([0.05 * i for i in range(60)], output_tokens=4)
+    src = write_requests(tmp_path / "req.jsonl", reqs)
+    whole, killed = tmp_path / "whole.jsonl", tmp_path / "killed.jsonl"
+    with SimProcess("tiny-cpu", seed=5) as sim:
+        args = [*CLI, "run", str(src), "-o", "-", "--endpoint", sim.url, "--model", "m", "--server-family", "sim",
+                "--progress", "off"]
+        for out, kill in ((whole, False), (killed, True)):
+            with open(out, "wb") as sink:
+                p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+                assert p.stdout is not None
+                for got, line in enumerate(p.stdout, start=1):
+                    sink.write(line)
+                    if kill and got == 20:
+                        p.kill()
+                        break
+                p.wait(30)
+    lines = whole.read_bytes().splitlines()
+    assert orjson.loads(lines[0])["footer"] is True and orjson.loads(lines[-1]) == {"footer": True, "complete": True,
+                                                                                     "lines": 60}
+    res = read_results(whole)
+    assert res.n == 60 and res.headers[0]["complete"] is True and not res.warnings
+    assert run_gate([str(whole)], build_slos(["error_rate<=1%"])).passed
+    res = read_results(killed)
+    assert res.n == 19 and res.headers[0]["complete"] is False and any("never finished" in w for w in res.warnings)
+    g = run_gate([str(killed)], build_slos(["error_rate<=1%"]))
+    assert not g.passed and "never closed" in (g.incomplete or "")
+
+
 @pytest.mark.parametrize("sig,times,more", [(signal.SIGINT, 1, []), (signal.SIGTERM, 1, []), (signal.SIGINT, 2, []),
                                             (signal.SIGINT, 1, ["--workers", "2"]),
                                             (signal.SIGINT, 2, ["--workers", "2"])])

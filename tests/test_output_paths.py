@@ -80,6 +80,28 @@ def test_collisions_are_refused_before_any_traffic(fake_server, source: Path, tm
     assert scen.read_text() == text
 
 
+def test_fit_compare_import_and_calibrate_never_overwrite_their_input(source: Path, tmp_path: Path) -> None:
+    """`fit LOG -o LOG`, `compare A B --html A`, `pool import DIR -o DIR/file` and `calibrate --from
+    DIR -o DIR/file` replaced their own input and exited 0."""
+    log = tmp_path / "gw.csv"
+    log.write_text("t,input_tokens,output_tokens\n" + "".join(f"{i},10,5\n" for i in range(100)))
+    folder = tmp_path / "pool"
+    folder.mkdir()
+    trace = folder / "chunk-0-trace.csv"
+    trace.write_text("0,0.5,1.0,Gamma,1.0,2.0\n")
+    probes = tmp_path / "probes"
+    (probes / "round-1").mkdir(parents=True)
+    kept = probes / "round-1" / "probe.jsonl"
+    kept.write_bytes(source.read_bytes())
+    for args, victim, option in [(["fit", str(log), "-o", str(log)], log, "LOGS"),
+                                 (["compare", str(source), str(log), "--html", str(source)], source, "A"),
+                                 (["pool", "import", str(folder), "-o", str(trace)], trace, "FOLDER"),
+                                 (["calibrate", "--from", str(probes), "-o", str(kept)], kept, "PATH")]:
+        before = victim.read_bytes()
+        assert f"is also the input {option}" in one_error(cli(*args)), args
+        assert victim.read_bytes() == before
+
+
 def test_symlink_is_written_through(fake_server, source: Path, tmp_path: Path) -> None:
     target = tmp_path / "data" / "results.jsonl"
     target.parent.mkdir()

@@ -102,6 +102,30 @@ def test_not_a_results_file(tmp_path: Path) -> None:
         read_results(p)
 
 
+def test_a_closed_file_cut_later_says_how_many_lines_it_lacks(tmp_path: Path) -> None:
+    """The header counts the lines at close: `head -100 results.jsonl`, or a copy cut mid-line,
+    said `complete: true` and a gate passed on the part."""
+    from servegen_load.gate import run_gate
+    from servegen_load.slo import build_slos
+
+    out = tmp_path / "r.jsonl"
+    sink = ResultSink(out, {"model": "m"})
+    for i in range(10):
+        sink.add(result_line(_flight(i), T0))
+    sink.close()
+    head = orjson.loads(out.read_bytes().splitlines()[0])
+    assert head["complete"] is True and head["lines"] == 10
+    whole = read_results(out)
+    assert not whole.warnings and run_gate([str(out)], build_slos(["error_rate<=1%"])).passed
+    lines = out.read_bytes().splitlines(keepends=True)
+    for name, data in (("head.jsonl", b"".join(lines[:5])), ("cut.jsonl", b"".join(lines[:8]) + lines[8][:30])):
+        (tmp_path / name).write_bytes(data)
+        res = read_results(tmp_path / name)
+        assert any("result lines are missing" in w for w in res.warnings), res.warnings
+        g = run_gate([str(tmp_path / name)], build_slos(["error_rate<=1%"]))
+        assert not g.passed and "the file was cut" in (g.incomplete or ""), name
+
+
 def test_a_truncated_last_line_is_a_crash_artefact(tmp_path: Path) -> None:
     p = _write(tmp_path / "r.jsonl", _ok(), _ok(id="b")[:20])  # killed mid-write: no newline
     res = read_results(p)

@@ -91,3 +91,24 @@ def test_closed_pipe_on_stdout_stops_the_run(fake_server, tmp_path: Path) -> Non
     assert rc == EXIT_STORAGE, err
     assert "Traceback" not in err and "cannot write results to -: Broken pipe" in err
     assert orjson.loads(got.split(b"\n")[0])["format"] == "servegen-load/results/v1"
+
+
+def test_any_command_whose_stdout_closes_exits_4_with_one_line(tmp_path: Path) -> None:
+    """`gate ... | true` exited 1, a gate's FAIL, for a gate that passed; `generate -o - | head -1`
+    exited 1 with nothing said. Both are a closed standard output: exit 4 and one line."""
+    res = tmp_path / "res.jsonl"
+    res.write_bytes(b'{"format":"servegen-load/results/v1"}\n' + b"".join(
+        orjson.dumps({"id": f"r{i}", "scheduled": 0.1 * i, "status": "ok", "sent": 0.1 * i, "first_token": 0.1 * i + 0.01,
+                      "last_token": 0.1 * i + 0.02, "chunk_times": [0.0, 0.01]}) + b"\n" for i in range(3)))
+    scen = tmp_path / "s.yaml"
+    scen.write_text("naive:\n  rate: 2000\n  input_tokens: 8\n  output_tokens: 4\nduration: 60\nseed: 1\n")
+    for args in (["gate", str(res), "--slo", "error_rate<=1%"], ["generate", str(scen), "-o", "-"],
+                 ["report", str(res), "--csv", "-"]):
+        p = subprocess.Popen([*CLI, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert p.stdout is not None and p.stderr is not None
+        p.stdout.close()
+        rc, err = p.wait(60), p.stderr.read().decode()
+        assert rc == EXIT_STORAGE, (args, rc, err)
+        assert err.strip().splitlines()[-1] == ("servegen-load: error: standard output was closed before "
+                                                 "everything was written (broken pipe)"), err
+        assert "Traceback" not in err

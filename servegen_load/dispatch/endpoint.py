@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from ..errors import InputError
+from ..errors import InputError, printable
 
 API_PATHS = {"chat": "/chat/completions", "completions": "/completions"}
 
@@ -205,12 +205,14 @@ _MIN_PARTIAL = 6
 
 
 def scrub(text: str, key: str | None) -> str:
-    """Remove the key from a string that might echo request headers (error bodies, stream events).
+    """Remove the key from a string that might echo request headers (error bodies, stream events),
+    and its control characters (`printable`).
 
     Also masks any `Bearer <token>`, and any piece of the key of 6 characters or more, wherever
     it sits: error texts are truncated (a body cut at 200 bytes, then more text after it), and a
     cut key is still a leaked key.
     """
+    text = printable(text)
     if "earer" in text or "EARER" in text:
         text = _BEARER.sub(r"\1***", text)
     if "://" in text and "@" in text:
@@ -226,14 +228,18 @@ def scrub(text: str, key: str | None) -> str:
 
 
 def _mask_pieces(text: str, key: str) -> str:
-    """`text` with every run made of key pieces of `_MIN_PARTIAL` characters replaced by `***`."""
+    """`text` with every run made of key pieces of `_MIN_PARTIAL` characters, in any case (a server
+    may echo headers upper-cased), replaced by `***`."""
     n = _MIN_PARTIAL
     if len(key) < n or len(text) < n:
         return text
-    pieces = {key[i:i + n] for i in range(len(key) - n + 1)}
+    folded = text.lower()
+    if len(folded) != len(text):  # a character whose lower case is longer: match the case given
+        folded = text
+    pieces = {key[i:i + n].lower() for i in range(len(key) - n + 1)}
     spans: list[list[int]] = []
     for i in range(len(text) - n + 1):
-        if text[i:i + n] in pieces:
+        if folded[i:i + n] in pieces:
             if spans and i <= spans[-1][1]:
                 spans[-1][1] = i + n
             else:
@@ -275,7 +281,9 @@ async def discover_model(endpoint: Endpoint, api_key: str | None, timeout: float
                                  "pass --model, or the final URL as --endpoint", field="--model")
             if resp.status != 200:
                 raise InputError(f"GET {url} answered HTTP {resp.status}; pass --model", field="--model")
-            body = await resp.content.read(MAX_MODELS_BYTES + 1)
+            body = bytearray()  # `read(n)` returns what has arrived, not n bytes: a list in two pieces was cut
+            while len(body) <= MAX_MODELS_BYTES and (piece := await resp.content.read(MAX_MODELS_BYTES + 1 - len(body))):
+                body += piece
             if len(body) > MAX_MODELS_BYTES:
                 raise InputError(f"GET {url} answered over {MAX_MODELS_BYTES} bytes; pass --model", field="--model")
             data = json.loads(body)
@@ -290,9 +298,12 @@ async def discover_model(endpoint: Endpoint, api_key: str | None, timeout: float
         msg = scrub(what[:200], api_key)
         raise InputError(f"cannot list models at {url} ({msg}); pass --model", field="--model") from None
     try:
-        model = str(data["data"][0]["id"])
+        model = data["data"][0]["id"]
     except (KeyError, IndexError, TypeError):
         raise InputError(f"{url} lists no model; pass --model", field="--model") from None
+    if not isinstance(model, str) or not model.strip() or not model.isprintable():
+        raise InputError(f"{url} lists no usable model id (got {printable(repr(model))[:80]}); pass --model",
+                         field="--model")
     if scrub(model, api_key) != model:  # it would be printed and kept in the results
         raise InputError(f"{url} lists a model id that carries the API key; pass --model", field="--model")
     return model

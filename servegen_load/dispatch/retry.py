@@ -23,8 +23,10 @@ What the result says: `retries` = re-sends of the request (no transport re-sends
 itself); `attempts` = times it was written to a connection (a connect failure writes nothing); `status`,
 `error`, `http_status` of the last attempt; `sent` = when the first attempt was sent, so send
 lag stays the dispatcher's own lateness and TTFT/E2E of a retried request include the failed
-attempts and the waits (what a client with retries experiences). An interrupted run ends a
-request waiting to retry with its last failure.
+attempts and the waits (what a client with retries experiences). A run stopped (a signal, the
+endpoint refusing it) ends a request waiting to retry as `cancelled`, its last failure in `error`:
+its outcome was never decided, and a gate must not take the run as whole (it did, with every line
+an `http_error` 429 and `retries` 0).
 """
 
 from __future__ import annotations
@@ -119,7 +121,7 @@ class Retrier:
     def _resend(self, f: Flight) -> None:
         del self._waiting[f]
         if self.closed or self.runner.stopping:
-            self.runner.on_done(f)
+            self._cancel(f, "the run stopped")
             return
         # A fresh attempt: nothing of the failed one was a token (see `retryable`).
         f.status = f.error = f.retry_after = None
@@ -136,13 +138,17 @@ class Retrier:
     def waiting(self) -> int:
         return len(self._waiting)
 
-    def flush(self) -> None:
-        """Stop retrying; every flight waiting for its retry ends now with its last failure."""
+    def flush(self, reason: str) -> None:
+        """Stop retrying; every flight waiting for its retry ends now, `cancelled` (module doc)."""
         self.closed = True
         waiting, self._waiting = self._waiting, {}
         for f, handle in waiting.items():
             handle.cancel()
-            self.runner.on_done(f)
+            self._cancel(f, reason)
+
+    def _cancel(self, f: Flight, reason: str) -> None:
+        f.status, f.error = "cancelled", f"{reason} while waiting to retry (last attempt: {f.error})"
+        self.runner.on_done(f)
 
 
 def _submitted(f: Flight) -> float | None:

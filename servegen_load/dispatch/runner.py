@@ -287,7 +287,7 @@ class Runner:
     def on_done(self, f: Flight) -> None:
         if self.retry is not None and self.retry.take(f):
             return  # waits for its retry (dispatch.retry); still in flight
-        if f.error is not None and self.cfg.api_key:  # one choke point: no error text carries the key
+        if f.error is not None:  # one choke point: no error text carries the key or a control character
             f.error = scrub(f.error, self.cfg.api_key)
         self.in_flight -= 1
         self.done += 1
@@ -381,7 +381,7 @@ class Runner:
         self.timer.disarm()
         self.next_due = math.inf
         if self.retry is not None:
-            self.retry.flush()  # waiting retries end with their last failure
+            self.retry.flush(reason)  # waiting retries end cancelled, their last failure said
         self.transport.cancel_all(reason)
         now = perf_counter()
         while self.waiting:

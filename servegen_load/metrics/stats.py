@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import printable
 from ..results import STATUSES, Results
 from .distribution import dist
 from .summary import CategoryRates, Dist, ErrorGroup, Fidelity, Requests, Summary, Throughput
@@ -164,7 +165,7 @@ _NUMBERS = re.compile(r"0x[0-9a-fA-F]+|[0-9a-fA-F]{8,}(?:-[0-9a-fA-F]{4,})*|\d+(
 
 def normalise_error(text: str | None) -> str:
     """An error message with numbers, hex ids and uuids replaced by `N` (so messages group)."""
-    return _NUMBERS.sub("N", (text or "").strip())[:200]
+    return _NUMBERS.sub("N", printable((text or "").strip()))[:200]
 
 
 def error_groups(status: np.ndarray, http_status: np.ndarray, error: np.ndarray, limit: int = 20) -> list[dict[str, Any]]:

@@ -134,7 +134,7 @@ def merge_results(parts: Sequence[str | os.PathLike[str]], out: str | os.PathLik
         check_unique_ids(ids_arr.astype(str), F, [*map(str, parts), "<unstarted shards>"])
         order = np.lexsort((O, F, S))  # by scheduled, then file, then position in the file
         with atomic_write(out, "wb") as w:
-            w.write(orjson.dumps({"format": RESULTS_FORMAT, **header}) + b"\n")
+            w.write(orjson.dumps({"format": RESULTS_FORMAT, **header, "lines": len(order)}) + b"\n")
             buf: list[bytes] = []
             size = 0
             for f, o, ln in zip(F[order].tolist(), O[order].tolist(), L[order].tolist(), strict=True):

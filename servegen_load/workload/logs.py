@@ -960,6 +960,8 @@ class _JsonReader:
                 line_no += len(batch)
                 bad = BadRows()
                 objs, lines = _decode_lines(batch, first, bad)
+                if self.fmt == "results" and objs and objs[-1].get("footer") is True:  # a piped run's last line
+                    objs, lines = objs[:-1], lines[:-1]
                 if self.fmt == "bailian":
                     _chain_roots(objs, roots)
                 rows = len(objs) + bad.count
