@@ -193,6 +193,11 @@ HOSTILE: dict[str, tuple[list[bytes], str, str]] = {
                                                   _DONE)), _END], "http_error", "out of memory"),
     "errobject": ([HEAD, _chunk(GOOD[0]), _chunk(_ev(b'{"object":"error","message":"boom: bad state","type":"InternalServerError",'
                                                      b'"code":500}')), _chunk(_DONE), _END], "http_error", "boom: bad state"),
+    # far more token chunks than max_tokens allows and no usage: what a usage would be refused for
+    "manynousage": ([_body([*(_event(b" w") for _ in range(40)), _DONE])], "protocol_error", "no usage counts them"),
+    # a prompt count no request of these bytes could hold (it made input throughput 10^10 tokens/s)
+    "promptabsurd": ([_body([*GOOD, USAGE.replace(b'"prompt_tokens":20', b'"prompt_tokens":2147483647'), _DONE])],
+                     "protocol_error", "usage.prompt_tokens is 2147483647"),
     # an error in an event that also carries tokens or usage is still an error
     "errwithusage": ([_body([*GOOD, _ev(b'{"choices":[],"usage":{"prompt_tokens":20,"completion_tokens":3},'
                                         b'"error":{"message":"boom: engine crashed"}}'), _DONE])],
@@ -532,6 +537,13 @@ class Hostile:
             for _ in range(150):  # 30 s at most
                 await send(_chunk(b": ping\n\n"), pause=0.2)
             return False
+        if mode == "donegap":  # [DONE] 0.7 s after the last token, the body's end 0.7 s after that
+            await send(HEAD, *(_chunk(e) for e in GOOD))
+            await asyncio.sleep(0.7)
+            await send(*(_chunk(e) for e in TAIL))
+            await asyncio.sleep(0.7)
+            await send(_END)
+            return True
         if mode == "donehang":  # the whole stream, [DONE] too, but the chunked body never ends
             await send(HEAD, *(_chunk(e) for e in STREAM))
             await _until_closed(reader)
@@ -662,7 +674,7 @@ def test_hostile_answers_have_their_true_status(hostile: Hostile, tmp_path: Path
     _all(lines, status, text)
     if mode in ("status204", "status304"):  # ended by the head, not at a timeout
         assert not any("unfinished" in d["error"] for d in lines), lines
-    assert all(len(d["chunk_times"]) <= TOKENS for d in lines)
+    assert all(len(d["chunk_times"]) <= (40 if mode == "manynousage" else TOKENS) for d in lines)
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
@@ -796,6 +808,15 @@ def test_failures_have_their_true_status(hostile: Hostile, tmp_path: Path, trans
     _all(lines, status, text)
     if mode in ("reset", "hanghead", "noread", "gzip", "garbage"):
         assert all(d["first_token"] is None and not d["chunk_times"] for d in lines)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_the_wait_for_the_end_runs_from_done_not_from_the_last_token(hostile: Hostile, tmp_path: Path,
+                                                                      transport: str) -> None:
+    """[DONE] 0.7 s after the last token and the end 0.7 s after it, idle timeout 1 s: each wait is
+    within it, yet the run said "did not end within 1s of its data: [DONE]" (timed from the token)."""
+    lines = _run(hostile, "donegap", tmp_path, transport)
+    assert all(d["status"] == "ok" for d in lines), lines
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)

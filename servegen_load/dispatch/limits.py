@@ -44,9 +44,11 @@ class Timeouts:
                 late.append((f, f"no first token within {ft:g}s"))
             elif now - s > total:
                 late.append((f, f"response not complete within {total:g}s"))
+            elif f.done:
+                if now - f.done_at > idle:
+                    late.append((f, f"response did not end within {idle:g}s of its data: [DONE]"))
             elif (last := f.last_token) is not None and now - last > idle:
-                late.append((f, f"response did not end within {idle:g}s of its data: [DONE]" if f.done
-                             else f"no token for {idle:g}s after the last one (stalled stream)"))
+                late.append((f, f"no token for {idle:g}s after the last one (stalled stream)"))
         return late
 
 

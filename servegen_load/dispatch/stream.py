@@ -53,7 +53,7 @@ class Flight:
 
     __slots__ = (
         "answer_seen", "attempts", "cached_tokens", "chunks", "completion_tokens", "conn", "dispatched",
-        "done", "error", "finished", "first_answer_token", "first_token",
+        "done", "done_at", "error", "finished", "first_answer_token", "first_token",
         "http_status", "prompt_tokens", "queue_time", "reasoning_tokens", "req",
         "retries", "retry_after", "sent", "sse_buf", "stale", "status", "t_rel", "tpl_key", "tpl_left", "tpl_pre", "tpl_suf",
         "wire",
@@ -82,6 +82,7 @@ class Flight:
         self.retry_after: str | None = None  # the Retry-After header of an error answer (see dispatch.retry)
         self.answer_seen = False
         self.done = False  # saw `data: [DONE]`
+        self.done_at = 0.0  # when (the idle timeout then runs from it: the answer's data is all there)
         self.finished = False  # result decided; the runner has it
         self.sse_buf: bytes | bytearray = b""
         # The stream's chunk template (see `learn_template`): raw bytes before and after the
@@ -178,6 +179,10 @@ def end_of_stream(f: Flight) -> None:
         # one token may be an end-of-sequence token the server shows as no text; more is not
         f.fail("protocol_error", "the stream carried no token" + (
             f", but usage counts {f.completion_tokens} completion tokens" if f.completion_tokens else " and no usage"))
+    elif f.completion_tokens is None and len(f.chunks) > 2 * f.req.output_tokens + 16:
+        # what `_check_count` refuses in a usage, refused in the chunks when no usage counts them
+        f.fail("protocol_error", f"{len(f.chunks)} token chunks arrived, but at most {max(1, f.req.output_tokens)} "
+               "were asked for (max_tokens), and no usage counts them")
     else:
         f.status = "ok"
 
@@ -251,6 +256,7 @@ def take_data(f: Flight, payload: bytes, t: float) -> bool:
         return True
     if (payload[:1] == b"[" or payload[:1] == b" ") and payload.strip() == b"[DONE]":  # `data:   [DONE]` too
         f.done = True
+        f.done_at = t
         f.tpl_pre = None  # every later event is parsed, and so refused
         _check_count(f)  # a usage sent early, then more tokens than it counted
         return True
@@ -411,9 +417,15 @@ def _details(usage: dict[str, Any], name: str) -> dict[str, Any] | None:
 
 def _check_count(f: Flight) -> None:
     """Each token chunk carries at least one token: fewer completion tokens than chunks is no count.
+    A prompt count over what the request could hold (`_prompt_bound`) is none either.
     Nor is one far over what was asked (`max_tokens`, which counts reasoning too): a count of 4,000
     for 4 tokens asked made TPOT and token throughput a thousand times off. The margin (2x + 16)
     leaves room for a server that counts a stop token or two; it is not a length check."""
+    pt = f.prompt_tokens
+    if pt is not None and pt > _prompt_bound(f):
+        f.fail("protocol_error", f"usage.prompt_tokens is {pt}, more than this request's {len(f.wire)} bytes "
+               "(and its media) could hold")
+        return
     ct = f.completion_tokens
     if ct is None:
         return
@@ -422,6 +434,18 @@ def _check_count(f: Flight) -> None:
     elif ct > 2 * f.req.output_tokens + 16:
         f.fail("protocol_error", f"usage.completion_tokens is {ct}, but at most {max(1, f.req.output_tokens)} "
                "were asked for (max_tokens)")
+
+
+PROMPT_SLACK = 65536  # tokens a server may add that the request's bytes do not carry (templates, a gateway's system prompt)
+
+
+def _prompt_bound(f: Flight) -> int:
+    """The most prompt tokens a usage may count for this request: a token of text or of an id list
+    is at least one byte of the request, media count their own tokens, and `PROMPT_SLACK` more.
+    A count of 2^31 - 1 for a 20-token prompt made input throughput 10^10 tokens/s."""
+    r = f.req
+    media = sum(sum(x) for x in (r.images, r.audio, r.video) if x)
+    return len(f.wire) + media + PROMPT_SLACK
 
 
 def _take_usage(f: Flight, usage: Any) -> None:
