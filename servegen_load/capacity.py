@@ -471,7 +471,13 @@ def plan_one(scenario: Scenario, slos: SLOSet, opts: PlanOptions, name: str, wor
             where = f"the embedded simulator ({opts.preset or 'llama3-8b-h100'})"
         opts.log(f"plan {name}: {scenario.kind} scenario, {st.base_rate:.3g} req/s mean at scale 1; "
                  f"steps of {opts.warmup:g} s warm-up + {opts.step_duration:g} s against {where}")
-        lo, hi, converged = search(st.step, start or opts.start_scale, opts.tolerance, opts.max_steps, opts.log)
+        interrupted = False
+        try:
+            lo, hi, converged = search(st.step, start or opts.start_scale, opts.tolerance, opts.max_steps, opts.log)
+        except KeyboardInterrupt:  # the steps done are kept (`PlanInterrupted`), the bracket they give
+            interrupted, converged = True, False
+            lo = max((x.scale for x in st.steps if x.passed), default=None)
+            hi = min((x.scale for x in st.steps if not x.passed and (lo is None or x.scale > lo)), default=None)
         sim_stats = st.sim_stats()
         steps = sorted(st.steps, key=lambda x: x.scale)
         sat = [x.served_rate for x in steps if x.saturated and x.served_rate]
@@ -511,7 +517,19 @@ def plan_one(scenario: Scenario, slos: SLOSet, opts: PlanOptions, name: str, wor
                                 "clock": sim_stats.get("clock", "real")}
             if "simulated_seconds" in sim_stats:
                 out["simulator"]["simulated_seconds"] = sim_stats["simulated_seconds"]
+        if interrupted:
+            out["interrupted"] = True
+            raise PlanInterrupted(out)
         return out
+
+
+class PlanInterrupted(Exception):
+    """Ctrl-C during `plan`: `doc` holds what the finished steps say (an interrupted plan of hours
+    against a real endpoint lost every step it had run)."""
+
+    def __init__(self, doc: dict[str, Any]) -> None:
+        super().__init__("plan interrupted")
+        self.doc = doc
 
 
 def plan_capacity(scenario_path: str, slos: SLOSet, opts: PlanOptions, *, compare_naive: bool = False,
@@ -540,9 +558,13 @@ def plan_capacity(scenario_path: str, slos: SLOSet, opts: PlanOptions, *, compar
         tmp = tempfile.TemporaryDirectory(prefix="servegen-plan-")
         workdir = Path(tmp.name)
     t0 = time.perf_counter()
+    doc: dict[str, Any] = {}
     try:
-        main = plan_one(scenario, slos, opts, "scenario", workdir)
-        doc: dict[str, Any] = {
+        try:
+            main = plan_one(scenario, slos, opts, "scenario", workdir)
+        except PlanInterrupted as e:
+            main = e.doc
+        doc = {
             "format": CAPACITY_FORMAT,
             "scenario": scenario_path,
             "slo": slos.to_dict(),
@@ -554,6 +576,8 @@ def plan_capacity(scenario_path: str, slos: SLOSet, opts: PlanOptions, *, compar
                         "calibration_rounds": rounds},
             "plan": main,
         }
+        if main.get("interrupted"):
+            raise PlanInterrupted(doc)
         cap = main["capacity"]["rate"]
         if replicas_for is not None:
             doc["replicas"] = replicas(replicas_for, headroom, cap)
@@ -563,7 +587,11 @@ def plan_capacity(scenario_path: str, slos: SLOSet, opts: PlanOptions, *, compar
             trimmed = scaled(scenario, 1.0, opts.warmup + opts.step_duration)
             naive = naive_of(trimmed)
             start = main["capacity"]["scale"] or opts.start_scale
-            doc["naive"] = plan_one(naive, slos, opts, "naive", workdir, start=start)
+            try:
+                doc["naive"] = plan_one(naive, slos, opts, "naive", workdir, start=start)
+            except PlanInterrupted as e:
+                doc["naive"] = e.doc
+                raise PlanInterrupted(doc) from None
             ncap = doc["naive"]["capacity"]["rate"]
             doc["comparison"] = {
                 "realistic_rate": cap, "naive_rate": ncap,
@@ -581,6 +609,10 @@ def plan_capacity(scenario_path: str, slos: SLOSet, opts: PlanOptions, *, compar
             opts.log(f"plan: {simulated:,.0f} s of load simulated in {doc['seconds']:.2f} s of wall time "
                      f"({doc['speed']['speedup']:,.0f}x faster than real time)")
         return doc
+    except PlanInterrupted:
+        doc["interrupted"] = True
+        doc["seconds"] = round(time.perf_counter() - t0, 2)
+        raise
     finally:
         if tmp is not None:
             tmp.cleanup()

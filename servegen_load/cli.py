@@ -445,11 +445,16 @@ def report_cmd(
 ) -> None:
     """Summarize results: TTFT, TPOT, ITL, E2E, send lag, throughput, errors, goodput (or a plan's capacity file)."""
     from .report.command import report_command
+    from .results import spooled
     from .slo import build_slos, check_lag_threshold
 
     slos = build_slos(slo, slo_file, request_slo) if slo or slo_file or request_slo else None
-    code = report_command(results, as_json=as_json, output=output, lag_threshold=check_lag_threshold(lag_threshold_ms),
-                          html=html, warmup=warmup, slos=slos, csv=csv, merge_unrelated=merge_unrelated)
+    if as_json and csv == "-":
+        raise InputError("--json and --csv - both write to standard output; give --csv a file")
+    with spooled(results) as paths:  # `run -o - | report -`
+        code = report_command(paths, as_json=as_json, output=output,
+                              lag_threshold=check_lag_threshold(lag_threshold_ms), html=html, warmup=warmup,
+                              slos=slos, csv=csv, merge_unrelated=merge_unrelated)
     if code:
         sys.exit(code)
 
@@ -503,15 +508,18 @@ def gate_cmd(
 ) -> None:
     """Check SLOs and regressions: exit 0 when all hold, 1 when one fails, 2 on bad input."""
     from .gate import DEFAULT_METRICS, print_gate, run_gate
+    from .results import spooled
     from .slo import build_slos, check_lag_threshold, parse_fraction
 
     if baseline is None and (max_regression is not None or metric):  # a check that would silently not run
         raise InputError("compares with a baseline: give --baseline", field="--max-regression" if max_regression else "--metric")
     slos = build_slos(slo, slo_file, request_slo)
-    g = run_gate(results, slos, baseline=baseline, max_regression=parse_fraction(max_regression or "10%", "--max-regression"),
-                 warmup=warmup, metrics=tuple(metric) or DEFAULT_METRICS,
-                 confidence=parse_fraction(confidence, "--confidence"), lag_threshold=check_lag_threshold(lag_threshold_ms),
-                 merge_unrelated=merge_unrelated)
+    with spooled(results) as paths:  # `run -o - | gate -`
+        g = run_gate(paths, slos, baseline=baseline,
+                     max_regression=parse_fraction(max_regression or "10%", "--max-regression"),
+                     warmup=warmup, metrics=tuple(metric) or DEFAULT_METRICS,
+                     confidence=parse_fraction(confidence, "--confidence"),
+                     lag_threshold=check_lag_threshold(lag_threshold_ms), merge_unrelated=merge_unrelated)
     print_gate(g, as_json=as_json)
     if g.exit_code:
         sys.exit(g.exit_code)
@@ -553,7 +561,7 @@ def plan_cmd(
     from pathlib import Path
 
     from .atomic import atomic_write
-    from .capacity import PlanOptions, plan_capacity
+    from .capacity import PlanInterrupted, PlanOptions, plan_capacity
     from .dispatch.endpoint import load_api_key
     from .report.text import print_capacity
     from .sim.presets import parse_params
@@ -588,8 +596,14 @@ def plan_cmd(
                 fh.write(json.dumps(sweep, indent=2) + "\n")
         print(render_sweep(sweep), flush=True)
         return
-    doc = plan_capacity(scenario, slos, opts, compare_naive=compare == "naive", replicas_for=replicas_for,
-                        headroom=parse_fraction(headroom, "--headroom"))
+    try:
+        doc = plan_capacity(scenario, slos, opts, compare_naive=compare == "naive", replicas_for=replicas_for,
+                            headroom=parse_fraction(headroom, "--headroom"))
+    except PlanInterrupted as e:  # the steps done are written and shown, then the exit of a Ctrl-C
+        doc = e.doc
+        interrupted = True
+    else:
+        interrupted = False
     if output:
         with atomic_write(output) as fh:
             fh.write(json.dumps(doc, indent=2) + "\n")
@@ -599,6 +613,12 @@ def plan_cmd(
         with atomic_write(html) as fh:
             fh.write(capacity_html(doc))
     print_capacity(doc)
+    if interrupted:
+        steps = sum(len((doc.get(k) or {}).get("steps", [])) for k in ("plan", "naive"))
+        kept = " and ".join(x for x in (output, html) if x)
+        print(f"servegen-load: plan interrupted after {steps} step(s)" + (f"; they are in {kept}" if kept else "")
+              + ": the capacity above is their bracket, not a converged one", file=sys.stderr)
+        sys.exit(130)
 
 
 @app.command("calibrate")

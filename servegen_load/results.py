@@ -34,9 +34,12 @@ import contextlib
 import errno
 import os
 import queue
+import shutil
 import stat
+import tempfile
 import threading
 from array import array
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -425,6 +428,25 @@ def _load_file(path: Path, cols: _Columns, warnings: list[str]) -> dict[str, Any
         warnings.append(f"{path}: {head['missing']} of its {head['lines']} result lines are missing (the file was "
                         "cut after the run)")
     return head
+
+
+@contextlib.contextmanager
+def spooled(paths: Sequence[str]) -> Iterator[list[str]]:
+    """`paths` with `-` (standard input) and other streams (a pipe, `/dev/stdin`) copied to
+    temporary files first: reading a results file looks at its first line, then reads it whole,
+    and a pipe can be read once (`run -o - | report -` said "cannot read")."""
+    with contextlib.ExitStack() as stack:
+        out = []
+        for p in paths:
+            if p != "-" and (not os.path.exists(p) or stat.S_ISREG(os.stat(p).st_mode)):
+                out.append(p)
+                continue
+            src = stack.enter_context(open(0 if p == "-" else p, "rb", closefd=p != "-"))
+            tmp = stack.enter_context(tempfile.NamedTemporaryFile(prefix="servegen-load-stdin-", suffix=".jsonl"))
+            shutil.copyfileobj(src, tmp, 1 << 20)
+            tmp.flush()
+            out.append(tmp.name)
+        yield out
 
 
 def read_results(*paths: str | os.PathLike[str]) -> Results:

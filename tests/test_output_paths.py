@@ -46,9 +46,11 @@ def one_error(r: subprocess.CompletedProcess[bytes]) -> str:
 
 
 def complete(data: bytes) -> list[dict]:
-    """Header + one valid line per request, nothing else."""
+    """Header + one valid line per request, nothing else (and, written to a pipe, the footer)."""
     rows = [orjson.loads(x) for x in data.splitlines()]
     assert rows[0]["format"] == "servegen-load/results/v1"
+    if rows[0].get("footer"):
+        assert rows.pop() == {"footer": True, "complete": True, "lines": N}
     assert sorted(d["id"] for d in rows[1:]) == sorted(f"r{i}" for i in range(N))
     assert {d["status"] for d in rows[1:]} == {"ok"}
     return rows

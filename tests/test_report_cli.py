@@ -176,3 +176,19 @@ def test_help_shows_no_bool_metavar() -> None:
     p = subprocess.run([*CLI, "report", "--help"], capture_output=True, text=True, timeout=60,
                        env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"})
     assert p.returncode == 0 and "--merge-unrelated" in p.stdout and "<bool>" not in p.stdout
+
+
+def test_results_read_from_a_pipe_and_one_stdout(tmp_path: Path) -> None:
+    """`run -o - | report -` said "-: cannot read", and `/dev/stdin` failed on its first line (read
+    twice). `--json --csv -` wrote both to stdout; `--csv -` dropped the text summary."""
+    res = write(tmp_path / "r.jsonl", [row(i, 0.1 * i) for i in range(20)])
+    data = res.read_text()
+    for args in (["report", "-"], ["report", "/dev/stdin"], ["gate", "-", "--slo", "error_rate<=1%"]):
+        p = subprocess.run([*CLI, *args], input=data, capture_output=True, text=True, timeout=60)
+        assert p.returncode == 0, (args, p.stderr)
+        assert "20 scheduled" in p.stdout or "PASS (1 checks on 20 requests)" in p.stdout, p.stdout
+    both = cli("report", str(res), "--json", "--csv", "-")
+    assert both.returncode == 2 and "both write to standard output" in both.stderr
+    rows = cli("report", str(res), "--csv", "-")
+    assert rows.returncode == 0 and "20 scheduled" in rows.stderr and "20 scheduled" not in rows.stdout
+    assert len(list(csv.reader(io.StringIO(rows.stdout)))) == 21

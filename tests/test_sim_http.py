@@ -398,3 +398,27 @@ def test_bad_arguments() -> None:
     assert p.returncode == 2 and p.stdout == ""
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and "bogus" in lines[0] and "Traceback" not in p.stderr
+
+
+def test_the_standalone_sim_serves_a_run_without_a_traceback(tmp_path) -> None:
+    """`servegen-load sim` then `run --endpoint` at it (family vllm: the start-up probes too): each
+    run added an aiohttp traceback to the sim's stderr (a client that left before the headers)."""
+    from test_dispatch_fixtures import make_requests, write_requests
+
+    err = tmp_path / "sim.err"
+    with open(err, "wb") as e:
+        sim = subprocess.Popen([sys.executable, "-m", "servegen_load", "sim", "--port", "0"], stdout=subprocess.PIPE,
+                               stderr=e)
+    try:
+        assert sim.stdout is not None
+        url = sim.stdout.readline().decode().split("http://", 1)[1].split()[0]
+        src = write_requests(tmp_path / "req.jsonl", make_requests([0.02 * i for i in range(5)], output_tokens=4))
+        for k in range(3):
+            r = subprocess.run([sys.executable, "-m", "servegen_load", "run", str(src), "--endpoint", f"http://{url}",
+                                "-o", str(tmp_path / f"out{k}.jsonl"), "--progress", "off"],
+                               capture_output=True, text=True, timeout=120)
+            assert r.returncode == 0, r.stderr
+    finally:
+        sim.terminate()
+        sim.wait(10)
+    assert "Traceback" not in err.read_text()

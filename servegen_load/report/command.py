@@ -113,10 +113,10 @@ def report_command(paths: list[str], *, as_json: bool, output: str | None, lag_t
     if output:
         with atomic_write(output) as fh:
             fh.write(summary_json(summary.to_dict(), latency_samples(res)) + "\n")
-    if output == "-" or html == "-":  # stdout holds that file: the text summary goes to stderr
+    if "-" in (output, html, csv):  # stdout holds that file: the text summary goes to stderr
         print_summary(summary, file=sys.stderr)
     elif as_json:
         print(json.dumps(summary.to_dict(), indent=2))
-    elif csv != "-":
+    else:
         print_summary(summary)
     return 0

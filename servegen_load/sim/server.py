@@ -308,13 +308,17 @@ class SimServer:
             resp.enable_chunked_encoding()
         else:
             resp.force_close()
-        await resp.prepare(request)
-        await resp.write(b"")  # flush the headers now; the body bypasses aiohttp's writer
+        try:
+            await resp.prepare(request)
+            await resp.write(b"")  # flush the headers now; the body bypasses aiohttp's writer
+        except ConnectionError:  # the client left before the answer began: nothing to serve, no traceback
+            return resp
         self.status_counts["200"] += 1
         sink = _Sink(self, job, seq, request.transport, chunked, fault)
         outcome = await self._run(sink, fault)
         if outcome == "ok":
-            await resp.write_eof()
+            with contextlib.suppress(ConnectionError):  # it may leave once [DONE] is in
+                await resp.write_eof()
         elif outcome == "hang":
             await self._hold(request)
         else:
