@@ -35,7 +35,7 @@ from .formats import EXIT_FAIL, SAMPLES_FORMAT
 from .formats import EXIT_OK as EXIT_PASS
 from .metrics import stats
 from .metrics.summary import Goodput
-from .report.related import check_mergeable
+from .report.related import check_mergeable, missing_shards
 from .results import Results, read_results
 from .slo import Check, SLOSet, after_warmup, evaluate, format_threshold, format_value
 
@@ -275,6 +275,9 @@ def _incomplete(res: Results) -> str | None:
     if cut:
         p, h = cut[0]
         return f"{p} lacks {h['missing']} of its {h['lines']} result lines: the file was cut"
+    gap = missing_shards(res.headers)
+    if gap:
+        return gap
     status = res["status"]
     for st, why in (("cancelled", "the run was interrupted"), ("lost", "a worker died")):
         n = int(np.count_nonzero(status == st))

@@ -192,3 +192,21 @@ def test_results_read_from_a_pipe_and_one_stdout(tmp_path: Path) -> None:
     rows = cli("report", str(res), "--csv", "-")
     assert rows.returncode == 0 and "20 scheduled" in rows.stderr and "20 scheduled" not in rows.stdout
     assert len(list(csv.reader(io.StringIO(rows.stdout)))) == 21
+
+
+def test_shards_run_by_hand_sum_their_intended_load_and_one_alone_is_not_the_run(tmp_path: Path) -> None:
+    """`run --shard i/2` on two machines, then `report r-*.jsonl`: the intended load was shard 0's
+    share alone (32.6 of 60 requests), and `gate r-0.jsonl` passed on a part of the run."""
+    common = {"start_at": 1_800_000_000.0, "source": "s.yaml"}
+    r0 = write(tmp_path / "r-0.jsonl", [row(i, 0.1 * i) for i in range(6)], shard="0/2",
+               intended={"source": "s.yaml", "requests": 32.6, "rate": 3.26, "duration": 10.0}, **common)
+    r1 = write(tmp_path / "r-1.jsonl", [row(i, 0.1 * i) for i in range(6, 10)], shard="1/2",
+               intended={"source": "s.yaml", "requests": 27.4, "rate": 2.74, "duration": 10.0}, **common)
+    both = summary(str(r0), str(r1))
+    assert both["intended"]["requests"] == pytest.approx(60.0) and both["intended"]["rate"] == pytest.approx(6.0)
+    assert not any("shards" in w for w in both["warnings"])
+    one = summary(str(r0))
+    assert any("results of 1 of 2 shards (0/2)" in w for w in one["warnings"]), one["warnings"]
+    g = cli("gate", str(r0), "--slo", "error_rate<=1%")
+    assert g.returncode == 1 and "give every shard's file" in g.stdout
+    assert cli("gate", str(r0), str(r1), "--slo", "error_rate<=1%").returncode == 0

@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import printable
+from ..report.related import intended_of, missing_shards
 from ..results import STATUSES, Results
 from .distribution import dist
 from .summary import CategoryRates, Dist, ErrorGroup, Fidelity, Requests, Summary, Throughput
@@ -247,7 +248,10 @@ def summary(res: Results, lag_threshold: float = DEFAULT_LAG_THRESHOLD, spans: S
         warnings.append(f"{int(n_ok - has_usage.sum())} ok requests carried no usage; chunk counts stand in")
 
     head = res.headers[0] if res.headers else {}
-    intended = head.get("intended")  # what the scenario meant to schedule (the run header's)
+    intended = intended_of(res.headers)  # what the scenario meant to schedule (the run header's, or its shards')
+    gap = missing_shards(res.headers)
+    if gap:
+        warnings.append(gap)
     return Summary(
         sources=list(res.paths), endpoint=head.get("endpoint"), model=head.get("model"), api=head.get("api"),
         intended=intended if isinstance(intended, dict) else None,
