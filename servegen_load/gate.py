@@ -108,7 +108,11 @@ def load_baseline(path: str) -> dict[str, np.ndarray]:
         raise InputError("cannot read baseline: " + ("no such file" if kind == "missing" else "a directory"),
                          path=str(p))
     if kind == "results":
-        return request_latencies(read_results(p))
+        base = read_results(p)
+        why = _incomplete(base)
+        if why:  # a baseline of part of a run (135 of 175 cancelled) compares with nothing real
+            raise InputError(f"the baseline is not a whole run ({why})", path=str(p))
+        return request_latencies(base)
     try:
         doc = json.loads(p.read_text(encoding="utf-8"))
     except ValueError as e:

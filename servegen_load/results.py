@@ -407,6 +407,9 @@ def _load_file(path: Path, cols: _Columns, warnings: list[str]) -> dict[str, Any
                 raise InputError("expected a JSON object per line", path=where, line=n)
             if ended:
                 raise InputError("a line after the closing footer line", path=where, line=n)
+            if "format" in d and "id" not in d:
+                raise InputError("a second header: files concatenated into one? Give each file as its own "
+                                 "argument (report A B merges them)", path=where, line=n)
             if d.get("footer") is True and "id" not in d:
                 ended = bool(d.get("complete"))
                 if isinstance(d.get("lines"), int):

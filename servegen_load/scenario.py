@@ -398,6 +398,11 @@ class Scenario(_Model):
     def _start(cls, v: Any) -> float:
         return parse_clock(v)
 
+    @field_validator("slo", mode="before")
+    @classmethod
+    def _one_slo(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v  # `slo: ttft_p99<=2s`, as `--slo-file` takes it
+
     @field_validator("slo")
     @classmethod
     def _slo(cls, v: list[str] | None) -> list[str] | None:

@@ -341,14 +341,17 @@ def load_slo_file(path: str | Path) -> tuple[list[str], str | None]:
 
 def build_slos(specs: Iterable[str] = (), slo_file: str | None = None, request_slo: str | None = None) -> SLOSet:
     """Parse the command line's --slo / --slo-file / --request-slo into one SLOSet."""
-    all_specs = list(specs)
-    req = request_slo
+    slos = [parse_slo(s) for s in specs]
+    req = parse_request_slo(request_slo) if request_slo else None
     if slo_file:
         file_specs, file_req = load_slo_file(slo_file)
-        all_specs = file_specs + all_specs
-        if req is None:
-            req = file_req
-    out = SLOSet([parse_slo(s) for s in all_specs], parse_request_slo(req) if req else None)
+        try:  # an error in the file names the file
+            slos = [parse_slo(s) for s in file_specs] + slos
+            if req is None and file_req:
+                req = parse_request_slo(file_req)
+        except InputError as e:
+            raise InputError(str(e), path=slo_file) from None
+    out = SLOSet(slos, req)
     if out.request is None and any(s.metric in ("goodput", "goodput_ratio") for s in out.slos):
         raise InputError("goodput SLOs need a per-request SLO: add --request-slo, e.g. ttft<=2s,tpot<=100ms")
     return out

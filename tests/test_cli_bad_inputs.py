@@ -158,3 +158,27 @@ def test_plan_says_what_it_was_given_instead(tmp_path: Path) -> None:
 def test_options_that_would_silently_do_nothing_are_refused(results: Path, cmd: list[str], field: str) -> None:
     scen = Path(__file__).resolve().parents[1] / "scenarios" / "language.yaml"
     assert_failed(run_cli(*(a.format(res=results, scen=scen) for a in cmd)), field)
+
+
+def test_fifth_red_team_small_inconsistencies(tmp_path: Path, results: Path) -> None:
+    """Each once went otherwise: an SLO file's error not naming the file; `--sim-preset nope`
+    blamed on `--preset`; `--api chat --prompt-format ids` sent text and recorded it; two results
+    files concatenated said `id: missing required field`; a cut baseline compared with silently;
+    `slo:` as one string refused in a scenario that `--slo-file` takes."""
+    bad = tmp_path / "slo.yaml"
+    bad.write_text("slo:\n  - ttft_p99<=2x\n")
+    assert "unit 'x'" in assert_failed(run_cli("gate", results, "--slo-file", bad), bad)
+    src = write_requests(tmp_path / "req.jsonl", make_requests([0.0], output_tokens=4))
+    assert "unknown preset" in assert_failed(run_cli("run", src, "-o", tmp_path / "o.jsonl", "--sim-preset", "nope"),
+                                             "--sim-preset")
+    assert "completions API only" in assert_failed(run_cli("run", src, "-o", tmp_path / "o.jsonl", "--api", "chat",
+                                                           "--prompt-format", "ids"), "--prompt-format")
+    twice = tmp_path / "twice.jsonl"
+    twice.write_bytes(results.read_bytes() * 2)
+    assert "a second header" in assert_failed(run_cli("report", twice), twice)
+    cut = tmp_path / "cut.jsonl"
+    cut.write_bytes(b"".join(results.read_bytes().splitlines(keepends=True)[:10]))
+    assert "not a whole run" in assert_failed(run_cli("gate", results, "--baseline", cut), cut)
+    scen = tmp_path / "s.yaml"
+    scen.write_text("naive:\n  rate: 5\n  input_tokens: 8\n  output_tokens: 4\nduration: 1\nslo: ttft_p99<=2s\n")
+    assert_ok(run_cli("generate", scen, "-o", tmp_path / "g.jsonl", "-q"))

@@ -245,6 +245,16 @@ class RunSpec(BaseModel):
                              "or --workers/--ray", field="--start-barrier")
         if spec.endpoint is not None and spec.sim_preset is not None:
             raise InputError("applies to the embedded simulator only (no --endpoint)", field="--sim-preset")
+        if spec.prompt_format == "ids" and spec.api == "chat":  # was sent as text, and the header said so
+            raise InputError("token-id prompts exist on the completions API only: give --api completions, or "
+                             "--prompt-format text/auto", field="--prompt-format")
+        if spec.sim_preset is not None:  # checked before the simulator starts, named as the user typed it
+            from ..sim.presets import get_preset
+
+            try:
+                get_preset(spec.sim_preset)
+            except InputError as e:
+                raise InputError(str(e).removeprefix("--preset: "), field="--sim-preset") from None
         return spec
 
     def replace(self, **changes: Any) -> RunSpec:
