@@ -47,7 +47,7 @@ OUTAGE_MIN = 1800.0  # seconds of silence from every client before it can be an 
 OUTAGE_EXPECTED = 100.0  # requests the neighbouring windows' rate predicts over the silence
 OUTAGE_EDGE = 0.05  # a window next to the silence below this share of the rate around is part of it
 RECENT_S = 3 * 3600.0  # the end of the log a client's current level is read from (at most a quarter of it)
-RECENT_PRIOR = 2.0  # requests (over the Fano factor) of prior belief that the level goes on as the model says
+RECENT_PRIOR = 2.0  # requests (over the count noise) of prior belief that the level goes on as the model says
 RECENT_Z = 3.0  # a change of the level must stand this many noise deviations out to count at all (twice: fully)
 RECENT_MAX = 2.0  # the most the recent level multiplies the continuation by; beyond, a new client's rate is added
 
@@ -158,11 +158,12 @@ def _recent(pool: ClientPool, r_src: np.ndarray, prof_src: np.ndarray, level: np
     last hours is set against what the client sent there: tenants come, go and change level, and a
     source window a day back knows nothing of it (a client that stopped 8 h before the end was
     continued at its full rate, one that began 5 h before at none). The factor is the posterior
-    mean of count ratio N / predicted under a Gamma(`RECENT_PRIOR`) prior, with counts divided by
-    the client's count noise per request (its model's, else its windows' CV^2: a bursty client's
-    silence says less), at most `RECENT_MAX`, and it counts only where the difference stands out
-    of that noise (`RECENT_Z`): a steady client's level is not moved by the noise of three hours. Growth beyond that (a new client) adds the median rate of the recent windows: a
-    spike in them (an incident) is not carried on as a level."""
+    mean of the count ratio N / predicted under a Gamma(`RECENT_PRIOR`) prior, with counts divided
+    by the client's count noise per request (its model's, else its windows' CV^2: a bursty
+    client's silence says less), at most `RECENT_MAX`, and it counts only where the difference
+    stands out of that noise (`RECENT_Z`): a steady client's level is not moved by the noise of
+    three hours. Growth beyond `RECENT_MAX` (a new client) adds the median rate of the recent
+    windows: a spike in them (an incident) is not carried on as a level."""
     W = pool.window
     n0 = pool.window_start.size
     meta = pool.meta["arrival"]
