@@ -14,6 +14,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from test_dispatch_fixtures import (
     free_port,
+    interrupt_when,
     make_requests,
     poisson_times,
     read_lines,
@@ -63,13 +64,7 @@ def test_sigint_mid_run_leaves_a_complete_results_file(fake_server, tmp_path: Pa
     out = tmp_path / "res.jsonl"
     p = _spawn(["run", str(src), "-o", str(out), "--endpoint", fake_server.url, "--api", "completions",
                 "--progress", "plain"], tmp_path)
-    try:
-        wait_for(lambda: len(read_lines(out)[1]) >= 20, 30, "20 result lines")
-        p.send_signal(signal.SIGINT)
-        assert p.wait(30) == 130
-    finally:
-        if p.poll() is None:
-            p.kill()
+    assert interrupt_when(p, lambda: len(read_lines(out)[1]) >= 20, "20 result lines") == 130
     head, lines = read_lines(out)
     assert head["argv"] and SECRET not in str(head)
     assert sorted(d["id"] for d in lines) == sorted(r.id for r in reqs)  # exactly one line each

@@ -48,6 +48,19 @@ def wait_for(cond: Callable[[], Any], timeout: float = 10.0, what: str = "condit
         time.sleep(interval)
 
 
+def interrupt_when(p: subprocess.Popen[bytes], cond: Callable[[], Any], what: str, timeout: float = 30.0) -> int:
+    """Ctrl-C to `p` once `cond` holds; its exit code (killed, whatever happens, if still alive)."""
+    import signal
+
+    try:
+        wait_for(cond, timeout, what)
+        p.send_signal(signal.SIGINT)
+        return p.wait(30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+
+
 def http_json(url: str, timeout: float = 5.0) -> Any:
     with urllib.request.urlopen(url, timeout=timeout) as r:
         return json.loads(r.read())

@@ -736,11 +736,10 @@ def test_a_run_interrupted_while_requests_wait_to_retry_is_not_whole(hostile: Ho
     """Every answer a 429 asking for a long wait, `--retries 3`, then Ctrl-C: the lines said
     `http_error` with `retries` 0 under a `complete` header, and a gate passed the run. A request
     whose retries were cut is `cancelled`, its last failure kept in `error`."""
-    import signal
     import subprocess
     import sys
 
-    from test_dispatch_fixtures import wait_for
+    from test_dispatch_fixtures import interrupt_when
 
     from servegen_load.gate import run_gate
     from servegen_load.slo import build_slos
@@ -752,13 +751,8 @@ def test_a_run_interrupted_while_requests_wait_to_retry_is_not_whole(hostile: Ho
                           f"{hostile.url}/r429-days", "--model", "m", "--api", "completions", "--progress", "off",
                           "--tokenizer", "words", "--retries", "3", "--retry-max-wait", "20"],
                          stderr=subprocess.DEVNULL)
-    try:  # the overhead probe, then the 3 requests' first attempts
-        wait_for(lambda: hostile.received["r429-days"] - before >= 4, 30, "4 answers of 429")
-        p.send_signal(signal.SIGINT)
-        assert p.wait(30) == 130
-    finally:
-        if p.poll() is None:
-            p.kill()
+    # the overhead probe, then the 3 requests' first attempts
+    assert interrupt_when(p, lambda: hostile.received["r429-days"] - before >= 4, "4 answers of 429") == 130
     _, lines = read_lines(out)
     assert len(lines) == 3
     for d in lines:

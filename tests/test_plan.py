@@ -247,22 +247,14 @@ def test_a_plan_step_says_which_requests_failed(tmp_path: Path) -> None:
 def test_an_interrupted_plan_keeps_the_steps_it_ran(tmp_path: Path) -> None:
     """Ctrl-C after the first step (hours in, against a real endpoint): it exited 130 and wrote
     nothing. Now the capacity file holds the finished steps, marked interrupted."""
-    import signal
-
-    from test_dispatch_fixtures import wait_for
+    from test_dispatch_fixtures import interrupt_when
 
     out, err = tmp_path / "cap.json", tmp_path / "err"
     with open(err, "wb") as e:
         p = subprocess.Popen([sys.executable, "-m", "servegen_load", "plan", str(write(tmp_path, "s.yaml", SCENARIO)),
                               "--slo", "ttft_p99<=2s", "--clock", "real", "--step-duration", "3", "--warmup", "1",
                               "-o", str(out)], stdout=subprocess.DEVNULL, stderr=e)
-    try:
-        wait_for(lambda: "step 1:" in err.read_text(), 120, "the first step")
-        p.send_signal(signal.SIGINT)
-        assert p.wait(60) == 130
-    finally:
-        if p.poll() is None:
-            p.kill()
+    assert interrupt_when(p, lambda: "step 1:" in err.read_text(), "the first step", 120) == 130
     doc = json.loads(out.read_text())
     assert doc["interrupted"] is True and doc["plan"]["interrupted"] is True
     assert len(doc["plan"]["steps"]) >= 1 and doc["plan"]["capacity"]["converged"] is False
