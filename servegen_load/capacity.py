@@ -64,6 +64,7 @@ if TYPE_CHECKING:
     from .results import Results
 
 SATURATION_RATIO = 0.92
+MIN_DEFICIT = 3.0  # requests a saturated step's window must be short of what was due
 MIN_SCALE_FACTOR = 1 / 256
 
 
@@ -146,6 +147,8 @@ class Step:
     results: str | None = None
     answered: float | None = None  # output tokens the ok answers carried / those they asked for
     errors: dict[str, int] = field(default_factory=dict)  # failed requests of the measured window, by status
+    due_rate: float | None = None  # scheduled one median first-token delay before the window (`window_rates`)
+    window: float = 0.0  # seconds of the measured window
 
     @property
     def passed(self) -> bool:
@@ -154,8 +157,13 @@ class Step:
 
     @property
     def saturated(self) -> bool:
-        return (self.offered_rate is not None and self.served_rate is not None
-                and self.served_rate < SATURATION_RATIO * self.offered_rate)
+        """Served under `SATURATION_RATIO` of the requests due in the window, and short by at least
+        `MIN_DEFICIT` requests (a handful is count noise in a short step, not a server behind)."""
+        due = self.due_rate if self.due_rate is not None else self.offered_rate
+        if due is None or self.served_rate is None:
+            return False
+        short = (due - self.served_rate) * self.window if self.window > 0 else math.inf
+        return self.served_rate < SATURATION_RATIO * due and short >= MIN_DEFICIT
 
     def to_dict(self) -> dict[str, Any]:
         return {"step": self.index, "scale": self.scale, "rate": self.rate, "offered_rate": self.offered_rate,
@@ -180,21 +188,30 @@ def answered_share(res: Any) -> float | None:
     return float(np.nansum(got)) / asked
 
 
-def window_rates(res: Any, t0: float, t1: float) -> tuple[float | None, float | None, float | None, int]:
-    """(offered, served, completion) rates over [t0, t1) of run time, and the requests scheduled in it."""
+def window_rates(res: Any, t0: float, t1: float) -> tuple[float | None, float | None, float | None, int, float | None]:
+    """(offered, served, completion) rates over [t0, t1) of run time, the requests scheduled in it,
+    and the due rate: requests scheduled one median first-token delay d earlier, [t0 - d, t1 - d),
+    which are the ones a server keeping up serves inside the window. Offered against served by
+    first-token time called a 10 s step at 1.3 req/s saturated (TTFT p99 172 ms) because three
+    requests due at 11.89 s had their first token at 12.06 s, after the window."""
     span = t1 - t0
     if span <= 0:
-        return None, None, None, 0
+        return None, None, None, 0, None
     c = res.cols
 
-    def count(x: np.ndarray) -> int:
+    def count(x: np.ndarray, a: float = t0, b: float = t1) -> int:
         with np.errstate(invalid="ignore"):
-            return int(((x >= t0) & (x < t1)).sum())
+            return int(((x >= a) & (x < b)).sum())
 
-    offered = count(c["scheduled"])
+    sched = c["scheduled"]
+    offered = count(sched)
     served = count(c["first_token"])
     done = count(np.where(c["status"] == "ok", c["last_token"], np.nan))
-    return offered / span, served / span, done / span, offered
+    inside = (sched >= t0) & (sched < t1) & np.isfinite(c["first_token"])
+    d = float(np.median(c["first_token"][inside] - sched[inside])) if inside.any() else 0.0
+    a, b = max(t0 - d, 0.0), t1 - d
+    due = count(sched, a, b) / (b - a) if b > a else None
+    return offered / span, served / span, done / span, offered, due
 
 
 def stop_if_refused(what: str, res: Results, gave_up: str | None = None) -> None:
@@ -359,8 +376,9 @@ class Stepper:
         o = self.opts
         measured = after_warmup(res, o.warmup)
         checks = evaluate(measured, self.slos, lag_threshold=o.lag_threshold)
-        offered, served, done, n = window_rates(res, o.warmup, self.run_seconds)
-        st = Step(idx, scale, rate, offered, served, done, n, checks, time.perf_counter() - t, path)
+        offered, served, done, n, due = window_rates(res, o.warmup, self.run_seconds)
+        st = Step(idx, scale, rate, offered, served, done, n, checks, time.perf_counter() - t, path, due_rate=due,
+                  window=self.run_seconds - o.warmup)
         status = measured["status"] if measured.n else np.zeros(0, dtype=object)
         kinds, counts = np.unique(status[status != "ok"].astype(str), return_counts=True)
         st.errors = {str(k): int(v) for k, v in zip(kinds, counts, strict=True)}

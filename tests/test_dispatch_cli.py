@@ -254,3 +254,29 @@ def test_a_silent_pushgateway_never_holds_the_end_of_the_run(fake_server, tmp_pa
         silent.close()
         for c in accepted:
             c.close()
+
+
+def test_client_names_with_line_breaks_cannot_break_the_exposition() -> None:
+    """Clients named `a\\rb` and `x<U+2028>y` (from a requests file) went out raw: prometheus_client's
+    parser failed on the text, and the workers' proxy, splitting at every line-break character,
+    summed broken lines."""
+    from servegen_load.dispatch.stream import Flight
+    from servegen_load.metrics.prometheus import LoadMetrics
+    from servegen_load.run.metrics_proxy import sum_texts
+
+    names = ["a\rb", "x\u2028y", 'q"\\z']
+    m = LoadMetrics(top_clients=names)
+    for i, name in enumerate(names):
+        f = Flight(make_requests([0.0], output_tokens=4, clients=[name])[0], b"")
+        f.sent, f.first_token, f.status = 1.0 + i, 1.1 + i, "ok"
+        f.chunks.extend([1.1 + i, 1.2 + i])
+        f.prompt_tokens, f.completion_tokens = 10, 2
+        m.queue(f)
+    m.observe(0.0)
+    text = m.render().decode()
+    fams = {f.name: f for f in text_string_to_metric_families(text)}
+    clients = {s.labels["client"] for s in fams["servegen_requests"].samples}
+    assert len(clients) == 3 and not any(set(c) & {"\r", "\u2028"} for c in clients), clients
+    summed = sum_texts([text, text])
+    assert all(set(line).isdisjoint({"\r", "\u2028"}) for line in summed.split("\n"))
+    assert {f.name for f in text_string_to_metric_families(summed)} == set(fams)

@@ -537,6 +537,14 @@ class Hostile:
             for _ in range(150):  # 30 s at most
                 await send(_chunk(b": ping\n\n"), pause=0.2)
             return False
+        if mode in ("latejunk", "late408"):  # a whole answer, then 0.3 s later more bytes on the idle connection
+            await send(_body([*STREAM]))
+            await asyncio.sleep(0.3)
+            if mode == "latejunk":  # a second answer (another request's usage)
+                await send(_body([*GOOD, USAGE.replace(b'"prompt_tokens":20', b'"prompt_tokens":99'), _DONE]))
+                return True
+            await send(b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+            return False
         if mode == "donegap":  # [DONE] 0.7 s after the last token, the body's end 0.7 s after that
             await send(HEAD, *(_chunk(e) for e in GOOD))
             await asyncio.sleep(0.7)
@@ -675,6 +683,8 @@ def test_hostile_answers_have_their_true_status(hostile: Hostile, tmp_path: Path
     if mode in ("status204", "status304"):  # ended by the head, not at a timeout
         assert not any("unfinished" in d["error"] for d in lines), lines
     assert all(len(d["chunk_times"]) <= (40 if mode == "manynousage" else TOKENS) for d in lines)
+    if text.startswith("usage.") or "more than its" in text:  # a refused count is kept nowhere (metrics summed 2^31)
+        assert all(d[k] is None for d in lines for k in ("prompt_tokens", "completion_tokens", "cached_tokens")), lines
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
@@ -802,6 +812,24 @@ def test_failures_have_their_true_status(hostile: Hostile, tmp_path: Path, trans
     _all(lines, status, text)
     if mode in ("reset", "hanghead", "noread", "gzip", "garbage"):
         assert all(d["first_token"] is None and not d["chunk_times"] for d in lines)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize("mode", ["latejunk", "late408"])
+def test_bytes_on_an_idle_kept_alive_connection_are_no_later_request_s_answer(hostile: Hostile, tmp_path: Path,
+                                                                           transport: str, mode: str) -> None:
+    """After a whole answer the server sends, 0.3 s later on the idle connection, a second answer or a
+    408 before closing. aiohttp handed those bytes to the next request: `ok` with prompt_tokens 99
+    and TTFT 0.2 ms for a request the server never read, or `http_error 408`."""
+    out = tmp_path / f"{mode}-{transport}.jsonl"
+    before = hostile.received[mode]
+    reqs = make_requests([0.6 * i for i in range(4)], output_tokens=TOKENS)
+    run(reqs, RunConfig(endpoint=f"{hostile.url}/{mode}", model="m", output=out, api="completions", progress="off",
+                        handle_signals=False, transport=transport, timeouts=FAST))
+    _, lines = read_lines(out)
+    assert [d["status"] for d in lines] == ["ok"] * 4, lines
+    assert all(d["prompt_tokens"] == 20 for d in lines), lines
+    assert hostile.received[mode] - before == 4  # every answer was to a request the server read
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)

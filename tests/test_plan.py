@@ -259,3 +259,26 @@ def test_an_interrupted_plan_keeps_the_steps_it_ran(tmp_path: Path) -> None:
     assert doc["interrupted"] is True and doc["plan"]["interrupted"] is True
     assert len(doc["plan"]["steps"]) >= 1 and doc["plan"]["capacity"]["converged"] is False
     assert "plan interrupted after" in err.read_text()
+
+
+def test_a_short_step_with_a_burst_at_its_end_is_not_saturated() -> None:
+    """13 requests in a 10 s window at TTFT 0.17 s, three of them due at 11.89 s (first token at
+    12.06 s, after the window): offered by schedule, served by first token, it read 10 of 13 and
+    SATURATED, and the plan's capacity came out 9x low. A server that falls behind still is."""
+    from types import SimpleNamespace
+
+    from servegen_load.capacity import Step, window_rates
+
+    def step(sched: np.ndarray, ttft: np.ndarray) -> Step:
+        cols = {"scheduled": sched, "first_token": sched + ttft, "last_token": sched + ttft + 0.5,
+                "status": np.array(["ok"] * sched.size, dtype=object)}
+        offered, served, done, n, due = window_rates(SimpleNamespace(cols=cols), 2.0, 12.0)
+        return Step(1, 1.0, 1.3, offered, served, done, n, [], 0.0, due_rate=due, window=10.0)
+
+    sched = np.concatenate([np.linspace(1.0, 11.0, 11), [11.89, 11.89, 11.89]])
+    calm = step(sched, np.full(sched.size, 0.17))
+    assert calm.served_rate < 0.92 * calm.offered_rate  # what the old test read
+    assert not calm.saturated
+    busy = np.linspace(0.0, 12.0, 121)  # 10 req/s offered, served one every 0.2 s: falling behind
+    behind = step(busy, np.maximum(0.0, np.arange(busy.size) * 0.2 - busy) + 0.05)
+    assert behind.saturated

@@ -415,6 +415,13 @@ def _details(usage: dict[str, Any], name: str) -> dict[str, Any] | None:
     raise _NotACount(f"usage.{name} is not an object: {str(d)[:40]}")
 
 
+def _no_count(f: Flight, why: str) -> None:
+    """A usage refused as no count is kept nowhere: the result line, `/metrics` and the report's
+    token fidelity summed 2^31 - 1 prompt tokens of requests already marked `protocol_error`."""
+    f.fail("protocol_error", why)
+    f.prompt_tokens = f.completion_tokens = f.reasoning_tokens = f.cached_tokens = None
+
+
 def _check_count(f: Flight) -> None:
     """Each token chunk carries at least one token: fewer completion tokens than chunks is no count.
     A prompt count over what the request could hold (`_prompt_bound`) is none either.
@@ -423,17 +430,17 @@ def _check_count(f: Flight) -> None:
     leaves room for a server that counts a stop token or two; it is not a length check."""
     pt = f.prompt_tokens
     if pt is not None and pt > _prompt_bound(f):
-        f.fail("protocol_error", f"usage.prompt_tokens is {pt}, more than this request's {len(f.wire)} bytes "
-               "(and its media) could hold")
+        _no_count(f, f"usage.prompt_tokens is {pt}, more than this request's {len(f.wire)} bytes "
+                  "(and its media) could hold")
         return
     ct = f.completion_tokens
     if ct is None:
         return
     if ct < len(f.chunks):
-        f.fail("protocol_error", f"usage.completion_tokens is {ct}, but {len(f.chunks)} token chunks arrived")
+        _no_count(f, f"usage.completion_tokens is {ct}, but {len(f.chunks)} token chunks arrived")
     elif ct > 2 * f.req.output_tokens + 16:
-        f.fail("protocol_error", f"usage.completion_tokens is {ct}, but at most {max(1, f.req.output_tokens)} "
-               "were asked for (max_tokens)")
+        _no_count(f, f"usage.completion_tokens is {ct}, but at most {max(1, f.req.output_tokens)} "
+                  "were asked for (max_tokens)")
 
 
 PROMPT_SLACK = 65536  # tokens a server may add that the request's bytes do not carry (templates, a gateway's system prompt)
@@ -478,11 +485,11 @@ def _take_usage(f: Flight, usage: Any) -> None:
         if pdet is not None:
             f.cached_tokens = _int_or_none(pdet.get("cached_tokens"), "cached_tokens")
     except _NotACount as e:
-        f.fail("protocol_error", str(e))
+        _no_count(f, str(e))
         return
     for part, whole in (("reasoning_tokens", "completion_tokens"), ("cached_tokens", "prompt_tokens")):
         a, b = getattr(f, part), getattr(f, whole)
         if a is not None and b is not None and a > b:
-            f.fail("protocol_error", f"usage counts {a} {part}, more than its {b} {whole}")
+            _no_count(f, f"usage counts {a} {part}, more than its {b} {whole}")
             return
     _check_count(f)

@@ -33,6 +33,7 @@ import numpy as np
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
+from ..errors import printable
 from . import stats
 
 PUSH_TIMEOUT_S = 5.0  # --push-timeout: the longest the end of a run waits for a Pushgateway
@@ -334,7 +335,10 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 def _esc(v: str) -> str:
-    return v.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+    r"""A label value as the text format has it (`\\`, `\n`, `"` escaped), its other control and
+    line-breaking characters (`\r`, U+2028, U+0085) as escapes too: a client named from a
+    requests file cannot break a line of the exposition (prometheus_client's parser failed on one)."""
+    return printable(v).replace("\\", "\\\\").replace('"', '\\"')
 
 
 def _num(v: float) -> str:

@@ -34,7 +34,7 @@ def parse_text(text: str) -> tuple[list[str], dict[str, list[str]], dict[str, di
     meta: dict[str, list[str]] = {}
     values: dict[str, dict[str, float]] = {}
     fam = ""
-    for line in text.splitlines():
+    for line in text.split("\n"):  # the format's one line break (`splitlines` also cuts at \r, U+2028)
         if not line:
             continue
         if line.startswith("#"):

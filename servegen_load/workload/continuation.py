@@ -17,10 +17,10 @@ windows cover [0, end):
   has the profile interpolated around the cycle from the seen ones (`arrival_fit.rate_profile`):
   the level goes on from the latest seen towards the earliest. So the level and the daily and weekly cycles follow the
   profile, and burstiness at every scale (within and across windows) that of the fitted log.
-- a client's current level (`_recent`): the last `RECENT_S` of the log against what the
-  continuation would have predicted for them from a period earlier; a count that stands out of the
-  client's count noise scales its continuation (a tenant that left: to ~0) or, for a new client,
-  adds its recent median rate.
+- tenants that left or arrived (`_recent`): the last `RECENT_S` of the log against what the
+  continuation would have predicted for them from a period earlier; a client that clearly stopped
+  is continued at ~0, one that clearly began at least at its recent median rate; any smaller
+  change is left to the profile and the source windows.
 - outages (`outage_windows`: at least `OUTAGE_MIN` seconds in which no client sent anything,
   between windows whose rate predicts at least `OUTAGE_EXPECTED` requests there) are a service or
   its log being down, not traffic: past the span no window takes one as its source (the latest
@@ -48,8 +48,8 @@ OUTAGE_EXPECTED = 100.0  # requests the neighbouring windows' rate predicts over
 OUTAGE_EDGE = 0.05  # a window next to the silence below this share of the rate around is part of it
 RECENT_S = 3 * 3600.0  # the end of the log a client's current level is read from (at most a quarter of it)
 RECENT_PRIOR = 2.0  # requests (over the count noise) of prior belief that the level goes on as the model says
-RECENT_Z = 3.0  # a change of the level must stand this many noise deviations out to count at all (twice: fully)
-RECENT_MAX = 2.0  # the most the recent level multiplies the continuation by; beyond, a new client's rate is added
+RECENT_Z = 6.0  # a departure or arrival must stand this many noise deviations out of the prediction
+GONE_SHARE = 0.1  # sent under this share of the prediction: gone (and predicted under it of what was sent: new)
 
 
 def outage_windows(rate: np.ndarray, W: float) -> np.ndarray:
@@ -119,8 +119,8 @@ def view(pool: ClientPool, end: float, shrink: bool) -> ClientPool:
         r_src = p_src[:, :n0] + B * (r_src - p_src[:, :n0])
     rate = np.maximum(prof + (r_src[:, src] - p_src), 0.0)
     if n1 > n0:
-        factor, added = _recent(pool, r_src, prof_src, level, origin, kind, wall)
-        rate[:, n0:] = factor[:, None] * rate[:, n0:] + added[:, None]
+        factor, floor = _recent(pool, r_src, prof_src, level, origin, kind, wall)
+        rate[:, n0:] = np.maximum(factor[:, None] * rate[:, n0:], floor[:, None])
     fam = pool.family[:, src].copy()
     shape = pool.shape[:, src].copy()
     cv = pool.cv[:, src].copy()
@@ -150,20 +150,21 @@ def view(pool: ClientPool, end: float, shrink: bool) -> ClientPool:
 
 def _recent(pool: ClientPool, r_src: np.ndarray, prof_src: np.ndarray, level: np.ndarray, origin: float,
             kind: str, wall: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Per client (factor, added rate) for windows past the span, from its last `RECENT_S` of log
+    """Per client (factor, floor rate) for windows past the span, from its last `RECENT_S` of log
     (when a whole period of the profile precedes them: a shorter log is continued by its profile's
     latest level already).
 
-    The continuation is run as if the log had ended `RECENT_S` earlier, and what it predicts for the
-    last hours is set against what the client sent there: tenants come, go and change level, and a
-    source window a day back knows nothing of it (a client that stopped 8 h before the end was
-    continued at its full rate, one that began 5 h before at none). The factor is the posterior
-    mean of the count ratio N / predicted under a Gamma(`RECENT_PRIOR`) prior, with counts divided
-    by the client's count noise per request (its model's, else its windows' CV^2: a bursty
-    client's silence says less), at most `RECENT_MAX`, and it counts only where the difference
-    stands out of that noise (`RECENT_Z`): a steady client's level is not moved by the noise of
-    three hours. Growth beyond `RECENT_MAX` (a new client) adds the median rate of the recent
-    windows: a spike in them (an incident) is not carried on as a level."""
+    The continuation is run as if the log had ended `RECENT_S` earlier, and what it predicts for
+    the last hours is set against what the client sent there. Tenants come and go, and a source
+    window a day back knows nothing of it: a client that stopped 8 h before the end was continued
+    at its full rate, one that began 5 h before at none. Only those two are acted on, where the
+    count stands far out of the client's count noise (`RECENT_Z`; the noise per request is its
+    model's, else its windows' CV^2): a client that sent under `GONE_SHARE` of the prediction has
+    left (factor: the posterior mean of the ratio under a Gamma(`RECENT_PRIOR`) prior, ~0), one
+    whose prediction was under `GONE_SHARE` of what it sent has arrived (floor: the median rate
+    of its recent windows, so a spike in them is not carried on). Anything between (a 2-3 h
+    surge, a quiet evening, a trend) is the traffic's own variation: carried on at full
+    strength for days, such changes lost to Poisson on production-like logs."""
     W = pool.window
     n0 = pool.window_start.size
     meta = pool.meta["arrival"]
@@ -181,20 +182,19 @@ def _recent(pool: ClientPool, r_src: np.ndarray, prof_src: np.ndarray, level: np
     cover = window_cover(n0, W, span)[n0 - m:]
     seen = pool.rate[:, n0 - m:].astype(np.float64)
     n, pred = seen @ cover, predicted @ cover
-    # count noise per expected request, as the shrinkage has it: the model's, else the windows' CV^2
     gain = pool.extra.get("rate_noise", np.zeros(pool.n_clients)).astype(np.float64)
     cv2 = np.maximum(pool.cv[:, :n0].astype(np.float64), 1.0) ** 2
     busy = pool.rate[:, :n0] > 0
     typical = np.array([float(np.median(c[b])) if b.any() else 1.0 for c, b in zip(cv2, busy, strict=True)])
-    fano = np.where(gain > 0, np.maximum(gain, 1e-3), typical)
-    raw = (n / fano + RECENT_PRIOR) / (pred / fano + RECENT_PRIOR)
-    z = np.abs(n - pred) / np.sqrt(fano * np.maximum(pred, 1.0))
-    weight = np.clip(z / RECENT_Z - 1.0, 0.0, 1.0)  # within noise: the level the model has stands
-    factor = 1.0 + weight * (np.minimum(raw, RECENT_MAX) - 1.0)
+    noise = np.where(gain > 0, np.maximum(gain, 1e-3), typical)
+    z = np.abs(n - pred) / np.sqrt(noise * np.maximum(pred, 1.0))
+    clear = z >= RECENT_Z
+    gone = clear & (n < GONE_SHARE * pred)
+    new = clear & (pred < GONE_SHARE * n)
+    factor = np.where(gone, (n / noise + RECENT_PRIOR) / (pred / noise + RECENT_PRIOR), 1.0)
     full = cover >= 0.5 * W
     median = np.median(seen[:, full], axis=1) if full.any() else n / max(cover.sum(), 1e-9)
-    added = np.where(raw > RECENT_MAX, weight * np.maximum(median - factor * pred / cover.sum(), 0.0), 0.0)
-    return factor, added
+    return factor, np.where(new, median, 0.0)
 
 
 def _sources(n0: int, n1: int, W: float, origin: float, kind: str, wall: bool,
