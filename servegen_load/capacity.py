@@ -554,6 +554,9 @@ def plan_capacity(scenario_path: str, slos: SLOSet, opts: PlanOptions, *, compar
                   replicas_for: float | None = None, headroom: float = 0.2) -> dict[str, Any]:
     """Plan a scenario (and its naive baseline); the capacity document written as capacity.json."""
     opts.validate()
+    if opts.results_dir and opts.virtual:  # it made an empty folder, each step's `results` null
+        raise InputError("keeps each real step's results file; a plan in virtual time (no --endpoint, "
+                         "--clock virtual or auto) writes none: drop it, or give --clock real", field="--results-dir")
     if not slos:
         raise InputError("plan needs at least one --slo (or --slo-file) to search against")
     if replicas_for is not None and not replicas_for > 0:

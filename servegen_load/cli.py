@@ -454,7 +454,7 @@ def report_cmd(
     with spooled(results) as paths:  # `run -o - | report -`
         code = report_command(paths, as_json=as_json, output=output,
                               lag_threshold=check_lag_threshold(lag_threshold_ms), html=html, warmup=warmup,
-                              slos=slos, csv=csv, merge_unrelated=merge_unrelated)
+                              slos=slos, csv=csv, merge_unrelated=merge_unrelated, slo_file=slo_file)
     if code:
         sys.exit(code)
 
@@ -579,7 +579,8 @@ def plan_cmd(
         raise InputError("--preset/--sim-param/--sim-time-scale apply to the embedded simulator only (no --endpoint)")
     from .outputs import check_paths
 
-    check_paths([("-o", output), ("--html", html)], [("SCENARIO", scenario)])  # before the search, not after
+    check_paths([("-o", output), ("--html", html)],  # before the search, not after
+                [("SCENARIO", scenario), ("--slo-file", slo_file), ("--preset", _file_or_none(preset))])
     if html:
         from .report.plots import mpl
 
@@ -658,7 +659,7 @@ def calibrate_cmd(
     key = load_api_key(Path(api_key_file) if api_key_file else None)
     paths = list(paths or [])
     check_paths([("--json", as_json), ("--results", results)] + ([] if check else [("-o", output)]),
-                [("PATH", p) for p in paths])  # before the probe or the check's run, not after
+                [("PATH", p) for p in paths] + [("--preset", _file_or_none(preset))])  # before any probe or run
     if slo and not check:
         raise InputError("plans both sides of a --check: give --check (a calibration itself checks no SLO)", field="--slo")
     if check:
@@ -739,6 +740,11 @@ def main() -> None:
         print(f"servegen-load: error: {printable(f'{e.filename}: {e.strerror or e}')}", file=sys.stderr)
         sys.exit(2)
     sys.exit(rv if isinstance(rv, int) else 0)  # a command's `typer.Exit(code)` comes back as its code
+
+
+def _file_or_none(p: str | None) -> str | None:
+    """A `--preset` that names a file (an input an output must not replace), not a shipped preset's name."""
+    return p if p is not None and os.path.isfile(p) else None
 
 
 def _raise_broken_pipe(_console: Any) -> None:

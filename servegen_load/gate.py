@@ -95,8 +95,9 @@ def samples_from_dict(d: dict[str, Any], where: str) -> dict[str, np.ndarray]:
     return cols
 
 
-def load_baseline(path: str) -> dict[str, np.ndarray]:
-    """Per-request latency columns of a baseline: a summary JSON with `samples`, or a results file."""
+def load_baseline(path: str, warmup: float = 0.0) -> dict[str, np.ndarray]:
+    """Per-request latency columns of a baseline: a summary JSON with `samples`, or a results file
+    (of a whole run; a JSON's warm-up no longer than the gate's)."""
     from .formats import sniff
 
     p = Path(path)
@@ -109,7 +110,7 @@ def load_baseline(path: str) -> dict[str, np.ndarray]:
                          path=str(p))
     if kind == "results":
         base = read_results(p)
-        why = _incomplete(base)
+        why = whole_run_gap(base)
         if why:  # a baseline of part of a run (135 of 175 cancelled) compares with nothing real
             raise InputError(f"the baseline is not a whole run ({why})", path=str(p))
         return request_latencies(base)
@@ -121,6 +122,13 @@ def load_baseline(path: str) -> dict[str, np.ndarray]:
         raise InputError("baseline has no per-request `samples`; write it with "
                          "`servegen-load report RESULTS --json -o baseline.json`, or pass the results file",
                          path=str(p))
+    why = doc["samples"].get("incomplete") if isinstance(doc["samples"], dict) else None
+    if why:  # `report PART --json -o` of a cut or interrupted run
+        raise InputError(f"the baseline is not a whole run ({why})", path=str(p))
+    base_warmup = float(doc.get("warmup_s") or 0.0)
+    if base_warmup > warmup:
+        raise InputError(f"the baseline left out its first {base_warmup:g} s (report --warmup); give gate "
+                         f"--warmup {base_warmup:g} too, or both sides are not the same part of a run", path=str(p))
     return samples_from_dict(doc["samples"], str(p))
 
 
@@ -211,7 +219,7 @@ class GateResult:
     warmup: float = 0.0
     confidence: float = 0.95
     goodput: Goodput | None = None  # `slo.goodput_summary` when a per-request SLO was given
-    incomplete: str | None = None  # why the results are not a whole run (`_incomplete`): a failed check
+    incomplete: str | None = None  # why the results are not a whole run (`whole_run_gap`): a failed check
 
     @property
     def passed(self) -> bool:
@@ -251,7 +259,7 @@ def run_gate(paths: list[str], slos: SLOSet, *, baseline: str | None = None, max
         parse_metric(m)
     res = read_results(*paths)
     check_mergeable(res, merge_unrelated)  # shards merge only if disjoint
-    incomplete = _incomplete(res)
+    incomplete = whole_run_gap(res)
     res = after_warmup(res, warmup)
     out = GateResult(n_requests=res.n, warmup=warmup, confidence=confidence, incomplete=incomplete)
     out.checks = evaluate(res, slos, lag_threshold=lag_threshold)
@@ -260,7 +268,7 @@ def run_gate(paths: list[str], slos: SLOSet, *, baseline: str | None = None, max
 
         out.goodput = goodput_summary(res, slos.request)
     if baseline is not None:
-        base = load_baseline(baseline)
+        base = load_baseline(baseline, warmup)
         if warmup:
             keep = base["scheduled"] >= warmup
             base = {k: v[keep] for k, v in base.items()}
@@ -269,7 +277,7 @@ def run_gate(paths: list[str], slos: SLOSet, *, baseline: str | None = None, max
     return out
 
 
-def _incomplete(res: Results) -> str | None:
+def whole_run_gap(res: Results) -> str | None:
     """Why these results are not a whole run, if they are not: a gate passed on the part of a run
     that an interruption or a kill left would pass what was never measured."""
     never = [p for p, h in zip(res.paths, res.headers, strict=True) if h.get("complete") is False]

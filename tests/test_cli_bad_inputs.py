@@ -182,3 +182,42 @@ def test_fifth_red_team_small_inconsistencies(tmp_path: Path, results: Path) -> 
     scen = tmp_path / "s.yaml"
     scen.write_text("naive:\n  rate: 5\n  input_tokens: 8\n  output_tokens: 4\nduration: 1\nslo: ttft_p99<=2s\n")
     assert_ok(run_cli("generate", scen, "-o", tmp_path / "g.jsonl", "-q"))
+
+
+def test_a_json_baseline_of_part_of_a_run_or_of_a_longer_warmup_is_refused(tmp_path: Path, results: Path) -> None:
+    """The documented baseline step, `report RESULTS --json -o baseline.json`, laundered a cut run
+    (refused as a results file) into a baseline the gate compared with; and a baseline that left out
+    its first 10 s was compared with a current run that did not."""
+    cut = tmp_path / "cut.jsonl"
+    cut.write_bytes(b"".join(results.read_bytes().splitlines(keepends=True)[:10]))
+    base = tmp_path / "base.json"
+    assert_ok(run_cli("report", cut, "--json", "-o", base))
+    assert "not a whole run" in assert_failed(run_cli("gate", results, "--baseline", base), base)
+    trimmed = tmp_path / "trimmed.json"
+    assert_ok(run_cli("report", results, "--warmup", "0.5", "--json", "-o", trimmed))
+    assert "--warmup 0.5" in assert_failed(run_cli("gate", results, "--baseline", trimmed), trimmed)
+    assert_ok(run_cli("gate", results, "--baseline", trimmed, "--warmup", "0.5"))
+
+
+def test_results_read_as_logs_fit_as_what_they_are(tmp_path: Path, results: Path) -> None:
+    """`fit RESULTS` made a `reason` pool of a language run (results carry `reasoning_tokens: 0`),
+    and `fit`/`compare` read two results files concatenated into one as one log of twice the rate."""
+    pool = tmp_path / "p.npz"
+    r = run_cli("fit", results, "-o", pool)
+    assert_ok(r)
+    assert "category language" in r.err
+    twice = tmp_path / "twice.jsonl"
+    twice.write_bytes(results.read_bytes() * 2)
+    for args in (["fit", twice, "-o", tmp_path / "t.npz"], ["compare", twice, results]):
+        assert "a second header" in assert_failed(run_cli(*args), twice)
+
+
+def test_plan_options_that_did_nothing_or_misled(tmp_path: Path) -> None:
+    """`plan --results-dir D` in virtual time made an empty D; `--preset missing.yaml` was called an
+    unknown preset name."""
+    scen = Path(__file__).resolve().parents[1] / "scenarios" / "language.yaml"
+    r = run_cli("plan", scen, "--slo", "ttft_p99<=2s", "--results-dir", tmp_path / "d")
+    assert "virtual time" in assert_failed(r, "--results-dir")
+    assert not (tmp_path / "d").exists()
+    r = run_cli("plan", scen, "--slo", "ttft_p99<=2s", "--preset", tmp_path / "missing.yaml")
+    assert "no such preset file" in assert_failed(r, "--preset", "missing.yaml")

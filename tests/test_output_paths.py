@@ -83,8 +83,9 @@ def test_collisions_are_refused_before_any_traffic(fake_server, source: Path, tm
 
 
 def test_fit_compare_import_and_calibrate_never_overwrite_their_input(source: Path, tmp_path: Path) -> None:
-    """`fit LOG -o LOG`, `compare A B --html A`, `pool import DIR -o DIR/file` and `calibrate --from
-    DIR -o DIR/file` replaced their own input and exited 0."""
+    """`fit LOG -o LOG`, `compare A B --html A`, `pool import DIR -o DIR/file`, `calibrate --from
+    DIR -o DIR/file`, `plan --preset P -o P` (a calibrated preset), `plan --slo-file F -o F` and
+    `report --slo-file F --csv F` replaced their own input and exited 0."""
     log = tmp_path / "gw.csv"
     log.write_text("t,input_tokens,output_tokens\n" + "".join(f"{i},10,5\n" for i in range(100)))
     folder = tmp_path / "pool"
@@ -95,10 +96,19 @@ def test_fit_compare_import_and_calibrate_never_overwrite_their_input(source: Pa
     (probes / "round-1").mkdir(parents=True)
     kept = probes / "round-1" / "probe.jsonl"
     kept.write_bytes(source.read_bytes())
+    scen, preset, slo = tmp_path / "s.yaml", tmp_path / "mine.yaml", tmp_path / "slo.yaml"
+    scen.write_text("naive:\n  rate: 5\n  input_tokens: 8\n  output_tokens: 4\nduration: 1\n")
+    preset.write_text("base: tiny-cpu\n")
+    slo.write_text("slo:\n  - ttft_p99<=2s\n")
     for args, victim, option in [(["fit", str(log), "-o", str(log)], log, "LOGS"),
                                  (["compare", str(source), str(log), "--html", str(source)], source, "A"),
                                  (["pool", "import", str(folder), "-o", str(trace)], trace, "FOLDER"),
-                                 (["calibrate", "--from", str(probes), "-o", str(kept)], kept, "PATH")]:
+                                 (["calibrate", "--from", str(probes), "-o", str(kept)], kept, "PATH"),
+                                 (["plan", str(scen), "--slo", "ttft_p99<=2s", "--preset", str(preset), "-o",
+                                   str(preset)], preset, "--preset"),
+                                 (["plan", str(scen), "--slo-file", str(slo), "-o", str(slo)], slo, "--slo-file"),
+                                 (["report", str(source), "--slo-file", str(slo), "--csv", str(slo)], slo,
+                                  "--slo-file")]:
         before = victim.read_bytes()
         assert f"is also the input {option}" in one_error(cli(*args)), args
         assert victim.read_bytes() == before
@@ -182,3 +192,15 @@ def test_second_run_on_the_same_output_fails_fast(fake_server, tmp_path: Path) -
     _, lines = read_lines(out)
     assert sorted(d["id"] for d in lines) == sorted(r.id for r in reqs)  # the first run's file is whole
     assert not lock.exists()
+
+
+def test_text_outputs_are_utf8_whatever_the_locale(tmp_path: Path) -> None:
+    """Under LANG=C without UTF-8 mode, `report --html` died with UnicodeEncodeError ('\\xd7'): text
+    outputs were written in the locale's encoding while the page declares charset=utf-8."""
+    out = tmp_path / "page.html"
+    env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+    code = ("import sys; from servegen_load.atomic import atomic_write\n"
+            "with atomic_write(sys.argv[1]) as fh: fh.write('2 \\u00d7 faster \\u2581\\u2588')")
+    r = subprocess.run([sys.executable, "-c", code, str(out)], capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert out.read_text(encoding="utf-8") == "2 \u00d7 faster \u2581\u2588"

@@ -48,7 +48,7 @@ def summary_json(summary: dict[str, Any], samples: dict[str, Any]) -> str:
 
 def report_command(paths: list[str], *, as_json: bool, output: str | None, lag_threshold: float,
                    html: str | None = None, warmup: float = 0.0, slos: Any = None, csv: str | None = None,
-                   merge_unrelated: bool = False) -> int:
+                   merge_unrelated: bool = False, slo_file: str | None = None) -> int:
     """Summarize results (or a capacity file): text/rich, JSON (stdout and/or file), CSV, HTML.
 
     Returns the exit code: 0, or 1 when there is no request to summarize (an all-dash summary
@@ -57,7 +57,8 @@ def report_command(paths: list[str], *, as_json: bool, output: str | None, lag_t
     from ..outputs import check_paths
 
     # outputs hook: no output is an input or another output; `-` (stdout) at most once
-    check_paths([("-o", output), ("--html", html), ("--csv", csv)], [("RESULTS", p) for p in paths])
+    check_paths([("-o", output), ("--html", html), ("--csv", csv)],
+                [("RESULTS", p) for p in paths] + [("--slo-file", slo_file)])
     kinds = {detect(p) for p in paths}
     if "capacity" in kinds:
         if len(paths) != 1:
@@ -81,7 +82,7 @@ def report_command(paths: list[str], *, as_json: bool, output: str | None, lag_t
 
     import sys
 
-    from ..gate import latency_samples
+    from ..gate import latency_samples, whole_run_gap
     from ..metrics.render import print_summary
     from ..metrics.stats import summary as summary_of
     from ..results import read_results
@@ -89,6 +90,7 @@ def report_command(paths: list[str], *, as_json: bool, output: str | None, lag_t
 
     res = read_results(*paths)
     check_mergeable(res, merge_unrelated)  # scale hook: shards merge only if disjoint
+    part = whole_run_gap(res)  # said in the baseline's samples: a gate will not compare with part of a run
     res = after_warmup(res, warmup)
     if res.n == 0:
         print(f"servegen-load: no requests to summarize in {', '.join(paths)}"
@@ -112,7 +114,10 @@ def report_command(paths: list[str], *, as_json: bool, output: str | None, lag_t
         write_csv(res, csv)
     if output:
         with atomic_write(output) as fh:
-            fh.write(summary_json(summary.to_dict(), latency_samples(res)) + "\n")
+            samples = latency_samples(res)
+            if part:
+                samples["incomplete"] = part
+            fh.write(summary_json(summary.to_dict(), samples) + "\n")
     if "-" in (output, html, csv):  # stdout holds that file: the text summary goes to stderr
         print_summary(summary, file=sys.stderr)
     elif as_json:

@@ -75,10 +75,12 @@ def render_capacity(doc: dict[str, Any]) -> str:
     if "naive" in doc:
         lines += _plan_lines("naive baseline", doc["naive"])
         c = doc["comparison"]
-        if c["ratio"] is not None:
+        if c["ratio"] is not None and c.get("under_provisioning") is not None:
+            under = c["under_provisioning"]
             lines.append(f"naive vs realistic: {c['naive_rate']:.3g} vs {c['realistic_rate']:.3g} req/s = "
-                         f"{c['ratio']:.2f}x; sizing by the naive benchmark under-provisions by "
-                         f"{c['under_provisioning'] * 100:.0f}%")
+                         f"{c['ratio']:.2f}x; sizing by the naive benchmark "
+                         + (f"under-provisions by {under * 100:.0f}%" if under >= 0
+                            else f"over-provisions by {-under * 100:.0f}%"))
         else:
             lines.append(f"naive vs realistic: {c['naive_rate']:.3g} vs {c['realistic_rate']:.3g} req/s")
     r = doc.get("replicas")

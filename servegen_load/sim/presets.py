@@ -87,7 +87,9 @@ def get_preset(name: str = DEFAULT_PRESET) -> EngineParams:
     if name in PRESETS:
         return PRESETS[name]
     path = Path(name)
-    if path.suffix in (".yaml", ".yml") and path.is_file():
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise InputError("no such preset file", path=name, field="--preset")
         return _load_yaml(path)
     raise InputError(f"unknown preset {name!r}; expected one of {', '.join(PRESETS)} or a .yaml file",
                      field="--preset")

@@ -714,7 +714,9 @@ def _merge_sparse(cols: _Columns, opts: FitOptions, report: FitReport) -> tuple[
 def _fields(cols: _Columns, opts: FitOptions) -> tuple[str, list[str], dict[str, tuple[np.ndarray, float]]]:
     """Category, field names and per-row integer values (-1 missing) with their value scale."""
     media = [m for m in ("image", "audio", "video") if f"{m}_count" in cols.media or f"{m}_tokens" in cols.media]
-    category = opts.category or ("multimodal" if media else "reason" if cols.reason is not None else "language")
+    # a reasoning column of zeros (every results file has `reasoning_tokens`) is no reasoning traffic
+    reasons = cols.reason is not None and bool(np.any(cols.reason > 0))
+    category = opts.category or ("multimodal" if media else "reason" if reasons else "language")
     vals: dict[str, tuple[np.ndarray, float]] = {}
     if category == "multimodal":
         vals["text_tokens"] = (cols.input, 1.0)

@@ -962,6 +962,11 @@ class _JsonReader:
                 objs, lines = _decode_lines(batch, first, bad)
                 if self.fmt == "results" and objs and objs[-1].get("footer") is True:  # a piped run's last line
                     objs, lines = objs[:-1], lines[:-1]
+                if self.fmt in ("requests", "results"):
+                    again = next((i for i, o in enumerate(objs) if "format" in o), None)
+                    if again is not None:  # two files in one: every request would count twice
+                        raise InputError("a second header: files concatenated into one? Give each file on "
+                                         "its own", path=ps, line=int(lines[again]))
                 if self.fmt == "bailian":
                     _chain_roots(objs, roots)
                 rows = len(objs) + bad.count
