@@ -594,6 +594,8 @@ def _select(cols: _Columns, start: float, end: float | None, where: str | None =
     return replace(_keep(cols, keep), origin=cols.origin)
 
 
+CLOCK_SHARE = 0.99  # of a client's times on a tick for it to be the client's clock (a few rows on a finer one)
+MIN_CLOCK_ROWS = 20  # a client with fewer rows takes the log's clock
 STRAY_SHARE = 0.001  # at most this share of the rows (and at least 1) may be dropped as stray times
 STRAY_GAP = 10.0  # ... when a gap this many times the rest's span (and over a day) sets them apart
 
@@ -636,8 +638,9 @@ def _drop_strays(cols: _Columns, report: FitReport) -> _Columns:
 
 
 def _spread_clock(cols: _Columns, report: FitReport) -> _Columns:
-    """Times of a log written on a coarse clock (`logs.log_clock`: whole seconds, say) spread
-    uniformly inside their tick, client by client, unless the client's requests are batches.
+    """Times written on a coarse clock (`logs.log_clock`: whole seconds, say) spread uniformly
+    inside their tick, client by client (each on its own clock: one gateway may log seconds and
+    another milliseconds), unless the client's requests are batches.
 
     A log's clock is not traffic: 10 req/s logged in whole seconds was fitted as batches of ten sent
     at once (90 % of gaps exactly 0, Fano 10 at 100 ms where the traffic had 1). A client stays as
@@ -645,36 +648,49 @@ def _spread_clock(cols: _Columns, report: FitReport) -> _Columns:
     grid coarser than the clock (a gateway flushing every 5 s), or a share of same-tick gaps over
     twice (and 0.1 over) what Poisson arrivals at its rate would put in one tick (an eval harness
     sending 8 at once, a few times an hour). A fixed seed keeps fits deterministic."""
-    clock = log_clock(cols.t)
-    if clock == 0.0:
-        return cols
     t, client = cols.t, cols.client
-    n_clients = int(client.max()) + 1
+    whole = log_clock(t, CLOCK_SHARE)
     order = group_time_order(client, t)
     ts, cs = t[order], client[order]
-    same = cs[1:] == cs[:-1]
-    zero = same & (ts[1:] - ts[:-1] <= 0.5 * clock)
-    n_gaps = np.bincount(cs[1:][same], minlength=n_clients).astype(np.float64)
-    z = np.bincount(cs[1:][zero], minlength=n_clients) / np.maximum(n_gaps, 1.0)
-    cell = (cs.astype(np.int64) << 32) | (ts // DEFAULT_WINDOW - ts.min() // DEFAULT_WINDOW).astype(np.int64)
-    _, inverse, counts = np.unique(cell, return_inverse=True, return_counts=True)
-    x = counts[inverse] / DEFAULT_WINDOW * clock  # requests a tick at the request's window rate
-    p_same = 1.0 - (-np.expm1(-x)) / x  # Poisson at that rate, on the clock: next request in the same tick
-    expected = np.bincount(cs, weights=p_same, minlength=n_clients) / np.maximum(np.bincount(cs, minlength=n_clients), 1)
-    batched = z > np.maximum(2.0 * expected, expected + 0.1)
     bounds = np.flatnonzero(np.concatenate([[True], cs[1:] != cs[:-1], [True]]))
-    for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
-        c = int(cs[a])
-        if not batched[c] and b - a >= 20:
-            g = grid_of(np.unique(ts[a:b]), float(ts[b - 1] - ts[a]), [1.0])
-            batched[c] = g is not None and g[0] > 1.5 * clock
-    spread = ~batched[client]
+    jitter = np.zeros(t.size)
     rng = np.random.default_rng(0)
-    t = t + np.where(spread, rng.uniform(0.0, clock, t.size), 0.0)
-    kept = int(np.count_nonzero(batched[np.unique(client)]))
-    report.notes.append(f"times are on a {clock:g} s clock: requests spread uniformly inside their tick (the log's "
-                        f"clock, not batches)" + (f"; {kept} client(s) kept as logged (batches)" if kept else ""))
-    return replace(cols, t=t)
+    spread: dict[float, int] = {}
+    kept = 0
+    for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
+        x = ts[a:b]
+        clock = log_clock(x, CLOCK_SHARE) if b - a >= MIN_CLOCK_ROWS else whole
+        if clock == 0.0:
+            continue
+        if b - a >= 2 and _batched(x, clock):
+            kept += 1
+            continue
+        jitter[order[a:b]] = rng.uniform(0.0, clock, b - a)
+        spread[clock] = spread.get(clock, 0) + 1
+    said = ", ".join(f"{n} client(s) on a {c:g} s clock" for c, n in sorted(spread.items(), reverse=True))
+    if spread:
+        report.notes.append(f"times spread uniformly inside their tick ({said}: the log's clock, not batches)"
+                            + (f"; {kept} client(s) kept as logged (batches)" if kept else ""))
+    elif kept:
+        report.notes.append(f"times on a coarse clock: {kept} client(s) kept as logged (batches the clock cannot "
+                            "explain)")
+    return replace(cols, t=t + jitter) if spread else cols
+
+
+def _batched(x: np.ndarray, clock: float) -> bool:
+    """Are one client's same-tick requests (times `x`, sorted) batches the clock cannot explain?"""
+    gaps = np.diff(x)
+    z = float(np.mean(gaps <= 0.5 * clock))
+    w = (x // DEFAULT_WINDOW).astype(np.int64)
+    _, inverse, counts = np.unique(w, return_inverse=True, return_counts=True)
+    rate_tick = counts[inverse] / DEFAULT_WINDOW * clock  # requests a tick at the request's window rate
+    expected = float(np.mean(1.0 - (-np.expm1(-rate_tick)) / rate_tick))  # Poisson: next one in the same tick
+    if z > max(2.0 * expected, expected + 0.1):
+        return True
+    if x.size < 20:
+        return False
+    g = grid_of(np.unique(x), float(x[-1] - x[0]), [1.0])
+    return g is not None and g[0] > 1.5 * clock
 
 
 def _keep(cols: _Columns, keep: np.ndarray) -> _Columns:
