@@ -478,6 +478,18 @@ def search(step: Callable[[float], Step], start: float, tolerance: float, max_st
     return lo, hi, False
 
 
+def knee_of(steps: list[Step]) -> float | None:
+    """Saturation throughput: the median served rate of the saturated steps, and at least the largest
+    rate a step served without falling behind (a collapse past the knee lowers the saturated steps'
+    median: a knee of 50.5 req/s was printed under a max sustainable rate of 55.9). None: no step
+    saturated."""
+    sat = [x.served_rate for x in steps if x.saturated and x.served_rate]
+    if not sat:
+        return None
+    kept_up = max((x.served_rate or 0.0 for x in steps if not x.saturated), default=0.0)
+    return max(statistics.median(sat), kept_up)
+
+
 def plan_one(scenario: Scenario, slos: SLOSet, opts: PlanOptions, name: str, workdir: Path,
              start: float | None = None) -> dict[str, Any]:
     """Search one scenario's capacity; the plan's JSON-ready record."""
@@ -499,7 +511,7 @@ def plan_one(scenario: Scenario, slos: SLOSet, opts: PlanOptions, name: str, wor
         sim_stats = st.sim_stats()
         steps = sorted(st.steps, key=lambda x: x.scale)
         sat = [x.served_rate for x in steps if x.saturated and x.served_rate]
-        knee_rate = statistics.median(sat) if sat else None
+        knee_rate = knee_of(steps)
         by_scale = {x.scale: x for x in steps}
         ratios = [x.offered_rate / x.scale for x in steps if x.offered_rate]
         per_scale = statistics.median(ratios) if ratios else st.base_rate
@@ -524,7 +536,7 @@ def plan_one(scenario: Scenario, slos: SLOSet, opts: PlanOptions, name: str, wor
                 "reached": bool(sat),
                 "max_served_rate": max((x.served_rate or 0.0 for x in steps), default=None),
                 "method": f"median served (first-token) rate of the steps serving < {SATURATION_RATIO:.0%} "
-                          "of their offered rate",
+                          "of the requests due, at least the largest rate a step served without falling behind",
             },
             "steps": [x.to_dict() for x in steps],
             "order": [x.scale for x in st.steps],

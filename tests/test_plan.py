@@ -282,3 +282,16 @@ def test_a_short_step_with_a_burst_at_its_end_is_not_saturated() -> None:
     busy = np.linspace(0.0, 12.0, 121)  # 10 req/s offered, served one every 0.2 s: falling behind
     behind = step(busy, np.maximum(0.0, np.arange(busy.size) * 0.2 - busy) + 0.05)
     assert behind.saturated
+
+
+def test_the_knee_is_never_below_a_rate_served_without_falling_behind() -> None:
+    from servegen_load.capacity import knee_of
+
+    def st(offered: float, served: float) -> Step:
+        return Step(1, offered / 10, offered, offered, served, served, 100, [], 1.0, due_rate=offered, window=30.0)
+
+    steps = [st(40.0, 39.8), st(56.0, 55.9), st(70.0, 52.0), st(90.0, 49.0)]  # served drops past the knee
+    assert [x.saturated for x in steps] == [False, False, True, True]
+    assert knee_of(steps) == pytest.approx(55.9)
+    assert knee_of(steps[:2]) is None
+    assert knee_of([st(70.0, 60.0), st(90.0, 62.0)]) == pytest.approx(61.0)
