@@ -231,3 +231,16 @@ def test_capacity_page_renders_in_chromium(tmp_path: Path) -> None:
     s = chromium(page, tmp_path, f"--screenshot={shot}")
     assert s.returncode == 0 and shot.exists(), s.stderr[-2000:]
     assert (png_pixels(shot) < 245).any(axis=2).mean() > 0.02  # a picture, not a blank page
+
+
+def test_html_report_shows_the_slo_verdicts_and_the_warm_up(results: Path, tmp_path: Path) -> None:
+    """`report --warmup 10 --slo ... --html` showed goodput but neither the SLO verdicts (the text and
+    JSON had the FAIL) nor that requests had been left out."""
+    page = tmp_path / "r.html"
+    p = cli("report", str(results), "--warmup", "1", "--slo", "ttft_p99<=1us", "--slo", "error_rate<=100%",
+            "--html", str(page))
+    assert p.returncode == 0, p.stderr
+    text = page.read_text()
+    assert "<h2>SLO checks</h2>" in text and "ttft_p99&lt;=1us" in text
+    assert text.count('<span class="warn">FAIL</span>') == 1 and text.count('<span class="pass">PASS</span>') == 1
+    assert "first 1 s left out (warm-up)" in text

@@ -140,9 +140,11 @@ def results_html(res: Results, summary: Summary | dict[str, Any]) -> str:
 
     summary = Summary.of(summary)
     r, tp, fi, lat = summary.requests, summary.throughput, summary.fidelity, summary.latency
+    warm = (f" &middot; requests scheduled in the first {summary.warmup_s:g} s left out (warm-up)"
+            if summary.warmup_s else "")
     body = [f"<h1>servegen-load report</h1><p class=\"meta\">{_e(', '.join(summary.sources))}"
             f" &middot; endpoint <code>{_e(summary.endpoint)}</code> &middot; model "
-            f"<code>{_e(summary.model)}</code></p>"]
+            f"<code>{_e(summary.model)}</code>{warm}</p>"]
     cards = [("requests", f"{r.scheduled}"), ("ok", f"{r.ok}"), ("errors", f"{r.errors}"),
              ("duration", f"{summary.duration_s:.1f} s"), ("throughput", f"{_num(tp.requests_per_s)} req/s"),
              ("output", f"{_num(tp.output_tokens_per_s, '{:.0f}')} tok/s"),
@@ -157,6 +159,12 @@ def results_html(res: Results, summary: Summary | dict[str, Any]) -> str:
             f"<div class=\"card\"><b>{_num(g.rate, '{:.3g}')} req/s</b><span>goodput ({_e(g.request_slo)}: "
             f"{g.good} of {g.total})</span></div></div>")
     body += [f'<p class="warn">WARNING: {_e(w)}</p>' for w in summary.warnings]
+    if summary.slo:  # the verdicts the text and JSON show (`report --slo`), here too
+        body.append("<h2>SLO checks</h2>")
+        body.append(_table(["SLO", "scope", "value", "result", "note"], [
+            [_e(d["slo"]), _e(d["scope"]), _e(format_value(d["value"], metric_kinds().get(d["metric"], "rate"))),
+             '<span class="pass">PASS</span>' if d["passed"] else '<span class="warn">FAIL</span>', _e(d["note"] or "")]
+            for d in summary.slo]))
     body.append("<h2>Latency (ms)</h2>")
     body.append(_table(["metric", "p50", "p90", "p99", "max", "mean", "n"],
                        [[label, *(_ms(lat[k].stat(s)) for s in ("p50", "p90", "p99", "max", "mean")), str(lat[k].n)]
