@@ -35,8 +35,8 @@ from .formats import EXIT_FAIL, SAMPLES_FORMAT
 from .formats import EXIT_OK as EXIT_PASS
 from .metrics import stats
 from .metrics.summary import Goodput
-from .report.related import check_mergeable, missing_shards
-from .results import Results, read_results
+from .report.related import check_mergeable
+from .results import Results, missing_shards, read_results
 from .slo import Check, SLOSet, after_warmup, evaluate, format_threshold, format_value
 
 SAMPLE_ROWS = 2000

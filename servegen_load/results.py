@@ -433,6 +433,55 @@ def _load_file(path: Path, cols: _Columns, warnings: list[str]) -> dict[str, Any
     return head
 
 
+
+def shards_of(headers: list[dict[str, Any]]) -> tuple[set[int], int] | None:
+    """(the shard indices present, N) when the files are `--shard i/N` parts of one run, else None."""
+    seen: set[int] = set()
+    total = None
+    for h in headers:
+        sh = h.get("shard")
+        if not isinstance(sh, str) or "/" not in sh:
+            return None
+        i, _, n = sh.partition("/")
+        if not (i.isdigit() and n.isdigit()) or (total is not None and int(n) != total):
+            return None
+        seen.add(int(i))
+        total = int(n)
+    return (seen, total) if total is not None else None
+
+
+def missing_shards(headers: list[dict[str, Any]]) -> str | None:
+    """Why these `--shard` files are not the whole run, if they are not (a gate on 19 of 52 requests,
+    shard 0 of 2, passed as the run)."""
+    got = shards_of(headers)
+    if got is None or len(got[0]) == got[1]:
+        return None
+    have, n = got
+    return (f"results of {len(have)} of {n} shards ({', '.join(f'{i}/{n}' for i in sorted(have))}): "
+            "give every shard's file")
+
+
+def intended_of(headers: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """What the run meant to schedule: one header's, or the sum of the shards' shares (each shard's
+    header holds its own share; the first alone said 32.6 of a 60-request run)."""
+    shares = [h.get("intended") for h in headers]
+    if not shares or not all(isinstance(x, dict) for x in shares):
+        return None
+    if len(headers) == 1 or shards_of(headers) is None:
+        return shares[0]  # type: ignore[return-value]
+    return summed_intended(shares)  # type: ignore[arg-type]
+
+
+def summed_intended(shares: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run's intended load from its shards' shares (`requests` and `rate` add up; None where a
+    share lacks one): `report` of shards run by hand, and the merge of `--workers` parts."""
+    total = dict(shares[0])
+    for k in ("requests", "rate"):
+        vals = [x.get(k) for x in shares]
+        total[k] = sum(vals) if all(isinstance(v, int | float) for v in vals) else None
+    return total
+
+
 @contextlib.contextmanager
 def spooled(paths: Sequence[str]) -> Iterator[list[str]]:
     """`paths` with `-` (standard input) and other streams (a pipe, `/dev/stdin`) copied to

@@ -42,8 +42,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import printable
-from ..report.related import intended_of, missing_shards
-from ..results import STATUSES, Results
+from ..results import STATUSES, Results, intended_of, missing_shards
 from .distribution import dist
 from .summary import CategoryRates, Dist, ErrorGroup, Fidelity, Requests, Summary, Throughput
 

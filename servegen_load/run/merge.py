@@ -22,6 +22,7 @@ import orjson
 
 from ..errors import InputError
 from ..formats import RESULTS_FORMAT
+from ..results import summed_intended
 
 
 def check_unique_ids(ids: np.ndarray, file_index: np.ndarray, paths: Sequence[str], *, across: bool = True) -> None:
@@ -171,11 +172,7 @@ def merged_header(parts: Sequence[Path], extra: dict[str, Any], argv: list[str])
     if len(heads) < len(parts):  # a share unread: no total rather than a wrong one
         head.pop("intended", None)
     elif len(shares) > 1 and all(isinstance(x, dict) for x in shares):  # each shard's share of the load
-        total = dict(shares[0])  # type: ignore[arg-type]
-        for k in ("requests", "rate"):
-            vals = [x.get(k) for x in shares]  # type: ignore[union-attr]
-            total[k] = sum(vals) if all(isinstance(v, int | float) for v in vals) else None
-        head["intended"] = total
+        head["intended"] = summed_intended(shares)  # type: ignore[arg-type]
     head.pop("format", None)
     head["complete"] = True  # written whole or not at all (`atomic_write`); a dead shard's lines say `lost`
     head.pop("shard", None)
