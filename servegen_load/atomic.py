@@ -67,9 +67,6 @@ def _stdout(mode: str) -> Iterator[IO]:
                 fh.detach()  # type: ignore[attr-defined]
 
 
-_TEXT: dict[str, str] = {"encoding": "utf-8"}  # what every file we write declares (HTML charset, JSON), whatever the locale
-
-
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO]:
     """Yield a file handle; on success the content is at `path` (see the module docstring).
@@ -82,11 +79,13 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO]:
         return
     given = os.fspath(path)
     target = resolve_target(given)
+    # text is UTF-8, what every file we write declares (HTML charset, JSON), whatever the locale
+    text: dict[str, str] = {} if "b" in mode else {"encoding": "utf-8"}
     if target.is_dir():  # checked first: the rename would fail only after all the work
         raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), given)
     if is_special(target):
         try:
-            fh = open(target, mode, **_TEXT if "b" not in mode else {})  # noqa: SIM115 - closed below
+            fh = open(target, mode, **text)  # noqa: SIM115 - closed below
         except OSError as e:
             raise OSError(e.errno, e.strerror, given) from None
         try:
@@ -107,7 +106,7 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO]:
     os.fchmod(fd, 0o666 & ~umask)  # mkstemp's 0600 would surprise users sharing outputs
     try:
         try:
-            with os.fdopen(fd, mode, **_TEXT if "b" not in mode else {}) as fh:
+            with os.fdopen(fd, mode, **text) as fh:
                 yield fh
         except OSError as e:
             if e.filename is None:  # a failed write (disk full, file too large)

@@ -510,7 +510,6 @@ def plan_one(scenario: Scenario, slos: SLOSet, opts: PlanOptions, name: str, wor
             hi = min((x.scale for x in st.steps if not x.passed and (lo is None or x.scale > lo)), default=None)
         sim_stats = st.sim_stats()
         steps = sorted(st.steps, key=lambda x: x.scale)
-        sat = [x.served_rate for x in steps if x.saturated and x.served_rate]
         knee_rate = knee_of(steps)
         by_scale = {x.scale: x for x in steps}
         ratios = [x.offered_rate / x.scale for x in steps if x.offered_rate]
@@ -533,7 +532,7 @@ def plan_one(scenario: Scenario, slos: SLOSet, opts: PlanOptions, name: str, wor
             },
             "knee": {
                 "rate": knee_rate, "scale": knee_rate / per_scale if knee_rate and per_scale else None,
-                "reached": bool(sat),
+                "reached": knee_rate is not None,
                 "max_served_rate": max((x.served_rate or 0.0 for x in steps), default=None),
                 "method": f"median served (first-token) rate of the steps serving < {SATURATION_RATIO:.0%} "
                           "of the requests due, at least the largest rate a step served without falling behind",

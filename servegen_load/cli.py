@@ -712,9 +712,7 @@ def main() -> None:
 
     try:
         rv = app(standalone_mode=False)
-        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
-    except BrokenPipeError:
-        _stdout_closed()
+        sys.stdout.flush()  # a closed pipe shows here (an EPIPE OSError, below), not in the interpreter's exit
     except SystemExit as e:  # click turns EPIPE into exit 1 after wrapping stdout: a gate's FAIL, said nowhere
         if e.code == 1 and type(sys.stdout).__name__ == "PacifyFlushWrapper":
             _stdout_closed()
@@ -733,7 +731,7 @@ def main() -> None:
         print(f"servegen-load: error: {printable(str(e))}", file=sys.stderr)
         sys.exit(2)
     except OSError as e:
-        if e.errno == errno.EPIPE and e.filename is None:
+        if e.errno == errno.EPIPE and e.filename is None:  # BrokenPipeError: standard output closed
             _stdout_closed()
         if e.filename is None:  # not about a file the user named (e.g. a socket): a real failure
             raise

@@ -179,7 +179,7 @@ def end_of_stream(f: Flight) -> None:
         # one token may be an end-of-sequence token the server shows as no text; more is not
         f.fail("protocol_error", "the stream carried no token" + (
             f", but usage counts {f.completion_tokens} completion tokens" if f.completion_tokens else " and no usage"))
-    elif f.completion_tokens is None and len(f.chunks) > 2 * f.req.output_tokens + 16:
+    elif f.completion_tokens is None and len(f.chunks) > _max_completion(f):
         # what `_check_count` refuses in a usage, refused in the chunks when no usage counts them
         f.fail("protocol_error", f"{len(f.chunks)} token chunks arrived, but at most {max(1, f.req.output_tokens)} "
                "were asked for (max_tokens), and no usage counts them")
@@ -426,8 +426,9 @@ def _check_count(f: Flight) -> None:
     """Each token chunk carries at least one token: fewer completion tokens than chunks is no count.
     A prompt count over what the request could hold (`_prompt_bound`) is none either.
     Nor is one far over what was asked (`max_tokens`, which counts reasoning too): a count of 4,000
-    for 4 tokens asked made TPOT and token throughput a thousand times off. The margin (2x + 16)
-    leaves room for a server that counts a stop token or two; it is not a length check."""
+    for 4 tokens asked made TPOT and token throughput a thousand times off. The margin
+    (`_max_completion`: 2x + 16) leaves room for a server that counts a stop token or two; it is
+    not a length check."""
     pt = f.prompt_tokens
     if pt is not None and pt > _prompt_bound(f):
         _no_count(f, f"usage.prompt_tokens is {pt}, more than this request's {len(f.wire)} bytes "
@@ -438,9 +439,14 @@ def _check_count(f: Flight) -> None:
         return
     if ct < len(f.chunks):
         _no_count(f, f"usage.completion_tokens is {ct}, but {len(f.chunks)} token chunks arrived")
-    elif ct > 2 * f.req.output_tokens + 16:
+    elif ct > _max_completion(f):
         _no_count(f, f"usage.completion_tokens is {ct}, but at most {max(1, f.req.output_tokens)} "
                   "were asked for (max_tokens)")
+
+
+def _max_completion(f: Flight) -> int:
+    """The most completion tokens (or, without usage, token chunks) an answer to `f` may carry."""
+    return 2 * f.req.output_tokens + 16
 
 
 PROMPT_SLACK = 65536  # tokens a server may add that the request's bytes do not carry (templates, a gateway's system prompt)

@@ -183,11 +183,11 @@ def stream_stats(log: LogChunk, name: str | None = None, start: float | None = N
     request to its last). Give them where they are known (a `--range`, a requests file's
     schedule): aligned to its own first request, a stream missing its first 10 minutes, or one
     that starts late, compared as if it had not (37 % fewer requests passed as 5 % off in rate)."""
-    t = np.sort(log.t)
-    if t.size == 0:
+    ta = np.sort(log.t)  # absolute: the clock rows floor these
+    if ta.size == 0:
         raise ValueError("a stream needs at least one request")
-    t0 = float(t[0]) if start is None or not math.isfinite(start) else min(float(start), float(t[0]))
-    t = t - t0
+    t0 = float(ta[0]) if start is None or not math.isfinite(start) else min(float(start), float(ta[0]))
+    t = ta - t0
     dur = float(t[-1]) if end is None or not math.isfinite(end) else max(float(end) - t0, float(t[-1]))
     curves = {b: _counts(t, b, dur) for b in CURVE_BINS}
     per_minute = curves[CURVE_BIN]
@@ -197,11 +197,11 @@ def stream_stats(log: LogChunk, name: str | None = None, start: float | None = N
         if c.size >= MIN_BINS and c.mean() > 0:
             burst[s] = (float(c.std() / c.mean()), float(c.var() / c.mean()), int(c.size), float(c.mean()))
     gap_cv = _gap_cv(t)
-    clock = log_clock(log.t)
+    clock = log_clock(ta)
     gaps_on: dict[float, tuple[float, float]] = {}
     for c in CLOCKS:
         if c > clock:  # floored on the absolute clock, as a log written on it would be
-            tc = np.maximum(np.floor(np.sort(log.t) / c) * c - t0, 0.0)
+            tc = np.maximum(np.floor(ta / c) * c - t0, 0.0)
             gaps_on[c] = (_gap_cv(tc), _gap_cv_window(tc))
     top: dict[int, float] | None = None
     n_clients: int | None = None

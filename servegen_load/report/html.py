@@ -160,9 +160,10 @@ def results_html(res: Results, summary: Summary | dict[str, Any]) -> str:
             f"{g.good} of {g.total})</span></div></div>")
     body += [f'<p class="warn">WARNING: {_e(w)}</p>' for w in summary.warnings]
     if summary.slo:  # the verdicts the text and JSON show (`report --slo`), here too
+        kinds = metric_kinds()
         body.append("<h2>SLO checks</h2>")
         body.append(_table(["SLO", "scope", "value", "result", "note"], [
-            [_e(d["slo"]), _e(d["scope"]), _e(format_value(d["value"], metric_kinds().get(d["metric"], "rate"))),
+            [_e(d["slo"]), _e(d["scope"]), _e(format_value(d["value"], kinds.get(d["metric"], "rate"))),
              '<span class="pass">PASS</span>' if d["passed"] else '<span class="warn">FAIL</span>', _e(d["note"] or "")]
             for d in summary.slo]))
     body.append("<h2>Latency (ms)</h2>")

@@ -251,10 +251,7 @@ class RunSpec(BaseModel):
         if spec.sim_preset is not None:  # checked before the simulator starts, named as the user typed it
             from ..sim.presets import get_preset
 
-            try:
-                get_preset(spec.sim_preset)
-            except InputError as e:
-                raise InputError(str(e).removeprefix("--preset: "), field="--sim-preset") from None
+            get_preset(spec.sim_preset, field="--sim-preset")
         return spec
 
     def replace(self, **changes: Any) -> RunSpec:

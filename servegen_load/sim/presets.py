@@ -82,17 +82,17 @@ def preset_names() -> list[str]:
     return list(PRESETS)
 
 
-def get_preset(name: str = DEFAULT_PRESET) -> EngineParams:
-    """A shipped preset by name, or a YAML file (``base:`` + overrides) by path."""
+def get_preset(name: str = DEFAULT_PRESET, field: str = "--preset") -> EngineParams:
+    """A shipped preset by name, or a YAML file (``base:`` + overrides) by path; errors name `field`."""
     if name in PRESETS:
         return PRESETS[name]
     path = Path(name)
     if path.suffix in (".yaml", ".yml"):
         if not path.is_file():
-            raise InputError("no such preset file", path=name, field="--preset")
+            raise InputError("no such preset file", path=name, field=field)
         return _load_yaml(path)
     raise InputError(f"unknown preset {name!r}; expected one of {', '.join(PRESETS)} or a .yaml file",
-                     field="--preset")
+                     field=field)
 
 
 def _load_yaml(path: Path) -> EngineParams:
