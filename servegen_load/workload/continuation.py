@@ -111,9 +111,8 @@ def view(pool: ClientPool, end: float, shrink: bool) -> ClientPool:
     if shrink and "rate_signal_var" in pool.extra:
         covered = window_cover(n0, W, float(meta.get("span", n0 * W)))
         p_fit = profile_at(prof_src, level, origin + starts[:n0] + 0.5 * W, wall)
-        gain = pool.extra.get("rate_noise", np.zeros(pool.n_clients)).astype(np.float64)[:, None]
-        g = np.where(gain > 0, gain, np.maximum(pool.cv.astype(np.float64), 1.0) ** 2)
-        r_src = shrunk_rates(r_src, p_fit, pool.extra["rate_signal_var"].astype(np.float64), g, covered)
+        r_src = shrunk_rates(r_src, p_fit, pool.extra["rate_signal_var"].astype(np.float64), _count_noise(pool),
+                             covered)
     elif shrink:
         B = pool.extra["rate_shrink"].astype(np.float64)[:, None]
         r_src = p_src[:, :n0] + B * (r_src - p_src[:, :n0])
@@ -146,6 +145,13 @@ def view(pool: ClientPool, end: float, shrink: bool) -> ClientPool:
                   scale=scale, data_start=data_start, table_index=table_index, extra=extra)
     _VIEWS[key] = (pool, out)
     return out
+
+
+def _count_noise(pool: ClientPool) -> np.ndarray:
+    """Count variance per expected request, clients x fitted windows: the client's arrival model's
+    (`rate_noise`), else the window's max(CV, 1)^2 (`arrival_fit`'s shrinkage)."""
+    gain = pool.extra.get("rate_noise", np.zeros(pool.n_clients)).astype(np.float64)[:, None]
+    return np.where(gain > 0, gain, np.maximum(pool.cv.astype(np.float64), 1.0) ** 2)
 
 
 def _recent(pool: ClientPool, r_src: np.ndarray, prof_src: np.ndarray, level: np.ndarray, origin: float,
@@ -182,11 +188,11 @@ def _recent(pool: ClientPool, r_src: np.ndarray, prof_src: np.ndarray, level: np
     cover = window_cover(n0, W, span)[n0 - m:]
     seen = pool.rate[:, n0 - m:].astype(np.float64)
     n, pred = seen @ cover, predicted @ cover
-    gain = pool.extra.get("rate_noise", np.zeros(pool.n_clients)).astype(np.float64)
-    cv2 = np.maximum(pool.cv[:, :n0].astype(np.float64), 1.0) ** 2
     busy = pool.rate[:, :n0] > 0
-    typical = np.array([float(np.median(c[b])) if b.any() else 1.0 for c, b in zip(cv2, busy, strict=True)])
-    noise = np.where(gain > 0, np.maximum(gain, 1e-3), typical)
+    noise = np.ones(pool.n_clients)  # per client: its windows' count noise, the median over those with traffic
+    some = busy.any(axis=1)
+    noise[some] = np.nanmedian(np.where(busy, _count_noise(pool)[:, :n0], np.nan)[some], axis=1)
+    noise = np.maximum(noise, 1e-3)
     z = np.abs(n - pred) / np.sqrt(noise * np.maximum(pred, 1.0))
     clear = z >= RECENT_Z
     gone = clear & (n < GONE_SHARE * pred)
