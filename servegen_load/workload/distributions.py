@@ -186,18 +186,14 @@ def compress(table: LengthTable, ks_max: float = 0.004, mass: bool = False) -> L
     if table.values.size <= 1:
         return table
     pmf = np.diff(table.cdf, prepend=0.0)
-    weighted = None
-    if mass and float(table.values.min()) >= 0 and float(table.values @ pmf) > 0:
-        q = table.values * pmf
-        weighted = LengthTable(table.values, np.cumsum(q) / q.sum())
-        share = np.diff(weighted.cdf, prepend=0.0)
+    weighted = _token_weighted(table) if mass and float(table.values.min()) >= 0 else None
     width = 2.0 * ks_max
     if float((pmf[1:] + pmf[:-1]).min()) >= 2.0 * width:  # each atom's mid alone in its bin: nothing merges
         return table  # (a client's few requests in a data window: 78k such tables took 12 s of a fit)
+    mid = table.cdf - 0.5 * pmf
+    if weighted is not None:  # bins narrow in both counts and tokens
+        mid = 0.5 * (mid + weighted.cdf - 0.5 * np.diff(weighted.cdf, prepend=0.0))
     while True:
-        mid = table.cdf - 0.5 * pmf
-        if weighted is not None:  # bins narrow in both counts and tokens
-            mid = 0.5 * (mid + weighted.cdf - 0.5 * share)
         bins = np.floor(mid / width).astype(np.int64)
         starts = np.flatnonzero(np.diff(bins, prepend=bins[0] - 1))
         bin_mass = np.add.reduceat(pmf, starts)
@@ -211,8 +207,15 @@ def compress(table: LengthTable, ks_max: float = 0.004, mass: bool = False) -> L
         out = LengthTable(table.values[first_reach], np.cumsum(bin_mass) / np.sum(bin_mass))
         ok = ks_distance(out, table) <= ks_max
         if ok and weighted is not None:
-            qo = out.values * np.diff(out.cdf, prepend=0.0)
-            ok = qo.sum() > 0 and ks_distance(LengthTable(out.values, np.cumsum(qo) / qo.sum()), weighted) <= ks_max
+            out_weighted = _token_weighted(out)
+            ok = out_weighted is not None and ks_distance(out_weighted, weighted) <= ks_max
         if ok or width < 1e-9:
             return out
         width /= 2.0
+
+
+def _token_weighted(t: LengthTable) -> LengthTable | None:
+    """The size-biased table (atom x probability: where the tokens are), None when it holds none."""
+    q = t.values * np.diff(t.cdf, prepend=0.0)
+    total = float(q.sum())
+    return LengthTable(t.values, np.cumsum(q) / total) if total > 0 else None
