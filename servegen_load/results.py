@@ -48,7 +48,7 @@ import numpy as np
 import orjson
 
 from .errors import InputError
-from .formats import RESULTS_FORMAT
+from .formats import RESULTS_FORMAT, SECOND_HEADER, is_footer
 from .requests import Request
 
 STATUSES = ("ok", "http_error", "timeout", "disconnect", "connect_error", "protocol_error", "cancelled", "lost",
@@ -408,9 +408,8 @@ def _load_file(path: Path, cols: _Columns, warnings: list[str]) -> dict[str, Any
             if ended:
                 raise InputError("a line after the closing footer line", path=where, line=n)
             if "format" in d and "id" not in d:
-                raise InputError("a second header: files concatenated into one? Give each file as its own "
-                                 "argument (report A B merges them)", path=where, line=n)
-            if d.get("footer") is True and "id" not in d:
+                raise InputError(SECOND_HEADER, path=where, line=n)
+            if is_footer(d):
                 ended = bool(d.get("complete"))
                 if isinstance(d.get("lines"), int):
                     head["lines"] = d["lines"]

@@ -58,7 +58,7 @@ import orjson
 from numpy.lib.stride_tricks import sliding_window_view
 
 from ..errors import InputError
-from ..formats import REQUESTS_FORMAT, RESULTS_FORMAT, first_object, format_kind
+from ..formats import REQUESTS_FORMAT, RESULTS_FORMAT, SECOND_HEADER, first_object, format_kind, is_footer
 
 FORMATS = ("auto", "azure", "mooncake", "bailian", "burstgpt", "csv", "jsonl", "requests", "results")
 MEDIA = ("image_count", "image_tokens", "audio_count", "audio_tokens", "video_count", "video_tokens")
@@ -960,13 +960,12 @@ class _JsonReader:
                 line_no += len(batch)
                 bad = BadRows()
                 objs, lines = _decode_lines(batch, first, bad)
-                if self.fmt == "results" and objs and objs[-1].get("footer") is True:  # a piped run's last line
+                if self.fmt == "results" and objs and is_footer(objs[-1]):  # a piped run's last line
                     objs, lines = objs[:-1], lines[:-1]
                 if self.fmt in ("requests", "results"):
                     again = next((i for i, o in enumerate(objs) if "format" in o), None)
                     if again is not None:  # two files in one: every request would count twice
-                        raise InputError("a second header: files concatenated into one? Give each file on "
-                                         "its own", path=ps, line=int(lines[again]))
+                        raise InputError(SECOND_HEADER, path=ps, line=int(lines[again]))
                 if self.fmt == "bailian":
                     _chain_roots(objs, roots)
                 rows = len(objs) + bad.count
