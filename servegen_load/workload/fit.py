@@ -649,10 +649,11 @@ def _spread_clock(cols: _Columns, report: FitReport) -> _Columns:
     twice (and 0.1 over) what Poisson arrivals at its rate would put in one tick (an eval harness
     sending 8 at once, a few times an hour). A fixed seed keeps fits deterministic."""
     t, client = cols.t, cols.client
-    whole = log_clock(t, CLOCK_SHARE)
     order = group_time_order(client, t)
     ts, cs = t[order], client[order]
     bounds = np.flatnonzero(np.concatenate([[True], cs[1:] != cs[:-1], [True]]))
+    small = bool(np.any(np.diff(bounds) < MIN_CLOCK_ROWS))  # only they take the log's clock
+    whole = log_clock(t, CLOCK_SHARE) if small else 0.0
     jitter = np.zeros(t.size)
     rng = np.random.default_rng(0)
     spread: dict[float, int] = {}
