@@ -311,6 +311,9 @@ def inspect_requests_file(target: str, scenario: str | None = None, as_json: boo
         from .workload.fidelity import inspect_requests  # type: ignore[import-not-found]
     except ModuleNotFoundError as e:
         raise _missing(e, "servegen_load.workload.fidelity", target, "requests files") from None
+    from .run.fill_in import check_source_ids
+
+    check_source_ids(target)  # `run` refuses such a file: its statistics would describe nothing sendable
     return inspect_requests(target, scenario=scenario, as_json=as_json)
 
 

@@ -52,6 +52,14 @@ def test_inspect_a_requests_file_where_no_client_sends_twice(tmp_path: Path) -> 
     assert "output_tokens" in r.out
 
 
+def test_inspect_refuses_a_requests_file_that_run_would_refuse(tmp_path: Path) -> None:
+    """Duplicate ids: `inspect` described the file, `run` refused it."""
+    src = write_requests(tmp_path / "dup.jsonl", make_requests([0.0, 0.1, 0.2], output_tokens=4))
+    src.write_bytes(src.read_bytes().replace(b'"id":"r2"', b'"id":"r0"'))
+    line = assert_failed(run_cli("inspect", src), "r0")
+    assert f"{src}:4: id: duplicate request id" in line
+
+
 @pytest.mark.parametrize("opts,field", [(["--endpoint", "http://[::1"], "--endpoint"),
                                         (["--pushgateway", "http://[::1"], "--pushgateway"),
                                         (["--pushgateway", "localhost:99999"], "--pushgateway"),
@@ -77,13 +85,18 @@ def test_a_scenario_slo_that_does_not_parse_is_refused_before_any_traffic(tmp_pa
     assert "slo" in line and "connection" not in line and not (tmp_path / "out.jsonl").exists()
 
 
-def test_a_source_that_schedules_nothing_is_bad_input(tmp_path: Path) -> None:
-    from servegen_load.sim import SimProcess
-
-    src = write_requests(tmp_path / "r.jsonl", [])
-    with SimProcess("tiny-cpu") as sim:
-        r = run_cli("run", src, "-o", tmp_path / "out.jsonl", "--endpoint", sim.url, "--progress", "off")
-    assert r.code == 2 and "scheduled no request" in r.err and "Traceback" not in r.err, r
+@pytest.mark.parametrize("make", ["requests", "scenario"])
+def test_a_source_that_schedules_nothing_is_refused_before_anything_starts(tmp_path: Path, make: str) -> None:
+    """It started the embedded simulator (or asked the endpoint for its models), ran an empty
+    schedule and wrote an empty results file before its exit 2."""
+    if make == "requests":
+        src = write_requests(tmp_path / "r.jsonl", [])
+    else:
+        src = tmp_path / "s.yaml"
+        src.write_text("naive:\n  rate: 0.001\n  input_tokens: 10\n  output_tokens: 4\nduration: 1\n")
+    out = tmp_path / "out.jsonl"
+    line = assert_failed(run_cli("run", src, "-o", out, "--progress", "off"), src, out=out)
+    assert "scheduled no request" in line
 
 
 def test_a_first_token_before_its_send_is_no_measurement(tmp_path: Path, results: Path) -> None:

@@ -9,12 +9,14 @@ the endpoint contacted (`run.target`).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import sys
 from pathlib import Path
 from typing import Any
 
 from ..dispatch.limits import Limits, Timeouts
 from ..dispatch.runner import GIVE_UP_AFTER, RunConfig
+from ..errors import InputError
 from ..formats import EXIT_INTERRUPTED, EXIT_NO_SUCCESS, EXIT_STORAGE
 from .barrier import StartWithdrawn
 from .finish import check_slos, exit_code, publish_summary, refused_line, run_header
@@ -99,6 +101,12 @@ def run_local(spec: RunSpec, outputs: Any, argv: list[str]) -> int:
         from .fill_in import check_source_ids
 
         check_source_ids(spec.source)  # results are read by id: two lines of one would count as two
+    if spec.shard is None and spec.source != "-":  # (a shard may hold none; stdin may not have begun)
+        first = next(opened.requests, None)
+        if first is None:  # refused before the simulator starts or the endpoint is asked anything
+            raise InputError("the source scheduled no request (check --duration/--count and the source)",
+                             path=spec.source)
+        opened.requests = itertools.chain((first,), opened.requests)
     with contextlib.ExitStack() as stack:
         try:
             target = resolve_target(spec, stack)
