@@ -168,7 +168,8 @@ def _recent(pool: ClientPool, r_src: np.ndarray, prof_src: np.ndarray, level: np
     model's, else its windows' CV^2): a client that sent under `GONE_SHARE` of the prediction has
     left (factor: the posterior mean of the ratio under a Gamma(`RECENT_PRIOR`) prior, ~0), one
     whose prediction was under `GONE_SHARE` of what it sent has arrived (floor: the median rate
-    of its recent windows, so a spike in them is not carried on). Anything between (a 2-3 h
+    of its recent windows, so a spike in them is not carried on). Neither for a client whose log already
+    went quiet and came back, or woke and went quiet again, as far (`_habitual`): that is its habit. Anything between (a 2-3 h
     surge, a quiet evening, a trend) is the traffic's own variation: carried on at full
     strength for days, such changes lost to Poisson on production-like logs."""
     W = pool.window
@@ -185,7 +186,8 @@ def _recent(pool: ClientPool, r_src: np.ndarray, prof_src: np.ndarray, level: np
     own = profile_at(prof_src, level, origin + mid, wall)
     back = profile_at(prof_src, level, origin + src * W + 0.5 * W, wall)
     predicted = np.maximum(own + (r_src[:, src] - back), 0.0)
-    cover = window_cover(n0, W, span)[n0 - m:]
+    cover_all = window_cover(n0, W, span)
+    cover = cover_all[n0 - m:]
     seen = pool.rate[:, n0 - m:].astype(np.float64)
     n, pred = seen @ cover, predicted @ cover
     busy = pool.rate[:, :n0] > 0
@@ -195,12 +197,40 @@ def _recent(pool: ClientPool, r_src: np.ndarray, prof_src: np.ndarray, level: np
     noise = np.maximum(noise, 1e-3)
     z = np.abs(n - pred) / np.sqrt(noise * np.maximum(pred, 1.0))
     clear = z >= RECENT_Z
-    gone = clear & (n < GONE_SHARE * pred)
-    new = clear & (pred < GONE_SHARE * n)
+    gone_before, new_before = _habitual(pool.rate[:, :n0 - m] * cover_all[:n0 - m], m, step, noise)
+    gone = clear & (n < GONE_SHARE * pred) & ~gone_before
+    new = clear & (pred < GONE_SHARE * n) & ~new_before
     factor = np.where(gone, (n / noise + RECENT_PRIOR) / (pred / noise + RECENT_PRIOR), 1.0)
     full = cover >= 0.5 * W
     median = np.median(seen[:, full], axis=1) if full.any() else n / max(cover.sum(), 1e-9)
     return factor, np.where(new, median, 0.0)
+
+
+def _habitual(counts: np.ndarray, m: int, step: int, noise: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per client: whether its log, before the last hours, already went quiet and came back (and
+    woke and went quiet again). A stretch of `m` windows that fell as far below the same stretch a
+    period earlier as a departure does, with the client sending again after it, is a silence it
+    keeps as a habit: jobs that run for minutes every few hours, on no daily clock (12 such jobs,
+    silent 3-9 h before the split as many times earlier, were continued at nothing). A silence
+    that has not ended (a tenant that left before the last hours) is no habit."""
+    k, n = counts.shape
+    none = np.zeros(k, dtype=bool)
+    if n < step + 2 * m:
+        return none, none
+    c = np.concatenate([np.zeros((k, 1)), np.cumsum(counts, axis=1)], axis=1)
+    sums = c[:, m:] - c[:, :-m]  # the stretch starting at each window
+    now, back = sums[:, step:], sums[:, :-step]
+    big = np.abs(now - back) / np.sqrt(noise[:, None] * np.maximum(back, 1.0)) >= RECENT_Z
+    drop, rise = big & (now < GONE_SHARE * back), big & (back < GONE_SHARE * now)
+    after = np.arange(now.shape[1]) + m  # the first stretch wholly after each one
+
+    def reverted(event: np.ndarray, then: np.ndarray) -> np.ndarray:
+        first = np.where(event.any(axis=1), event.argmax(axis=1), now.shape[1])
+        later = np.arange(now.shape[1])[None, :] >= np.minimum(after[first.clip(max=now.shape[1] - 1)], now.shape[1])[:, None]
+        return event.any(axis=1) & (then & later).any(axis=1)
+
+    peak = np.where(rise, now, 0.0).max(axis=1, keepdims=True)
+    return reverted(drop, (now > 0) & ~drop), reverted(rise, now < GONE_SHARE * peak)
 
 
 def _sources(n0: int, n1: int, W: float, origin: float, kind: str, wall: bool,
