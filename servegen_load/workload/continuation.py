@@ -168,10 +168,11 @@ def _recent(pool: ClientPool, r_src: np.ndarray, prof_src: np.ndarray, level: np
     model's, else its windows' CV^2): a client that sent under `GONE_SHARE` of the prediction has
     left (factor: the posterior mean of the ratio under a Gamma(`RECENT_PRIOR`) prior, ~0), one
     whose prediction was under `GONE_SHARE` of what it sent has arrived (floor: the median rate
-    of its recent windows, so a spike in them is not carried on). Neither for a client whose log already
-    went quiet and came back, or woke and went quiet again, as far (`_habitual`): that is its habit. Anything between (a 2-3 h
-    surge, a quiet evening, a trend) is the traffic's own variation: carried on at full
-    strength for days, such changes lost to Poisson on production-like logs."""
+    of its recent windows, so a spike in them is not carried on); neither for a client whose log
+    already went as quiet and came back, or woke and went quiet again (`_habitual`): that is its
+    habit. Anything between (a 2-3 h surge, a quiet evening, a trend) is the traffic's own
+    variation: carried on at full strength for days, such changes lost to Poisson on
+    production-like logs."""
     W = pool.window
     n0 = pool.window_start.size
     meta = pool.meta["arrival"]
