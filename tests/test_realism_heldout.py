@@ -561,3 +561,60 @@ def test_a_log_of_mixed_clocks_is_spread_client_by_client(tmp_path: Path) -> Non
     assert "(1 client(s) on a 1 s clock" in notes.getvalue(), notes.getvalue()
     z = dict(zip(pool.clients, pool.extra["zero_gap_share"].tolist(), strict=True))
     assert z["c0"] < 0.02 and z["c1"] < 0.02, z
+
+
+def _blocks(tmp: Path, log: Path, cols: ColumnMap, split: float, end: float) -> list:
+    pool, _ = fit_logs([log], columns=cols, options=FitOptions(time_range=(0.0, split)),
+                       stream=open("/dev/null", "w"))  # noqa: SIM115
+    pool.save(tmp / "pool.npz")
+    gen = prepare(parse_scenario({"pool": "pool.npz", "start": split, "duration": end - split, "seed": 2},
+                                 base_dir=tmp))
+    return list(gen.blocks())
+
+
+def test_bimodal_reasoning_keeps_the_answers_it_had(tmp_path: Path) -> None:
+    """60 % short reasoning (~200 tokens), 40 % long (~6000), answers ~300 tokens whichever. Output
+    and reasoning share were drawn apart: answers (output - reasoning) came out p90 4,016 against
+    646, mean 1,153 against 356. The log's copula of the two keeps them."""
+    rng = np.random.default_rng(3)
+    span = 2 * 86400.0
+    t = np.sort(rng.uniform(0, span, 60_000))
+    long = rng.random(t.size) < 0.4
+    reason = np.where(long, rng.lognormal(8.7, 0.4, t.size), rng.lognormal(5.3, 0.5, t.size)).astype(int)
+    answer = np.maximum(1, rng.lognormal(5.7, 0.6, t.size)).astype(int)
+    rows = [f"{MONDAY + x:.3f},{i},{r + a},{r}" for x, i, r, a in
+            zip(t, rng.integers(50, 500, t.size), reason, answer, strict=True)]
+    (tmp_path / "r.csv").write_text("time,prompt_tokens,completion_tokens,reasoning_tokens\n" + "\n".join(rows) + "\n")
+    blocks = _blocks(tmp_path, tmp_path / "r.csv", ColumnMap(reason="reasoning_tokens"), 0.7 * span, span)
+    out = np.concatenate([b.out for b in blocks])
+    gen = out - np.concatenate([b.reason for b in blocks])
+    real = answer[t >= 0.7 * span]
+    for q in (10, 50, 90):
+        assert abs(np.percentile(gen, q) / np.percentile(real, q) - 1) < 0.15, (q, np.percentile(gen, q), np.percentile(real, q))
+    assert abs(gen.mean() / real.mean() - 1) < 0.1, (gen.mean(), real.mean())
+
+
+def test_one_large_image_or_four_small_ones_stay_so(tmp_path: Path) -> None:
+    """Half the requests carry no image, 30 % one of 1600-2500 tokens, 20 % four of 256. Item sizes
+    were drawn per item and apart from the count: four mostly large images, mean image tokens per
+    request 82 % high (p99 8,692 against 2,486)."""
+    rng = np.random.default_rng(4)
+    span = 2 * 86400.0
+    t = np.sort(rng.uniform(0, span, 40_000))
+    u = rng.random(t.size)
+    cnt = np.where(u < 0.5, 0, np.where(u < 0.8, 1, 4))
+    tokens = cnt * np.where(cnt == 1, rng.integers(1600, 2500, t.size), 256)
+    rows = [f"{MONDAY + x:.3f},{i},{o},{c},{k}" for x, i, o, c, k in
+            zip(t, rng.integers(50, 500, t.size), rng.integers(10, 300, t.size), cnt, tokens, strict=True)]
+    (tmp_path / "m.csv").write_text("time,prompt_tokens,completion_tokens,n_images,img_tokens\n" + "\n".join(rows) + "\n")
+    blocks = _blocks(tmp_path, tmp_path / "m.csv", ColumnMap(image_count="n_images", image_tokens="img_tokens"),
+                     0.7 * span, span)
+    counts = np.concatenate([b.mm["image"][0] for b in blocks])
+    items = np.concatenate([b.mm["image"][1] for b in blocks])
+    per_request = np.bincount(np.repeat(np.arange(counts.size), counts), weights=items,
+                              minlength=counts.size)[counts > 0]
+    real = tokens[(t >= 0.7 * span) & (cnt > 0)]
+    assert abs(per_request.mean() / real.mean() - 1) < 0.05, (per_request.mean(), real.mean())
+    assert np.percentile(per_request, 99) < 1.1 * np.percentile(real, 99), (np.percentile(per_request, 99), np.percentile(real, 99))
+    four = items[np.repeat(counts, counts) == 4]
+    assert np.mean(four == 256) > 0.97, np.mean(four == 256)

@@ -41,7 +41,7 @@ from ..errors import InputError
 from ..requests import MAX_TIME, REQUESTS_FORMAT, Request
 from ..scenario import Scenario, load_scenario, scenario_digest
 from . import arrivals
-from .lengths import ClientTables, Lengths
+from .lengths import MODALITIES, ClientTables, Lengths
 from .resolve import CATEGORIES, Resolved, Source, client_seed, describe_sources, resolve
 
 BLOCK_REQUESTS = 1 << 17
@@ -136,16 +136,17 @@ def _realistic_client(plan: Resolved, src: Source, ci: int, gid: int) -> Iterato
     rng_a, rng_l = client_seed(s.seed, name, 0), client_seed(s.seed, name, 1)
     tables = ClientTables(src.pool, int(src.idx[ci]))
     rho = client_rho(s.length_correlation, src, ci)
+    coupling = client_coupling(src, ci)
     cat = CATEGORIES.index(src.category)
     k0 = 0
     for t, seg in _arrivals(s.arrival, src, ci, rng_a):
         dw = src.dwin[seg]
         if dw[0] == dw[-1]:
-            ln = tables.at(int(dw[0])).draw(t.size, rng_l, rho)
+            ln = tables.at(int(dw[0])).draw(t.size, rng_l, rho, coupling)
         else:
             cuts = np.flatnonzero(np.diff(dw)) + 1
             bounds = [0, *cuts.tolist(), t.size]
-            ln = _concat_lengths([tables.at(int(dw[a])).draw(b - a, rng_l, rho)
+            ln = _concat_lengths([tables.at(int(dw[a])).draw(b - a, rng_l, rho, coupling)
                                   for a, b in itertools.pairwise(bounds)])
         yield _batch(t, gid, k0, cat, ln)
         k0 += t.size
@@ -182,6 +183,19 @@ def client_rho(setting: float | str, src: Source, ci: int) -> float:
         return 0.0
     v = float(rc[int(src.idx[ci])])
     return float(np.clip(v, -1.0, 1.0)) if np.isfinite(v) else 0.0
+
+
+def client_coupling(src: Source, ci: int) -> dict[str, np.ndarray]:
+    """The copulas a fitted pool measured for one client (`lengths.coupled_uniforms`): output and
+    reasoning share (`reason_copula`), an item count and its items' size (`image_copula`, ...)."""
+    out: dict[str, np.ndarray] = {}
+    for key, name in (("reason_copula", "reason_ratio"), *((f"{m}_copula", f"{m}_tokens") for m in MODALITIES)):
+        cop = src.pool.extra.get(key)
+        if cop is not None and cop.ndim == 3 and cop.shape[0] == src.pool.n_clients:
+            j = cop[int(src.idx[ci])].astype(np.float64)
+            if np.isfinite(j).all() and j.sum() > 0:
+                out[name] = j
+    return out
 
 
 def _baseline_client(plan: Resolved, gid: int) -> Iterator[Batch]:

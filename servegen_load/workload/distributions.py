@@ -135,6 +135,12 @@ class LengthTable:
         idx = np.searchsorted(self.cdf, u, side="right")
         return self.values[np.minimum(idx, len(self.values) - 1)]
 
+    def mid_rank(self, u: np.ndarray) -> np.ndarray:
+        """The middle of the CDF step `sample(u)` lands on: the rank (in [0, 1]) every draw of that
+        value shares, as a fit's average ranks of ties give it (`fit.copula_by_group`)."""
+        idx = np.minimum(np.searchsorted(self.cdf, u, side="right"), len(self.values) - 1)
+        return 0.5 * (np.where(idx > 0, self.cdf[np.maximum(idx - 1, 0)], 0.0) + self.cdf[idx])
+
     def quantile(self, q: np.ndarray | float) -> np.ndarray:
         idx = np.searchsorted(self.cdf, np.asarray(q, dtype=np.float64), side="left")
         return self.values[np.minimum(idx, len(self.values) - 1)]

@@ -41,7 +41,9 @@ What a fit measures, per client (after merging sparse clients, see below):
   for a field (e.g. no reasoning count) gets the table {0: 1}.
 - `rank_corr` (optional pool array): Spearman correlation of input and output tokens over the
   client's requests (average ranks for ties; a random sample when the logs have more than
-  `SPEARMAN_SAMPLE` rows, at least 5000 rows a client).
+  `SPEARMAN_SAMPLE` rows, at least 5000 rows a client); on the same rows `reason_copula` (output
+  tokens and reasoning share) and `m_copula` (an item count and its items' size), the log's own
+  checkerboard copulas, which `generate` draws from (`lengths.coupled_uniforms`).
 - Sessions (with a session column): per client (`SESSION_FIELDS`), turns per session, think time
   between turns, new input tokens per turn after the first, input tokens of first turns and of
   requests outside sessions. Think time is **arrival to arrival**: t(turn k+1) - t(turn k), what a
@@ -533,6 +535,15 @@ def _fit(cols: _Columns, opts: FitOptions, report: FitReport, scales: list[float
     sub = _per_group_sample(client, n_clients, SPEARMAN_SAMPLE)
     extra: dict[str, np.ndarray] = {
         "rank_corr": spearman_by_group(x[sub], cols.output[sub], client[sub], n_clients)}
+    # what `TableSet.draw` couples besides: output with its reasoning share (bimodal reasoning
+    # under answers of one length: drawn apart, answers came out 0.1x to 13x), an item count with
+    # its items' size (one large image or four small ones: mean image tokens 82 % high)
+    if "reason_ratio" in values:
+        extra["reason_copula"] = copula_by_group(cols.output[sub], values["reason_ratio"][0][sub], client[sub], n_clients)
+    for m in ("image", "audio", "video"):
+        if f"{m}_count" in values and f"{m}_tokens" in values:
+            extra[f"{m}_copula"] = copula_by_group(values[f"{m}_count"][0][sub], values[f"{m}_tokens"][0][sub],
+                                                   client[sub], n_clients)
     extra.update(arr.extra)
     meta: dict[str, Any] = {"arrival": {**arr.meta, "utc_offset": cols.utc_offset}}
     if cols.session is not None:
@@ -556,6 +567,9 @@ def _fit(cols: _Columns, opts: FitOptions, report: FitReport, scales: list[float
     meta["source"] = "fit"
     meta["arrays"] = {"rank_corr": "per client: Spearman correlation of input and output tokens",
                       **ARRIVAL_ARRAYS}
+    meta["arrays"].update({k: f"per client: {COPULA_BINS}x{COPULA_BINS} checkerboard copula of "
+                           + ("output tokens and reasoning share" if k == "reason_copula" else "an item count and its size")
+                           for k in extra if k.endswith("_copula")})
     if "session_index" in extra:
         meta["arrays"].update(session_index="per client: table ids of session_fields (-1: no sessions)",
                               session_share="per client: share of requests with a session id")
@@ -936,6 +950,31 @@ def _per_group_sample(group: np.ndarray, n_groups: int, budget: int) -> np.ndarr
     p = np.minimum(1.0, cap / np.maximum(counts, 1)).astype(np.float32)
     u = np.random.default_rng(0).random(group.size, dtype=np.float32)
     return np.flatnonzero(u < p[group])
+
+
+COPULA_BINS = 16
+COPULA_MIN = 50  # pairs a client needs for a copula (fewer: the fields are drawn independently)
+
+
+def copula_by_group(x: np.ndarray, y: np.ndarray, group: np.ndarray, n_groups: int) -> np.ndarray:
+    """Per group, the share of (x, y) pairs with x's rank in bin i and y's in bin j of
+    `COPULA_BINS`, ties at their average rank; NaN for groups under `COPULA_MIN` pairs. Rows where x or y is
+    negative are ignored."""
+    k = COPULA_BINS
+    ok = (x >= 0) & (y >= 0)
+    g = group[ok].astype(np.int64)
+    n = np.bincount(g, minlength=n_groups)
+
+    def bins(rank: np.ndarray) -> np.ndarray:
+        return np.minimum((rank / np.maximum(n[g], 1) * k).astype(np.int64), k - 1)
+
+    # average ranks: a value's ties share one bin (x is drawn first, and conditioned on through
+    # `LengthTable.mid_rank`; y's draw in its tie's bin then lands on that value)
+    rx, ry = _group_ranks(x[ok], g) - 0.5, _group_ranks(y[ok], g) - 0.5
+    cells = np.bincount((g * k + bins(rx)) * k + bins(ry), minlength=n_groups * k * k).reshape(n_groups, k, k)
+    out = (cells / np.maximum(n, 1)[:, None, None]).astype(np.float32)
+    out[n < COPULA_MIN] = np.nan
+    return out
 
 
 def spearman_by_group(x: np.ndarray, y: np.ndarray, group: np.ndarray, n_groups: int) -> np.ndarray:

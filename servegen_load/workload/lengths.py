@@ -5,12 +5,16 @@ reasoning adds `reason_ratio`; multimodal has `text_tokens` (the request's `inpu
 `output_tokens` and per modality m in image/audio/video `m_count` (items per request) and
 `m_tokens` (tokens of one item).
 
-Each field is drawn by inverse CDF from its own uniform, independently of the others (ServeGen's
-release draws every field of a request from one shared uniform, which makes input and output
-perfectly rank-correlated; we do not copy that). `length_correlation` = rho couples input and
-output through a Gaussian copula: (z1, z2) standard normals with Pearson r = 2 sin(pi rho / 6),
-u = Phi(z); r is chosen so the rank (Spearman) correlation of continuous margins is rho; ties of
-discrete tables pull the realised value slightly towards 0.
+Each field is drawn by inverse CDF from its own uniform (ServeGen's release draws every field of
+a request from one shared uniform, which makes input and output perfectly rank-correlated; we do
+not copy that). `length_correlation` = rho couples input and output through a Gaussian copula:
+(z1, z2) standard normals with Pearson r = 2 sin(pi rho / 6), u = Phi(z); r is chosen so the rank
+(Spearman) correlation of continuous margins is rho; ties of discrete tables pull the realised
+value slightly towards 0. Where a fitted pool measured them, output and its reasoning share, and
+an item count and its items' size, are coupled by the log's own (checkerboard) copula; elsewhere
+they are independent.
+A request's items of one modality share one size (a fitted pool's item size is its request's
+tokens over its items).
 
 Clipping, because a server needs it: input (text) tokens >= 1 (a prompt has at least one token),
 output tokens >= 1 (max_tokens must be positive), each multimodal item >= 1 token, item counts
@@ -56,6 +60,24 @@ def copula_uniforms(n: int, rho: float, rng: np.random.Generator) -> tuple[np.nd
     return ndtr(z[:, 0]), ndtr(z2)
 
 
+def coupled_uniforms(u: np.ndarray, joint: np.ndarray | None, rng: np.random.Generator) -> np.ndarray:
+    """A uniform column coupled to `u` by a fitted checkerboard copula `joint` (K x K: the share
+    of requests with the first field's rank in bin i and the second's in bin j); independent
+    draws without one. Why not a Gaussian copula: a bimodal reasoning share under answers of one
+    length, or one large image against four small ones, is a coupling of blocks that no single
+    correlation holds (a Gaussian one at the measured Spearman still put 4 large images where
+    the log had 4 small ones)."""
+    if joint is None:
+        return rng.random(u.size)
+    k = joint.shape[0]
+    rows = joint / np.maximum(joint.sum(axis=1, keepdims=True), 1e-300)
+    rows[joint.sum(axis=1) <= 0] = 1.0 / k  # a rank bin the log never filled: independent there
+    cum = np.cumsum(rows, axis=1)
+    i = np.minimum((u * k).astype(np.int64), k - 1)
+    col = np.minimum((cum[i] < rng.random(u.size)[:, None]).sum(axis=1), k - 1)
+    return (col + rng.random(u.size)) / k
+
+
 class TableSet:
     """The tables one request draws from: field -> (values float64, cdf float64)."""
 
@@ -64,26 +86,38 @@ class TableSet:
     def __init__(self, tables: dict[str, LengthTable]) -> None:
         self.tables = tables
 
-    def draw(self, n: int, rng: np.random.Generator, rho: float) -> Lengths:
+    def draw(self, n: int, rng: np.random.Generator, rho: float,
+             coupling: dict[str, np.ndarray] | None = None) -> Lengths:
+        """`coupling`: the copulas (`coupled_uniforms`) a fitted pool measured, of output and
+        reasoning share (`reason_ratio`) and of an item count and its items' size (`image_tokens`, ...)."""
         t = self.tables
+        c = coupling or {}
         f_in = "text_tokens" if "text_tokens" in t and "input_tokens" not in t else "input_tokens"
         u_in, u_out = copula_uniforms(n, rho, rng)
         inp = np.maximum(np.rint(t[f_in].sample(u_in)), 1).astype(np.int64)
         out = np.maximum(np.rint(t["output_tokens"].sample(u_out)), 1).astype(np.int64)
         res = Lengths(inp, out)
         if "reason_ratio" in t:
-            ratio = t["reason_ratio"].sample(rng.random(n))
+            ratio = t["reason_ratio"].sample(coupled_uniforms(t["output_tokens"].mid_rank(u_out), c.get("reason_ratio"), rng))
             res.reason = np.clip(np.rint(ratio * out), 0, out).astype(np.int64)
         for m in MODALITIES:
             if f"{m}_count" not in t:
                 continue
-            cnt = np.maximum(np.rint(t[f"{m}_count"].sample(rng.random(n))), 0).astype(np.int64)
-            total = int(cnt.sum())
-            if total and f"{m}_tokens" in t:
-                items = np.maximum(np.rint(t[f"{m}_tokens"].sample(rng.random(total))), 1).astype(np.int64)
+            u_cnt = rng.random(n)
+            cnt = np.maximum(np.rint(t[f"{m}_count"].sample(u_cnt)), 0).astype(np.int64)
+            if f"{m}_tokens" in t:
+                # one size per request, for all its items: what a fitted pool measured (a request's
+                # tokens over its items); drawn per item, one large image and four small ones became
+                # four mostly large ones (mean image tokens 82 % high)
+                has = cnt > 0
+                tc = t[f"{m}_count"]
+                p0 = float(tc.cdf[np.flatnonzero(tc.values < 0.5)[-1]]) if tc.values[0] < 0.5 else 0.0
+                u_has = (tc.mid_rank(u_cnt[has]) - p0) / max(1.0 - p0, 1e-12)  # rank among requests with items
+                size = t[f"{m}_tokens"].sample(coupled_uniforms(u_has, c.get(f"{m}_tokens"), rng))
+                items = np.repeat(np.maximum(np.rint(size), 1).astype(np.int64), cnt[has])
             else:
-                cnt = np.zeros(n, dtype=np.int64) if f"{m}_tokens" not in t else cnt
-                items = np.zeros(int(cnt.sum()), dtype=np.int64)
+                cnt = np.zeros(n, dtype=np.int64)
+                items = np.zeros(0, dtype=np.int64)
             res.mm[m] = (cnt, items)
         return res
 

@@ -24,7 +24,10 @@ one of them is optional: a pool without them generates as before, and older read
 
 Optional arrays (`ClientPool.extra`; a pool without them loads fine, readers must check): pools
 made by `fit` add `rank_corr` float32 (clients,), the Spearman correlation of input (text) and
-output tokens per client (NaN: undefined); and with session ids `session_index` int32
+output tokens per client (NaN: undefined), and where the log has them `reason_copula` (output
+tokens and reasoning share) and `image_copula`/`audio_copula`/`video_copula` (an item count and
+the size of its items), float32 (clients, K, K) checkerboard copulas (NaN: too few requests);
+and with session ids `session_index` int32
 (clients, 3) pointing into the same flat tables for the fields `meta.session_fields` =
 turns per session, think time between turns (s), new input tokens per turn (-1: no sessions),
 plus `session_share` float32 (clients,), the share of the client's requests that carry a session.
@@ -52,6 +55,9 @@ CATEGORIES = ("language", "multimodal", "reason")
 MAX_VALUE = 2**31 - 1  # a length table's largest value: token counts are int32 in logs and requests
 _ARRAYS = ("window_start", "rate", "cv", "family", "shape", "scale", "data_start",
            "table_index", "values", "cdf", "offsets")
+
+
+COPULAS = ("reason_copula", "image_copula", "audio_copula", "video_copula")
 
 
 @dataclass
@@ -208,6 +214,11 @@ class ClientPool:
         rc = self.extra.get("rank_corr")
         if rc is not None and (rc.shape != (c,) or rc.dtype.kind != "f"):
             raise bad(f"expected {c} floats (one per client), got {rc.dtype} {rc.shape}", "rank_corr")
+        for name in COPULAS:
+            cop = self.extra.get(name)
+            if cop is not None and (cop.ndim != 3 or cop.shape[0] != c or cop.shape[1] != cop.shape[2]
+                                    or cop.dtype.kind != "f"):
+                raise bad(f"expected {c} square tables of floats (one per client), got {cop.dtype} {cop.shape}", name)
         self._validate_arrivals(bad, c, w, n_tables)
         si = self.extra.get("session_index")
         if si is not None and (si.shape[:1] != (c,) or si.dtype.kind not in "iu"
