@@ -76,6 +76,30 @@ def test_calibrate_recovers_a_known_preset(tmp_path: Path) -> None:
     assert get_preset(str(again)).step_base_s == pytest.approx(fitted.step_base_s, rel=0.05)
 
 
+def test_a_limit_the_probe_never_reached_is_not_invented_and_from_keeps_the_server_limits(tmp_path: Path) -> None:
+    """A server allowing 1,024 sequences: the probe's steady phase had a few more requests in flight
+    than decoding (prompts in prefill), which was taken for a limit (max_num_seqs 39: the twin's
+    capacity 24 % high). And `--from` the kept probe refitted with the base preset's context
+    (65,536 where the server said 4,096)."""
+    known = tmp_path / "wide.yaml"
+    known.write_text(yaml.safe_dump({**KNOWN, "max_num_seqs": 1024, "kv_cache_tokens": 450_000}))
+    out, probe = tmp_path / "fitted.yaml", tmp_path / "probe"
+    with SimProcess(str(known)) as sim:
+        p = subprocess.run([*CLI, "calibrate", "--endpoint", sim.url, "--server-family", "sim",
+                            "--probe-dir", str(probe), "--probe-steady", "10", "--rounds", "1", "-o", str(out)],
+                           capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    fitted = get_preset(str(out))
+    assert fitted.max_num_seqs >= 256 and "not reached" in p.stdout, p.stdout
+    again = tmp_path / "again.yaml"
+    q = subprocess.run([*CLI, "calibrate", "--from", str(probe), "-o", str(again)], capture_output=True, text=True,
+                       timeout=120)
+    assert q.returncode == 0, q.stderr[-2000:]
+    refit = get_preset(str(again))
+    assert (refit.max_model_len, refit.kv_cache_tokens) == (fitted.max_model_len, fitted.kv_cache_tokens) == \
+        (4096, fitted.kv_cache_tokens), (refit, fitted)
+
+
 def test_check_replays_a_scenario_on_the_endpoint_and_on_the_twin(tmp_path: Path) -> None:
     """`calibrate --check` against the simulator serving KNOWN, with KNOWN itself as the twin: the
     predicted latencies agree with the measured ones, and the steps line says the measured steps

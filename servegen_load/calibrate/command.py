@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import sys
 import tempfile
@@ -20,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from ..atomic import atomic_write
 from ..errors import InputError
 from ..results import Results, read_results
 from .fit import NAMES, Fit
@@ -100,6 +102,25 @@ def round_inputs(paths: list[str]) -> list[list[str]]:
     return rounds
 
 
+LIMITS_FILE = "server-limits.json"
+
+
+def probe_limits(inputs: list[str]) -> tuple[dict[str, Any], int | None]:
+    """The server's limits and the shared prefix a kept probe directory recorded (`LIMITS_FILE`
+    beside the results, or a directory up: rounds), so `--from` refits what the probe measured
+    (it had taken the base preset's context, 8x the server's KV)."""
+    for p in map(Path, inputs):
+        for d in (p, p.parent, p.parent.parent) if p.is_dir() else (p.parent, p.parent.parent):
+            f = d / LIMITS_FILE
+            if f.is_file():
+                try:
+                    doc = json.loads(f.read_text())
+                    return dict(doc.get("limits") or {}), doc.get("shared_prefix")
+                except (OSError, ValueError, AttributeError):
+                    raise InputError("expected the JSON calibrate writes", path=str(f)) from None
+    return {}, None
+
+
 def median_round(rounds: list[Round]) -> int:
     """The round whose saturation rate is the median (the lower of the middle two): a probe run in
     a slow or fast spell of the host is outvoted by the others, and its parameters are never mixed in."""
@@ -143,6 +164,11 @@ def calibrate(*, endpoint: str | None, inputs: list[str], output: str, model: st
             if probe_dir is None:
                 tmp = tempfile.TemporaryDirectory(prefix="servegen-calibrate-")
                 probe_dir = tmp.name
+            shared = min(CACHE_SHARED, prompt_room(int(limits.get("max_model_len") or 4096), probe_output,
+                                                   probe_max_prompt) // 2)
+            Path(probe_dir).mkdir(parents=True, exist_ok=True)  # what `--from` refits with
+            with atomic_write(Path(probe_dir) / LIMITS_FILE) as fh:
+                fh.write(json.dumps({"limits": limits, "shared_prefix": shared}))
             groups = []
             for r in range(rounds):
                 if rounds > 1:
@@ -153,12 +179,11 @@ def calibrate(*, endpoint: str | None, inputs: list[str], output: str, model: st
                                   max_concurrency=max_concurrency, output=probe_output, max_prompt=probe_max_prompt,
                                   budget_s=probe_budget, steady_s=probe_steady, limits=limits, log=_log)
                 groups.append([str(p) for p in paths])
-            shared = min(CACHE_SHARED, prompt_room(int(limits.get("max_model_len") or 4096), probe_output,
-                                                   probe_max_prompt) // 2)
             _log(f"calibrate: probe took {time.perf_counter() - t0:.1f} s"
                  + (f"; results kept in {probe_dir}" if tmp is None else ""))
         else:
             groups = round_inputs(inputs)
+            limits, shared = probe_limits(inputs)
         fitted = []
         for files in groups:
             res = read_results(*files)
