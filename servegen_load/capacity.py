@@ -50,7 +50,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -65,6 +65,7 @@ if TYPE_CHECKING:
 
 SATURATION_RATIO = 0.92
 MIN_DEFICIT = 3.0  # requests a saturated step's window must be short of what was due
+GROWTH_S = 0.5  # TTFT growth through a window (s) that with a deficit says a backlog is building
 MIN_SCALE_FACTOR = 1 / 256
 
 
@@ -149,6 +150,7 @@ class Step:
     errors: dict[str, int] = field(default_factory=dict)  # failed requests of the measured window, by status
     due_rate: float | None = None  # scheduled one median first-token delay before the window (`window_rates`)
     window: float = 0.0  # seconds of the measured window
+    ttft_growth: float = 0.0  # `Window.growth`
 
     @property
     def passed(self) -> bool:
@@ -162,8 +164,17 @@ class Step:
         due = self.due_rate if self.due_rate is not None else self.offered_rate
         if due is None or self.served_rate is None:
             return False
-        short = (due - self.served_rate) * self.window if self.window > 0 else math.inf
-        return self.served_rate < SATURATION_RATIO * due and short >= MIN_DEFICIT
+        if self._behind(due):
+            return True
+        # Due is judged one median TTFT back: when that is seconds, it can land on a quieter stretch
+        # and hide a backlog (26.4 req/s offered, 23.6 served, completions halving, TTFT p99 3.8 s
+        # and rising, was a pass). Behind the offered rate with first tokens later and later is saturated.
+        return (self.offered_rate is not None and self.ttft_growth >= GROWTH_S
+                and self._behind(self.offered_rate))
+
+    def _behind(self, rate: float) -> bool:
+        short = (rate - (self.served_rate or 0.0)) * self.window if self.window > 0 else math.inf
+        return (self.served_rate or 0.0) < SATURATION_RATIO * rate and short >= MIN_DEFICIT
 
     def to_dict(self) -> dict[str, Any]:
         return {"step": self.index, "scale": self.scale, "rate": self.rate, "offered_rate": self.offered_rate,
@@ -188,15 +199,28 @@ def answered_share(res: Any) -> float | None:
     return float(np.nansum(got)) / asked
 
 
-def window_rates(res: Any, t0: float, t1: float) -> tuple[float | None, float | None, float | None, int, float | None]:
-    """(offered, served, completion) rates over [t0, t1) of run time, the requests scheduled in it,
-    and the due rate: requests scheduled one median first-token delay d earlier, [t0 - d, t1 - d),
-    which are the ones a server keeping up serves inside the window. Offered against served by
-    first-token time called a 10 s step at 1.3 req/s saturated (TTFT p99 172 ms) because three
-    requests due at 11.89 s had their first token at 12.06 s, after the window."""
+class Window(NamedTuple):
+    """A step's measured window (`window_rates`): rates in req/s, `requests` scheduled in it."""
+
+    offered: float | None
+    served: float | None
+    completion: float | None
+    requests: int
+    due: float | None
+    growth: float  # median TTFT of the window's last quarter of requests (by schedule) minus its first's, s
+
+
+def window_rates(res: Any, t0: float, t1: float) -> Window:
+    """Offered, served and completion rates over [t0, t1) of run time, the requests scheduled in
+    it, the due rate and the TTFT growth. Due: requests scheduled one median first-token delay d
+    earlier, [t0 - d, t1 - d), which are the ones a server keeping up serves inside the window.
+    Offered against served by first-token time called a 10 s step at 1.3 req/s saturated (TTFT
+    p99 172 ms) because three requests due at 11.89 s had their first token at 12.06 s, after
+    the window. Growth: a backlog lengthens every later request's wait, so a server behind shows
+    first tokens later and later through the window (see `Step.saturated`)."""
     span = t1 - t0
     if span <= 0:
-        return None, None, None, 0, None
+        return Window(None, None, None, 0, None, 0.0)
     c = res.cols
 
     def count(x: np.ndarray, a: float = t0, b: float = t1) -> int:
@@ -211,7 +235,11 @@ def window_rates(res: Any, t0: float, t1: float) -> tuple[float | None, float | 
     d = float(np.median(c["first_token"][inside] - sched[inside])) if inside.any() else 0.0
     a, b = max(t0 - d, 0.0), t1 - d
     due = count(sched, a, b) / (b - a) if b > a else None
-    return offered / span, served / span, done / span, offered, due
+    q = span / 4
+    first, last = inside & (sched < t0 + q), inside & (sched >= t1 - q)
+    growth = (float(np.median(c["first_token"][last] - sched[last]) - np.median(c["first_token"][first] - sched[first]))
+              if first.any() and last.any() else 0.0)
+    return Window(offered / span, served / span, done / span, offered, due, growth)
 
 
 def stop_if_refused(what: str, res: Results, gave_up: str | None = None) -> None:
@@ -376,9 +404,9 @@ class Stepper:
         o = self.opts
         measured = after_warmup(res, o.warmup)
         checks = evaluate(measured, self.slos, lag_threshold=o.lag_threshold)
-        offered, served, done, n, due = window_rates(res, o.warmup, self.run_seconds)
-        st = Step(idx, scale, rate, offered, served, done, n, checks, time.perf_counter() - t, path, due_rate=due,
-                  window=self.run_seconds - o.warmup)
+        w = window_rates(res, o.warmup, self.run_seconds)
+        st = Step(idx, scale, rate, w.offered, w.served, w.completion, w.requests, checks, time.perf_counter() - t, path,
+                  due_rate=w.due, window=self.run_seconds - o.warmup, ttft_growth=w.growth)
         status = measured["status"] if measured.n else np.zeros(0, dtype=object)
         kinds, counts = np.unique(status[status != "ok"].astype(str), return_counts=True)
         st.errors = {str(k): int(v) for k, v in zip(kinds, counts, strict=True)}

@@ -272,8 +272,9 @@ def test_a_short_step_with_a_burst_at_its_end_is_not_saturated() -> None:
     def step(sched: np.ndarray, ttft: np.ndarray) -> Step:
         cols = {"scheduled": sched, "first_token": sched + ttft, "last_token": sched + ttft + 0.5,
                 "status": np.array(["ok"] * sched.size, dtype=object)}
-        offered, served, done, n, due = window_rates(SimpleNamespace(cols=cols), 2.0, 12.0)
-        return Step(1, 1.0, 1.3, offered, served, done, n, [], 0.0, due_rate=due, window=10.0)
+        w = window_rates(SimpleNamespace(cols=cols), 2.0, 12.0)
+        return Step(1, 1.0, 1.3, w.offered, w.served, w.completion, w.requests, [], 0.0, due_rate=w.due, window=10.0,
+                    ttft_growth=w.growth)
 
     sched = np.concatenate([np.linspace(1.0, 11.0, 11), [11.89, 11.89, 11.89]])
     calm = step(sched, np.full(sched.size, 0.17))
@@ -282,6 +283,28 @@ def test_a_short_step_with_a_burst_at_its_end_is_not_saturated() -> None:
     busy = np.linspace(0.0, 12.0, 121)  # 10 req/s offered, served one every 0.2 s: falling behind
     behind = step(busy, np.maximum(0.0, np.arange(busy.size) * 0.2 - busy) + 0.05)
     assert behind.saturated
+
+
+def test_a_backlog_hidden_by_a_quiet_stretch_one_ttft_back_is_still_saturation() -> None:
+    """Loose SLOs: a step offered more than the server takes (27 req/s against 24 after a quieter
+    start), TTFT growing through the window. Judged against the requests due one median TTFT back
+    (the quieter stretch) it passed, and the plan printed a max sustainable rate above its knee."""
+    from types import SimpleNamespace
+
+    from servegen_load.capacity import Step, window_rates
+
+    sched = np.concatenate([np.arange(0.0, 6.0, 1 / 12), np.arange(6.0, 20.0, 1 / 27)])  # 12 req/s, then 27
+    served_at = sched + 0.3
+    for i in range(1, served_at.size):  # the server takes one request every 1/24 s at most
+        served_at[i] = max(served_at[i], served_at[i - 1] + 1 / 24)
+    cols = {"scheduled": sched, "first_token": served_at, "last_token": served_at + 2.0,
+            "status": np.array(["ok"] * sched.size, dtype=object)}
+    w = window_rates(SimpleNamespace(cols=cols), 2.0, 20.0)
+    st = Step(1, 1.0, 26.0, w.offered, w.served, w.completion, w.requests, [], 0.0, due_rate=w.due, window=18.0,
+              ttft_growth=w.growth)
+    assert st.served_rate >= 0.92 * w.due, w  # what the due rule alone read: keeping up
+    assert st.served_rate < 0.92 * st.offered_rate and w.growth > 0.5, w
+    assert st.saturated
 
 
 def test_the_knee_is_never_below_a_rate_served_without_falling_behind() -> None:
