@@ -264,7 +264,7 @@ def test_client_names_with_line_breaks_cannot_break_the_exposition() -> None:
     from servegen_load.metrics.prometheus import LoadMetrics
     from servegen_load.run.metrics_proxy import sum_texts
 
-    names = ["a\rb", "x\u2028y", 'q"\\z']
+    names = ["a\rb", "x\u2028y", 'q"\\z', "nl\nx", "nl\\nx"]  # the last two: two clients, not one series twice
     m = LoadMetrics(top_clients=names)
     for i, name in enumerate(names):
         f = Flight(make_requests([0.0], output_tokens=4, clients=[name])[0], b"")
@@ -276,7 +276,8 @@ def test_client_names_with_line_breaks_cannot_break_the_exposition() -> None:
     text = m.render().decode()
     fams = {f.name: f for f in text_string_to_metric_families(text)}
     clients = {s.labels["client"] for s in fams["servegen_requests"].samples}
-    assert len(clients) == 3 and not any(set(c) & {"\r", "\u2028"} for c in clients), clients
+    assert len(clients) == 5 and not any(set(c) & {"\r", "\u2028"} for c in clients), clients
+    assert {"nl\nx", "nl\\nx", 'q"\\z'} <= clients  # escaped as the format says, read back as named
     summed = sum_texts([text, text])
     assert all(set(line).isdisjoint({"\r", "\u2028"}) for line in summed.split("\n"))
     assert {f.name for f in text_string_to_metric_families(summed)} == set(fams)

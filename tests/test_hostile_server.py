@@ -170,6 +170,8 @@ VALID: dict[str, tuple[list[bytes], bool]] = {
     "finfilter": ([_body([*GOOD[:2], _event(b" c").replace(b'"finish_reason":null', b'"finish_reason":"content_filter"'),
                           USAGE, _DONE])], True),
     "finnovel": ([_body([*GOOD, _finish(b'{"type":"stop","matched":2}'), USAGE, _DONE])], True),
+    # an event type is a name: only `error` says error (`noerror` was taken for one)
+    "evnoerror": ([_body([b"event: noerror\n" + e for e in STREAM])], True),
 }
 JUNK_AFTER = _body(STREAM) + b"junk\r\n"  # a whole answer, then bytes that are no answer
 THIN = {"nousage": TOKENS}  # `ok` streams without usage: token chunks they carry
@@ -224,6 +226,9 @@ HOSTILE: dict[str, tuple[list[bytes], str, str]] = {
     "reasonover": ([_body([*GOOD, _ev(b'{"choices":[],"usage":{"prompt_tokens":20,"completion_tokens":3,'
                                       b'"completion_tokens_details":{"reasoning_tokens":999}}}'), _DONE])],
                    "protocol_error", "reasoning_tokens"),
+    # usage of 0 tokens and no token: nothing was generated (an `ok` without TTFT left the latencies)
+    "zerotokens": ([_body([_ev(b'{"choices":[],"usage":{"prompt_tokens":20,"completion_tokens":0}}'), _DONE])],
+                   "protocol_error", "usage counts 0 completion tokens"),
     "errevent2": ([HEAD, _chunk(GOOD[0]), _chunk(b'event: error\ndata: {"message":"boom: overloaded"}\n\n')],
                   "http_error", "boom: overloaded"),
     # n=1 was asked: tokens of another choice are not this answer's

@@ -175,10 +175,12 @@ def end_of_stream(f: Flight) -> None:
     elif f.sse_buf.strip():
         f.fail("protocol_error", "stream data after data: [DONE]: "
                + bytes(f.sse_buf[:80]).decode("utf-8", "replace"))
-    elif not f.chunks and (f.completion_tokens is None or f.completion_tokens > 1):
-        # one token may be an end-of-sequence token the server shows as no text; more is not
+    elif not f.chunks and f.completion_tokens != 1:
+        # one token may be an end-of-sequence token the server shows as no text; more is not, and
+        # none is no answer (`ok` without a first token, it fell out of every latency)
         f.fail("protocol_error", "the stream carried no token" + (
-            f", but usage counts {f.completion_tokens} completion tokens" if f.completion_tokens else " and no usage"))
+            f", and usage counts {f.completion_tokens} completion tokens" if f.completion_tokens is not None
+            else " and no usage"))
     elif f.completion_tokens is None and len(f.chunks) > _max_completion(f):
         # what `_check_count` refuses in a usage, refused in the chunks when no usage counts them
         f.fail("protocol_error", f"{len(f.chunks)} token chunks arrived, but at most {max(1, f.req.output_tokens)} "
@@ -229,7 +231,7 @@ def _on_event_general(f: Flight, ev: bytes, t: float) -> None:
         if line.startswith(b"data:"):
             v = line[5:]
             lines.append(v[1:] if v[:1] == b" " else v)
-        elif line.startswith(b"event:") and b"error" in line:
+        elif line.startswith(b"event:") and line[6:].strip() == b"error":  # (`event: noerror` is no error)
             is_error = True
         elif line and (b"\r" in line or line.partition(b":")[0] not in _SSE_FIELDS):
             f.fail("protocol_error", "stream line is not an SSE field: " + line[:80].decode("utf-8", "replace"))

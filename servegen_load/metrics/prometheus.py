@@ -33,7 +33,6 @@ import numpy as np
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
-from ..errors import printable
 from . import stats
 
 PUSH_TIMEOUT_S = 5.0  # --push-timeout: the longest the end of a run waits for a Pushgateway
@@ -335,10 +334,13 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 def _esc(v: str) -> str:
-    r"""A label value as the text format has it (`\\`, `\n`, `"` escaped), its other control and
-    line-breaking characters (`\r`, U+2028, U+0085) as escapes too: a client named from a
-    requests file cannot break a line of the exposition (prometheus_client's parser failed on one)."""
-    return printable(v).replace("\\", "\\\\").replace('"', '\\"')
+    r"""A label value as the text format has it: `\\`, `"` and a line feed escaped (the format's
+    only escapes, so two names stay two series), any other control or line-breaking character
+    (`\r`, U+2028, U+0085) as U+FFFD: a client named from a requests file cannot break a line
+    of the exposition (prometheus_client's parser failed on one). Controls went through the
+    terminal's escaping before: a newline and a written backslash-n became one series."""
+    v = v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return v if v.isprintable() else "".join(c if c.isprintable() else "\ufffd" for c in v)
 
 
 def _num(v: float) -> str:
