@@ -187,3 +187,24 @@ def test_duration_limits_what_is_scheduled(fake_server, tmp_path: Path) -> None:
     outcome, _, lines = _run(fake_server.url, reqs, tmp_path / "r.jsonl", duration=0.5)
     assert len(lines) == 10 and outcome.scheduled == 10
     assert max(d["scheduled"] for d in lines) < 0.5
+
+
+def test_a_signal_after_the_run_lets_the_summary_be_written(fake_server, tmp_path: Path, capfd) -> None:
+    """The engine's handlers were removed when it stopped, leaving the defaults while the summary,
+    --summary-json and the SLO verdict were written: a SIGTERM there killed the process (exit 143,
+    nothing printed). Now the first is said and let pass; a second is the default's."""
+    import os
+    import signal
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        cfg = RunConfig(endpoint=fake_server.url, model="fake-model", output=tmp_path / "r.jsonl", progress="off",
+                        summary_follows=True)  # as `run` sets it
+        outcome = run(make_requests([0.0, 0.01], output_tokens=4), cfg)
+        assert outcome.by_status == {"ok": 2}
+        os.kill(os.getpid(), signal.SIGTERM)  # the process lives on to write its summary
+        assert "finishing the summary" in capfd.readouterr().err
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # a second one would end it
+    finally:
+        for s, h in before.items():
+            signal.signal(s, h)

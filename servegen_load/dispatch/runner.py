@@ -119,6 +119,7 @@ class RunConfig:
     total_hint: float | None = None
     header: dict[str, Any] = field(default_factory=dict)  # extra results-header fields (source, argv)
     handle_signals: bool = True
+    summary_follows: bool = False  # the caller writes a summary after the run: signals then are `_finishing`'s
     # t = 0 as a unix instant (None: as soon as the run is set up); a run of several processes or
     # machines passes one shared instant, converted to the monotonic clock once (`clock.monotonic_at`)
     start_at: float | None = None
@@ -149,6 +150,16 @@ class RunOutcome:
     storage_error: OSError | None = None  # results could not be written: dispatching stopped there
     written: int = 0  # result lines on disk (what a storage failure left)
     gave_up: str | None = None  # why the run stopped by itself: its first answers were all one client error
+
+
+def _finishing(signum: int, frame: object) -> None:
+    """A signal once the engine has stopped: its results are whole, and the summary, `--summary-json`
+    and the SLO verdict are being written (removing the engine's handlers had left the defaults:
+    a second SIGTERM killed the process there, exit 143, nothing printed). The first is said and
+    let pass; another is the default's."""
+    print("servegen-load: finishing the summary (signal again to quit at once)", file=sys.stderr, flush=True)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL if sig == signal.SIGTERM else signal.default_int_handler)
 
 
 class Runner:
@@ -611,6 +622,8 @@ class Runner:
         if cfg.handle_signals:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
+                if cfg.summary_follows:
+                    signal.signal(sig, _finishing)
         return RunOutcome(output=cfg.output, scheduled=self.done + self.unsent, interrupted=self.interrupted,
                           incomplete=self.incomplete, by_status=dict(self.by_status), metrics_port=metrics_port,
                           input_error=self.input_error, storage_error=self.storage_error,

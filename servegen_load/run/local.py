@@ -82,6 +82,7 @@ def engine_config(spec: RunSpec, target: Target, opened: Opened, argv: list[str]
         metrics_linger=spec.metrics_linger, pushgateway=spec.pushgateway, push_timeout=spec.push_timeout,
         progress=spec.progress,
         total_hint=spec.duration or info.get("duration_hint"), header=header, handle_signals=handle_signals,
+        summary_follows=handle_signals,
         start_at=start_at, before_start=before_start, metrics_snapshot=snapshot_path(),
         start_gate=stdin_gate if spec.start_barrier else None,
         retries=spec.retries, retry_max_wait=spec.retry_max_wait, insecure=spec.insecure, results_copy=results_copy,
