@@ -216,6 +216,10 @@ def _convert(num: float, unit: str, kind: Kind, spec: str, metric: str) -> float
     u = unit.strip()
     if u not in units:
         raise InputError(f"unit {u!r} does not fit {metric} in SLO {spec!r}; expected {_UNIT_HELP[kind]}")
+    if u == "" and kind == "time" and num != 0:  # 2000 meant as ms was read as 2000 s: a gate that cannot fail
+        raise InputError(f"{metric} is a latency in SLO {spec!r}: give its unit, e.g. {num:g}ms or {num:g}s")
+    if u == "" and kind == "ratio" and num == 1 and metric != "rate_ratio":
+        raise InputError(f"{metric} is a share in SLO {spec!r}: write 1% or 100%")
     v = num * units[u]
     if kind == "ratio" and v > 1 and metric != "rate_ratio":  # a share: 150% can never be reached or missed
         raise InputError(f"{metric} is a fraction in SLO {spec!r}: write {num:g}% or {num / 100:g}" if u == ""

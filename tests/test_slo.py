@@ -59,7 +59,14 @@ def test_grammar_units_scopes_and_operators() -> None:
     assert (s.metric, s.threshold.op, s.threshold.value, s.scope) == ("ttft_p99", "<=", 2.0, None)
     assert parse_slo("tpot_p50 <= 50ms").threshold.value == pytest.approx(0.05)
     assert parse_slo("itl_p90<800us").threshold.value == pytest.approx(0.0008)
-    assert parse_slo("e2e_max<=3").threshold.value == 3.0  # bare number: seconds
+    assert parse_slo("e2e_max<=3s").threshold.value == 3.0
+    # a bare latency or a bare 1 for a share is ambiguous: `ttft_p99<=2000` meant as ms passed as 2000 s
+    for bad, needle in (("ttft_p99<=2000", "2000ms or 2000s"), ("e2e_max<=3", "3ms or 3s"),
+                        ("error_rate<=1", "1% or 100%"), ("goodput_ratio>=1", "1% or 100%")):
+        with pytest.raises(InputError, match=needle):
+            parse_slo(bad)
+    with pytest.raises(InputError, match="2000ms or 2000s"):
+        parse_request_slo("ttft<=2000,tpot<=100ms")
     assert parse_slo("error_rate<=0.5%").threshold.value == pytest.approx(0.005)
     assert parse_slo("error_rate<=0.005").threshold.value == pytest.approx(0.005)
     assert parse_slo("throughput>=20req/s").threshold.op == ">="
