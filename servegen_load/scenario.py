@@ -39,6 +39,7 @@ scales them back).
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import re
 from pathlib import Path
@@ -619,18 +620,47 @@ _TYPE_NAMES = {"function-after", "function-before", "str", "int", "float", "bool
                "ClientFilter", "PoolEntry", "BaselineSpec", "ReplaySpec"}
 
 
-def _loc(loc: tuple[Any, ...]) -> str:
-    out = ""
+def _parts(loc: tuple[Any, ...]) -> list[str | int]:
+    """The field names and list indices of an error location, as the YAML spells them (pydantic's
+    union-branch and validator labels left out)."""
+    out: list[str | int] = []
     for part in loc:
         if isinstance(part, int):
-            out += f"[{part}]"
+            out.append(part)
         elif part in _TYPE_NAMES or (isinstance(part, str) and "[" in part):
-            continue  # pydantic's union-branch and validator labels, not field names
-        elif part == "from_":
-            out += ".from"
+            continue
         else:
-            out += ("." if out else "") + str(part)
+            out.append("from" if part == "from_" else str(part))
     return out
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in _parts(loc):
+        out += f"[{part}]" if isinstance(part, int) else ("." if out else "") + part
+    return out
+
+
+def _line_of(text: str, parts: list[str | int]) -> int | None:
+    """The line of the YAML node an error location names (its key's line), for errors that point
+    at the line to edit; None when the text does not hold it (a value made by an alias)."""
+    try:
+        cur = yaml.compose(text, Loader=_Loader)
+    except yaml.YAMLError:
+        return None
+    line = None
+    for part in parts:
+        if isinstance(cur, yaml.MappingNode) and isinstance(part, str):
+            hit = next(((k, v) for k, v in cur.value if isinstance(k, yaml.ScalarNode) and k.value == part), None)
+            if hit is None:
+                break
+            line, cur = hit[0].start_mark.line + 1, hit[1]
+        elif isinstance(cur, yaml.SequenceNode) and isinstance(part, int) and part < len(cur.value):
+            cur = cur.value[part]
+            line = cur.start_mark.line + 1
+        else:
+            break
+    return line
 
 
 def _describe(err: dict[str, Any], model: type[BaseModel] | None) -> str:
@@ -640,7 +670,11 @@ def _describe(err: dict[str, Any], model: type[BaseModel] | None) -> str:
             msg = msg[len(prefix):]
     typ = err.get("type", "")
     if typ == "extra_forbidden":
-        return "unknown field" + (f"; expected one of: {', '.join(_field_names(model))}" if model else "")
+        if model is None:
+            return "unknown field"
+        names = _field_names(model)
+        near = difflib.get_close_matches(str(err.get("loc", ("",))[-1]), names, n=1, cutoff=0.6)
+        return "unknown field; " + (f"did you mean {near[0]}? " if near else "") + f"expected one of: {', '.join(names)}"
     if typ == "missing":
         return "required field is missing"
     if typ in ("value_error", "assertion_error"):
@@ -690,16 +724,19 @@ def validation_message(e: ValidationError) -> tuple[str, str]:
     return _loc(loc), _describe(err, _model_at(loc))
 
 
-def parse_scenario(data: Any, *, path: str = "<scenario>", base_dir: Path | None = None) -> Scenario:
-    """Validate decoded YAML; errors become one-line InputErrors naming file, field path and expectation."""
+def parse_scenario(data: Any, *, path: str = "<scenario>", base_dir: Path | None = None,
+                   text: str | None = None) -> Scenario:
+    """Validate decoded YAML; errors become one-line InputErrors naming file, line (with the YAML
+    `text`), field path and expectation."""
     if not isinstance(data, dict):
         raise InputError("expected a mapping of scenario fields at the top level", path=path)
     try:
         s = Scenario.model_validate(data)
     except ValidationError as e:
         field, msg = validation_message(e)
+        line = _line_of(text, _parts(tuple(e.errors()[0].get("loc", ())))) if text is not None else None
         raise InputError(f"expected {msg}" if msg.startswith(("a ", "an ", "exactly")) else msg,
-                         path=path, field=field or None) from None
+                         path=path, line=line, field=field or None) from None
     s._base_dir = base_dir if base_dir is not None else Path.cwd()
     s._path = path
     return s
@@ -730,7 +767,7 @@ def load_scenario(path: str | Path) -> Scenario:
         raise InputError(f"invalid YAML: nested deeper than Python can parse (a scenario nests a few "
                          f"levels; at most {MAX_YAML_DEPTH})", path=str(p)) from None
     _check_size(data, str(p))
-    return parse_scenario(data, path=str(p), base_dir=p.resolve().parent)
+    return parse_scenario(data, path=str(p), base_dir=p.resolve().parent, text=text)
 
 
 def _check_size(data: Any, path: str) -> None:

@@ -205,22 +205,25 @@ def test_structural_yaml_attacks_fail_fast(tmp_path: Path, text: str) -> None:
 
 
 def test_scenario_errors_name_the_field(tmp_path: Path) -> None:
+    """... and the line to edit (the errors had no line), and the field a typo meant."""
     cases = {
-        'pool: m-large\nstart: "25:99"\nduration: 90\n': "start",
-        "pool: m-large\nduration: -5\n": "duration",
-        "pool: m-large\nduration: .nan\n": "duration",
-        "pool: m-large\nduration: 90\nrate: .inf\n": "rate",
-        "pool: m-large\nduration: 90\nseed: 99999999999999999999999\n": "seed",
-        "pool: m-large\nduration: 90\nspeed: 2\n": "speed",
-        "pools:\n  - pool: m-large\n    weight: -1\nduration: 90\n": "pools[0].weight",
-        "naive: {rate: 5, input_tokens: 1e30, output_tokens: 5}\nduration: 9\n": "naive.input_tokens",
-        "pool: m-large\nduration: 90\nclients: {cv: [3, 1]}\n": "clients.cv",
+        'pool: m-large\nstart: "25:99"\nduration: 90\n': ("start", 2),
+        "pool: m-large\nduration: -5\n": ("duration", 2),
+        "pool: m-large\nduration: .nan\n": ("duration", 2),
+        "pool: m-large\nduration: 90\nrate: .inf\n": ("rate", 3),
+        "pool: m-large\nduration: 90\nseed: 99999999999999999999999\n": ("seed", 3),
+        "pool: m-large\nduration: 90\nspeed: 2\n": ("speed", 3),
+        "pools:\n  - pool: m-large\n    weight: -1\nduration: 90\n": ("pools[0].weight", 3),
+        "naive: {rate: 5, input_tokens: 1e30, output_tokens: 5}\nduration: 9\n": ("naive.input_tokens", 1),
+        "pool: m-large\nduration: 90\nclients: {cv: [3, 1]}\n": ("clients.cv", 3),
     }
-    for text, field in cases.items():
+    for text, (field, n) in cases.items():
         s = tmp_path / "s.yaml"
         s.write_text(text)
         line = assert_failed(run_cli("inspect", s), s)
-        assert f": {field}: " in line, line
+        assert f"{s}:{n}: {field}: " in line, line
+    s.write_text("pool: m-large\nduraton: 90\nrate: 6\n")
+    assert f"{s}:2: duraton: unknown field; did you mean duration?" in assert_failed(run_cli("inspect", s), s)
 
 
 @pytest.mark.parametrize("text, why", [
