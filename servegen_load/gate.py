@@ -259,6 +259,7 @@ def run_gate(paths: list[str], slos: SLOSet, *, baseline: str | None = None, max
         parse_metric(m)
     res = read_results(*paths)
     check_mergeable(res, merge_unrelated)  # shards merge only if disjoint
+    check_scopes(res, slos)
     incomplete = whole_run_gap(res)
     res = after_warmup(res, warmup)
     out = GateResult(n_requests=res.n, warmup=warmup, confidence=confidence, incomplete=incomplete)
@@ -275,6 +276,20 @@ def run_gate(paths: list[str], slos: SLOSet, *, baseline: str | None = None, max
         out.regressions = compare(request_latencies(res), base, max_regression=max_regression, metrics=metrics,
                                   confidence=confidence)
     return out
+
+
+def check_scopes(res: Results, slos: SLOSet) -> None:
+    """A scope no request of the results has is a typo, not a failed check (`[category=lang]` for
+    `language` failed every gate, exit 1, as if the server had missed it)."""
+    for slo in slos.slos:
+        if slo.scope is None or not res.n:
+            continue
+        col = "category" if slo.scope[0] == "category" else "client"
+        have = set(res[col].tolist())
+        if slo.scope[1] not in have:
+            some = ", ".join(sorted(map(str, have))[:8]) + (", ..." if len(have) > 8 else "")
+            raise InputError(f"no request of the results has {col} {slo.scope[1]!r} (they have: {some})",
+                             field=slo.spec)
 
 
 def whole_run_gap(res: Results) -> str | None:

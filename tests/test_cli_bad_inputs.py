@@ -234,3 +234,10 @@ def test_plan_options_that_did_nothing_or_misled(tmp_path: Path) -> None:
     assert not (tmp_path / "d").exists()
     r = run_cli("plan", scen, "--slo", "ttft_p99<=2s", "--preset", tmp_path / "missing.yaml")
     assert "no such preset file" in assert_failed(r, "--preset", "missing.yaml")
+
+
+def test_an_slo_scope_no_request_has_is_bad_input(results: Path) -> None:
+    """`[category=lang]` (for `language`) failed the gate, exit 1, as if the server had missed it."""
+    line = assert_failed(run_cli("gate", results, "--slo", "ttft_p99[category=lang]<=2s"), "category=lang")
+    assert "no request of the results has category 'lang'" in line
+    assert_ok(run_cli("gate", results, "--slo", "ttft_p99[category=language]<=2s"))
