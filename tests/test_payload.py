@@ -185,3 +185,36 @@ def test_local_tokenizer_directory(tmp_path: Any) -> None:
     t.save(str(tmp_path / "tokenizer.json"))
     tm = calibrate_words(local_tokenizer(str(tmp_path)), f"tokenizer:{tmp_path}")
     assert tm.words == CANDIDATES and tm.ids == tuple(vocab[w] for w in CANDIDATES)
+
+
+@pytest.mark.parametrize("counted", [0, 60_000])
+def test_an_overhead_probe_count_no_template_explains_is_not_believed(counted: int) -> None:
+    """A server counting 0 (or 60,000) prompt tokens for a 64-word probe: overheads of -64 and
+    +59,936 were taken, padding every prompt of the run by 64 words or clipping it to its nonce."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from servegen_load.content.tokenizer import learn_token_model
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            body = (b'data: {"choices":[{"index":0,"text":"x","finish_reason":"length"}],"usage":{"prompt_tokens":%d,'
+                    b'"completion_tokens":1}}\n\ndata: [DONE]\n\n' % counted)
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a: object) -> None:
+            pass
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        tm = learn_token_model(tokenizer="words", endpoint=f"http://127.0.0.1:{srv.server_port}/v1", api="completions",
+                               family="openai", model="m", api_key=None)
+    finally:
+        srv.shutdown()
+    assert tm.text == 0 and any("not believed" in n for n in tm.notes), tm

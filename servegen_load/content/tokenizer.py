@@ -45,6 +45,10 @@ MIN_WORDS = 8
 CANDIDATES: tuple[str, ...] = WORDS + tuple(c for c in "abcdefghijklmnopqrstuvwxyz" if c not in WORDS)
 ANCHOR = "the"
 PROBE_WORDS = 64
+# What a template or BOS may add to a prompt (or, with merges at its edges, take away): a count
+# outside it is the server's error, not an overhead (0 and 60,000 were believed: prompts padded by
+# 64 words, or clipped to their nonce)
+OVERHEAD_SLACK, MAX_OVERHEAD = 8, 8192
 TIMEOUT_S = 10.0
 MAX_ANSWER_BYTES = 4 << 20  # a probe answer larger than this is a failed probe (never read whole)
 # What a start-up probe may meet on a misbehaving server (cut answers, resets, garbage, hangs):
@@ -295,6 +299,11 @@ def probe_overheads(model: TokenModel, http: _Http, api: str, family: str, serve
         p = prompt_tokens(Request("probe-c", 0.0, "probe", "probe", n, 1))
         if p is not None:
             upd[key] = p - n
+    odd = {k: v for k, v in upd.items() if not -OVERHEAD_SLACK <= v <= MAX_OVERHEAD}
+    if odd:  # a server's count no template explains: every prompt of the run would be cut or padded by it
+        notes.append(f"overhead probe not believed ({', '.join(f'{k} {v:+d}' for k, v in odd.items())} tokens: "
+                     f"expected {-OVERHEAD_SLACK} to {MAX_OVERHEAD}): overheads assumed 0")
+        upd = {}
     return replace(model, notes=tuple(dict.fromkeys(notes)), **upd)
 
 
