@@ -40,15 +40,21 @@ seed: 1
 """
 
 
-def test_calibrate_recovers_a_known_preset(tmp_path: Path) -> None:
-    known = tmp_path / "known.yaml"
-    known.write_text(yaml.safe_dump(KNOWN))
-    out, probe = tmp_path / "fitted.yaml", tmp_path / "probe"
+def _calibrate_sim(tmp: Path, preset: dict, steady: str) -> tuple[subprocess.CompletedProcess, Path, Path]:
+    """One probe round against the simulator serving `preset`: (the command, the fitted preset, the probe dir)."""
+    known = tmp / "known.yaml"
+    known.write_text(yaml.safe_dump(preset))
+    out, probe = tmp / "fitted.yaml", tmp / "probe"
     with SimProcess(str(known)) as sim:
         p = subprocess.run([*CLI, "calibrate", "--endpoint", sim.url, "--server-family", "sim",
-                            "--probe-dir", str(probe), "--probe-steady", "8", "--rounds", "1", "-o", str(out)],
+                            "--probe-dir", str(probe), "--probe-steady", steady, "--rounds", "1", "-o", str(out)],
                            capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
+    return p, out, probe
+
+
+def test_calibrate_recovers_a_known_preset(tmp_path: Path) -> None:
+    p, out, probe = _calibrate_sim(tmp_path, KNOWN, "8")
     # the steady phase ran open-loop at 60 % of the saturation rate the short phases predicted
     # (about 35 requests in 8 s here), and its mean step set the scale
     (steady,) = probe.glob("*-steady.jsonl")
@@ -81,14 +87,7 @@ def test_a_limit_the_probe_never_reached_is_not_invented_and_from_keeps_the_serv
     than decoding (prompts in prefill), which was taken for a limit (max_num_seqs 39: the twin's
     capacity 24 % high). And `--from` the kept probe refitted with the base preset's context
     (65,536 where the server said 4,096)."""
-    known = tmp_path / "wide.yaml"
-    known.write_text(yaml.safe_dump({**KNOWN, "max_num_seqs": 1024, "kv_cache_tokens": 450_000}))
-    out, probe = tmp_path / "fitted.yaml", tmp_path / "probe"
-    with SimProcess(str(known)) as sim:
-        p = subprocess.run([*CLI, "calibrate", "--endpoint", sim.url, "--server-family", "sim",
-                            "--probe-dir", str(probe), "--probe-steady", "10", "--rounds", "1", "-o", str(out)],
-                           capture_output=True, text=True, timeout=300)
-    assert p.returncode == 0, p.stderr[-3000:]
+    p, out, probe = _calibrate_sim(tmp_path, {**KNOWN, "max_num_seqs": 1024, "kv_cache_tokens": 450_000}, "10")
     fitted = get_preset(str(out))
     assert fitted.max_num_seqs >= 256 and "not reached" in p.stdout, p.stdout
     again = tmp_path / "again.yaml"

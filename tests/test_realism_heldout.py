@@ -442,6 +442,21 @@ def test_the_hours_before_a_log_begins_are_no_outage(tmp_path: Path) -> None:
     assert "an outage" not in text, text
 
 
+def _generated_per_client(tmp: Path, log: Path, t: np.ndarray, cl: np.ndarray, split: float, end: float,
+                          rng: np.random.Generator) -> dict[str, int]:
+    """Fit the log before `split` (one client per `cl`), generate [split, end): requests per client."""
+    _write(log, MONDAY + 5.0 + t, rng, client=cl)
+    _fit(log, tmp, split, client=True)
+    gen = prepare(parse_scenario({"pool": "pool.npz", "start": split, "duration": end - split, "seed": 4},
+                                 base_dir=tmp))
+    n: dict[str, int] = {}
+    for blk in gen.blocks():
+        for g in np.unique(blk.client):
+            k = gen.names[g].split(":", 1)[1]
+            n[k] = n.get(k, 0) + int(np.count_nonzero(blk.client == g))
+    return n
+
+
 def test_tenants_that_left_or_arrived_before_the_split_keep_their_current_level(tmp_path: Path) -> None:
     """Two days with a daily cycle: tenant 0 stops 8 h before the split, tenant 1 starts 5 h before it,
     tenant 2 runs throughout. Past the span the source window a day back had 0 still sending and 1
@@ -460,15 +475,7 @@ def test_tenants_that_left_or_arrived_before_the_split_keep_their_current_level(
         ts.append(t)
         cs.append(np.full(t.size, c))
     t, cl = np.concatenate(ts), np.concatenate(cs)
-    _write(tmp_path / "churn.csv", MONDAY + 5.0 + t, rng, client=cl)
-    _fit(tmp_path / "churn.csv", tmp_path, split, client=True)
-    gen = prepare(parse_scenario({"pool": "pool.npz", "start": split, "duration": end - split, "seed": 4},
-                                 base_dir=tmp_path))
-    n: dict[str, int] = {}
-    for blk in gen.blocks():
-        for g in np.unique(blk.client):
-            k = gen.names[g].split(":", 1)[1]
-            n[k] = n.get(k, 0) + int(np.count_nonzero(blk.client == g))
+    n = _generated_per_client(tmp_path, tmp_path / "churn.csv", t, cl, split, end, rng)
     real = {f"c{c}": int(np.count_nonzero((cl == c) & (t >= split))) for c in range(3)}
     assert real["c0"] == 0 and n.get("c0", 0) < 0.05 * real["c2"], (n, real)
     assert 0.5 * real["c1"] < n.get("c1", 0) < 1.5 * real["c1"], (n, real)
@@ -495,15 +502,7 @@ def test_jobs_that_go_quiet_for_hours_as_a_habit_are_not_taken_for_gone(tmp_path
         ts.append(x)
         cs.append(np.full(x.size, c))
     t, cl = np.concatenate(ts), np.concatenate(cs)
-    _write(tmp_path / "jobs.csv", MONDAY + 5.0 + t, rng, client=cl)
-    _fit(tmp_path / "jobs.csv", tmp_path, split, client=True)
-    gen = prepare(parse_scenario({"pool": "pool.npz", "start": split, "duration": span - split, "seed": 4},
-                                 base_dir=tmp_path))
-    n: dict[str, int] = {}
-    for blk in gen.blocks():
-        for g in np.unique(blk.client):
-            k = gen.names[g].split(":", 1)[1]
-            n[k] = n.get(k, 0) + int(np.count_nonzero(blk.client == g))
+    n = _generated_per_client(tmp_path, tmp_path / "jobs.csv", t, cl, split, span, rng)
     trained = np.array([np.count_nonzero((cl == c) & (t < split)) for c in range(12)]) / split
     quiet = [c for c in range(12) if not np.any((cl == c) & (t >= split - 3 * 3600) & (t < split))]
     assert quiet, "the case needs jobs resting before the split"
