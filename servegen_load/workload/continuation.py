@@ -223,12 +223,11 @@ def _habitual(counts: np.ndarray, m: int, step: int, noise: np.ndarray) -> tuple
     now, back = sums[:, step:], sums[:, :-step]
     big = np.abs(now - back) / np.sqrt(noise[:, None] * np.maximum(back, 1.0)) >= RECENT_Z
     drop, rise = big & (now < GONE_SHARE * back), big & (back < GONE_SHARE * now)
-    after = np.arange(now.shape[1]) + m  # the first stretch wholly after each one
 
     def reverted(event: np.ndarray, then: np.ndarray) -> np.ndarray:
+        """`then` in a stretch wholly after a client's first `event`."""
         first = np.where(event.any(axis=1), event.argmax(axis=1), now.shape[1])
-        later = np.arange(now.shape[1])[None, :] >= np.minimum(after[first.clip(max=now.shape[1] - 1)], now.shape[1])[:, None]
-        return event.any(axis=1) & (then & later).any(axis=1)
+        return (then & (np.arange(now.shape[1])[None, :] >= (first + m)[:, None])).any(axis=1)
 
     peak = np.where(rise, now, 0.0).max(axis=1, keepdims=True)
     return reverted(drop, (now > 0) & ~drop), reverted(rise, now < GONE_SHARE * peak)

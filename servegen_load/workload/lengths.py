@@ -12,9 +12,8 @@ not copy that). `length_correlation` = rho couples input and output through a Ga
 (Spearman) correlation of continuous margins is rho; ties of discrete tables pull the realised
 value slightly towards 0. Where a fitted pool measured them, output and its reasoning share, and
 an item count and its items' size, are coupled by the log's own (checkerboard) copula; elsewhere
-they are independent.
-A request's items of one modality share one size (a fitted pool's item size is its request's
-tokens over its items).
+they are independent. A request's items of one modality share one size (a fitted pool's item
+size is its request's tokens over its items).
 
 Clipping, because a server needs it: input (text) tokens >= 1 (a prompt has at least one token),
 output tokens >= 1 (max_tokens must be positive), each multimodal item >= 1 token, item counts
