@@ -25,7 +25,9 @@ Reported:
   of admission (waiting for a batch slot, KV space or prefill budget), so in steady state first
   tokens arrive at the arrival rate, and while a backlog lasts at the rate the server can take
   requests in. A step whose served rate falls clearly short of its offered rate (the requests
-  scheduled in the window per second; served < 92% of offered) saturated; the knee is the
+  scheduled in the window per second; served < 92% of offered, judged against the requests due
+  one median TTFT earlier, or against those scheduled in the window when first tokens come later
+  and later through it: `Step.saturated`) saturated; the knee is the
   median served rate of the saturated steps, None when no step saturated (the SLOs failed
   first). A burst can saturate a step whose served rate stays below the knee, and the first
   seconds of a heavy overload admit requests faster than the engine can finish them (their
