@@ -754,9 +754,11 @@ def _stdout_closed() -> None:
     for `run`'s results (docs/reliability.md), never 1, which `gate` means as FAIL."""
     with contextlib.suppress(OSError):  # nothing more may reach the closed pipe, at exit either
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    from .formats import EXIT_STORAGE
+
     print("servegen-load: error: standard output was closed before everything was written (broken pipe)",
           file=sys.stderr)
-    sys.exit(4)
+    sys.exit(EXIT_STORAGE)
 
 
 if __name__ == "__main__":

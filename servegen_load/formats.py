@@ -22,7 +22,6 @@ SAMPLES_FORMAT = "servegen-load/samples/v1"
 CAPACITY_FORMAT = "servegen-load/capacity/v1"
 POOL_FORMAT = "servegen-load/pool/v1"
 
-# Exit codes shared by every command (run's are documented in `run --help` and docs/reliability.md):
 SECOND_HEADER = ("a second header: files concatenated into one? Give each file as its own argument "
                  "(report A B merges results files)")
 
@@ -32,6 +31,7 @@ def is_footer(obj: dict[str, Any]) -> bool:
     return obj.get("footer") is True and "id" not in obj
 
 
+# Exit codes shared by every command (run's are documented in `run --help` and docs/reliability.md):
 EXIT_OK = 0
 EXIT_FAIL = 1           # a verdict failed (gate, compare --max-distance) or a worker failed
 EXIT_INPUT = 2          # bad input: one line naming file, line, field

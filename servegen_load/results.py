@@ -432,7 +432,6 @@ def _load_file(path: Path, cols: _Columns, warnings: list[str]) -> dict[str, Any
     return head
 
 
-
 def shards_of(headers: list[dict[str, Any]]) -> tuple[set[int], int] | None:
     """(the shard indices present, N) when the files are `--shard i/N` parts of one run, else None."""
     seen: set[int] = set()

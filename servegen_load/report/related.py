@@ -37,4 +37,3 @@ def check_mergeable(res: Any, merge_unrelated: bool) -> None:
     if len(res.paths) > 1 and not merge_unrelated:
         check_related(res.headers, res.paths)
     check_unique_ids(res["id"], res.file_index, res.paths, across=not merge_unrelated)
-

@@ -41,7 +41,8 @@ from ..errors import InputError
 from ..requests import MAX_TIME, REQUESTS_FORMAT, Request
 from ..scenario import Scenario, load_scenario, scenario_digest
 from . import arrivals
-from .lengths import MODALITIES, ClientTables, Lengths
+from .lengths import ClientTables, Lengths
+from .pool import COPULAS
 from .resolve import CATEGORIES, Resolved, Source, client_seed, describe_sources, resolve
 
 BLOCK_REQUESTS = 1 << 17
@@ -189,11 +190,11 @@ def client_coupling(src: Source, ci: int) -> dict[str, np.ndarray]:
     """The copulas a fitted pool measured for one client (`lengths.coupled_uniforms`): output and
     reasoning share (`reason_copula`), an item count and its items' size (`image_copula`, ...)."""
     out: dict[str, np.ndarray] = {}
-    for key, name in (("reason_copula", "reason_ratio"), *((f"{m}_copula", f"{m}_tokens") for m in MODALITIES)):
+    for key, name in COPULAS.items():  # (their shapes are checked when the pool loads)
         cop = src.pool.extra.get(key)
-        if cop is not None and cop.ndim == 3 and cop.shape[0] == src.pool.n_clients:
+        if cop is not None:
             j = cop[int(src.idx[ci])].astype(np.float64)
-            if np.isfinite(j).all() and j.sum() > 0:
+            if np.isfinite(j).all() and j.sum() > 0:  # NaN: too few requests to measure one
                 out[name] = j
     return out
 

@@ -958,8 +958,8 @@ COPULA_MIN = 50  # pairs a client needs for a copula (fewer: the fields are draw
 
 def copula_by_group(x: np.ndarray, y: np.ndarray, group: np.ndarray, n_groups: int) -> np.ndarray:
     """Per group, the share of (x, y) pairs with x's rank in bin i and y's in bin j of
-    `COPULA_BINS`, ties at their average rank; NaN for groups under `COPULA_MIN` pairs. Rows where x or y is
-    negative are ignored."""
+    `COPULA_BINS`, ties at their average rank; NaN for groups under `COPULA_MIN` pairs. Rows where
+    x or y is negative are ignored."""
     k = COPULA_BINS
     ok = (x >= 0) & (y >= 0)
     g = group[ok].astype(np.int64)

@@ -27,8 +27,8 @@ made by `fit` add `rank_corr` float32 (clients,), the Spearman correlation of in
 output tokens per client (NaN: undefined), and where the log has them `reason_copula` (output
 tokens and reasoning share) and `image_copula`/`audio_copula`/`video_copula` (an item count and
 the size of its items), float32 (clients, K, K) checkerboard copulas (NaN: too few requests);
-and with session ids `session_index` int32
-(clients, 3) pointing into the same flat tables for the fields `meta.session_fields` =
+and with session ids `session_index` int32 (clients, 3) pointing into the same flat tables for
+the fields `meta.session_fields` =
 turns per session, think time between turns (s), new input tokens per turn (-1: no sessions),
 plus `session_share` float32 (clients,), the share of the client's requests that carry a session.
 """
@@ -57,7 +57,10 @@ _ARRAYS = ("window_start", "rate", "cv", "family", "shape", "scale", "data_start
            "table_index", "values", "cdf", "offsets")
 
 
-COPULAS = ("reason_copula", "image_copula", "audio_copula", "video_copula")
+# the copula arrays a fitted pool may carry -> the field each one draws coupled to its partner
+# (`lengths.TableSet.draw`: the reasoning share to output tokens, an item's size to the item count)
+COPULAS = {"reason_copula": "reason_ratio", "image_copula": "image_tokens", "audio_copula": "audio_tokens",
+           "video_copula": "video_tokens"}
 
 
 @dataclass
