@@ -167,21 +167,18 @@ def read_lines(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
 
 
 @contextlib.contextmanager
-def answering(codes: list[int]) -> Iterator[str]:
-    """A real server on 127.0.0.1 answering the n-th request with `codes[n % len(codes)]` and a
-    vLLM-style error body naming that code and echoing the request's Authorization header."""
-    count = itertools.count()
+def serving(answer: Callable[[str], tuple[int, str, bytes]]) -> Iterator[str]:
+    """A real server on 127.0.0.1 (its base URL) answering every POST with `answer(authorization
+    header)` = (status, content type, body)."""
 
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
         def do_POST(self) -> None:
             self.rfile.read(int(self.headers.get("Content-Length", "0")))
-            code = codes[next(count) % len(codes)]
-            echo = self.headers.get("Authorization", "")
-            body = json.dumps({"object": "error", "message": f"refused with {code} (sent: {echo})", "code": code}).encode()
+            code, kind, body = answer(self.headers.get("Authorization", ""))
             self.send_response(code)
-            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Type", kind)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
@@ -199,3 +196,18 @@ def answering(codes: list[int]) -> Iterator[str]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+@contextlib.contextmanager
+def answering(codes: list[int]) -> Iterator[str]:
+    """`serving` the n-th request with `codes[n % len(codes)]` and a vLLM-style error body naming
+    that code and echoing the request's Authorization header."""
+    count = itertools.count()
+
+    def answer(echo: str) -> tuple[int, str, bytes]:
+        code = codes[next(count) % len(codes)]
+        return code, "application/json", json.dumps(
+            {"object": "error", "message": f"refused with {code} (sent: {echo})", "code": code}).encode()
+
+    with serving(answer) as url:
+        yield url

@@ -7,10 +7,11 @@ from typing import Any
 
 import orjson
 import pytest
+from test_dispatch_fixtures import serving
 
 from servegen_load.content.payload import Content, PayloadOptions, build_body, intended_prompt_tokens
 from servegen_load.content.prompts import TokenModel, approx_model
-from servegen_load.content.tokenizer import calibrate_words
+from servegen_load.content.tokenizer import calibrate_words, learn_token_model
 from servegen_load.requests import Request
 from servegen_load.sim.presets import get_preset
 from servegen_load.sim.protocol import parse_chat, parse_completion
@@ -191,30 +192,9 @@ def test_local_tokenizer_directory(tmp_path: Any) -> None:
 def test_an_overhead_probe_count_no_template_explains_is_not_believed(counted: int) -> None:
     """A server counting 0 (or 60,000) prompt tokens for a 64-word probe: overheads of -64 and
     +59,936 were taken, padding every prompt of the run by 64 words or clipping it to its nonce."""
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-    from servegen_load.content.tokenizer import learn_token_model
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            self.rfile.read(int(self.headers["Content-Length"]))
-            body = (b'data: {"choices":[{"index":0,"text":"x","finish_reason":"length"}],"usage":{"prompt_tokens":%d,'
-                    b'"completion_tokens":1}}\n\ndata: [DONE]\n\n' % counted)
-            self.send_response(200)
-            self.send_header("Content-Type", "text/event-stream")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *a: object) -> None:
-            pass
-
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    try:
-        tm = learn_token_model(tokenizer="words", endpoint=f"http://127.0.0.1:{srv.server_port}/v1", api="completions",
-                               family="openai", model="m", api_key=None)
-    finally:
-        srv.shutdown()
+    body = (b'data: {"choices":[{"index":0,"text":"x","finish_reason":"length"}],"usage":{"prompt_tokens":%d,'
+            b'"completion_tokens":1}}\n\ndata: [DONE]\n\n' % counted)
+    with serving(lambda _auth: (200, "text/event-stream", body)) as url:
+        tm = learn_token_model(tokenizer="words", endpoint=f"{url}/v1", api="completions", family="openai",
+                               model="m", api_key=None)
     assert tm.text == 0 and any("not believed" in n for n in tm.notes), tm
