@@ -196,15 +196,21 @@ def _recent(pool: ClientPool, r_src: np.ndarray, prof_src: np.ndarray, level: np
     some = busy.any(axis=1)
     noise[some] = np.nanmedian(np.where(busy, _count_noise(pool)[:, :n0], np.nan)[some], axis=1)
     noise = np.maximum(noise, 1e-3)
-    z = np.abs(n - pred) / np.sqrt(noise * np.maximum(pred, 1.0))
-    clear = z >= RECENT_Z
+    gone, new = _left_or_began(n, pred, noise)
     gone_before, new_before = _habitual(pool.rate[:, :n0 - m] * cover_all[:n0 - m], m, step, noise)
-    gone = clear & (n < GONE_SHARE * pred) & ~gone_before
-    new = clear & (pred < GONE_SHARE * n) & ~new_before
+    gone &= ~gone_before
+    new &= ~new_before
     factor = np.where(gone, (n / noise + RECENT_PRIOR) / (pred / noise + RECENT_PRIOR), 1.0)
     full = cover >= 0.5 * W
     median = np.median(seen[:, full], axis=1) if full.any() else n / max(cover.sum(), 1e-9)
     return factor, np.where(new, median, 0.0)
+
+
+def _left_or_began(sent: np.ndarray, expected: np.ndarray, noise: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(departures, arrivals): counts far (`RECENT_Z` noise deviations) out of what was expected,
+    under `GONE_SHARE` of it, or it under that share of them."""
+    big = np.abs(sent - expected) / np.sqrt(noise * np.maximum(expected, 1.0)) >= RECENT_Z
+    return big & (sent < GONE_SHARE * expected), big & (expected < GONE_SHARE * sent)
 
 
 def _habitual(counts: np.ndarray, m: int, step: int, noise: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -221,8 +227,7 @@ def _habitual(counts: np.ndarray, m: int, step: int, noise: np.ndarray) -> tuple
     c = np.concatenate([np.zeros((k, 1)), np.cumsum(counts, axis=1)], axis=1)
     sums = c[:, m:] - c[:, :-m]  # the stretch starting at each window
     now, back = sums[:, step:], sums[:, :-step]
-    big = np.abs(now - back) / np.sqrt(noise[:, None] * np.maximum(back, 1.0)) >= RECENT_Z
-    drop, rise = big & (now < GONE_SHARE * back), big & (back < GONE_SHARE * now)
+    drop, rise = _left_or_began(now, back, noise[:, None])
 
     def reverted(event: np.ndarray, then: np.ndarray) -> np.ndarray:
         """`then` in a stretch wholly after a client's first `event`."""
