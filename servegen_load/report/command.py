@@ -90,7 +90,7 @@ def report_command(paths: list[str], *, as_json: bool, output: str | None, lag_t
 
     res = read_results(*paths)
     check_mergeable(res, merge_unrelated)  # scale hook: shards merge only if disjoint
-    part = whole_run_gap(res)  # said in the baseline's samples: a gate will not compare with part of a run
+    part = whole_run_gap(res) if output else None  # said in the baseline's samples: no gate compares with part of a run
     res = after_warmup(res, warmup)
     if res.n == 0:
         print(f"servegen-load: no requests to summarize in {', '.join(paths)}"
