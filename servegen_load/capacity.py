@@ -599,7 +599,7 @@ def plan_capacity(scenario_path: str, slos: SLOSet, opts: PlanOptions, *, compar
         raise InputError("keeps each real step's results file; a plan in virtual time (no --endpoint, "
                          "--clock virtual or auto) writes none: drop it, or give --clock real", field="--results-dir")
     if not slos:
-        raise InputError("plan needs at least one --slo (or --slo-file) to search against")
+        raise InputError("plan needs at least one SLO to search against: --slo, --slo-file or the scenario's `slo:`")
     if replicas_for is not None and not replicas_for > 0:
         raise InputError("expected a peak rate > 0 req/s", field="--replicas-for")
     scenario = load_scenario(scenario_path)

@@ -569,7 +569,10 @@ def plan_cmd(
 
     if compare not in (None, "naive"):
         raise InputError(f"expected naive, got {compare!r}", field="--compare")
-    slos = build_slos(slo, slo_file, request_slo)
+    from .scenario import load_scenario
+
+    # the scenario's `slo:` as `run` takes it, `--slo`/`--slo-file` adding more
+    slos = build_slos([*(load_scenario(scenario).slo or []), *slo], slo_file, request_slo)
     opts = PlanOptions(step_duration=step_duration, warmup=warmup, tolerance=parse_fraction(tolerance, "--tolerance"),
                        start_scale=start_scale, max_steps=max_steps, endpoint=endpoint, model=model, api=api,
                        server_family=server_family, api_key=load_api_key(Path(api_key_file) if api_key_file else None),

@@ -319,6 +319,13 @@ class SessionSpec(_Model):
         "auto", description="later turns' inputs: history + new tokens (included) or new tokens only (excluded); "
                             "auto: the fitted pool's `session_history` for clients with pool tables, else included")
 
+    @field_validator("turns")
+    @classmethod
+    def _turns(cls, v: DistSpec) -> DistSpec:
+        if (v.mean is not None and v.mean < 1) or (v.values is not None and min(v.values) < 1):
+            raise ValueError("expected turns >= 1 per session (a session is at least its first turn)")
+        return v
+
 
 class SystemPromptSpec(_Model):
     """Shared system prompts: a share of requests (sessions: of first turns) start with one of
@@ -389,7 +396,7 @@ class Scenario(_Model):
 
     slo: list[str] | None = Field(
         None, description="SLOs `run` checks when the run ends, in `gate`'s grammar (e.g. ttft_p99<=2s); "
-        "a failed one makes `run` exit 1 (run.spec.RunSpec.slo; `--slo` adds more)")
+        "a failed one makes `run` exit 1 (run.spec.RunSpec.slo; `--slo` adds more); `plan` searches against them")
 
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
     _path: str | None = PrivateAttr(default=None)

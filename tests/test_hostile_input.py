@@ -216,6 +216,8 @@ def test_scenario_errors_name_the_field(tmp_path: Path) -> None:
         "pools:\n  - pool: m-large\n    weight: -1\nduration: 90\n": ("pools[0].weight", 3),
         "naive: {rate: 5, input_tokens: 1e30, output_tokens: 5}\nduration: 9\n": ("naive.input_tokens", 1),
         "pool: m-large\nduration: 90\nclients: {cv: [3, 1]}\n": ("clients.cv", 3),
+        "pool: m-large\nduration: 90\nsessions:\n  turns: 0\n": ("sessions.turns", 4),
+        "pool: m-large\nduration: 90\nsessions:\n  turns: {values: [0, 3]}\n": ("sessions.turns", 4),
     }
     for text, (field, n) in cases.items():
         s = tmp_path / "s.yaml"

@@ -141,7 +141,7 @@ def test_plan_finds_the_knee_of_the_simulator(tmp_path: Path) -> None:
 def test_plan_input_errors_exit_2(tmp_path: Path) -> None:
     scen = write(tmp_path, "lang.yaml", SCENARIO)
     for args, needle in ((["--slo", "ttft_p99<=1 s s"], "ttft_p99<=1 s s"),
-                         ([], "at least one --slo"),
+                         ([], "at least one SLO"),
                          (["--slo", "ttft_p99<=1s", "--compare", "fancy"], "--compare"),
                          (["--slo", "ttft_p99<=1s", "--step-duration", "0"], "--step-duration")):
         p = subprocess.run([*CLI, "plan", str(scen), *args], capture_output=True, text=True, timeout=60)
@@ -318,3 +318,16 @@ def test_the_knee_is_never_below_a_rate_served_without_falling_behind() -> None:
     assert knee_of(steps) == pytest.approx(55.9)
     assert knee_of(steps[:2]) is None
     assert knee_of([st(70.0, 60.0), st(90.0, 62.0)]) == pytest.approx(61.0)
+
+
+def test_plan_searches_against_the_scenarios_own_slos(tmp_path: Path) -> None:
+    """A scenario's `slo:` is what `run` checks; `plan` on the same file searches against it
+    (with `--slo` adding more), not refuses it for want of `--slo`."""
+    scen = write(tmp_path, "lang.yaml", SCENARIO + "slo: ttft_p99<=1s\n")
+    out = tmp_path / "plan.json"
+    p = subprocess.run([*CLI, "plan", str(scen), "--slo", "tpot_p50<=1s", "--sim-time-scale", "0.5", "--clock", "virtual",
+                        "--step-duration", "3", "--warmup", "1", "--max-steps", "2", "-o", str(out)],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr[-3000:]
+    steps = json.loads(out.read_text())["plan"]["steps"]
+    assert steps and all({"ttft_p99", "tpot_p50"} <= set(s["metrics"]) for s in steps)

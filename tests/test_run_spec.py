@@ -163,6 +163,20 @@ def test_count_and_rate_overrides(fake_server, tmp_path: Path) -> None:
     assert sorted(orjson.loads(x)["id"] for x in r.stdout.splitlines()[1:] if x.startswith("{")) == ["r0", "r1"]
 
 
+def test_a_duration_longer_than_the_scenario_is_said(fake_server, tmp_path: Path) -> None:
+    """`--duration` keeps the requests due before it; past the scenario's own span there are
+    none, so a run asked for 10 s of a 2 s scenario ends at 2 s: said, not silent."""
+    scen = tmp_path / "s.yaml"
+    scen.write_text("naive: {rate: 5, input_tokens: 10, output_tokens: 4}\nduration: 2\nseed: 1\n")
+    out = tmp_path / "r.jsonl"
+    r = cli("run", str(scen), "-o", str(out), "--endpoint", fake_server.url, "--duration", "10", "--progress", "off")
+    assert r.returncode == 0, r.stderr
+    assert "--duration 10 s is longer than the scenario's 2 s" in r.stderr
+    assert max(d["scheduled"] for d in lines(out)) < 2
+    r = cli("run", str(scen), "-o", str(out), "--endpoint", fake_server.url, "--duration", "1", "--progress", "off")
+    assert r.returncode == 0 and "longer than the scenario" not in r.stderr, r.stderr
+
+
 def test_header_slos_and_exit_codes(fake_server, tmp_path: Path) -> None:
     source = write_requests(tmp_path / "reqs.jsonl", make_requests([0.05 * i for i in range(10)]))
     out = tmp_path / "r.jsonl"

@@ -18,6 +18,7 @@ then streamed for the run.
 from __future__ import annotations
 
 import itertools
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,6 +115,10 @@ def open_source(path: str, shard: str | None = None, *, rate: float | None = Non
                             "requests": round(whole * span_i / gen.duration, 1) if gen.duration > 0 else whole}
         if s.slo:
             info["slo"] = list(s.slo)
+        if validate and shard is None and duration is not None and duration > gen.duration + 1e-9:
+            print(f"servegen-load: warning: --duration {duration:g} s is longer than the scenario's {gen.duration:g} s: "
+                  "the run ends with the scenario's requests (set `duration:` in the scenario to schedule more)",
+                  file=sys.stderr)
     else:
         p = Path(path)
         head = read_header(p)
