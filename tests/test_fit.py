@@ -331,3 +331,20 @@ def test_a_fit_is_the_same_in_every_process(tmp_path: Path) -> None:
         pools.append(load_pool(out))
     assert pools[0].meta["clients"] == pools[1].meta["clients"]
     assert np.array_equal(pools[0].rate, pools[1].rate)
+
+
+def test_rows_repeated_exactly_are_said(tmp_path: Path) -> None:
+    """A log shipped twice looks like requests sent in pairs: the fit says how many rows repeat
+    another exactly (and says nothing of a log without them)."""
+    rng = np.random.default_rng(1)
+    t = 1.7e9 + np.cumsum(rng.exponential(0.5, 3000))
+    rows = [f"{x:.3f},c{rng.integers(3)},{rng.integers(10, 2000)},{rng.integers(5, 500)}" for x in t]
+    for name, body in (("once", rows), ("twice", rows + rows[:300])):
+        log = tmp_path / f"{name}.csv"
+        log.write_text("timestamp,client,input_tokens,output_tokens\n" + "\n".join(body) + "\n")
+        notes = io.StringIO()
+        fit_logs([log], options=FitOptions(window=600), stream=notes)
+        said = [x for x in notes.getvalue().splitlines() if "repeat another row exactly" in x]
+        assert said == ([] if name == "once" else [said[0]]), notes.getvalue()
+        if name == "twice":
+            assert "300 row(s) (9.1%)" in said[0]

@@ -242,7 +242,9 @@ def fit_chunks(chunks: Iterable[LogChunk], options: FitOptions | None = None) ->
     if opts.category is not None and opts.category not in CATEGORIES:
         raise InputError(f"expected a category among {', '.join(CATEGORIES)}, got {opts.category!r}")
     report = FitReport()
-    cols = _spread_clock(_drop_strays(_collect(chunks, report), report), report)
+    cols = _collect(chunks, report)
+    _note_duplicates(cols, report)
+    cols = _spread_clock(_drop_strays(cols, report), report)
     if opts.window is None:
         return _fit_auto(cols, opts, report)
     pool = _fit(cols, opts, report)
@@ -649,6 +651,26 @@ def _drop_strays(cols: _Columns, report: FitReport) -> _Columns:
     report.notes.append(f"dropped {gone.size} row(s) timed far from all the others ({when}): a stray clock, "
                         "not traffic")
     return _keep(cols, keep)
+
+
+def _note_duplicates(cols: _Columns, report: FitReport) -> None:
+    """Say how many rows repeat another exactly (time, client, lengths): a log shipped twice, or a
+    collector retrying its writes, looks like requests sent together, and is fitted as batches.
+    Kept, not dropped: an eval harness does send the same prompt several times at once."""
+    n = cols.t.size
+    if n < 2:
+        return
+    keys = [cols.output, cols.input, cols.client, cols.t]
+    order = np.lexsort(keys)
+    same = np.ones(n - 1, dtype=bool)
+    for k in keys:
+        ks = k[order]
+        same &= ks[1:] == ks[:-1]
+    dup = int(same.sum())
+    if dup and dup >= 0.005 * n:
+        report.notes.append(f"WARNING: {dup} row(s) ({dup / n:.1%}) repeat another row exactly (time, client, input and output "
+                            "tokens): fitted as requests sent together; if the log was written twice, drop the copies "
+                            "first")
 
 
 def _spread_clock(cols: _Columns, report: FitReport) -> _Columns:
