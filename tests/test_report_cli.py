@@ -167,9 +167,9 @@ def test_unrelated_runs_are_not_merged_unless_asked(tmp_path: Path) -> None:
 def test_zero_requests_is_not_a_result(tmp_path: Path) -> None:
     res = write(tmp_path / "r.jsonl", [])
     p = cli("report", str(res))
-    assert p.returncode == 1 and "no requests to summarize" in p.stderr and "latency" not in p.stdout
+    assert p.returncode == 2 and "error: no requests to summarize" in p.stderr and "latency" not in p.stdout
     p = cli("report", str(write(tmp_path / "w.jsonl", [row(0, 1.0)])), "--warmup", "5")
-    assert p.returncode == 1 and "after the 5 s warm-up" in p.stderr
+    assert p.returncode == 2 and "after the 5 s warm-up" in p.stderr
 
 
 def test_help_shows_no_bool_metavar() -> None:

@@ -93,9 +93,10 @@ def report_command(paths: list[str], *, as_json: bool, output: str | None, lag_t
     part = whole_run_gap(res) if output else None  # said in the baseline's samples: no gate compares with part of a run
     res = after_warmup(res, warmup)
     if res.n == 0:
-        print(f"servegen-load: no requests to summarize in {', '.join(paths)}"
+        # nothing to summarize is bad input (exit 2), as for `gate`: a 1 would read as a failed verdict
+        print(f"servegen-load: error: no requests to summarize in {', '.join(paths)}"
               + (f" after the {warmup:g} s warm-up" if warmup else ""), file=sys.stderr)
-        return 1
+        return 2
     summary = summary_of(res, lag_threshold=lag_threshold)
     if warmup:
         summary.warmup_s = warmup
