@@ -239,3 +239,44 @@ def test_compare_reads_a_burstgpt_log_against_its_generated_continuation(tmp_pat
     rows = {x["key"]: x for x in json.loads(r.stdout)["rows"]}
     assert rows["duration"]["b"] == pytest.approx(SPAN - 1, abs=2)
     assert rows["duration"]["a"] == pytest.approx(SPAN, rel=0.05)
+
+
+@pytest.mark.parametrize(("time", "spell"), [
+    ("created_at", lambda x: f"{np.datetime_as_string(np.datetime64(int(x * 1000), 'ms'))} UTC"),
+    ("time_iso8601", lambda x: f"{np.datetime_as_string(np.datetime64(int(x * 1000), 'ms'))}+00:00"),
+    # nginx's and Apache's common log format
+    ("time_local", lambda x: (lambda d: f"{d.day:02d}/{d.strftime('%b')}/{d.year}:{d.strftime('%H:%M:%S')} +0000")(
+        np.datetime64(int(x), "s").astype(object))),
+    ("msec", lambda x: f"{x:.3f}"),
+    # log4j: a comma before the fraction, as ISO-8601 allows
+    ("timestamp", lambda x: np.datetime_as_string(np.datetime64(int(x * 1000), "ms")).replace("T", " ").replace(".", ",")),
+])
+def test_a_latency_beside_the_clock_is_not_the_arrival_time(tmp_path: Path, time: str, spell) -> None:
+    """nginx logs each request's latency as `request_time` beside its clock: the clock is the
+    arrival time, in every spelling nginx, SQL exports and log4j write it."""
+    rng = np.random.default_rng(3)
+    t = EPOCH + np.cumsum(rng.exponential(2.0, 200))
+    log = tmp_path / "access.jsonl"
+    log.write_text("".join(json.dumps({"request_time": round(float(rng.exponential(3.0)), 3), time: spell(x),
+                                       "tenant": "a", "prompt_tokens": 100, "completion_tokens": 10}) + "\n"
+                           for x in t))
+    got = load_log(log, warn=False)
+    assert got.roles["time"] == time
+    whole = time == "time_local"  # whole seconds
+    assert got.origin + got.t[-1] == pytest.approx(float(np.floor(t[-1])) if whole else t[-1], abs=1e-3)
+
+
+def test_a_time_column_out_of_row_order_is_said(tmp_path: Path) -> None:
+    """A log whose only time-like column is a latency: fitted as asked, with a warning naming it."""
+    rng = np.random.default_rng(4)
+    log = tmp_path / "latency.csv"
+    log.write_text("request_time,tenant,prompt_tokens,completion_tokens\n" + "".join(
+        f"{rng.exponential(3.0):.3f},a,100,10\n" for _ in range(300)))
+    p = cli("fit", str(log), "-o", str(tmp_path / "p.npz"))
+    assert p.returncode == 0, p.stderr
+    assert "WARNING: time column 'request_time' holds no date" in p.stderr
+    ordered = tmp_path / "ordered.csv"
+    ordered.write_text("request_time,tenant,prompt_tokens,completion_tokens\n" + "".join(
+        f"{x:.3f},a,100,10\n" for x in np.cumsum(rng.exponential(3.0, 300))))
+    p = cli("fit", str(ordered), "-o", str(tmp_path / "p.npz"))
+    assert p.returncode == 0 and "holds no date" not in p.stderr, p.stderr

@@ -346,8 +346,9 @@ def fit_arrivals(t: np.ndarray, client: np.ndarray, n_clients: int, span: float,
         s = np.where(np.isfinite(scores[c]), scores[c], np.inf)
         model[c] = int(np.argmin(s)) if np.isfinite(s).any() else 0
     used = ", ".join(f"{m} {int(np.count_nonzero(model == i))}" for i, m in enumerate(MODELS) if np.any(model == i))
-    notes.append(f"arrival models: {used} client(s) (chosen by count dispersion at "
-                 f"{', '.join(f'{x:g}' for x in scales) or 'no'} s scales; `inspect POOL` shows the evidence); "
+    why = (f"chosen by count dispersion at {', '.join(f'{x:g}' for x in scales)} s scales" if scales
+           else "the log is too short to compare count dispersions: renewal gaps")
+    notes.append(f"arrival models: {used} client(s) ({why}; `inspect POOL` shows the evidence); "
                  f"rate profile by {PROFILE_NAMES[kind]}")
     for c in np.flatnonzero(model > 0)[:20]:
         notes.append(f"client {c}: {z[c]:.0%} of gaps are 0: batched arrivals ({MODELS[model[c]]}"

@@ -369,6 +369,8 @@ def _collect(chunks: Iterable[LogChunk], report: FitReport) -> _Columns:
     offsets: set[float] = set()
     wall: set[bool] = set()
     files: dict[str, bool] = {}
+    back = [0, 0]  # relative times earlier than the row before, of row-to-row steps
+    back_col: str | None = None
     for c in chunks:
         if c.path not in files:
             files[c.path] = c.has_client
@@ -383,6 +385,10 @@ def _collect(chunks: Iterable[LogChunk], report: FitReport) -> _Columns:
         wall.add(c.wall_clock)
         if c.wall_clock:
             offsets.add(c.utc_offset)
+        elif n > 1:
+            back[0] += int(np.count_nonzero(np.diff(c.t) < 0))
+            back[1] += n - 1
+            back_col = c.roles.get("time", back_col)
         has_client = has_client or c.has_client
         client_col = c.roles.get("client", client_col)
         lut = np.array([names.setdefault(nm, len(names)) for nm in c.clients], dtype=np.int32)
@@ -412,6 +418,10 @@ def _collect(chunks: Iterable[LogChunk], report: FitReport) -> _Columns:
                                 "fills with --client-column")
     if len(wall) > 1:
         report.notes.append("some logs have wall-clock times and others relative times: merged as given")
+    if back[1] >= 20 and back[0] > 0.2 * back[1]:  # arrivals are logged nearly in order; latencies are not
+        report.notes.append(f"WARNING: time column {back_col!r} holds no date and {back[0] / back[1]:.0%} of its "
+                            "values are earlier than the row before: a latency or duration, not an arrival time? "
+                            "Name the arrival time with --time-column")
 
     def cat(k: str) -> np.ndarray | None:
         if not seen[k]:

@@ -84,9 +84,12 @@ JSON_CHUNK_BYTES = 16 << 20  # JSON lines decoded at once (their objects take se
 
 # Column names tried, in order, when a role is not named explicitly (case and punctuation ignored).
 GUESSES: dict[str, tuple[str, ...]] = {
-    "time": ("timestamp", "time", "t", "ts", "arrival_time", "arrival", "request_time", "created_at",
+    # `request_time` last: nginx logs the request's latency under that name (`$request_time`) beside
+    # its clock (`time_iso8601`, `time_local`, `msec`: the time the answer ended)
+    "time": ("timestamp", "time", "t", "ts", "arrival_time", "arrival", "created_at",
              "created", "start_time", "scheduled", "datetime", "date", "request_timestamp", "arrival_timestamp",
-             "received_at", "submitted_at", "requested_at", "event_time", "request_start"),
+             "received_at", "submitted_at", "requested_at", "event_time", "request_start", "time_iso8601",
+             "time_local", "msec", "request_time"),
     # the account that pays (a key, a team) before the end user: OpenAI's `user` field is optional and
     # mostly empty in gateway logs (LiteLLM's spend logs: api_key, user, team_id)
     "client": ("client", "client_id", "tenant", "tenant_id", "customer", "customer_id", "api_key", "api_key_id",
@@ -681,6 +684,35 @@ def _utc_offset(v: Any, good: np.ndarray, sample: int = 1000) -> float:
     return seen.most_common(1)[0][0] if seen else 0.0
 
 
+_CLF = re.compile(r"\s*(\d\d)/([A-Za-z]{3})/(\d{4}):(\d\d:\d\d:\d\d(?:\.\d+)?)(?:\s*([+-]\d\d):?(\d\d))?\s*$")
+_MONTHS = {m: i + 1 for i, m in enumerate(("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct",
+                                           "nov", "dec"))}
+_COMMA_FRACTION = re.compile(r"\d:\d\d:\d\d,\d")
+
+
+def _iso_spelling(arr: np.ndarray) -> np.ndarray:
+    """Other spellings of the same instants, as ISO-8601 numpy reads: a comma before the fraction
+    (log4j's `2026-01-01 00:00:00,123`, which ISO-8601 allows) and the common log format of nginx
+    and Apache (`time_local`: `01/Jan/2026:00:00:01 +0000`). Judged on the first value."""
+    if not arr.size:
+        return arr
+    first = arr[0].decode("latin-1") if arr.dtype.kind == "S" else str(arr[0])
+    if _COMMA_FRACTION.search(first):
+        return np.char.replace(arr, b"," if arr.dtype.kind == "S" else ",", b"." if arr.dtype.kind == "S" else ".")
+    if _CLF.match(first) is None:
+        return arr
+
+    def iso(x: str) -> str:
+        m = _CLF.match(x)
+        mon = _MONTHS.get(m[2].lower()) if m is not None else None
+        if m is None or mon is None:
+            return ""  # judged bad below
+        return f"{m[3]}-{mon:02d}-{m[1]}T{m[4]}" + (f"{m[5]}:{m[6]}" if m[5] else "")
+
+    text = arr.astype("U") if arr.dtype.kind == "S" else arr
+    return np.array([iso(x) for x in text.tolist()], dtype=str)
+
+
 def _iso_ns(v: Any) -> tuple[np.ndarray, np.ndarray]:
     """ISO-8601 timestamps -> int64 ns since the epoch (UTC when an offset is given) and a bad mask."""
     if isinstance(v, np.ndarray) and v.dtype.kind in "SU":
@@ -688,6 +720,7 @@ def _iso_ns(v: Any) -> tuple[np.ndarray, np.ndarray]:
     else:  # JSON values (or numbers that were not mostly numbers): as text
         arr = np.array(["" if x is None else str(x) for x in (v.tolist() if isinstance(v, np.ndarray) else v)],
                        dtype=str)
+    arr = _iso_spelling(arr)
     n = arr.size
     utc = b" UTC" if arr.dtype.kind == "S" else " UTC"  # SQL exports (BigQuery): "2024-05-10 00:00:01.5 UTC"
     if n and bool(np.char.endswith(arr[:1], utc)[0]):
