@@ -315,8 +315,10 @@ class SessionSpec(_Model):
                                  description="new user tokens per later turn")
     output_tokens: DistSpec | None = Field(None, description="output tokens of later turns (default: the client's own)")
     pool_tables: bool = Field(True, description="use a fitted pool's session tables where a client has them")
-    history: Literal["auto", "included", "excluded"] = Field(
-        "auto", description="later turns' inputs: history + new tokens (included) or new tokens only (excluded); "
+    history: Literal["auto", "included", "answers", "excluded"] = Field(
+        "auto", description="later turns' inputs: history + new tokens (included), history without reasoning + new "
+                            "tokens (answers: reasoning models' APIs do not send reasoning back) or new tokens only "
+                            "(excluded); "
                             "auto: the fitted pool's `session_history` for clients with pool tables, else included")
 
     @field_validator("turns")

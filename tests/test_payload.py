@@ -122,6 +122,18 @@ def test_session_history_grows_and_is_a_shared_prefix() -> None:
     assert len(p0) == 80 and len(p1) == 120 and p1[:80] == p0
 
 
+def test_a_history_of_answers_carries_no_reasoning() -> None:
+    """`history: answers` (a reasoning model's log): the next prompt holds the previous prompt and
+    its visible answer, 30 - 20 reasoning tokens, not the whole output."""
+    opts = PayloadOptions("sim", content=Content())
+    a = {"history": "answers"}
+    t0 = build_body(req("s", 120, 30, session="s", turn=0, reason_tokens=20, extra=a), "chat", "m", opts)
+    t1 = build_body(req("s/1", 120 + 10 + 50, 20, session="s", turn=1, reason_tokens=15, extra=a), "chat", "m", opts)
+    assert [sim_tokens(b, "chat") for b in (t0, t1)] == [120, 180]
+    m0, m1 = (orjson.loads(b)["messages"] for b in (t0, t1))
+    assert m1[0] == m0[0] and len(m1[1]["content"].split()) == 1 + 10  # lead + the answer without reasoning
+
+
 def test_multimodal_parts_cost_their_tokens() -> None:
     c = Content()
     r = req("m", 50, images=[1000, 64, 7], audio=[25, 3], video=[400])

@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -178,3 +179,66 @@ def test_sessions_against_a_slow_simulator(tmp_path: Path) -> None:
     s = json.loads(summary.read_text())["sessions"]
     assert s["early_turns"] == 0 and s["sessions"] == len(sessions)
     assert "0" in s["ttft_by_turn"] and "1" in s["ttft_by_turn"] and s["duration"]["p50"] > 0.5
+
+
+def _reasoning_chat_log(path: Path, carry_reasoning: bool) -> None:
+    """Conversations on one of two models kept for the whole session: 40% on a reasoning model
+    (answers ~300 tokens after ~1500 of reasoning), the rest answering ~300 directly. Prompts grow
+    by the previous prompt and answer, reasoning included only when `carry_reasoning`."""
+    rng = np.random.default_rng(5)
+    recs = []
+    start = 1.7e9
+    for s in range(1500):
+        start += float(rng.exponential(20.0))
+        reasoning_model = rng.random() < 0.4
+        hist, t = 0, start
+        for j in range(int(rng.geometric(1 / 3.5))):
+            inp = hist + int(rng.lognormal(np.log(120), 0.8)) + (int(rng.lognormal(np.log(800), 0.5)) if j == 0 else 0)
+            ans = int(rng.lognormal(np.log(300), 0.7)) + 1
+            reason = int(rng.lognormal(np.log(1500), 0.9)) + 1 if reasoning_model else 0
+            recs.append((t, json.dumps({"created": round(t, 3), "team_id": f"t{s % 2}", "conversation_id": f"c{s}",
+                                        "usage": {"prompt_tokens": inp, "completion_tokens": ans + reason,
+                                                  "completion_tokens_details": {"reasoning_tokens": reason}}})))
+            hist = inp + ans + (reason if carry_reasoning else 0)
+            t += 5 + float(rng.gamma(1.5, 20.0))
+    path.write_text("".join(line + "\n" for _, line in sorted(recs)))
+
+
+def _by_turn(reqs: list[dict[str, Any]], key: Callable[[dict[str, Any]], int]) -> dict[int, list[int]]:
+    out: dict[int, list[int]] = defaultdict(list)
+    for v in by_session(reqs).values():
+        for r in v:
+            out[r["turn"]].append(key(r))
+    return out
+
+
+@pytest.mark.parametrize("carry_reasoning", [False, True])
+def test_reasoning_sessions_grow_by_what_the_log_carried(tmp_path: Path, carry_reasoning: bool) -> None:
+    """Reasoning models' APIs do not send reasoning back: prompts grow by the visible answer. Read
+    as history `excluded` (prompts no longer grew by the whole output), later turns were sent
+    without their history (turn 3's prompt 2,500 where the log had 2,600, flat from turn 1) and
+    their reasoning came out at a third of the log's; a session also keeps its model to its end."""
+    log = tmp_path / "chat.jsonl"
+    _reasoning_chat_log(log, carry_reasoning)
+    fit = cli("fit", str(log), "-o", str(tmp_path / "p.npz"), "--window", "600")
+    assert f"history {'included' if carry_reasoning else 'answers'}" in fit.stdout + fit.stderr
+    logged = [json.loads(x) for x in log.read_text().splitlines()]
+    for r in logged:
+        r.update(session=r["conversation_id"], input_tokens=r["usage"]["prompt_tokens"],
+                 reason_tokens=r["usage"]["completion_tokens_details"]["reasoning_tokens"])
+    turn: dict[str, int] = defaultdict(int)
+    for r in logged:
+        r["turn"] = turn[r["session"]]
+        turn[r["session"]] += 1
+    scen = tmp_path / "g.yaml"
+    scen.write_text("pool: p.npz\nduration: 30000\nseed: 1\n")
+    out = tmp_path / "g.jsonl"
+    generate_to_file(scen, out)
+    gen = rows(out)
+    assert all("reason_tokens" in r for r in gen)  # a 0 is written, not dropped, on later turns too
+    want, got = _by_turn(logged, lambda r: r["input_tokens"]), _by_turn(gen, lambda r: r["input_tokens"])
+    for k in (1, 3):
+        assert np.median(got[k]) == pytest.approx(np.median(want[k]), rel=0.12), k
+    later = [r["reason_tokens"] for r in logged if r["turn"] > 0 and r["reason_tokens"] > 0]
+    made = [r["reason_tokens"] for r in gen if r["turn"] and r["reason_tokens"] > 0]
+    assert np.median(made) == pytest.approx(np.median(later), rel=0.3)

@@ -18,6 +18,7 @@
 
       t_j      = t_{j-1} + think_j                        (think time: arrival to arrival)
       input_j  = input_{j-1} + output_{j-1} + new_j      (history: included)
+      input_j  = input_{j-1} + output_{j-1} - reason_{j-1} + new_j   (history: answers; marked)
       input_j  = new_j                                   (history: excluded; marked `history`)
 
   and the same media lists and prefix as turn 0. `history` is the fitted pool's
@@ -30,7 +31,10 @@
   0's reasoning share. Turns, think time and new tokens come from the client's fitted session
   tables when the pool has them, else from the scenario's distributions; output lengths from
   the client's own output table (the data window of the session start) unless
-  `sessions.output_tokens` is given. With fitted first-turn (and single-request) input tables,
+  `sessions.output_tokens` is given, each turn's rank drawn from the row of the last one's in the
+  log's copula of consecutive outputs (`session_output_copula`: a session keeps its model and
+  task, so a reasoning session's answers stay long), its reasoning share the client's at that
+  rank (`reason_copula`). With fitted first-turn (and single-request) input tables,
   turn 0's (and a single request's) input is moved to that distribution by a rank-preserving
   map (`requantile`), since the client's input table mixes first and later turns.
 
@@ -126,7 +130,7 @@ class Params:
     think: Sampler                # arrival to arrival, seconds
     new: Sampler                  # new tokens of a later turn
     mean_k: float                 # E[K] of `turns` as drawn
-    history: str                  # included | excluded
+    history: str                  # included | answers | excluded
     first: LengthTable | None = None    # input tokens of first turns (fitted)
     single: LengthTable | None = None   # input tokens of requests outside sessions (fitted)
 
@@ -148,6 +152,7 @@ class ClientSessions:
         self._baseline = plan.baseline
         self._cache: dict[str, Params] = {}
         self._tables: dict[tuple[str, int], Any] = {}
+        self._couplings: dict[str, dict[str, np.ndarray]] = {}
 
     def params(self, client: str) -> Params:
         """The client's session parameters (cached)."""
@@ -199,16 +204,53 @@ class ClientSessions:
         """Output tokens of a later turn: the scenario's distribution, else the client's own table."""
         if self.out_fixed is not None:
             return _tokens(draw(self.out_fixed, u))
+        tab = self._output_table(client, t)
+        return max(1, round(float(tab.sample(np.array([u]))[0]))) if tab is not None else first
+
+    def output_rank(self, client: str, t: float, tokens: int) -> float | None:
+        """Where `tokens` sits in the client's output table (the middle of its CDF step), None without one."""
+        tab = self._output_table(client, t)
+        if tab is None:
+            return None
+        i = int(np.searchsorted(tab.values, tokens, side="right")) - 1
+        hi = float(tab.cdf[i]) if i >= 0 else 0.0
+        lo = float(tab.cdf[i - 1]) if i >= 1 else 0.0
+        return 0.5 * (lo + hi)
+
+    def reason_share(self, client: str, t: float, u_out: float, u_bin: float, u: float) -> float | None:
+        """A later turn's reasoning share at its output's rank `u_out`: the client's share table through
+        its fitted output/share copula (as `lengths.TableSet.draw` draws a request's), so long answers
+        of a reasoning model come back as reasoning and short ones as answers; None without a table."""
         ts = self._client_tables(client, t)
-        if ts is not None:
-            tab = ts.tables.get("output_tokens")
-            if tab is not None:
-                return max(1, round(float(tab.sample(np.array([u]))[0])))
-        if self._baseline is not None:
+        tab = ts.tables.get("reason_ratio") if ts is not None else None
+        if tab is None or self.out_fixed is not None:
+            return None
+        out = self._output_table(client, t)
+        joint = self._coupling(client).get("reason_ratio")
+        if out is not None and joint is not None:
+            u = conditional(joint, float(out.mid_rank(np.array([u_out]))[0]), u_bin, u)
+        return float(np.clip(tab.sample(np.array([u]))[0], 0.0, 1.0))
+
+    def next_output(self, client: str) -> np.ndarray | None:
+        """The client's fitted copula of consecutive turns' outputs, None without one (or with the
+        scenario's own `sessions.output_tokens`)."""
+        return None if self.out_fixed is not None else self._coupling(client).get("next_output")
+
+    def _coupling(self, client: str) -> dict[str, np.ndarray]:
+        got = self._couplings.get(client)
+        if got is None:
+            from .compose import client_coupling
+
+            w = self._where.get(client)
+            got = self._couplings[client] = client_coupling(*w) if w is not None else {}
+        return got
+
+    def _output_table(self, client: str, t: float) -> LengthTable | None:
+        ts = self._client_tables(client, t)
+        tab = ts.tables.get("output_tokens") if ts is not None else None
+        if tab is None and self._baseline is not None:
             tab = self._baseline.options[0][2].tables.get("output_tokens")
-            if tab is not None:
-                return max(1, round(float(tab.sample(np.array([u]))[0])))
-        return first
+        return tab
 
 
 def requantile(x: int, source: LengthTable, target: LengthTable, u: float) -> int:
@@ -268,17 +310,28 @@ def session_turns(r: Request, seed: int, cs: ClientSessions, end_us: int) -> lis
     out: list[Request] = []
     ratio = (r.reason_tokens / r.output_tokens) if r.reason_tokens and r.output_tokens else None
     t_us = int(r.t * US + 0.5)
-    inp, prev_out = r.input_tokens, r.output_tokens
+    inp, prev_out, prev_reason = r.input_tokens, r.output_tokens, r.reason_tokens or 0
     media = sum(r.images or ()) + sum(r.audio or ()) + sum(r.video or ())
     excluded = p.history == "excluded"
+    if p.history == "answers":
+        r.extra = {**r.extra, "history": "answers"}  # the payload's history carries its answer only
+    follow = cs.next_output(r.client)
+    rank = cs.output_rank(r.client, r.t, r.output_tokens) if follow is not None else None
     for j in range(1, k):
         think = max(0.0, draw(p.think, uniform(seed, r.id, "think", j)))
         if not think * US < end_us - t_us:  # past the window (or not finite): the session is cut
             break
         t_us += int(think * US)
         new = _tokens(draw(p.new, uniform(seed, r.id, "new", j)))
-        o = cs.output(r.client, r.t, uniform(seed, r.id, "out", j), r.output_tokens)
-        inp = new if excluded else min(MAX_TOKENS, inp + prev_out + new)
+        u = uniform(seed, r.id, "out", j)
+        if rank is not None:  # from the row of the last turn's rank in the log's copula of consecutive outputs
+            u = conditional(follow, rank, uniform(seed, r.id, "out-bin", j), u)  # type: ignore[arg-type]
+        o = cs.output(r.client, r.t, u, r.output_tokens)
+        if rank is not None:
+            rank = cs.output_rank(r.client, r.t, o)
+        share = cs.reason_share(r.client, r.t, u, uniform(seed, r.id, "reason-bin", j), uniform(seed, r.id, "reason", j))
+        carried = prev_out - min(prev_reason, prev_out) if p.history == "answers" else prev_out
+        inp = new if excluded else min(MAX_TOKENS, inp + carried + new)
         if cs.max_context is not None and inp + o + media > cs.max_context:
             break  # the conversation no longer fits the model's context: the user starts afresh
         extra = dict(r.extra)
@@ -287,11 +340,22 @@ def session_turns(r: Request, seed: int, cs: ClientSessions, end_us: int) -> lis
         nr = Request(id=f"{r.id}/{j}", t=t_us / US, client=r.client, category=r.category,
                      input_tokens=inp, output_tokens=o, session=r.id, turn=j, think_time=round(think, 6),
                      images=r.images, audio=r.audio, video=r.video, prefix=r.prefix, extra=extra)
-        if ratio is not None:
-            nr.reason_tokens = min(o, round(ratio * o))
+        if r.reason_tokens is not None:  # the client's share at this output's rank, else turn 0's; 0 is written
+            nr.reason_tokens = min(o, round((share if share is not None else ratio or 0.0) * o))
         out.append(nr)
-        prev_out = o
+        prev_out, prev_reason = o, nr.reason_tokens or 0
     return out
+
+
+def conditional(joint: np.ndarray, rank: float, u_bin: float, u: float) -> float:
+    """A uniform drawn from the row of `rank` in a checkerboard copula (`lengths.coupled_uniforms`,
+    one draw from two hashed uniforms); `u` unchanged where the log never filled that row."""
+    k = joint.shape[0]
+    row = joint[min(int(rank * k), k - 1)]
+    if not row.sum() > 0:
+        return u
+    col = min(int(np.searchsorted(np.cumsum(row) / row.sum(), u_bin, side="right")), k - 1)
+    return (col + u) / k
 
 
 def _remap_input(r: Request, cs: ClientSessions, target: LengthTable, seed: int) -> None:

@@ -51,8 +51,12 @@ What a fit measures, per client (after merging sparse clients, see below):
   (a turn never leaves before the previous response ended; `dispatch.sessions`). History: when
   >= 80% of consecutive turns satisfy input_k >= input_{k-1} + output_{k-1}, the log's inputs
   include the history and new tokens = input_k - input_{k-1} - output_{k-1} (meta
-  `session_history: included`), else new tokens = input_k (`excluded`: the logged prompt of a
-  later turn is its new tokens only, and generated turns are sent that way too).
+  `session_history: included`); else, with reasoning counts, when >= 80% satisfy it with the
+  visible answer (output - reasoning: reasoning models' APIs do not send reasoning back) in place of
+  the output, `answers`; else new tokens = input_k (`excluded`: the logged prompt of a later turn
+  is its new tokens only, and generated turns are sent that way too). `session_output_copula`:
+  the checkerboard copula of consecutive turns' output tokens; a session keeps its model and
+  task, so `generate` draws each turn's output from the row of the last one's rank.
 
 Arrival models (`arrival_fit`): per client, the count dispersion of the log at 1 s .. 3600 s, batches
 and clock quantisation (zero gaps, a timestamp grid) with the `tick`, `epochs` and `quantised`
@@ -559,8 +563,8 @@ def _fit(cols: _Columns, opts: FitOptions, report: FitReport, scales: list[float
     extra.update(arr.extra)
     meta: dict[str, Any] = {"arrival": {**arr.meta, "utc_offset": cols.utc_offset}}
     if cols.session is not None:
-        sidx, share, history = _sessions(t, client, n_clients, cols, tables, opts.ks_max)
-        extra.update(session_index=sidx, session_share=share)
+        sidx, share, history, out_cop = _sessions(t, client, n_clients, cols, tables, opts.ks_max)
+        extra.update(session_index=sidx, session_share=share, session_output_copula=out_cop)
         _session_arrival_laws(t, client, n_clients, n_w, W, opts, cols, sidx, share, tables,
                               (rate, cv, family, shape, scale))
         meta.update(session_fields=list(SESSION_FIELDS), session_history=history)
@@ -1059,7 +1063,7 @@ def _group_ranks(v: np.ndarray, g: np.ndarray) -> np.ndarray:
 
 
 def _sessions(t: np.ndarray, client: np.ndarray, n_clients: int, cols: _Columns, tables: list[LengthTable],
-              ks_max: float) -> tuple[np.ndarray, np.ndarray, str]:
+              ks_max: float) -> tuple[np.ndarray, np.ndarray, str, np.ndarray]:
     """Session tables per client (`SESSION_FIELDS`); see the module docstring."""
     assert cols.session is not None
     has = cols.session >= 0
@@ -1078,17 +1082,32 @@ def _sessions(t: np.ndarray, client: np.ndarray, n_clients: int, cols: _Columns,
     inp, out = cols.input[o].astype(np.int64), cols.output[o].astype(np.int64)
     prev_in, prev_out, cur_in = inp[:-1][same], out[:-1][same], inp[1:][same]
     valid = (prev_in >= 0) & (prev_out >= 0) & (cur_in >= 0)
-    grows = cur_in[valid] >= prev_in[valid] + prev_out[valid]
-    included = bool(grows.size) and float(grows.mean()) >= 0.8
-    new_tok = np.where(valid, np.maximum(cur_in - prev_in - prev_out, 0) if included else cur_in, -1)
+    carried = prev_out  # what the next prompt carries of an answer
+    history = "included" if _grows(cur_in, prev_in, carried, valid) else "excluded"
+    if history == "excluded" and cols.reason is not None:
+        # A reasoning model's reasoning is not sent back (OpenAI's and DeepSeek's APIs drop it):
+        # prompts grow by the visible answer, output - reasoning.
+        prev_r = np.clip(cols.reason[o].astype(np.int64)[:-1][same], 0, None)
+        answer = prev_out - np.minimum(prev_r, np.maximum(prev_out, 0))
+        if np.any(prev_r[valid] > 0) and _grows(cur_in, prev_in, answer, valid):
+            history, carried = "answers", answer
+    new_tok = np.where(valid, np.maximum(cur_in - prev_in - carried, 0) if history != "excluded" else cur_in, -1)
     pair_client = co[1:][same]
+    # how a session's next answer follows its last (one model, one task): their copula per client
+    out_cop = copula_by_group(out[:-1][same], out[1:][same], pair_client, n_clients)
     sidx[:, 0] = _grouped_tables(turns, co[starts], n_clients, tables, ks_max)
     sidx[:, 1] = _grouped_tables(np.minimum(think_ms, 2**31 - 1), pair_client, n_clients, tables, ks_max, 1e-3)
     sidx[:, 2] = _grouped_tables(np.minimum(new_tok, 2**31 - 1), pair_client, n_clients, tables, ks_max)
     sidx[:, 3] = _grouped_tables(inp[starts], co[starts], n_clients, tables, ks_max)
     single = np.flatnonzero(~has)
     sidx[:, 4] = _grouped_tables(cols.input[single], client[single], n_clients, tables, ks_max)
-    return sidx, share, "included" if included else "excluded"
+    return sidx, share, history, out_cop
+
+
+def _grows(cur_in: np.ndarray, prev_in: np.ndarray, carried: np.ndarray, valid: np.ndarray) -> bool:
+    """Whether >= 80% of consecutive turns' prompts hold the previous prompt and what is carried."""
+    g = cur_in[valid] >= prev_in[valid] + carried[valid]
+    return bool(g.size) and float(g.mean()) >= 0.8
 
 
 def _session_arrival_laws(t: np.ndarray, client: np.ndarray, n_clients: int, n_w: int, W: float, opts: FitOptions,

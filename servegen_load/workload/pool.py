@@ -30,7 +30,8 @@ the size of its items), float32 (clients, K, K) checkerboard copulas (NaN: too f
 and with session ids `session_index` int32 (clients, 3) pointing into the same flat tables for
 the fields `meta.session_fields` =
 turns per session, think time between turns (s), new input tokens per turn (-1: no sessions),
-plus `session_share` float32 (clients,), the share of the client's requests that carry a session.
+plus `session_share` float32 (clients,), the share of the client's requests that carry a session,
+and `session_output_copula` (clients, K, K), the checkerboard copula of consecutive turns' outputs.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ _ARRAYS = ("window_start", "rate", "cv", "family", "shape", "scale", "data_start
 # the copula arrays a fitted pool may carry -> the field each one draws coupled to its partner
 # (`lengths.TableSet.draw`: the reasoning share to output tokens, an item's size to the item count)
 COPULAS = {"reason_copula": "reason_ratio", "image_copula": "image_tokens", "audio_copula": "audio_tokens",
-           "video_copula": "video_tokens"}
+           "video_copula": "video_tokens", "session_output_copula": "next_output"}
 
 
 @dataclass

@@ -6,7 +6,8 @@ of the fields in `meta.session_fields` (see `workload.fit`): turns per session, 
 (arrival to arrival, s), new input tokens per later turn, and (pools fitted since the sessions
 fix) input tokens of first turns and of requests outside sessions; `session_share` is the share
 of the client's requests that carry a session id; `meta.session_history` says whether the
-log's inputs already contained the history (`included`) or were each turn's new tokens only
+log's inputs already contained the history (`included`), the history without reasoning
+(`answers`: reasoning models' APIs do not send reasoning back) or were each turn's new tokens only
 (`excluded`). Older pools have only the first three fields: the others are then None.
 """
 
@@ -19,7 +20,7 @@ import numpy as np
 from .distributions import LengthTable
 from .pool import ClientPool
 
-HISTORIES = ("included", "excluded")
+HISTORIES = ("included", "answers", "excluded")
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,7 @@ class ClientSessionModel:
 
 
 def history_of(pool: ClientPool) -> str:
-    """`included` or `excluded` (a pool without the key: `included`, the old generator's meaning)."""
+    """`included`, `answers` or `excluded` (a pool without the key: `included`, the old generator's meaning)."""
     h = pool.meta.get("session_history")
     return h if h in HISTORIES else "included"
 
@@ -74,8 +75,10 @@ def describe(pool: ClientPool, max_clients: int = 5) -> list[str]:
         return []
     h = history_of(pool)
     lines = [f"sessions: {len(models)} client(s) with sessions; history {h} "
-             + ("(logged inputs hold the history: later turns send history + new tokens)" if h == "included" else
-                "(logged inputs are each turn's new tokens: later turns send only those)"),
+             + {"included": "(logged inputs hold the history: later turns send history + new tokens)",
+                "answers": "(logged inputs hold the history without reasoning: later turns send the prompts and "
+                           "visible answers so far + new tokens)",
+                "excluded": "(logged inputs are each turn's new tokens: later turns send only those)"}[h],
              "  think time = arrival to arrival (turn k+1's start - turn k's start); `run` never sends a turn "
              "before the previous response ended"]
     for i, m in models[:max_clients]:
