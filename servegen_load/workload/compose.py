@@ -42,7 +42,6 @@ from ..requests import MAX_TIME, REQUESTS_FORMAT, Request
 from ..scenario import Scenario, load_scenario, scenario_digest
 from . import arrivals
 from .lengths import ClientTables, Lengths
-from .pool import COPULAS
 from .resolve import CATEGORIES, Resolved, Source, client_seed, describe_sources, resolve
 
 BLOCK_REQUESTS = 1 << 17
@@ -137,7 +136,7 @@ def _realistic_client(plan: Resolved, src: Source, ci: int, gid: int) -> Iterato
     rng_a, rng_l = client_seed(s.seed, name, 0), client_seed(s.seed, name, 1)
     tables = ClientTables(src.pool, int(src.idx[ci]))
     rho = client_rho(s.length_correlation, src, ci)
-    coupling = client_coupling(src, ci)
+    coupling = src.pool.copulas(int(src.idx[ci]))
     cat = CATEGORIES.index(src.category)
     k0 = 0
     for t, seg in _arrivals(s.arrival, src, ci, rng_a):
@@ -186,17 +185,6 @@ def client_rho(setting: float | str, src: Source, ci: int) -> float:
     return float(np.clip(v, -1.0, 1.0)) if np.isfinite(v) else 0.0
 
 
-def client_coupling(src: Source, ci: int) -> dict[str, np.ndarray]:
-    """The copulas a fitted pool measured for one client (`lengths.coupled_uniforms`): output and
-    reasoning share (`reason_copula`), an item count and its items' size (`image_copula`, ...)."""
-    out: dict[str, np.ndarray] = {}
-    for key, name in COPULAS.items():  # (their shapes are checked when the pool loads)
-        cop = src.pool.extra.get(key)
-        if cop is not None:
-            j = cop[int(src.idx[ci])].astype(np.float64)
-            if np.isfinite(j).all() and j.sum() > 0:  # NaN: too few requests to measure one
-                out[name] = j
-    return out
 
 
 def _baseline_client(plan: Resolved, gid: int) -> Iterator[Batch]:

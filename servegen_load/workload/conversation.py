@@ -239,10 +239,8 @@ class ClientSessions:
     def _coupling(self, client: str) -> dict[str, np.ndarray]:
         got = self._couplings.get(client)
         if got is None:
-            from .compose import client_coupling
-
             w = self._where.get(client)
-            got = self._couplings[client] = client_coupling(*w) if w is not None else {}
+            got = self._couplings[client] = w[0].pool.copulas(int(w[0].idx[w[1]])) if w is not None else {}
         return got
 
     def _output_table(self, client: str, t: float) -> LengthTable | None:

@@ -229,6 +229,19 @@ class ClientPool:
                                or (si.size and (int(si.min()) < -1 or int(si.max()) >= n_tables))):
             raise bad(f"expected table ids in -1..{n_tables - 1}, one row per client", "session_index")
 
+    def copulas(self, client: int) -> dict[str, np.ndarray]:
+        """The copulas this pool measured for one client (`lengths.coupled_uniforms`), by the field
+        they couple (`COPULAS`): output and reasoning share, an item count and its items' size,
+        consecutive turns' outputs. NaN tables (too few requests to measure one) are left out."""
+        out: dict[str, np.ndarray] = {}
+        for key, name in COPULAS.items():  # (their shapes are checked when the pool loads)
+            cop = self.extra.get(key)
+            if cop is not None:
+                j = cop[client].astype(np.float64)
+                if np.isfinite(j).all() and j.sum() > 0:
+                    out[name] = j
+        return out
+
     def _validate_arrivals(self, bad: Any, c: int, w: int, n_tables: int) -> None:
         """The optional arrays of `workload.arrival_fit` (fitted pools), when present."""
         shapes = {"arrival_model": (c,), "zero_gap_share": (c,), "batch_period": (c,), "batch_phase": (c,),
