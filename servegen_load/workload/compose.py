@@ -185,8 +185,6 @@ def client_rho(setting: float | str, src: Source, ci: int) -> float:
     return float(np.clip(v, -1.0, 1.0)) if np.isfinite(v) else 0.0
 
 
-
-
 def _baseline_client(plan: Resolved, gid: int) -> Iterator[Batch]:
     bp = plan.baseline
     assert bp is not None

@@ -64,6 +64,7 @@ from ..requests import MAX_TOKENS, Request
 from ..scenario import DistSpec, SessionSpec, SystemPromptSpec
 from . import session_model
 from .distributions import LengthTable
+from .lengths import conditional_uniforms
 
 US = 1_000_000
 SYSTEM_BLOCK_BASE = 1 << 40
@@ -204,37 +205,36 @@ class ClientSessions:
         """Output tokens of a later turn: the scenario's distribution, else the client's own table."""
         if self.out_fixed is not None:
             return _tokens(draw(self.out_fixed, u))
-        tab = self._output_table(client, t)
+        tab = self.output_table(client, t)
         return max(1, round(float(tab.sample(np.array([u]))[0]))) if tab is not None else first
 
-    def output_rank(self, client: str, t: float, tokens: int) -> float | None:
-        """Where `tokens` sits in the client's output table (the middle of its CDF step), None without one."""
-        tab = self._output_table(client, t)
-        if tab is None:
+    def output_table(self, client: str, t: float) -> LengthTable | None:
+        """The client's output-token table at pool time of `t`; None without one, or with the
+        scenario's own `sessions.output_tokens`."""
+        if self.out_fixed is not None:
             return None
-        i = int(np.searchsorted(tab.values, tokens, side="right")) - 1
-        hi = float(tab.cdf[i]) if i >= 0 else 0.0
-        lo = float(tab.cdf[i - 1]) if i >= 1 else 0.0
-        return 0.5 * (lo + hi)
+        ts = self._client_tables(client, t)
+        tab = ts.tables.get("output_tokens") if ts is not None else None
+        if tab is None and self._baseline is not None:
+            tab = self._baseline.options[0][2].tables.get("output_tokens")
+        return tab
 
-    def reason_share(self, client: str, t: float, u_out: float, u_bin: float, u: float) -> float | None:
-        """A later turn's reasoning share at its output's rank `u_out`: the client's share table through
+    def reason_share(self, client: str, t: float, rank: float | None, u_bin: float, u: float) -> float | None:
+        """A later turn's reasoning share at its output's `rank`: the client's share table through
         its fitted output/share copula (as `lengths.TableSet.draw` draws a request's), so long answers
         of a reasoning model come back as reasoning and short ones as answers; None without a table."""
         ts = self._client_tables(client, t)
         tab = ts.tables.get("reason_ratio") if ts is not None else None
         if tab is None or self.out_fixed is not None:
             return None
-        out = self._output_table(client, t)
         joint = self._coupling(client).get("reason_ratio")
-        if out is not None and joint is not None:
-            u = conditional(joint, float(out.mid_rank(np.array([u_out]))[0]), u_bin, u)
+        if rank is not None and joint is not None:
+            u = _coupled(joint, rank, u_bin, u)
         return float(np.clip(tab.sample(np.array([u]))[0], 0.0, 1.0))
 
     def next_output(self, client: str) -> np.ndarray | None:
-        """The client's fitted copula of consecutive turns' outputs, None without one (or with the
-        scenario's own `sessions.output_tokens`)."""
-        return None if self.out_fixed is not None else self._coupling(client).get("next_output")
+        """The client's fitted copula of consecutive turns' outputs, None without one."""
+        return self._coupling(client).get("next_output")
 
     def _coupling(self, client: str) -> dict[str, np.ndarray]:
         got = self._couplings.get(client)
@@ -243,23 +243,20 @@ class ClientSessions:
             got = self._couplings[client] = w[0].pool.copulas(int(w[0].idx[w[1]])) if w is not None else {}
         return got
 
-    def _output_table(self, client: str, t: float) -> LengthTable | None:
-        ts = self._client_tables(client, t)
-        tab = ts.tables.get("output_tokens") if ts is not None else None
-        if tab is None and self._baseline is not None:
-            tab = self._baseline.options[0][2].tables.get("output_tokens")
-        return tab
-
 
 def requantile(x: int, source: LengthTable, target: LengthTable, u: float) -> int:
     """x mapped through F_target^-1(F_source(x)), with u spreading ties over F_source's step at x.
 
     A monotone map: a request's input moves to the first-turn (or single-request) distribution
     while keeping its rank, so the input/output correlation drawn with it survives."""
-    i = int(np.searchsorted(source.values, x, side="right")) - 1
-    hi = float(source.cdf[i]) if i >= 0 else 0.0
-    lo = float(source.cdf[i - 1]) if i >= 1 else 0.0
+    lo, hi = _step(source, x)
     return _tokens(float(target.sample(np.array([lo + u * (hi - lo)]))[0]))
+
+
+def _step(table: LengthTable, x: float) -> tuple[float, float]:
+    """The CDF step of `table` at `x`: the ranks (in [0, 1]) its value spans."""
+    i = int(np.searchsorted(table.values, x, side="right")) - 1
+    return (float(table.cdf[i - 1]) if i >= 1 else 0.0), (float(table.cdf[i]) if i >= 0 else 0.0)
 
 
 def _tokens(x: float) -> int:
@@ -313,8 +310,9 @@ def session_turns(r: Request, seed: int, cs: ClientSessions, end_us: int) -> lis
     excluded = p.history == "excluded"
     if p.history == "answers":
         r.extra = {**r.extra, "history": "answers"}  # the payload's history carries its answer only
-    follow = cs.next_output(r.client)
-    rank = cs.output_rank(r.client, r.t, r.output_tokens) if follow is not None else None
+    out_tab = cs.output_table(r.client, r.t)  # the session's tables are its start's
+    follow = cs.next_output(r.client) if out_tab is not None else None
+    rank = sum(_step(out_tab, r.output_tokens)) / 2 if out_tab is not None and follow is not None else None
     for j in range(1, k):
         think = max(0.0, draw(p.think, uniform(seed, r.id, "think", j)))
         if not think * US < end_us - t_us:  # past the window (or not finite): the session is cut
@@ -322,12 +320,14 @@ def session_turns(r: Request, seed: int, cs: ClientSessions, end_us: int) -> lis
         t_us += int(think * US)
         new = _tokens(draw(p.new, uniform(seed, r.id, "new", j)))
         u = uniform(seed, r.id, "out", j)
-        if rank is not None:  # from the row of the last turn's rank in the log's copula of consecutive outputs
-            u = conditional(follow, rank, uniform(seed, r.id, "out-bin", j), u)  # type: ignore[arg-type]
+        if rank is not None and follow is not None:  # the row of the last turn's rank in the log's copula of them
+            u = _coupled(follow, rank, uniform(seed, r.id, "out-bin", j), u)
         o = cs.output(r.client, r.t, u, r.output_tokens)
+        o_rank = float(out_tab.mid_rank(np.array([u]))[0]) if out_tab is not None else None
         if rank is not None:
-            rank = cs.output_rank(r.client, r.t, o)
-        share = cs.reason_share(r.client, r.t, u, uniform(seed, r.id, "reason-bin", j), uniform(seed, r.id, "reason", j))
+            rank = o_rank
+        share = cs.reason_share(r.client, r.t, o_rank, uniform(seed, r.id, "reason-bin", j),
+                                uniform(seed, r.id, "reason", j))
         carried = prev_out - min(prev_reason, prev_out) if p.history == "answers" else prev_out
         inp = new if excluded else min(MAX_TOKENS, inp + carried + new)
         if cs.max_context is not None and inp + o + media > cs.max_context:
@@ -345,15 +345,9 @@ def session_turns(r: Request, seed: int, cs: ClientSessions, end_us: int) -> lis
     return out
 
 
-def conditional(joint: np.ndarray, rank: float, u_bin: float, u: float) -> float:
-    """A uniform drawn from the row of `rank` in a checkerboard copula (`lengths.coupled_uniforms`,
-    one draw from two hashed uniforms); `u` unchanged where the log never filled that row."""
-    k = joint.shape[0]
-    row = joint[min(int(rank * k), k - 1)]
-    if not row.sum() > 0:
-        return u
-    col = min(int(np.searchsorted(np.cumsum(row) / row.sum(), u_bin, side="right")), k - 1)
-    return (col + u) / k
+def _coupled(joint: np.ndarray, rank: float, u_bin: float, u: float) -> float:
+    """One draw of `lengths.conditional_uniforms` from hashed uniforms."""
+    return float(conditional_uniforms(np.array([rank]), joint, np.array([u_bin]), np.array([u]))[0])
 
 
 def _remap_input(r: Request, cs: ClientSessions, target: LengthTable, seed: int) -> None:

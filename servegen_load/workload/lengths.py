@@ -68,13 +68,18 @@ def coupled_uniforms(u: np.ndarray, joint: np.ndarray | None, rng: np.random.Gen
     the log had 4 small ones)."""
     if joint is None:
         return rng.random(u.size)
+    return conditional_uniforms(u, joint, rng.random(u.size), rng.random(u.size))
+
+
+def conditional_uniforms(u: np.ndarray, joint: np.ndarray, u_bin: np.ndarray, u_in: np.ndarray) -> np.ndarray:
+    """`coupled_uniforms` from given uniforms: the column bin drawn by `u_bin` from the row of
+    `u`'s bin, the place inside it `u_in` (hashed uniforms make a session's turns shard-invariant)."""
     k = joint.shape[0]
-    rows = joint / np.maximum(joint.sum(axis=1, keepdims=True), 1e-300)
-    rows[joint.sum(axis=1) <= 0] = 1.0 / k  # a rank bin the log never filled: independent there
-    cum = np.cumsum(rows, axis=1)
-    i = np.minimum((u * k).astype(np.int64), k - 1)
-    col = np.minimum((cum[i] < rng.random(u.size)[:, None]).sum(axis=1), k - 1)
-    return (col + rng.random(u.size)) / k
+    rows = joint[np.minimum((u * k).astype(np.int64), k - 1)]
+    mass = rows.sum(axis=1, keepdims=True)
+    rows = np.where(mass > 0, rows / np.maximum(mass, 1e-300), 1.0 / k)  # a bin the log never filled: independent
+    col = np.minimum((np.cumsum(rows, axis=1) < u_bin[:, None]).sum(axis=1), k - 1)
+    return (col + u_in) / k
 
 
 class TableSet:
