@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from servegen_load.workload.compose import generate_to_file, merge_requests
+from servegen_load.workload.pool import load_pool
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -222,6 +223,8 @@ def test_reasoning_sessions_grow_by_what_the_log_carried(tmp_path: Path, carry_r
     _reasoning_chat_log(log, carry_reasoning)
     fit = cli("fit", str(log), "-o", str(tmp_path / "p.npz"), "--window", "600")
     assert f"history {'included' if carry_reasoning else 'answers'}" in fit.stdout + fit.stderr
+    arrays = load_pool(tmp_path / "p.npz").meta["arrays"]
+    assert "consecutive session turns' output tokens" in arrays["session_output_copula"]
     logged = [json.loads(x) for x in log.read_text().splitlines()]
     for r in logged:
         r.update(session=r["conversation_id"], input_tokens=r["usage"]["prompt_tokens"],

@@ -92,7 +92,7 @@ from .arrival_fit import ARRIVAL_ARRAYS, fit_arrivals, grid_of, group_time_order
 from .continuation import outage_windows
 from .distributions import Family, LengthTable, compress
 from .logs import MEDIA, BadRows, ColumnMap, LogChunk, log_clock, read_log
-from .pool import CATEGORIES, ClientPool, build_tables
+from .pool import CATEGORIES, COPULAS, ClientPool, build_tables
 
 MIN_REQUESTS = 50
 MIN_WINDOW_REQUESTS = 10
@@ -583,9 +583,10 @@ def _fit(cols: _Columns, opts: FitOptions, report: FitReport, scales: list[float
     meta["source"] = "fit"
     meta["arrays"] = {"rank_corr": "per client: Spearman correlation of input and output tokens",
                       **ARRIVAL_ARRAYS}
+    of = {"reason_copula": "output tokens and reasoning share",
+          "session_output_copula": "consecutive session turns' output tokens"}
     meta["arrays"].update({k: f"per client: {COPULA_BINS}x{COPULA_BINS} checkerboard copula of "
-                           + ("output tokens and reasoning share" if k == "reason_copula" else "an item count and its size")
-                           for k in extra if k.endswith("_copula")})
+                           + of.get(k, "an item count and its size") for k in extra if k in COPULAS})
     if "session_index" in extra:
         meta["arrays"].update(session_index="per client: table ids of session_fields (-1: no sessions)",
                               session_share="per client: share of requests with a session id")
