@@ -49,6 +49,13 @@ class Request:
     prefix: list[int] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def carried_tokens(self) -> int:
+        """The tokens of this answer a session's next prompt carries: all of them, or without the
+        reasoning where the log's prompts grew by visible answers (`history: answers`)."""
+        if self.reason_tokens and self.extra.get("history") == "answers":
+            return self.output_tokens - min(self.reason_tokens, self.output_tokens)
+        return self.output_tokens
+
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
             "id": self.id, "t": round(self.t, 6), "client": self.client, "category": self.category,

@@ -162,7 +162,7 @@ class Content:
             fixed += 1  # the system message's lead
         words = target - overhead - fixed - st.prefix_tokens
         words = self.lex.words_for(max(0, words))
-        st.turns.append(_Turn(words, new_media, max(1, _carried(r))))
+        st.turns.append(_Turn(words, new_media, max(1, r.carried_tokens())))
         if folded:
             if not self.folded_media:
                 import sys
@@ -183,7 +183,7 @@ class Content:
         else:
             fixed, overhead = (0, m.ids_overhead) if ids else (1, m.text)
         words = r.input_tokens - overhead - fixed - lex.nonce_len
-        out = _carried(r)
+        out = r.carried_tokens()
         st.turns.append(_Turn(self.lex.words_for(words if words > 0 else 0), [], out if out > 1 else 1))
         return st
 
@@ -402,10 +402,3 @@ def _build_generic(request: Request, api: str, model: str, options: PayloadOptio
         raw = _PLACEHOLDER.sub(lambda m: splices[m.group(0)], raw)
     return raw
 
-
-def _carried(r: Request) -> int:
-    """The tokens of `r`'s answer the session's next prompt carries: all of it, or without its
-    reasoning where the log's prompts grew by visible answers (`history: answers`)."""
-    if r.reason_tokens and r.extra.get("history") == "answers":
-        return r.output_tokens - min(r.reason_tokens, r.output_tokens)
-    return r.output_tokens

@@ -305,7 +305,7 @@ def session_turns(r: Request, seed: int, cs: ClientSessions, end_us: int) -> lis
     out: list[Request] = []
     ratio = (r.reason_tokens / r.output_tokens) if r.reason_tokens and r.output_tokens else None
     t_us = int(r.t * US + 0.5)
-    inp, prev_out, prev_reason = r.input_tokens, r.output_tokens, r.reason_tokens or 0
+    inp, prev = r.input_tokens, r
     media = sum(r.images or ()) + sum(r.audio or ()) + sum(r.video or ())
     excluded = p.history == "excluded"
     if p.history == "answers":
@@ -328,8 +328,7 @@ def session_turns(r: Request, seed: int, cs: ClientSessions, end_us: int) -> lis
             rank = o_rank
         share = cs.reason_share(r.client, r.t, o_rank, uniform(seed, r.id, "reason-bin", j),
                                 uniform(seed, r.id, "reason", j))
-        carried = prev_out - min(prev_reason, prev_out) if p.history == "answers" else prev_out
-        inp = new if excluded else min(MAX_TOKENS, inp + carried + new)
+        inp = new if excluded else min(MAX_TOKENS, inp + prev.carried_tokens() + new)
         if cs.max_context is not None and inp + o + media > cs.max_context:
             break  # the conversation no longer fits the model's context: the user starts afresh
         extra = dict(r.extra)
@@ -341,7 +340,7 @@ def session_turns(r: Request, seed: int, cs: ClientSessions, end_us: int) -> lis
         if r.reason_tokens is not None:  # the client's share at this output's rank, else turn 0's; 0 is written
             nr.reason_tokens = min(o, round((share if share is not None else ratio or 0.0) * o))
         out.append(nr)
-        prev_out, prev_reason = o, nr.reason_tokens or 0
+        prev = nr
     return out
 
 
