@@ -236,6 +236,11 @@ HOSTILE: dict[str, tuple[list[bytes], str, str]] = {
                 "protocol_error", "more than the one choice"),
     "twochoices": ([_body([GOOD[0], _ev(b'{"choices":[{"index":0,"text":" b"},{"index":1,"text":" x"}]}'),
                            GOOD[2], *TAIL])], "protocol_error", "more than the one choice"),
+    # an error object without words is still an error
+    "errempty": ([_body([GOOD[0], _ev(b'{"error":{}}'), *GOOD[1:], *TAIL])], "http_error", "{}"),
+    # the choice ended, then more tokens (the usage counting them all): not one answer
+    "afterfinish": ([_body([*GOOD[:2], _finish(b'"stop"'), GOOD[2], _event(b" d"), _usage(b"4"), _DONE])],
+                    "protocol_error", "after the choice's finish_reason"),
     "errtypeonly": ([_body([GOOD[0], _ev(b'{"type":"error","message":"boom: typed error"}'), *GOOD[1:], *TAIL])],
                     "http_error", "boom: typed error"),
     "jsonerr200": ([_whole(b"application/json", b'{"object":"error","message":"boom: model not loaded","code":503}')],
@@ -572,6 +577,9 @@ class Hostile:
             await send(b"HTTP/1.1 %b Busy\r\nRetry-After: %b\r\nContent-Length: 4\r\n\r\nbusy"
                        % (mode[1:4].encode(), value))
             return True
+        if mode == "cut503":  # an error answer whose body is cut short by a close
+            await send(b"HTTP/1.1 503 Busy\r\nContent-Length: 40\r\n\r\n{\"error\": \"overloaded")
+            return False
         if mode == "escape400":  # terminal escapes and a forged line in the error body
             body = b"\x1b]0;PWNED\x07\x1b[2J\x1b[31mgate: PASS\x1b[0m\r\nservegen-load: all good"
             await send(b"HTTP/1.1 400 Bad\r\nContent-Length: %d\r\n\r\n%b" % (len(body), body))
@@ -835,6 +843,17 @@ def test_bytes_on_an_idle_kept_alive_connection_are_no_later_request_s_answer(ho
     assert [d["status"] for d in lines] == ["ok"] * 4, lines
     assert all(d["prompt_tokens"] == 20 for d in lines), lines
     assert hostile.received[mode] - before == 4  # every answer was to a request the server read
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize("retries", [0, 1])
+def test_an_error_answer_cut_short_is_that_error(hostile: Hostile, tmp_path: Path, transport: str,
+                                                 retries: int) -> None:
+    """A 503 whose body the server cuts short: the raw transport said `disconnect` (the status and
+    the server's words lost, and `--retries` never retried it) where aiohttp said `http_error`."""
+    lines = _run(hostile, "cut503", tmp_path, transport, retries=retries, retry_max_wait=0.0)
+    _all(lines, "http_error", "overloaded")
+    assert all(d["http_status"] == 503 and d["attempts"] == 1 + retries for d in lines), lines
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)

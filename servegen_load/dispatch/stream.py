@@ -53,7 +53,7 @@ class Flight:
 
     __slots__ = (
         "answer_seen", "attempts", "cached_tokens", "chunks", "completion_tokens", "conn", "dispatched",
-        "done", "done_at", "error", "finished", "first_answer_token", "first_token",
+        "done", "done_at", "ended", "error", "finished", "first_answer_token", "first_token",
         "http_status", "prompt_tokens", "queue_time", "reasoning_tokens", "req",
         "retries", "retry_after", "sent", "sse_buf", "stale", "status", "t_rel", "tpl_key", "tpl_left", "tpl_pre", "tpl_suf",
         "wire",
@@ -83,6 +83,7 @@ class Flight:
         self.answer_seen = False
         self.done = False  # saw `data: [DONE]`
         self.done_at = 0.0  # when (the idle timeout then runs from it: the answer's data is all there)
+        self.ended = False  # saw the choice's finish_reason: no token may follow it
         self.finished = False  # result decided; the runner has it
         self.sse_buf: bytes | bytearray = b""
         # The stream's chunk template (see `learn_template`): raw bytes before and after the
@@ -192,6 +193,10 @@ def end_of_stream(f: Flight) -> None:
 JSON_ANSWER = "server error (a JSON answer, not a stream): "  # `runner.refusal` counts it as no stream
 
 
+# `"error": null` (or false, "", []) is no error; `{}` is one without words
+_NO_ERROR: tuple[object, ...] = (None, False, "", [])
+
+
 def _json_error(rest: bytes | bytearray) -> str | None:
     """The message of an error object left unread at the end of a body (`{"error": ...}` or
     `{"object": "error", ...}`: a server that answered a stream request with a JSON error), else None."""
@@ -204,8 +209,10 @@ def _json_error(rest: bytes | bytearray) -> str | None:
         return None
     if not isinstance(obj, dict):
         return None
-    err = obj.get("error") or (obj if obj.get("object") == "error" or obj.get("type") == "error" else None)
-    if not err:
+    err = obj.get("error")
+    if err in _NO_ERROR:
+        err = obj if obj.get("object") == "error" or obj.get("type") == "error" else None
+    if err is None:
         return None
     return str(err.get("message", err) if isinstance(err, dict) else err)[:200]
 
@@ -278,11 +285,11 @@ def take_data(f: Flight, payload: bytes, t: float) -> bool:
 
 def _take(f: Flight, obj: dict[str, Any], payload: bytes, t: float) -> None:
     err = obj.get("error")
-    if err or obj.get("object") == "error" or obj.get("type") == "error":
-        # {"error": {...}} (vLLM, SGLang, OpenAI), a bare ErrorResponse {"object": "error", ...} or
-        # {"type": "error", "message": ...}, whatever else the event carries (tokens, usage);
-        # `"error": null` is no error
-        if not err:
+    if err not in _NO_ERROR or obj.get("object") == "error" or obj.get("type") == "error":
+        # {"error": {...}} (vLLM, SGLang, OpenAI; `{}` too: an error without words), a bare
+        # ErrorResponse {"object": "error", ...} or {"type": "error", "message": ...}, whatever else
+        # the event carries (tokens, usage)
+        if err in _NO_ERROR:
             err = obj
         msg = err.get("message", err) if isinstance(err, dict) else err
         f.fail("http_error", "server error in stream: " + str(msg)[:200])
@@ -321,6 +328,9 @@ def _take(f: Flight, obj: dict[str, Any], payload: bytes, t: float) -> None:
         if token:
             if answer and type(answer) is not kind:  # `"text": 5` is no token: a corrupt event
                 raise TypeError
+            if f.ended:
+                f.fail("protocol_error", "token after the choice's finish_reason: " + payload[:80].decode("utf-8", "replace"))
+                return
             if f.first_token is None:
                 f.first_token = t
             f.chunks.append(t)
@@ -333,6 +343,9 @@ def _take(f: Flight, obj: dict[str, Any], payload: bytes, t: float) -> None:
                 f.tpl_left -= 1
                 learn_template(f, payload, key)
         end = c0.get("finish_reason")
+        if end:
+            f.ended = True
+            f.tpl_pre = None  # every later event is parsed, so a token after the end is refused
         if end and _aborted(end):
             f.fail("http_error", "server ended the generation: finish_reason " + _dumps(end).decode()[:200])
     usage = obj.get("usage")

@@ -452,7 +452,9 @@ class _Conn(asyncio.Protocol):
                    "connection, opened ahead or reused; the request may have been received: not re-sent "
                    "without --retries)")
         else:
-            f.fail("disconnect", f"connection closed by server ({exc})" if exc else "connection closed by server")
+            why = f"connection closed by server ({exc})" if exc else "connection closed by server"
+            if not self.owner.cut_error(f, self, why):
+                f.fail("disconnect", why)
         self.owner.finish(f)
 
     # --- request/response ---
@@ -1156,13 +1158,21 @@ class RawTransport:
         self.active.discard(f)
         self.hooks.on_done(f)
 
+    def cut_error(self, f: Flight, c: _Conn, why: str) -> bool:
+        """An error answer whose body never finished (timed out, or cut by the server) is that
+        error, not a timeout or a disconnect: its status and message are kept and `--retries`
+        reads them, as it does from aiohttp, which reports the status before the body."""
+        if f.http_status is None or f.http_status == 200:
+            return False
+        body = c.errbody[:300].decode("utf-8", "replace").strip()
+        f.fail("http_error", scrub(f"HTTP {f.http_status}: {body} (body unfinished: {why})", self.api_key))
+        return True
+
     def end_flight(self, f: Flight, status: str, error: str) -> None:
         c = f.conn
-        if status == "timeout" and c is not None and f.http_status is not None and f.http_status != 200:
-            # an error answer whose body never finished is that error, not a timeout (--retries reads it)
-            body = c.errbody[:300].decode("utf-8", "replace").strip()
-            status, error = "http_error", scrub(f"HTTP {f.http_status}: {body} (body unfinished: {error})", self.api_key)
         if c is not None:
+            if status == "timeout":
+                self.cut_error(f, c, error)  # recorded first, so the `fail` below says nothing new
             c.flight = None
             c.fast = None
             c.alive = False
