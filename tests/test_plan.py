@@ -274,7 +274,7 @@ def test_a_short_step_with_a_burst_at_its_end_is_not_saturated() -> None:
                 "status": np.array(["ok"] * sched.size, dtype=object)}
         w = window_rates(SimpleNamespace(cols=cols), 2.0, 12.0)
         return Step(1, 1.0, 1.3, w.offered, w.served, w.completion, w.requests, [], 0.0, due_rate=w.due, window=10.0,
-                    ttft_growth=w.growth)
+                    ttft_growth=w.growth, backlog=w.backlog)
 
     sched = np.concatenate([np.linspace(1.0, 11.0, 11), [11.89, 11.89, 11.89]])
     calm = step(sched, np.full(sched.size, 0.17))
@@ -283,6 +283,26 @@ def test_a_short_step_with_a_burst_at_its_end_is_not_saturated() -> None:
     busy = np.linspace(0.0, 12.0, 121)  # 10 req/s offered, served one every 0.2 s: falling behind
     behind = step(busy, np.maximum(0.0, np.arange(busy.size) * 0.2 - busy) + 0.05)
     assert behind.saturated
+
+
+def test_a_burst_whose_first_tokens_fall_just_after_the_window_is_no_saturation() -> None:
+    """An 8 s window at 6 req/s, then 12 requests at once 0.3 s before its end, served in 0.35 s:
+    by count 48 of 60 due were served (80 %), so `plan --step-duration 8 --warmup 2` called light
+    steps saturated (9 req/s, TTFT p99 375 ms) and asked for 480 replicas where 25 do. The waiting
+    line empties late in the window as often as early: no backlog."""
+    from types import SimpleNamespace
+
+    from servegen_load.capacity import Step, window_rates
+
+    sched = np.concatenate([np.arange(0.0, 10.0, 1 / 6), np.full(12, 9.7)])
+    ttft = np.where(sched == 9.7, 0.35, 0.05)
+    cols = {"scheduled": sched, "first_token": sched + ttft, "last_token": sched + ttft + 1.0,
+            "status": np.array(["ok"] * sched.size, dtype=object)}
+    w = window_rates(SimpleNamespace(cols=cols), 2.0, 10.0)
+    st = Step(1, 1.0, 9.0, w.offered, w.served, w.completion, w.requests, [], 0.0, due_rate=w.due, window=8.0,
+              ttft_growth=w.growth, backlog=w.backlog)
+    assert st.served_rate < 0.92 * w.due and (w.due - st.served_rate) * 8.0 >= 3, w  # what the count rule read
+    assert w.backlog == 0 and not st.saturated
 
 
 def test_a_backlog_hidden_by_a_quiet_stretch_one_ttft_back_is_still_saturation() -> None:
@@ -301,7 +321,7 @@ def test_a_backlog_hidden_by_a_quiet_stretch_one_ttft_back_is_still_saturation()
             "status": np.array(["ok"] * sched.size, dtype=object)}
     w = window_rates(SimpleNamespace(cols=cols), 2.0, 20.0)
     st = Step(1, 1.0, 26.0, w.offered, w.served, w.completion, w.requests, [], 0.0, due_rate=w.due, window=18.0,
-              ttft_growth=w.growth)
+              ttft_growth=w.growth, backlog=w.backlog)
     assert st.served_rate >= 0.92 * w.due, w  # what the due rule alone read: keeping up
     assert st.served_rate < 0.92 * st.offered_rate and w.growth > 0.5, w
     assert st.saturated
