@@ -572,7 +572,13 @@ def plan_cmd(
     from .scenario import load_scenario
 
     # the scenario's `slo:` as `run` takes it, `--slo`/`--slo-file` adding more
-    slos = build_slos([*(load_scenario(scenario).slo or []), *slo], slo_file, request_slo)
+    sc = load_scenario(scenario)
+    slos = build_slos([*(sc.slo or []), *slo], slo_file, request_slo)
+    if any(x.scope for x in slos.slos):  # a typo said now, not after the whole search
+        from .slo import check_scope_names
+        from .workload.resolve import resolve
+
+        check_scope_names(slos.slos, resolve(sc).names(), f"the scenario {Path(scenario).name}")
     opts = PlanOptions(step_duration=step_duration, warmup=warmup, tolerance=parse_fraction(tolerance, "--tolerance"),
                        start_scale=start_scale, max_steps=max_steps, endpoint=endpoint, model=model, api=api,
                        server_family=server_family, api_key=load_api_key(Path(api_key_file) if api_key_file else None),

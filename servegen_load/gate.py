@@ -37,7 +37,7 @@ from .metrics import stats
 from .metrics.summary import Goodput
 from .report.related import check_mergeable
 from .results import Results, missing_shards, read_results
-from .slo import Check, SLOSet, after_warmup, evaluate, format_threshold, format_value
+from .slo import Check, SLOSet, after_warmup, check_scope_names, evaluate, format_threshold, format_value
 
 SAMPLE_ROWS = 2000
 SAMPLE_COLUMNS = ("scheduled", "ttft", "tpot", "e2e", "user_ttft", "user_e2e")
@@ -281,15 +281,9 @@ def run_gate(paths: list[str], slos: SLOSet, *, baseline: str | None = None, max
 def check_scopes(res: Results, slos: SLOSet) -> None:
     """A scope no request of the results has is a typo, not a failed check (`[category=lang]` for
     `language` failed every gate, exit 1, as if the server had missed it)."""
-    for slo in slos.slos:
-        if slo.scope is None or not res.n:
-            continue
-        col = "category" if slo.scope[0] == "category" else "client"
-        have = set(res[col].tolist())
-        if slo.scope[1] not in have:
-            some = ", ".join(sorted(map(str, have))[:8]) + (", ..." if len(have) > 8 else "")
-            raise InputError(f"no request of the results has {col} {slo.scope[1]!r} (they have: {some})",
-                             field=slo.spec)
+    if res.n:
+        check_scope_names(slos.slos, {k: set(map(str, res[k].tolist())) for k in ("category", "client")},
+                          "the results")
 
 
 def whole_run_gap(res: Results) -> str | None:

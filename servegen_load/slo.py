@@ -260,6 +260,19 @@ def check_slo_specs(specs: Sequence[str] | None) -> Sequence[str] | None:
     return specs
 
 
+def check_scope_names(slos: Iterable[SLO], have: dict[str, set[str]], what: str) -> None:
+    """InputError for an SLO scoped to a category or client none of `what` has (`have`: the names
+    of each), so a typo is said before a run or a plan, not found as a failed check after it."""
+    for slo in slos:
+        if slo.scope is None:
+            continue
+        col = "category" if slo.scope[0] == "category" else "client"
+        if slo.scope[1] not in have[col]:
+            names = have[col]
+            some = ", ".join(sorted(names)[:8]) + (", ..." if len(names) > 8 else "")
+            raise InputError(f"no request of {what} has {col} {slo.scope[1]!r} (they have: {some})", field=slo.spec)
+
+
 def parse_request_slo(spec: str) -> RequestSLO:
     """`ttft<=2s,tpot<=100ms` -> RequestSLO; InputError naming the spec and the expected form."""
     items: list[tuple[str, Threshold]] = []

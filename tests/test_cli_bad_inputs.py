@@ -241,3 +241,28 @@ def test_an_slo_scope_no_request_has_is_bad_input(results: Path) -> None:
     line = assert_failed(run_cli("gate", results, "--slo", "ttft_p99[category=lang]<=2s"), "category=lang")
     assert "no request of the results has category 'lang'" in line
     assert_ok(run_cli("gate", results, "--slo", "ttft_p99[category=language]<=2s"))
+
+
+@pytest.mark.parametrize("cmd", ["run-scenario", "run-requests", "run-scenario-slo", "plan"])
+def test_an_slo_scope_no_request_can_have_is_refused_before_the_work(tmp_path: Path, cmd: str) -> None:
+    """`run` found `[category=multimodal]` on a language scenario only after the whole run, and
+    `plan` after its whole search ("no capacity", exit 0): now before anything is sent."""
+    scen = tmp_path / "s.yaml"
+    extra = "slo: ['ttft_p99[category=multimodal]<=2s']\n" if cmd == "run-scenario-slo" else ""
+    scen.write_text("naive:\n  rate: 2\n  input_tokens: 10\n  output_tokens: 4\nduration: 2\n" + extra)
+    out = tmp_path / "out.jsonl"
+    slo = [] if extra else ["--slo", "ttft_p99[category=multimodal]<=2s"]
+    if cmd == "plan":
+        r = run_cli("plan", scen, *slo, "--clock", "virtual", "-o", out)
+    else:
+        src = write_requests(tmp_path / "r.jsonl", make_requests([0.1, 0.2])) if cmd == "run-requests" else scen
+        r = run_cli("run", src, *slo, "-o", out, "--endpoint", "http://127.0.0.1:9")
+    line = assert_failed(r, "category=multimodal", out=out)
+    assert "has category 'multimodal' (they have: language)" in line and "connection" not in line
+    if cmd != "plan":  # a scope the source has passes this check (and then meets the closed port)
+        src = scen if cmd.startswith("run-scenario") else tmp_path / "r.jsonl"
+        if extra:
+            scen.write_text(scen.read_text().replace("multimodal", "language"))
+        r = run_cli("run", src, *(s.replace("multimodal", "language") for s in slo), "-o", out,
+                    "--endpoint", "http://127.0.0.1:9")
+        assert "category" not in r.err, r

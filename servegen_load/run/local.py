@@ -34,6 +34,12 @@ def open_for(spec: RunSpec, *, validate: bool = True) -> Opened:
     shard = spec.shard if spec.shard_by == "client" else None
     opened = open_source(spec.source, shard, rate=spec.rate, duration=spec.duration, count=spec.count,
                          validate=validate)
+    names = opened.info.get("names")
+    if names is not None and names["client"]:
+        from ..slo import check_scope_names, parse_slo
+
+        check_scope_names([parse_slo(x) for x in (*opened.info.get("slo", ()), *spec.slo)], names,
+                          f"the source {Path(spec.source).name}")
     if spec.shard is not None and spec.shard_by == "request":
         from .shard import by_request
 

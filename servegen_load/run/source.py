@@ -85,13 +85,17 @@ def _stretch(reqs: Iterator[Request], factor: float) -> Iterator[Request]:
         yield r
 
 
-def _file_span(path: Path) -> tuple[int, float]:
-    """(requests, last t) of a requests file: one validating pass."""
+def _file_span(path: Path) -> tuple[int, float, dict[str, set[str]]]:
+    """(requests, last t, client and category names) of a requests file: one validating pass."""
     n, last = 0, 0.0
+    clients: set[str] = set()
+    categories: set[str] = set()
     for r in iter_requests(path):
         n += 1
         last = r.t
-    return n, last
+        clients.add(r.client)
+        categories.add(r.category)
+    return n, last, {"client": clients, "category": categories}
 
 
 def open_source(path: str, shard: str | None = None, *, rate: float | None = None,
@@ -115,6 +119,8 @@ def open_source(path: str, shard: str | None = None, *, rate: float | None = Non
                             "requests": round(whole * span_i / gen.duration, 1) if gen.duration > 0 else whole}
         if s.slo:
             info["slo"] = list(s.slo)
+        if validate and shard is None:  # (a shard holds some clients; the whole run is checked once)
+            info["names"] = gen.plan.names()
         if validate and shard is None and duration is not None and duration > gen.duration + 1e-9:
             print(f"servegen-load: warning: --duration {duration:g} s is longer than the scenario's {gen.duration:g} s: "
                   "the run ends with the scenario's requests (set `duration:` in the scenario to schedule more)",
@@ -122,8 +128,10 @@ def open_source(path: str, shard: str | None = None, *, rate: float | None = Non
     else:
         p = Path(path)
         head = read_header(p)
-        n, last = _file_span(p) if (validate or rate is not None) else (0, 0.0)
+        n, last, names = _file_span(p) if (validate or rate is not None) else (0, 0.0, None)
         info = {"source": path, "source_kind": "requests"}
+        if validate:
+            info["names"] = names
         if head.get("seed") is not None:
             info["seed"] = head["seed"]
         given = head.get("duration") if isinstance(head.get("duration"), int | float) else None

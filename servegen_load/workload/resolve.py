@@ -167,6 +167,11 @@ class Resolved:
             rows += [(n, float(c), self.replay.category) for n, c in zip(self.replay.names, counts, strict=True)]
         return sorted(rows)
 
+    def names(self) -> dict[str, set[str]]:
+        """The clients and categories that may have requests (an SLO scope must name one of them)."""
+        rows = [(n, c) for n, e, c in self.client_table() if e > 0]
+        return {"client": {n for n, _ in rows}, "category": {c for _, c in rows}}
+
     def expected_total(self) -> float:
         return sum(e for _, e, _ in self.client_table())
 
