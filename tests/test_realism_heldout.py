@@ -184,6 +184,29 @@ def test_weekends_and_weeks_once_the_log_shows_them(tmp_path: Path, days: int, s
     assert abs(gen.size / real.size - 1.0) <= 0.12, (gen.size, real.size)
 
 
+def test_a_trend_across_one_weekend_is_no_weekend(tmp_path: Path) -> None:
+    """A service falling 25 % a day from a Thursday, no weekly cycle: with one weekend in the 4.2
+    days fitted, that weekend was half the weekdays' rate, the profile told day types apart, and the
+    held-out Monday and Tuesday were continued from Thursday and Friday (2.8x their rate). The
+    daily cycle alone continues from the latest days; a real weekend dip (test above) stays."""
+    rng = np.random.default_rng(11)
+    thursday = MONDAY + 3 * 86400.0
+
+    def rate(x: np.ndarray) -> np.ndarray:
+        h = (x / 3600.0) % 24
+        return 0.2 * (1 + 0.6 * np.sin(2 * np.pi * (h - 9) / 24)) * 0.75 ** (x / 86400.0)
+
+    t = _renewal(rate, 6 * 86400.0, 1.5, rng)
+    _write(tmp_path / "decline.csv", thursday + 5.0 + t, rng)
+    split, end = 0.7 * 6 * 86400.0, 6 * 86400.0
+    pool = _fit(tmp_path / "decline.csv", tmp_path, split)
+    assert pool.meta["arrival"]["profile_kind"] == "day"
+    lt = _log_times(tmp_path / "decline.csv")
+    gen = _times(tmp_path, {"pool": "pool.npz", "start": split, "duration": end - split, "seed": 2})
+    real = np.count_nonzero((lt >= split) & (lt < end))
+    assert gen.size / real <= 1.8, (gen.size, real)  # the latest days' level, no trend carried on (it was 2.8x)
+
+
 def test_sparse_windows_do_not_add_count_noise_twice(tmp_path: Path) -> None:
     """Tenants at 1..18 requests a window: regenerating the fitted day in renewal mode around raw
     window counts doubles their noise (600 s Fano ~1.6x the log's); the shrunk rates keep it."""

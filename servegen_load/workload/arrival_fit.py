@@ -21,8 +21,8 @@ module adds, per client (all stored as optional pool arrays, see `pool`):
   clients are scored too where the simulation budget allows, as evidence for `inspect`.
 - A rate profile across days, on hour-of-week bins (Monday 00:00 UTC = bin 0 for wall-clock logs;
   hours since pool time 0 otherwise): with >= 14 days, the mean rate of each hour of the week; else,
-  with both weekdays and weekend days seen (>= 24 h each), per hour of day and day type; else per
-  hour of day; each client's bins shrunk towards its level by their share of counting noise
+  with both weekdays and weekend days seen (>= 24 h each) and weekends standing out beyond a trend
+  across the days (`weekend_stands_out`), per hour of day and day type; else per hour of day; each client's bins shrunk towards its level by their share of counting noise
   (`_shrunk_profile`). Bins seen for less than `MIN_EXPOSURE` take the circular linear interpolation of the
   seen bins around them (within each day type): a log shorter than the cycle is continued from
   its latest level towards its earliest, not by replaying its start (a 3-hour ramp from 1 to 8
@@ -178,7 +178,7 @@ def rate_profile(t: np.ndarray, client: np.ndarray, n_clients: int, origin: floa
     expo_we, expo_wd = float(expo[weekend].sum()), float(expo[~weekend].sum())
     if span >= 14 * DAY:
         kind, groups = "week", np.arange(168)
-    elif wall_clock and expo_we >= DAY and expo_wd >= DAY:
+    elif wall_clock and expo_we >= DAY and expo_wd >= DAY and weekend_stands_out(o + t, hours, expo_h):
         kind, groups = "day+weekend", (np.arange(168) % 24) + 24 * weekend
     else:
         kind, groups = "day", np.arange(168) % 24
@@ -192,6 +192,49 @@ def rate_profile(t: np.ndarray, client: np.ndarray, n_clients: int, origin: floa
     for a in range(0, prof.shape[1], period):
         prof[:, a:a + period] = _fill_circular(prof[:, a:a + period])
     return prof[:, groups].astype(np.float32), kind
+
+
+WEEKEND_MIN = 0.1  # log-rate difference (about 10 %) below which weekends are not worth a profile of their own
+
+
+def weekend_stands_out(abs_t: np.ndarray, hours: np.ndarray, expo_h: np.ndarray) -> bool:
+    """Whether weekend days differ from weekdays beyond a trend across the days.
+
+    Why: with one weekend in a short log, a weekend is also a stretch of days at one end of it;
+    a service falling 25 % a day from Thursday had a "weekend" half the weekdays' rate, and its
+    Monday and Tuesday were continued from the Thursday and Friday before (2.8x their rate). Each
+    day's level (its count over what the all-days hour-of-day profile expects for its hours) is
+    fitted as log level = a + b day + c weekend (weighted by the day's exposure): weekends stand out
+    when |c| >= `WEEKEND_MIN` and two standard errors. Under four days of at least 6 h, trend and
+    weekend cannot be told apart and the weekend is taken as seen."""
+    hod = (hours % 24).astype(np.int64)
+    cnt_h = np.bincount(np.clip(np.floor(abs_t / HOUR).astype(np.int64) - int(hours[0]), 0, hours.size - 1),
+                        minlength=hours.size).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        hod_rate = np.bincount(hod, cnt_h, 24) / np.bincount(hod, expo_h, 24)
+    expected_h = np.nan_to_num(hod_rate)[hod] * expo_h
+    day_h = (hours // 24).astype(np.int64)
+    day_h -= day_h[0]
+    n_d = int(day_h[-1]) + 1
+    cnt, exp_, expo = (np.bincount(day_h, x, n_d) for x in (cnt_h, expected_h, expo_h))
+    days = np.arange(n_d)
+    keep = (expo >= DAY / 4) & (cnt > 0) & (exp_ > 0)
+    we = (((days + int(hours[0] // 24) + EPOCH_DOW) % 7) >= 5).astype(np.float64)
+    if keep.sum() < 4 or we[keep].min() == we[keep].max():
+        return True
+    X = np.column_stack([np.ones(n_d), days - days[keep].mean(), we])[keep]
+    y = np.log(cnt[keep] / exp_[keep])
+    sw = np.sqrt(expo[keep] / DAY)
+    beta, *_ = np.linalg.lstsq(X * sw[:, None], y * sw, rcond=None)
+    dof = int(keep.sum()) - 3
+    resid = (y - X @ beta) * sw
+    s2 = float(resid @ resid) / dof if dof > 0 else 0.0
+    try:
+        cov = s2 * np.linalg.inv((X * sw[:, None]).T @ (X * sw[:, None]))
+    except np.linalg.LinAlgError:
+        return True
+    c = float(beta[2])
+    return abs(c) >= WEEKEND_MIN and abs(c) >= 2.0 * float(np.sqrt(max(cov[2, 2], 0.0)))
 
 
 def _shrunk_profile(prof: np.ndarray, cnt: np.ndarray, expo: np.ndarray) -> np.ndarray:
