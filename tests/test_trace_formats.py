@@ -280,3 +280,34 @@ def test_a_time_column_out_of_row_order_is_said(tmp_path: Path) -> None:
         f"{x:.3f},a,100,10\n" for x in np.cumsum(rng.exponential(3.0, 300))))
     p = cli("fit", str(ordered), "-o", str(tmp_path / "p.npz"))
     assert p.returncode == 0 and "holds no date" not in p.stderr, p.stderr
+
+
+@pytest.mark.parametrize("api", ["anthropic", "responses", "gemini"])
+def test_vendor_usage_objects_count_the_whole_prompt_and_the_reasoning(tmp_path: Path, api: str) -> None:
+    """Anthropic's `usage.input_tokens` leaves out the cached part of the prompt (read 4x short);
+    OpenAI's Responses API puts reasoning under `output_tokens_details` and Gemini counts thoughts
+    apart from `candidatesTokenCount` (both: no reasoning read, or output short)."""
+    t = _times(200)
+    rows = []
+    for i, x in enumerate(t):
+        stamp = str(np.datetime64(int((EPOCH + x) * 1000), "ms")) + "Z"
+        if api == "anthropic":
+            usage = {"input_tokens": 10 + i % 7, "cache_read_input_tokens": 1000,
+                     "cache_creation_input_tokens": None if i % 2 else 50, "output_tokens": 20}
+            rows.append({"created_at": stamp, "usage": usage})
+        elif api == "responses":
+            rows.append({"created_at": stamp, "usage": {"input_tokens": 100, "output_tokens": 300,
+                                                         "output_tokens_details": {"reasoning_tokens": 200}}})
+        else:
+            rows.append({"createTime": stamp, "usageMetadata": {"promptTokenCount": 100, "candidatesTokenCount": 50,
+                                                                "thoughtsTokenCount": 200}})
+    log = tmp_path / f"{api}.jsonl"
+    log.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    chunk = load_log(log)
+    assert len(chunk) == 200
+    if api == "anthropic":
+        want = np.array([10 + i % 7 + 1000 + (0 if i % 2 else 50) for i in range(200)])
+        assert np.array_equal(np.sort(chunk.input), np.sort(want))
+    else:
+        assert chunk.reason is not None and np.all(chunk.reason == 200)
+        assert np.all(chunk.output == (300 if api == "responses" else 250))

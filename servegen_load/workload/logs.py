@@ -88,7 +88,7 @@ GUESSES: dict[str, tuple[str, ...]] = {
     # its clock (`time_iso8601`, `time_local`, `msec`: the time the answer ended)
     "time": ("timestamp", "time", "t", "ts", "arrival_time", "arrival", "created_at",
              "created", "start_time", "scheduled", "datetime", "date", "request_timestamp", "arrival_timestamp",
-             "received_at", "submitted_at", "requested_at", "event_time", "request_start", "time_iso8601",
+             "received_at", "submitted_at", "requested_at", "event_time", "create_time", "request_start", "time_iso8601",
              "time_local", "msec", "request_time"),
     # the account that pays (a key, a team) before the end user: OpenAI's `user` field is optional and
     # mostly empty in gateway logs (LiteLLM's spend logs: api_key, user, team_id)
@@ -100,16 +100,24 @@ GUESSES: dict[str, tuple[str, ...]] = {
     "input": ("input_tokens", "prompt_tokens", "request_tokens", "input_length", "contexttokens", "context_tokens",
               "num_prompt_tokens", "input_len", "prompt_len", "text_tokens", "prompt_length", "prompt_token_count",
               "input_token_count", "num_input_tokens", "tokens_in", "in_tokens",
-              "usage.prompt_tokens", "usage.input_tokens"),  # JSON logs of OpenAI / Anthropic responses
+              "usage.prompt_tokens", "usage.input_tokens",  # JSON logs of OpenAI / Anthropic responses
+              "usageMetadata.promptTokenCount"),  # Gemini's
     "output": ("output_tokens", "completion_tokens", "response_tokens", "output_length", "generatedtokens", "generated_tokens",
                "num_completion_tokens", "output_len", "completion_len", "completion_length", "completion_token_count",
                "output_token_count", "candidates_token_count", "num_output_tokens", "tokens_out", "out_tokens",
-               "response_length", "generated_length", "usage.completion_tokens", "usage.output_tokens"),
+               "response_length", "generated_length", "usage.completion_tokens", "usage.output_tokens",
+               "usageMetadata.candidatesTokenCount"),
     "reason": ("reason_tokens", "reasoning_tokens", "thinking_tokens",
-               "usage.completion_tokens_details.reasoning_tokens"),
+               "usage.completion_tokens_details.reasoning_tokens",  # OpenAI chat completions
+               "usage.output_tokens_details.reasoning_tokens",  # OpenAI Responses API
+               "usageMetadata.thoughtsTokenCount"),  # Gemini (not in its candidatesTokenCount)
     **{m: (m, m.replace("_count", "s") if m.endswith("_count") else m, f"num_{m.split('_')[0]}s")
        for m in MEDIA},
 }
+
+
+# Anthropic's prompt parts beside `input_tokens` (which counts only the uncached rest)
+ANTHROPIC_CACHE = ("cache_read_input_tokens", "cache_creation_input_tokens")
 
 
 @dataclass(frozen=True, slots=True)
@@ -1038,13 +1046,28 @@ class _JsonReader:
             if roles.get("time") not in keys:
                 raise InputError(f"no {roles.get('time')!r} field in the records", path=path)
             return roles
-        return _resolve_columns(cols, keys, path)
+        roles = _resolve_columns(cols, keys, path)
+        inp = roles.get("input", "")
+        if cols.input is None and inp.endswith("input_tokens"):
+            # Anthropic's usage.input_tokens leaves out the prompt's cached part (read from and
+            # written to the cache): the prompt the server took is their sum
+            cached = [inp[:-len("input_tokens")] + k for k in ANTHROPIC_CACHE]
+            if any(k in keys for k in cached):
+                roles["input"] = "+".join([inp, *cached])
+        if cols.output is None and roles.get("output", "").endswith("candidatesTokenCount") and \
+                roles.get("reason", "").endswith("thoughtsTokenCount"):  # Gemini counts thoughts apart
+            roles["output"] += "+" + roles["reason"]
+        return roles
 
     @staticmethod
     def _column(objs: list[dict[str, Any]], key: str, role: str) -> Any:
         if "|" in key:  # first non-null of several keys
             a, b = key.split("|", 1)
             vals = [o.get(a) if o.get(a) is not None else o.get(b) for o in objs]
+        elif "+" in key:  # a count and its parts logged apart (`ANTHROPIC_CACHE`): absent parts are 0
+            first, *parts = (_JsonReader._column(objs, k, role) for k in key.split("+"))
+            vals = [x if x is None or type(x) not in (int, float) else x + sum(
+                y for p in parts if type(y := p[i]) in (int, float)) for i, x in enumerate(first)]
         elif "." in key and not any(key in o for o in objs[:100]):  # a nested key: usage.prompt_tokens
             path = key.split(".")
             vals = [_dig(o, path) for o in objs]
