@@ -26,11 +26,12 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
                           timeout=180, cwd=ROOT)
 
 
-def session_log(path: Path, history: str, seed: int = 0, shared_ids: bool = False) -> None:
+def session_log(path: Path, history: str, seed: int = 0, shared_ids: bool = False, cap: int | None = None) -> None:
     """Two tenants; sessions start as Poisson (0.35/s), 1 + Poisson(2.5) turns, lognormal think time
     (median 20 s, arrival to arrival), lognormal first inputs, new tokens and outputs; plus single
     requests (0.3/s). `history` included: a later turn's input is the previous input + output + new.
-    `shared_ids`: each tenant numbers its sessions from 0 (the same ids in both)."""
+    `shared_ids`: each tenant numbers its sessions from 0 (the same ids in both). `cap`: the model's
+    context, where the client drops the oldest turns (the prompt stays at the cap)."""
     rng = np.random.default_rng(seed)
     rows: list[tuple[float, str]] = []
     for tenant, rate, med_first in (("a", 0.25, 900.0), ("b", 0.10, 300.0)):
@@ -44,6 +45,7 @@ def session_log(path: Path, history: str, seed: int = 0, shared_ids: bool = Fals
                     t += float(rng.lognormal(np.log(20.0), 0.8))
                     new = int(rng.lognormal(np.log(60.0), 0.9)) + 1
                     inp = inp + out + new if history == "included" else new  # noqa: F821 (out from j-1)
+                    inp = min(inp, cap or inp)
                 out = int(rng.lognormal(np.log(150.0), 0.7)) + 1
                 if t < SPAN:
                     rows.append((t, f"{t:.3f},{tenant},{i if shared_ids else f'{tenant}-{i}'},{inp},{out}"))
@@ -56,9 +58,10 @@ def session_log(path: Path, history: str, seed: int = 0, shared_ids: bool = Fals
                     + "\n".join(r for _, r in rows) + "\n")
 
 
-def later_part(tmp: Path, history: str, shared_ids: bool = False) -> tuple[Path, Path, subprocess.CompletedProcess[str]]:
+def later_part(tmp: Path, history: str, shared_ids: bool = False,
+               cap: int | None = None) -> tuple[Path, Path, subprocess.CompletedProcess[str]]:
     log = tmp / f"{history}.csv"
-    session_log(log, history, shared_ids=shared_ids)
+    session_log(log, history, shared_ids=shared_ids, cap=cap)
     pool = tmp / f"{history}.npz"
     fit = cli("fit", str(log), "-o", str(pool), "--time-unit", "s", "--session-column", "conversation",
               "--client-column", "tenant", "--range", f"0:{SPLIT}", "--window", "600")
@@ -93,6 +96,18 @@ def test_held_out_sessions_match(tmp_path: Path, history: str, shared_ids: bool)
     reqs = requests(gen)
     later = [r for r in reqs if r.get("turn")]
     assert later and all((r.get("history") == "excluded") == (history == "excluded") for r in later)
+
+
+def test_sessions_at_the_context_limit_stay_there(tmp_path: Path) -> None:
+    """Later turns of a log at a model's context (the client drops old turns, the prompt stays at
+    1,500 tokens): grown by history alone, generated prompts went far past anything logged."""
+    log, gen, fit = later_part(tmp_path, "included", cap=1500)
+    assert "history included" in fit.stderr and "pile up at 1500 prompt tokens" in fit.stderr
+    real = load_log(log, "csv", ColumnMap(session="conversation", client="tenant", time_unit="s"))
+    c = compare_streams(stream_stats(load_log(gen)), stream_stats(real.time_range(SPLIT, None)))
+    assert c.row("session.later_input.ks").a <= 0.08
+    later = np.array([r["input_tokens"] for r in requests(gen) if r.get("turn")])
+    assert later.size > 500 and np.mean(later > 1500) <= 0.005 and np.mean(later == 1500) >= 0.2
 
 
 def test_inspect_prints_the_session_model(tmp_path: Path) -> None:

@@ -134,6 +134,35 @@ class Params:
     history: str                  # included | answers | excluded
     first: LengthTable | None = None    # input tokens of first turns (fitted)
     single: LengthTable | None = None   # input tokens of requests outside sessions (fitted)
+    cap: int | None = None  # the context the fitted log's later turns piled up at, else `input_cap`
+
+
+CAP_QUANTILE = 0.999  # of the pool's prompts (its tables alike): a later turn's prompt goes no further
+
+
+def input_cap(pool: Any) -> int | None:
+    """The prompt length a fitted log's history grew to and no further: the `CAP_QUANTILE` of its
+    input tables (each table weighted alike), so one odd prompt past the rest does not set it.
+
+    Why: a log of conversations at a model's context limit holds later turns at that limit (the
+    client dropped old turns); grown by history alone, generated prompts went on to 5x it (p99
+    161k tokens against 32k, 11 % past anything logged). A later turn's prompt is capped here."""
+    name = "input_tokens" if "input_tokens" in pool.fields else "text_tokens"
+    if name not in pool.fields:
+        return None
+    idx = np.unique(pool.table_index[:, :, pool.fields.index(name)])
+    idx = idx[idx >= 0]
+    if not idx.size:
+        return None
+    vals, mass = [], []
+    for i in idx.tolist():
+        a, b = int(pool.offsets[i]), int(pool.offsets[i + 1])
+        vals.append(pool.values[a:b])
+        mass.append(np.diff(pool.cdf[a:b], prepend=0.0))
+    v, m = np.concatenate(vals), np.concatenate(mass)
+    order = np.argsort(v, kind="stable")
+    cdf = np.cumsum(m[order]) / m.sum()
+    return int(v[order][min(int(np.searchsorted(cdf, CAP_QUANTILE)), v.size - 1)])
 
 
 class ClientSessions:
@@ -154,6 +183,7 @@ class ClientSessions:
         self._cache: dict[str, Params] = {}
         self._tables: dict[tuple[str, int], Any] = {}
         self._couplings: dict[str, dict[str, np.ndarray]] = {}
+        self._caps: dict[int, int | None] = {}
 
     def params(self, client: str) -> Params:
         """The client's session parameters (cached)."""
@@ -173,9 +203,14 @@ class ClientSessions:
                     think=_table_sampler(m.think_time) if m.think_time is not None else d.think,
                     new=_table_sampler(m.new_tokens) if m.new_tokens is not None else d.new,
                     mean_k=mean_turns(turns), history=m.history if self.spec.history == "auto" else self.spec.history,
-                    first=m.first_input, single=m.single_input)
+                    first=m.first_input, single=m.single_input, cap=self._cap(src.pool))
         self._cache[client] = got
         return got
+
+    def _cap(self, pool: Any) -> int | None:
+        if id(pool) not in self._caps:
+            self._caps[id(pool)] = pool.meta.get("session_input_cap") or input_cap(pool)
+        return self._caps[id(pool)]
 
     def input_table(self, client: str, t: float) -> LengthTable | None:
         """The client's input-token table (all its requests) at pool time of run-time `t`."""
@@ -328,7 +363,7 @@ def session_turns(r: Request, seed: int, cs: ClientSessions, end_us: int) -> lis
             rank = o_rank
         share = cs.reason_share(r.client, r.t, o_rank, uniform(seed, r.id, "reason-bin", j),
                                 uniform(seed, r.id, "reason", j))
-        inp = new if excluded else min(MAX_TOKENS, inp + prev.carried_tokens() + new)
+        inp = new if excluded else min(MAX_TOKENS, p.cap or MAX_TOKENS, inp + prev.carried_tokens() + new)
         if cs.max_context is not None and inp + o + media > cs.max_context:
             break  # the conversation no longer fits the model's context: the user starts afresh
         extra = dict(r.extra)

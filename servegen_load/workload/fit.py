@@ -98,6 +98,7 @@ MIN_REQUESTS = 50
 MIN_WINDOW_REQUESTS = 10
 OTHER = "other"
 REASON_BINS = 500
+PINNED_SHARE = 0.01  # later turns at the longest prompt, from which on they are a context limit's pile-up
 SESSION_FIELDS = ("turns", "think_time", "new_tokens", "first_input", "single_input")
 CV_TOLERANCE = 1.5  # a family's implied gap CV must be within this factor of the measured CV
 MAX_CELLS = 2e7  # client x rate windows (~50 bytes each while fitting): beyond is a unit mistake
@@ -563,11 +564,13 @@ def _fit(cols: _Columns, opts: FitOptions, report: FitReport, scales: list[float
     extra.update(arr.extra)
     meta: dict[str, Any] = {"arrival": {**arr.meta, "utc_offset": cols.utc_offset}}
     if cols.session is not None:
-        sidx, share, history, out_cop = _sessions(t, client, n_clients, cols, tables, opts.ks_max)
+        sidx, share, history, out_cop, cap = _sessions(t, client, n_clients, cols, tables, opts.ks_max)
         extra.update(session_index=sidx, session_share=share, session_output_copula=out_cop)
         _session_arrival_laws(t, client, n_clients, n_w, W, opts, cols, sidx, share, tables,
                               (rate, cv, family, shape, scale))
         meta.update(session_fields=list(SESSION_FIELDS), session_history=history)
+        if cap is not None:
+            meta["session_input_cap"] = cap
     flat_values, cdf, offsets = build_tables(tables)
 
     meta["fit"] = {
@@ -1064,8 +1067,9 @@ def _group_ranks(v: np.ndarray, g: np.ndarray) -> np.ndarray:
 
 
 def _sessions(t: np.ndarray, client: np.ndarray, n_clients: int, cols: _Columns, tables: list[LengthTable],
-              ks_max: float) -> tuple[np.ndarray, np.ndarray, str, np.ndarray]:
-    """Session tables per client (`SESSION_FIELDS`); see the module docstring."""
+              ks_max: float) -> tuple[np.ndarray, np.ndarray, str, np.ndarray, int | None]:
+    """Session tables per client (`SESSION_FIELDS`), share, history, output copula and the prompt
+    later turns pile up at (a context limit), if any; see the module docstring."""
     assert cols.session is not None
     has = cols.session >= 0
     idx = np.flatnonzero(has)
@@ -1083,6 +1087,12 @@ def _sessions(t: np.ndarray, client: np.ndarray, n_clients: int, cols: _Columns,
     inp, out = cols.input[o].astype(np.int64), cols.output[o].astype(np.int64)
     prev_in, prev_out, cur_in = inp[:-1][same], out[:-1][same], inp[1:][same]
     valid = (prev_in >= 0) & (prev_out >= 0) & (cur_in >= 0)
+    cap = None
+    if valid.any():  # turns at a model's context (a pile-up at the top: old turns dropped) grow no more
+        top = cur_in[valid].max()
+        if np.mean(cur_in[valid] == top) >= PINNED_SHARE:
+            valid &= cur_in != top
+            cap = int(top)
     carried = prev_out  # what the next prompt carries of an answer
     history = "included" if _grows(cur_in, prev_in, carried, valid) else "excluded"
     if history == "excluded" and cols.reason is not None:
@@ -1102,7 +1112,7 @@ def _sessions(t: np.ndarray, client: np.ndarray, n_clients: int, cols: _Columns,
     sidx[:, 3] = _grouped_tables(inp[starts], co[starts], n_clients, tables, ks_max)
     single = np.flatnonzero(~has)
     sidx[:, 4] = _grouped_tables(cols.input[single], client[single], n_clients, tables, ks_max)
-    return sidx, share, history, out_cop
+    return sidx, share, history, out_cop, cap
 
 
 def _grows(cur_in: np.ndarray, prev_in: np.ndarray, carried: np.ndarray, valid: np.ndarray) -> bool:

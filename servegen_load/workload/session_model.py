@@ -81,6 +81,10 @@ def describe(pool: ClientPool, max_clients: int = 5) -> list[str]:
                 "excluded": "(logged inputs are each turn's new tokens: later turns send only those)"}[h],
              "  think time = arrival to arrival (turn k+1's start - turn k's start); `run` never sends a turn "
              "before the previous response ended"]
+    cap = pool.meta.get("session_input_cap")
+    if cap is not None:
+        lines.append(f"  later turns pile up at {cap} prompt tokens (a context limit: old turns dropped); "
+                     "generated prompts stop there")
     for i, m in models[:max_clients]:
         parts = [f"{m.share:.0%} of requests in sessions"]
         if m.turns is not None:
