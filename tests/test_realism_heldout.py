@@ -505,6 +505,43 @@ def test_tenants_that_left_or_arrived_before_the_split_keep_their_current_level(
     assert 0.75 * real["c2"] < n.get("c2", 0) < 1.33 * real["c2"], (n, real)
 
 
+def test_a_tenant_whose_level_moved_for_good_keeps_its_new_level_and_lengths(tmp_path: Path) -> None:
+    """Two days with a daily cycle: 8 h before the split tenant 0 sends 5x as often with prompts 10x
+    as long (a new workload), tenant 1 surged 5x for 2.5 h ending an hour before it (and came
+    back), tenant 2 runs throughout. Continued from a day back, tenant 0 came at its old rate and
+    lengths (the fit lost to Poisson at the last hours' rate); a surge is still no move."""
+    rng = np.random.default_rng(12)
+    split, end = 40 * 3600.0, 52 * 3600.0
+    move = split - 8 * 3600
+
+    def daily(x: np.ndarray) -> np.ndarray:
+        return 0.2 * (1 + 0.5 * np.cos(2 * np.pi * (x / 3600 - 15) / 24))
+
+    surge = (split - 3.5 * 3600, split - 3600)
+    rates = [lambda x: daily(x) * np.where(x >= move, 5.0, 1.0),
+             lambda x: daily(x) * np.where((x >= surge[0]) & (x < surge[1]), 5.0, 1.0), daily]
+    ts = [_renewal(f, end, 1.5, rng) for f in rates]
+    t, cl = np.concatenate(ts), np.concatenate([np.full(x.size, c) for c, x in enumerate(ts)])
+    inp = np.maximum(1, rng.lognormal(5.0, 0.5, t.size) * np.where((cl == 0) & (t >= move), 10.0, 1.0)).astype(int)
+    _write(tmp_path / "move.csv", MONDAY + 5.0 + t, rng, client=cl, inp=inp)
+    _fit(tmp_path / "move.csv", tmp_path, split, client=True)
+    gen = prepare(parse_scenario({"pool": "pool.npz", "start": split, "duration": end - split, "seed": 4},
+                                 base_dir=tmp_path))
+    n: dict[str, int] = {}
+    inputs: list[np.ndarray] = []
+    for blk in gen.blocks():
+        for g in np.unique(blk.client):
+            k = gen.names[g].split(":", 1)[1]
+            n[k] = n.get(k, 0) + int(np.count_nonzero(blk.client == g))
+            if k == "c0":
+                inputs.append(blk.inp[blk.client == g])
+    real = {f"c{c}": int(np.count_nonzero((cl == c) & (t >= split) & (t < end))) for c in range(3)}
+    for c in range(3):
+        assert 0.75 * real[f"c{c}"] < n.get(f"c{c}", 0) < 1.33 * real[f"c{c}"], (c, n, real)
+    later = (cl == 0) & (t >= split) & (t < end)
+    assert abs(np.median(np.concatenate(inputs)) / np.median(inp[later]) - 1.0) < 0.25
+
+
 def test_jobs_that_go_quiet_for_hours_as_a_habit_are_not_taken_for_gone(tmp_path: Path) -> None:
     """Twelve jobs, four days: each runs about 15 minutes at 1 req/s, then rests about 4 hours, on
     no daily clock. Those resting in the last hours before the split had rested as long many times

@@ -50,6 +50,7 @@ RECENT_S = 3 * 3600.0  # the end of the log a client's current level is read fro
 RECENT_PRIOR = 2.0  # requests (over the count noise) of prior belief that the level goes on as the model says
 RECENT_Z = 6.0  # a departure or arrival must stand this many noise deviations out of the prediction
 GONE_SHARE = 0.1  # sent under this share of the prediction: gone (and predicted under it of what was sent: new)
+SHIFT = 2.5  # a level this many times above or below the prediction for two stretches in a row moved for good
 
 
 def outage_windows(rate: np.ndarray, W: float) -> np.ndarray:
@@ -117,9 +118,14 @@ def view(pool: ClientPool, end: float, shrink: bool) -> ClientPool:
         B = pool.extra["rate_shrink"].astype(np.float64)[:, None]
         r_src = p_src[:, :n0] + B * (r_src - p_src[:, :n0])
     rate = np.maximum(prof + (r_src[:, src] - p_src), 0.0)
+    moved = np.zeros(pool.n_clients, dtype=bool)
     if n1 > n0:
-        factor, floor = _recent(pool, r_src, prof_src, level, origin, kind, wall)
+        factor, floor, shift, since = _recent(pool, r_src, prof_src, level, origin, kind, wall)
         rate[:, n0:] = np.maximum(factor[:, None] * rate[:, n0:], floor[:, None])
+        moved = np.isfinite(shift)  # a level that moved for good: windows continued from before the move follow it
+        for c in np.flatnonzero(moved):
+            before = src[n0:] < since[c]
+            rate[c, n0:][before] *= shift[c]
     fam = pool.family[:, src].copy()
     shape = pool.shape[:, src].copy()
     cv = pool.cv[:, src].copy()
@@ -141,6 +147,9 @@ def view(pool: ClientPool, end: float, shrink: bool) -> ClientPool:
         dead = lift & (fam == Family.NONE)  # a client with no fitted window at all
         rate[dead] = 0.0
     data_start, table_index = _data_windows(pool, float(n1 * W))
+    d0 = pool.data_start.size
+    if moved.any() and table_index.shape[1] > d0:  # and its lengths: those since the move, not a day back
+        table_index[moved, d0:, :] = table_index[moved, d0 - 1:d0, :]
     out = replace(pool, window_start=starts, rate=rate.astype(np.float32), family=fam, shape=shape, cv=cv,
                   scale=scale, data_start=data_start, table_index=table_index, extra=extra)
     _VIEWS[key] = (pool, out)
@@ -155,10 +164,10 @@ def _count_noise(pool: ClientPool) -> np.ndarray:
 
 
 def _recent(pool: ClientPool, r_src: np.ndarray, prof_src: np.ndarray, level: np.ndarray, origin: float,
-            kind: str, wall: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Per client (factor, floor rate) for windows past the span, from its last `RECENT_S` of log
-    (when a whole period of the profile precedes them: a shorter log is continued by its profile's
-    latest level already).
+            kind: str, wall: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per client (factor, floor rate, move factor, move start) for windows past the span, from its last
+    `RECENT_S` of log (when a whole period of the profile precedes them: a shorter log is continued
+    by its profile's latest level already).
 
     The continuation is run as if the log had ended `RECENT_S` earlier, and what it predicts for
     the last hours is set against what the client sent there. Tenants come and go, and a source
@@ -172,16 +181,17 @@ def _recent(pool: ClientPool, r_src: np.ndarray, prof_src: np.ndarray, level: np
     already went as quiet and came back, or woke and went quiet again (`_habitual`): that is its
     habit. Anything between (a 2-3 h surge, a quiet evening, a trend) is the traffic's own
     variation: carried on at full strength for days, such changes lost to Poisson on
-    production-like logs."""
+    production-like logs. Except a level that moved for good (`_moved`): the factor on windows
+    continued from before the move and its first window (NaN and n0 for every other client)."""
     W = pool.window
     n0 = pool.window_start.size
     meta = pool.meta["arrival"]
     span = float(meta.get("span", n0 * W))
     m = round(min(RECENT_S, span / 4) / W)
-    ones, none = np.ones(pool.n_clients), np.zeros(pool.n_clients)
+    ones, none, nan = np.ones(pool.n_clients), np.zeros(pool.n_clients), np.full(pool.n_clients, np.nan)
     step = round((WEEK if kind == "week" else DAY) / W)
     if m < 1 or n0 - m < step:  # no period before the last hours to predict them from
-        return ones, none
+        return ones, none, nan, np.full(pool.n_clients, n0)
     src = _sources(n0 - m, n0, W, origin, kind, wall, outage_windows(pool.rate[:, :n0 - m], W))[n0 - m:]
     mid = np.arange(n0 - m, n0) * W + 0.5 * W
     own = profile_at(prof_src, level, origin + mid, wall)
@@ -203,17 +213,70 @@ def _recent(pool: ClientPool, r_src: np.ndarray, prof_src: np.ndarray, level: np
     factor = np.where(gone, (n / noise + RECENT_PRIOR) / (pred / noise + RECENT_PRIOR), 1.0)
     full = cover >= 0.5 * W
     median = np.median(seen[:, full], axis=1) if full.any() else n / max(cover.sum(), 1e-9)
-    return factor, np.where(new, median, 0.0)
+    moved, since = _moved(pool, r_src, prof_src, level, origin, kind, wall, m, step, noise)
+    moved[gone | new] = np.nan
+    return factor, np.where(new, median, 0.0), moved, since
 
 
-def _left_or_began(sent: np.ndarray, expected: np.ndarray, noise: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _moved(pool: ClientPool, r_src: np.ndarray, prof_src: np.ndarray, level: np.ndarray, origin: float,
+           kind: str, wall: bool, m: int, step: int, noise: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per client whose rate moved for good: (the factor on its continuation from windows before
+    the move, the first window of the move), else (NaN, n0). Moved: the last stretches of `m`
+    windows, at least two, each at least `SHIFT` times above (or below) what the log up to it
+    predicts there, far out of the count noise (`RECENT_Z`), with no such move earlier in its log
+    that came back (`_habitual`). The factor is the posterior ratio (`RECENT_PRIOR`) of what it
+    sent since the move to what the log before it predicted.
+
+    Why: a tenant whose rate rose 5x (and prompts 30x) 8 h before the end of the log was continued
+    from the day before, at its old rate and lengths: -49 % rate, input p50 -77 %, and Poisson at
+    the last 6 h's rate came closer to the held-out traffic than the fit. Six hours and more of a
+    new level is a move, not the 2-3 h surges a day of production traffic holds."""
+    W = pool.window
+    n0 = pool.window_start.size
+    span = float(pool.meta["arrival"].get("span", n0 * W))
+    cover_all = window_cover(n0, W, span)
+    seen_all = pool.rate.astype(np.float64) * cover_all
+
+    def predicted(a: int) -> np.ndarray:
+        """Counts of windows a..n0-1 as the log up to `a` continues into them."""
+        src = _sources(a, n0, W, origin, kind, wall, outage_windows(pool.rate[:, :a], W))[a:]
+        own = profile_at(prof_src, level, origin + np.arange(a, n0) * W + 0.5 * W, wall)
+        back = profile_at(prof_src, level, origin + src * W + 0.5 * W, wall)
+        return np.maximum(own + (r_src[:, src] - back), 0.0) * cover_all[a:]
+
+    k = pool.n_clients
+    since = np.full(k, n0)
+    up, down = np.ones(k, dtype=bool), np.ones(k, dtype=bool)
+    for j in range(1, n0 // m + 1):  # stretch j: [n0 - j m, n0 - (j - 1) m), predicted from the log before it
+        a = n0 - j * m
+        if a < step:
+            break
+        d, u = _left_or_began(seen_all[:, a:a + m].sum(axis=1), predicted(a)[:, :m].sum(axis=1), noise, 1 / SHIFT)
+        up &= u
+        down &= d
+        since = np.where(up | down, a, since)
+        if not (up | down).any():
+            break
+    factor = np.full(k, np.nan)
+    for c in np.flatnonzero(since <= n0 - 2 * m):
+        a = int(since[c])
+        was_down, was_up = _habitual(seen_all[c:c + 1, :a], m, step, noise[c:c + 1], 1 / SHIFT)
+        if not (was_up if up[c] else was_down)[0]:
+            p = predicted(a)[c].sum()
+            factor[c] = (seen_all[c, a:].sum() / noise[c] + RECENT_PRIOR) / (p / noise[c] + RECENT_PRIOR)
+    return factor, np.where(np.isfinite(factor), since, n0)
+
+
+def _left_or_began(sent: np.ndarray, expected: np.ndarray, noise: np.ndarray,
+                   share: float = GONE_SHARE) -> tuple[np.ndarray, np.ndarray]:
     """(departures, arrivals): counts far (`RECENT_Z` noise deviations) out of what was expected,
-    under `GONE_SHARE` of it, or it under that share of them."""
+    under `share` of it, or it under that share of them."""
     big = np.abs(sent - expected) / np.sqrt(noise * np.maximum(expected, 1.0)) >= RECENT_Z
-    return big & (sent < GONE_SHARE * expected), big & (expected < GONE_SHARE * sent)
+    return big & (sent < share * expected), big & (expected < share * sent)
 
 
-def _habitual(counts: np.ndarray, m: int, step: int, noise: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _habitual(counts: np.ndarray, m: int, step: int, noise: np.ndarray,
+              share: float = GONE_SHARE) -> tuple[np.ndarray, np.ndarray]:
     """Per client: whether its log, before the last hours, already went quiet and came back (and
     woke and went quiet again). A stretch of `m` windows that fell as far below the same stretch a
     period earlier as a departure does, with the client sending again after it, is a silence it
@@ -227,7 +290,7 @@ def _habitual(counts: np.ndarray, m: int, step: int, noise: np.ndarray) -> tuple
     c = np.concatenate([np.zeros((k, 1)), np.cumsum(counts, axis=1)], axis=1)
     sums = c[:, m:] - c[:, :-m]  # the stretch starting at each window
     now, back = sums[:, step:], sums[:, :-step]
-    drop, rise = _left_or_began(now, back, noise[:, None])
+    drop, rise = _left_or_began(now, back, noise[:, None], share)
 
     def reverted(event: np.ndarray, then: np.ndarray) -> np.ndarray:
         """`then` in a stretch wholly after a client's first `event`."""
@@ -235,7 +298,7 @@ def _habitual(counts: np.ndarray, m: int, step: int, noise: np.ndarray) -> tuple
         return (then & (np.arange(now.shape[1])[None, :] >= (first + m)[:, None])).any(axis=1)
 
     peak = np.where(rise, now, 0.0).max(axis=1, keepdims=True)
-    return reverted(drop, (now > 0) & ~drop), reverted(rise, now < GONE_SHARE * peak)
+    return reverted(drop, (now > 0) & ~drop), reverted(rise, now < share * peak)
 
 
 def _sources(n0: int, n1: int, W: float, origin: float, kind: str, wall: bool,
