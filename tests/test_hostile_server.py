@@ -127,6 +127,8 @@ VALID: dict[str, tuple[list[bytes], bool]] = {
     "crlf": ([HEAD, *(_chunk(e.replace(b"\n", b"\r\n")) for e in STREAM), _END], True),
     "leadcrlf": ([b"\r\n" + HEAD, *(_chunk(e) for e in STREAM), _END], True),  # a stray CRLF before the status line
     "bom": ([HEAD, _chunk(b"\xef\xbb\xbf" + STREAM[0]), *(_chunk(e) for e in STREAM[1:]), _END], True),
+    "bomsplit": ([HEAD, _chunk(b"\xef"), _chunk(b"\xbb\xbf" + STREAM[0]), *(_chunk(e) for e in STREAM[1:]), _END],
+                 True),  # the BOM split across reads
     "donespaces": ([HEAD, *(_chunk(e) for e in STREAM[:-1]), _chunk(b"data:   [DONE]\n\n"), _END], True),
     "contentparts": ([_body([*(_ev(b'{"object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":'
                                    b'[{"type":"text","text":"%b"}]}}]}' % w) for w in (b" a", b" b", b" c")), *TAIL])],
@@ -236,6 +238,17 @@ HOSTILE: dict[str, tuple[list[bytes], str, str]] = {
                 "protocol_error", "more than the one choice"),
     "twochoices": ([_body([GOOD[0], _ev(b'{"choices":[{"index":0,"text":" b"},{"index":1,"text":" x"}]}'),
                            GOOD[2], *TAIL])], "protocol_error", "more than the one choice"),
+    # content parts and tool calls are objects: `[null, 5]` and `[7]` are no tokens
+    "partsjunk": ([_body([_ev(b'{"object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":[null,5]}}]}'),
+                          _ev(b'{"object":"chat.completion.chunk","choices":[{"index":0,"delta":{"tool_calls":[7]}}]}'),
+                          *TAIL])], "protocol_error", "unexpected stream event"),
+    # a part over what its missing whole could be (2^31 cached tokens of a 20-token prompt)
+    "cachedabsurd": ([_body([*GOOD, _ev(b'{"choices":[],"usage":{"completion_tokens":3,'
+                                        b'"prompt_tokens_details":{"cached_tokens":2000000000}}}'), _DONE])],
+                     "protocol_error", "cached_tokens"),
+    "reasonabsurd": ([_body([*GOOD, _ev(b'{"choices":[],"usage":{"prompt_tokens":20,'
+                                        b'"completion_tokens_details":{"reasoning_tokens":2000000000}}}'), _DONE])],
+                     "protocol_error", "reasoning_tokens"),
     # an error object without words is still an error
     "errempty": ([_body([GOOD[0], _ev(b'{"error":{}}'), *GOOD[1:], *TAIL])], "http_error", "{}"),
     # the choice ended, then more tokens (the usage counting them all): not one answer
@@ -577,6 +590,17 @@ class Hostile:
             await send(b"HTTP/1.1 %b Busy\r\nRetry-After: %b\r\nContent-Length: 4\r\n\r\nbusy"
                        % (mode[1:4].encode(), value))
             return True
+        if mode in ("connlist", "connlines"):  # `close` in a list, or on one of two Connection lines: the
+            # whole answer, then 0.3 s without reading before the close (a reused connection loses its request)
+            conn = b"Connection: TE, close\r\n" if mode == "connlist" else b"Connection: close\r\nConnection: keep-alive\r\n"
+            await send(_body(STREAM).replace(b"Transfer-Encoding", conn + b"Transfer-Encoding", 1))
+            await asyncio.sleep(0.3)
+            return False
+        if mode == "interimreads":  # 1xx answers, each in its own read, past the cap
+            for _ in range(20):
+                await send(b"HTTP/1.1 102 Processing\r\n\r\n", pause=0.005)
+            await send(_body(STREAM))
+            return True
         if mode == "cut503":  # an error answer whose body is cut short by a close
             await send(b"HTTP/1.1 503 Busy\r\nContent-Length: 40\r\n\r\n{\"error\": \"overloaded")
             return False
@@ -843,6 +867,23 @@ def test_bytes_on_an_idle_kept_alive_connection_are_no_later_request_s_answer(ho
     assert [d["status"] for d in lines] == ["ok"] * 4, lines
     assert all(d["prompt_tokens"] == 20 for d in lines), lines
     assert hostile.received[mode] - before == 4  # every answer was to a request the server read
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize("mode", ["connlist", "connlines"])
+def test_close_in_a_list_of_connection_options_is_close(hostile: Hostile, tmp_path: Path, transport: str,
+                                                        mode: str) -> None:
+    """`Connection: TE, close` (a list) or a `close` line beside a `keep-alive` one: the raw transport
+    kept the connection unless the value was exactly `close`, wrote the next request into it and
+    recorded the server's close as the server's `disconnect` (5 of 15)."""
+    lines = _run(hostile, mode, tmp_path, transport, n=6)
+    assert all(d["status"] == "ok" and d["attempts"] == 1 for d in lines), lines
+
+
+def test_interim_answers_are_capped_over_reads(hostile: Hostile, tmp_path: Path) -> None:
+    """20 `102 Processing` answers, each in its own read: the cap of 16 counted per read and let
+    any number through (only the first-token timeout ended them)."""
+    _all(_run(hostile, "interimreads", tmp_path, "raw"), "protocol_error", "interim")
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)

@@ -107,6 +107,9 @@ class Flight:
             self.error = error
 
 
+_BOM = b"\xef\xbb\xbf"
+
+
 def feed_sse(f: Flight, data: bytes, t: float, cap: int = MAX_EVENT_BYTES) -> None:
     """Split SSE events out of body bytes (buffering a partial one) and handle each.
 
@@ -114,7 +117,10 @@ def feed_sse(f: Flight, data: bytes, t: float, cap: int = MAX_EVENT_BYTES) -> No
     searched (with the last two bytes before it) for an event end; the event is joined once.
     """
     pend = f.sse_buf
-    if not pend and data[:3] == b"\xef\xbb\xbf" and f.first_token is None:  # a BOM: SSE says skip it
+    if pend and len(pend) < 3 and f.first_token is None and (bytes(pend) + data[:3])[:3] == _BOM:
+        data, pend = (bytes(pend) + data)[3:], b""  # the BOM split across reads
+        f.sse_buf = pend
+    if not pend and data[:3] == _BOM and f.first_token is None:  # a BOM: SSE says skip it
         data = data[3:]
     if pend:
         joint = pend[-2:] + data
@@ -328,6 +334,8 @@ def _take(f: Flight, obj: dict[str, Any], payload: bytes, t: float) -> None:
         if token:
             if answer and type(answer) is not kind:  # `"text": 5` is no token: a corrupt event
                 raise TypeError
+            if kind is list and not all(type(x) is dict for x in answer):  # parts and tool calls are objects
+                raise TypeError
             if f.ended:
                 f.fail("protocol_error", "token after the choice's finish_reason: " + payload[:80].decode("utf-8", "replace"))
                 return
@@ -508,9 +516,13 @@ def _take_usage(f: Flight, usage: Any) -> None:
     except _NotACount as e:
         _no_count(f, str(e))
         return
-    for part, whole in (("reasoning_tokens", "completion_tokens"), ("cached_tokens", "prompt_tokens")):
+    for part, whole, most in (("reasoning_tokens", "completion_tokens", _max_completion(f)),
+                              ("cached_tokens", "prompt_tokens", _prompt_bound(f))):
         a, b = getattr(f, part), getattr(f, whole)
         if a is not None and b is not None and a > b:
             _no_count(f, f"usage counts {a} {part}, more than its {b} {whole}")
+            return
+        if a is not None and a > most:  # without its whole, the bound the whole has
+            _no_count(f, f"usage counts {a} {part}, more than this request's {whole} could be ({most})")
             return
     _check_count(f)

@@ -212,6 +212,7 @@ class _Conn(asyncio.Protocol):
         "got",
         "hooks",
         "idle_since",
+        "interim",
         "keep",
         "ok",
         "owner",
@@ -236,6 +237,7 @@ class _Conn(asyncio.Protocol):
         self.rbuf = b""
         self.rem = 0
         self.keep = True
+        self.interim = 0
         self.ok = False
         self.got = False
         self.reused = False
@@ -475,6 +477,7 @@ class _Conn(asyncio.Protocol):
         self.got = False
         self.reused = reused
         self.errbody = b""
+        self.interim = 0  # 1xx answers so far, whichever reads brought them
         f.attempts += 1
 
     def _head(self, data: bytes, t: float) -> None:
@@ -500,7 +503,6 @@ class _Conn(asyncio.Protocol):
             buf = buf.lstrip(b"\r\n")
             if not buf:
                 return
-        interim = 0
         while True:
             if buf[:5] != b"HTTP/"[:len(buf)]:  # garbage ends the request now, not at a timeout
                 self._protocol_error("answer is not HTTP: " + repr(bytes(buf[:40]))[2:-1])
@@ -533,8 +535,8 @@ class _Conn(asyncio.Protocol):
             buf = buf[i + end:]
             if code >= 200:
                 break
-            interim += 1
-            if code == 101 or interim > _MAX_INTERIM:
+            self.interim += 1
+            if code == 101 or self.interim > _MAX_INTERIM:
                 self._protocol_error(f"unexpected interim response {code}" if code == 101
                                      else f"over {_MAX_INTERIM} interim (1xx) responses")
                 return
@@ -547,10 +549,10 @@ class _Conn(asyncio.Protocol):
         f.http_status = code
         chunked = False
         length = -1
-        keep = ver == b"HTTP/1.1"
+        conn_tokens: set[bytes] = set()
         coding = b""
         location = b""
-        plain = code == 200 and interim == 0 and end == 4 and len(whole) <= _HEAD_CACHE_BYTES
+        plain = code == 200 and self.interim == 0 and end == 4 and len(whole) <= _HEAD_CACHE_BYTES
         for line in lines[1:]:
             if _header_line(line) is None and line[:1] not in (b" ", b"\t"):  # obs-fold lines pass
                 self._protocol_error("bad header line: " + repr(bytes(line[:60]))[2:-1])
@@ -569,9 +571,8 @@ class _Conn(asyncio.Protocol):
                     self._protocol_error("bad Content-Length: " + lv[:40].decode("latin-1"))
                     return
                 length = int(lv)
-            elif k == b"connection":
-                lv = v.strip().lower()
-                keep = lv == b"keep-alive" if ver != b"HTTP/1.1" else lv != b"close"
+            elif k == b"connection":  # a list of options, on any number of lines (`TE, close`)
+                conn_tokens.update(x.strip() for x in v.lower().split(b","))
             elif k == b"retry-after":  # read by dispatch.retry (429/503)
                 f.retry_after = v.strip().decode("latin-1")
                 plain = False
@@ -582,6 +583,7 @@ class _Conn(asyncio.Protocol):
         if chunked and length >= 0:  # RFC 9112 6.3: a smuggling sign, to be handled as an error
             self._protocol_error("both Content-Length and Transfer-Encoding: chunked")
             return
+        keep = b"close" not in conn_tokens and (ver == b"HTTP/1.1" or b"keep-alive" in conn_tokens)
         self.keep = keep
         self.ok = code == 200
         if self.ok and coding and coding != b"identity":
