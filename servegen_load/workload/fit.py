@@ -1087,22 +1087,22 @@ def _sessions(t: np.ndarray, client: np.ndarray, n_clients: int, cols: _Columns,
     inp, out = cols.input[o].astype(np.int64), cols.output[o].astype(np.int64)
     prev_in, prev_out, cur_in = inp[:-1][same], out[:-1][same], inp[1:][same]
     valid = (prev_in >= 0) & (prev_out >= 0) & (cur_in >= 0)
-    cap = None
-    if valid.any():  # turns at a model's context (a pile-up at the top: old turns dropped) grow no more
-        top = cur_in[valid].max()
-        if np.mean(cur_in[valid] == top) >= PINNED_SHARE:
-            valid &= cur_in != top
-            cap = int(top)
+    # turns at a model's context (a pile-up at the longest prompt: old turns dropped) grow no more
+    top = int(cur_in[valid].max()) if valid.any() else -1
+    pinned = cur_in == top if valid.any() and np.mean(cur_in[valid] == top) >= PINNED_SHARE else np.zeros_like(valid)
+    grew = valid & ~pinned
     carried = prev_out  # what the next prompt carries of an answer
-    history = "included" if _grows(cur_in, prev_in, carried, valid) else "excluded"
+    history = "included" if _grows(cur_in, prev_in, carried, grew) else "excluded"
     if history == "excluded" and cols.reason is not None:
         # A reasoning model's reasoning is not sent back (OpenAI's and DeepSeek's APIs drop it):
         # prompts grow by the visible answer, output - reasoning.
         prev_r = np.clip(cols.reason[o].astype(np.int64)[:-1][same], 0, None)
         answer = prev_out - np.minimum(prev_r, np.maximum(prev_out, 0))
-        if np.any(prev_r[valid] > 0) and _grows(cur_in, prev_in, answer, valid):
+        if np.any(prev_r[valid] > 0) and _grows(cur_in, prev_in, answer, grew):
             history, carried = "answers", answer
-    new_tok = np.where(valid, np.maximum(cur_in - prev_in - carried, 0) if history != "excluded" else cur_in, -1)
+    new_tok = np.where(grew, np.maximum(cur_in - prev_in - carried, 0), -1) if history != "excluded" else \
+        np.where(valid, cur_in, -1)
+    cap = top if history != "excluded" and pinned.any() else None
     pair_client = co[1:][same]
     # how a session's next answer follows its last (one model, one task): their copula per client
     out_cop = copula_by_group(out[:-1][same], out[1:][same], pair_client, n_clients)
