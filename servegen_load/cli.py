@@ -239,7 +239,7 @@ def fit_cmd(
     name: str | None = typer.Option(None, "--name", help="Pool name (default: the first log's file name)."),
     category: str | None = typer.Option(None, "--category", help="language, multimodal or reason (default: from the columns)."),
     min_requests: int = typer.Option(50, "--min-requests", min=0, help="Clients with fewer requests are merged into 'other'."),
-    start_of_day: bool = typer.Option(False, "--start-of-day", help="Pool time 0 = the midnight (UTC) before the first request."),
+    start_of_day: bool = typer.Option(False, "--start-of-day", help="Pool time 0 = the midnight before the first request (on the log's own clock: UTC, or the offset its times carry)."),
     ks_max: float = typer.Option(0.004, "--ks-max", help="Max KS distance of each stored length table."),
     time_range: str | None = typer.Option(None, "--range", help="Fit only START:END seconds after the first request."),
 ) -> None:
