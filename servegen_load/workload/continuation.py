@@ -192,11 +192,7 @@ def _recent(pool: ClientPool, r_src: np.ndarray, prof_src: np.ndarray, level: np
     step = round((WEEK if kind == "week" else DAY) / W)
     if m < 1 or n0 - m < step:  # no period before the last hours to predict them from
         return ones, none, nan, np.full(pool.n_clients, n0)
-    src = _sources(n0 - m, n0, W, origin, kind, wall, outage_windows(pool.rate[:, :n0 - m], W))[n0 - m:]
-    mid = np.arange(n0 - m, n0) * W + 0.5 * W
-    own = profile_at(prof_src, level, origin + mid, wall)
-    back = profile_at(prof_src, level, origin + src * W + 0.5 * W, wall)
-    predicted = np.maximum(own + (r_src[:, src] - back), 0.0)
+    predicted = _continued(pool, r_src, prof_src, level, origin, kind, wall, n0 - m)
     cover_all = window_cover(n0, W, span)
     cover = cover_all[n0 - m:]
     seen = pool.rate[:, n0 - m:].astype(np.float64)
@@ -237,12 +233,13 @@ def _moved(pool: ClientPool, r_src: np.ndarray, prof_src: np.ndarray, level: np.
     cover_all = window_cover(n0, W, span)
     seen_all = pool.rate.astype(np.float64) * cover_all
 
+    counts: dict[int, np.ndarray] = {}
+
     def predicted(a: int) -> np.ndarray:
-        """Counts of windows a..n0-1 as the log up to `a` continues into them."""
-        src = _sources(a, n0, W, origin, kind, wall, outage_windows(pool.rate[:, :a], W))[a:]
-        own = profile_at(prof_src, level, origin + np.arange(a, n0) * W + 0.5 * W, wall)
-        back = profile_at(prof_src, level, origin + src * W + 0.5 * W, wall)
-        return np.maximum(own + (r_src[:, src] - back), 0.0) * cover_all[a:]
+        """Counts of windows a..n0-1 as the log up to `a` continues into them (each `a` once)."""
+        if a not in counts:
+            counts[a] = _continued(pool, r_src, prof_src, level, origin, kind, wall, a) * cover_all[a:]
+        return counts[a]
 
     k = pool.n_clients
     since = np.full(k, n0)
@@ -265,6 +262,17 @@ def _moved(pool: ClientPool, r_src: np.ndarray, prof_src: np.ndarray, level: np.
             p = predicted(a)[c].sum()
             factor[c] = (seen_all[c, a:].sum() / noise[c] + RECENT_PRIOR) / (p / noise[c] + RECENT_PRIOR)
     return factor, np.where(np.isfinite(factor), since, n0)
+
+
+def _continued(pool: ClientPool, r_src: np.ndarray, prof_src: np.ndarray, level: np.ndarray, origin: float,
+               kind: str, wall: bool, a: int) -> np.ndarray:
+    """Rates of the fitted windows a..n0-1 as `view` would continue the log had it ended at window `a`."""
+    W = pool.window
+    n0 = pool.window_start.size
+    src = _sources(a, n0, W, origin, kind, wall, outage_windows(pool.rate[:, :a], W))[a:]
+    own = profile_at(prof_src, level, origin + np.arange(a, n0) * W + 0.5 * W, wall)
+    back = profile_at(prof_src, level, origin + src * W + 0.5 * W, wall)
+    return np.maximum(own + (r_src[:, src] - back), 0.0)
 
 
 def _left_or_began(sent: np.ndarray, expected: np.ndarray, noise: np.ndarray,

@@ -64,7 +64,7 @@ from ..requests import MAX_TOKENS, Request
 from ..scenario import DistSpec, SessionSpec, SystemPromptSpec
 from . import session_model
 from .distributions import LengthTable
-from .lengths import conditional_uniforms
+from .lengths import conditional_uniforms, mixture
 
 US = 1_000_000
 SYSTEM_BLOCK_BASE = 1 << 40
@@ -150,19 +150,10 @@ def input_cap(pool: Any) -> int | None:
     name = "input_tokens" if "input_tokens" in pool.fields else "text_tokens"
     if name not in pool.fields:
         return None
-    idx = np.unique(pool.table_index[:, :, pool.fields.index(name)])
-    idx = idx[idx >= 0]
-    if not idx.size:
-        return None
-    vals, mass = [], []
-    for i in idx.tolist():
-        a, b = int(pool.offsets[i]), int(pool.offsets[i + 1])
-        vals.append(pool.values[a:b])
-        mass.append(np.diff(pool.cdf[a:b], prepend=0.0))
-    v, m = np.concatenate(vals), np.concatenate(mass)
-    order = np.argsort(v, kind="stable")
-    cdf = np.cumsum(m[order]) / m.sum()
-    return int(v[order][min(int(np.searchsorted(cdf, CAP_QUANTILE)), v.size - 1)])
+    idx = pool.table_index[:, :, pool.fields.index(name)]
+    uses = np.bincount(idx[idx >= 0], minlength=1)  # a table several (client, window) pairs share counts once
+    mix = mixture(pool, name, np.where(idx >= 0, 1.0 / uses[np.maximum(idx, 0)], 0.0))
+    return int(mix.quantile(CAP_QUANTILE)) if mix is not None else None
 
 
 class ClientSessions:
